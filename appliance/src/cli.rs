@@ -1,0 +1,82 @@
+//! The `rackboot` command line: one subcommand per capability, each defined in its module.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// rackboot — a per-rack boot appliance: DHCP, TFTP and HTTP iPXE from one binary,
+/// with OpenCHAMI-compatible boot (BSS) and inventory (SMD) APIs.
+#[derive(Debug, Parser)]
+#[command(
+    name = "rackboot",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Log filter, in tracing's EnvFilter syntax (e.g. `info`, `rackboot=debug`).
+    #[arg(long, global = true, env = "RACKBOOT_LOG", default_value = "info")]
+    pub log_level: String,
+    /// Log line format.
+    #[arg(long, global = true, env = "RACKBOOT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve DHCP, TFTP and HTTP on a rack interface.
+    Serve(crate::serve::ServeArgs),
+    /// Mint API tokens from the local issuer key.
+    #[command(subcommand)]
+    Token(crate::auth::cli::TokenCommand),
+    /// Manage boot images (kernels, initrds) served at /images/NAME.
+    #[command(subcommand)]
+    Image(crate::images::cli::ImageCommand),
+    /// Manage nodes in the inventory (SMD Components and EthernetInterfaces).
+    #[command(subcommand)]
+    Node(crate::inventory::cli::NodeCommand),
+    /// Manage boot parameters (BSS).
+    #[command(subcommand)]
+    Boot(crate::boot::cli::BootCommand),
+    /// Show DHCP leases.
+    #[command(subcommand)]
+    Lease(crate::dhcp::cli::LeaseCommand),
+}
+
+/// Sets up `tracing` for the whole process. Logs go to stderr; stdout is for command output.
+pub fn init_logging(args: &LogArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    // One TLS provider for the whole process (aws-lc-rs); rustls panics without a default.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    match cli.command {
+        Command::Serve(args) => crate::serve::run(args).await,
+        Command::Token(cmd) => crate::auth::cli::run(cmd).await,
+        Command::Image(cmd) => crate::images::cli::run(cmd).await,
+        Command::Node(cmd) => crate::inventory::cli::run(cmd).await,
+        Command::Boot(cmd) => crate::boot::cli::run(cmd).await,
+        Command::Lease(cmd) => crate::dhcp::cli::run(cmd).await,
+    }
+}

@@ -1,0 +1,1 @@
+//! Configuration: flags, `RACKBOOT_*` env vars and the optional TOML file.

@@ -1,0 +1,3 @@
+//! The DHCP service: the tokio driver around `pxe_core::dhcp`, and durable leases.
+
+pub mod cli;

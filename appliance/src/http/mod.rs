@@ -1,0 +1,5 @@
+//! HTTP plumbing shared by every route: problem errors, the JSON extractor, the server loop.
+
+pub mod problem;
+
+pub use problem::{Json, Problem};

@@ -1,0 +1,3 @@
+//! Boot images: content-addressed storage (sha256) served at /images/NAME.
+
+pub mod cli;

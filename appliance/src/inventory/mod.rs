@@ -1,0 +1,3 @@
+//! The SMD-compatible inventory (/hsm/v2): Components, EthernetInterfaces, RedfishEndpoints, groups.
+
+pub mod cli;

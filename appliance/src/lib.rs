@@ -1,0 +1,16 @@
+//! rackboot: the per-rack boot appliance. See `ARCHITECTURE.md` at the repository root for the map.
+//!
+//! Modules are cut by capability: each owns its routes, its store tables and its tests.
+
+pub mod auth;
+pub mod boot;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod dhcp;
+pub mod http;
+pub mod images;
+pub mod inventory;
+pub mod serve;
+pub mod store;
+pub mod tftp;

@@ -1,0 +1,1 @@
+//! The one store: SQLite (WAL, synchronous=FULL), versioned schema, group-commit writer.

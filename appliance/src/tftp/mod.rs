@@ -1,0 +1,1 @@
+//! The TFTP service: the tokio driver around `pxe_core::tftp`.

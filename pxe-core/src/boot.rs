@@ -1,0 +1,1 @@
+//! Boot-file policy: filled in by the boot-policy work.

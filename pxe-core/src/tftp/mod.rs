@@ -1,0 +1,1 @@
+//! TFTP read-only server session state machine.

@@ -1,0 +1,1 @@
+//! QEMU end-to-end harness.

@@ -1,1 +1,402 @@
 //! Configuration: flags, `RACKBOOT_*` env vars and the optional TOML file.
+//!
+//! Precedence, lowest to highest: built-in defaults < `--config FILE` < `RACKBOOT_<SECTION>__<KEY>`
+//! env vars < command-line flags. With no file at all, `rackboot serve --interface IF` derives
+//! the subnet from the interface's IPv4 address and uses the upper half of it as the dynamic pool.
+//!
+//! Every key of the file can be overridden from the environment: the path of the key, upper-cased,
+//! with `__` between levels, e.g. `RACKBOOT_DHCP__LEASE_TIME=2h` or `RACKBOOT_BOOT__MAX_RETRIES=3`.
+//! Values are read as TOML when they parse as TOML (numbers, booleans, arrays, inline tables),
+//! otherwise as strings.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration file. Unknown keys are refused so typos are not silently ignored.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The rack interface (same as `--interface`).
+    pub interface: Option<String>,
+    /// Where the store, images and keys live (same as `--data-dir`).
+    pub data_dir: Option<PathBuf>,
+    /// Directory with the iPXE binaries (same as `--ipxe-dir`).
+    pub ipxe_dir: Option<PathBuf>,
+    /// The address written into boot URLs; defaults to the interface address.
+    pub advertise: Option<Ipv4Addr>,
+    pub listen: Listen,
+    pub dhcp: Dhcp,
+    pub boot: Boot,
+    pub auth: Auth,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    /// UDP port for DHCP (67). 0 disables the DHCP service.
+    pub dhcp_port: u16,
+    /// UDP port for TFTP (69). 0 disables the TFTP service.
+    pub tftp_port: u16,
+    /// HTTP listen address. Defaults to the interface address on port 80.
+    pub http: Option<SocketAddr>,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Self {
+            dhcp_port: 67,
+            tftp_port: 69,
+            http: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DhcpMode {
+    /// Hand out addresses (static from inventory, dynamic pool for unknown clients) and boot info.
+    #[default]
+    Authoritative,
+    /// Another DHCP server assigns addresses; rackboot only adds PXE boot information.
+    Proxy,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Dhcp {
+    pub mode: DhcpMode,
+    /// Default lease time, e.g. "1h".
+    #[serde(with = "humantime_serde_compat")]
+    pub lease_time: Duration,
+    /// Subnets served. Empty = one subnet derived from the interface address.
+    #[serde(rename = "subnet")]
+    pub subnets: Vec<Subnet>,
+}
+
+impl Default for Dhcp {
+    fn default() -> Self {
+        Self {
+            mode: DhcpMode::Authoritative,
+            lease_time: Duration::from_secs(3600),
+            subnets: Vec::new(),
+        }
+    }
+}
+
+/// One served subnet: the interface's own, or one behind a DHCP relay (chosen by giaddr).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Subnet {
+    /// e.g. "192.0.2.0/24"
+    pub network: ipnet::Ipv4Net,
+    /// Dynamic pool, "first-last". Defaults to the upper half of the subnet.
+    pub pool: Option<String>,
+    pub router: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub dns: Vec<Ipv4Addr>,
+    pub domain: Option<String>,
+    #[serde(default, with = "humantime_serde_compat::option")]
+    pub lease_time: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Boot {
+    /// BIOS PXE boot file.
+    pub bios: String,
+    /// UEFI x64 boot file (snponly.efi: uses the firmware's NIC driver; preferred over ipxe.efi).
+    pub uefi_x64: String,
+    /// UEFI IA32 boot file.
+    pub uefi_ia32: String,
+    /// UEFI ARM64 boot file.
+    pub uefi_arm64: String,
+    /// Upper bound of the boot script's retry chain before it reboots the node.
+    pub max_retries: u32,
+}
+
+impl Default for Boot {
+    fn default() -> Self {
+        Self {
+            bios: "undionly.kpxe".into(),
+            uefi_x64: "snponly.efi".into(),
+            uefi_ia32: "ipxe-i386.efi".into(),
+            uefi_arm64: "snponly-arm64.efi".into(),
+            max_retries: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// External token issuers (OIDC, tokensmith) whose JWTs are accepted next to the local issuer.
+    #[serde(rename = "issuer")]
+    pub issuers: Vec<Issuer>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Issuer {
+    pub jwks_url: String,
+    pub issuer: String,
+    pub audience: String,
+}
+
+impl Config {
+    /// Reads `path` (if given), then applies `RACKBOOT_*__*` overrides from `env`.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<Config> {
+        let mut doc = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| {
+                    format!("cannot read config file {} (--config)", p.display())
+                })?;
+                text.parse::<toml::Table>()
+                    .with_context(|| format!("config file {} is not valid TOML", p.display()))?
+            }
+            None => toml::Table::new(),
+        };
+        for (key, value) in env {
+            let Some(rest) = key.strip_prefix("RACKBOOT_") else {
+                continue;
+            };
+            if !rest.contains("__") {
+                // Plain RACKBOOT_X variables are flags (clap reads them), not file keys.
+                continue;
+            }
+            let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+            set_path(&mut doc, &path, parse_env_value(&value))
+                .with_context(|| format!("environment variable {key}"))?;
+        }
+        let config: Config = toml::Value::Table(doc)
+            .try_into()
+            .map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message()))
+            .with_context(|| match path {
+                Some(p) => format!("invalid configuration in {} or RACKBOOT_* env", p.display()),
+                None => "invalid configuration in RACKBOOT_* env".to_owned(),
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        for s in &self.dhcp.subnets {
+            if let Some(pool) = &s.pool {
+                let (a, b) = parse_pool(pool)?;
+                if !s.network.contains(&a) || !s.network.contains(&b) {
+                    bail!(
+                        "dhcp.subnet {}: pool {pool} is outside the subnet",
+                        s.network
+                    );
+                }
+            }
+        }
+        if self.boot.max_retries == 0 {
+            bail!("boot.max_retries must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Parses a pool range "first-last" (inclusive) with first <= last.
+pub fn parse_pool(s: &str) -> anyhow::Result<(Ipv4Addr, Ipv4Addr)> {
+    let (a, b) = s
+        .split_once('-')
+        .with_context(|| format!("pool {s:?}: expected \"first-last\""))?;
+    let a: Ipv4Addr = a
+        .trim()
+        .parse()
+        .with_context(|| format!("pool {s:?}: bad first address"))?;
+    let b: Ipv4Addr = b
+        .trim()
+        .parse()
+        .with_context(|| format!("pool {s:?}: bad last address"))?;
+    if a > b {
+        bail!("pool {s:?}: first address is after the last");
+    }
+    Ok((a, b))
+}
+
+/// The default dynamic pool: the upper half of `net`, minus the broadcast address.
+pub fn default_pool(net: ipnet::Ipv4Net) -> Option<(Ipv4Addr, Ipv4Addr)> {
+    let base = u32::from(net.network());
+    let size = 1u64 << (32 - u32::from(net.prefix_len()));
+    if size < 8 {
+        return None;
+    }
+    let half = u32::try_from(size / 2).ok()?;
+    let first = base.checked_add(half)?;
+    let last = u32::from(net.broadcast()).checked_sub(1)?;
+    Some((Ipv4Addr::from(first), Ipv4Addr::from(last)))
+}
+
+fn parse_env_value(v: &str) -> toml::Value {
+    // `x = <v>` parses for numbers, booleans, arrays and inline tables; anything else is a string.
+    match format!("x = {v}").parse::<toml::Table>() {
+        Ok(mut t) => t
+            .remove("x")
+            .unwrap_or_else(|| toml::Value::String(v.to_owned())),
+        Err(_) => toml::Value::String(v.to_owned()),
+    }
+}
+
+fn set_path(doc: &mut toml::Table, path: &[String], value: toml::Value) -> anyhow::Result<()> {
+    match path {
+        [] => bail!("empty key"),
+        [last] => {
+            doc.insert(last.clone(), value);
+            Ok(())
+        }
+        [head, rest @ ..] => {
+            let entry = doc
+                .entry(head.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(t) => set_path(t, rest, value),
+                _ => bail!("{head} is not a section"),
+            }
+        }
+    }
+}
+
+/// Durations as human strings ("90s", "1h") in TOML.
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+    }
+
+    pub mod option {
+        use std::time::Duration;
+
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            let s = Option::<String>::deserialize(d)?;
+            s.map(|s| {
+                humantime::parse_duration(&s)
+                    .map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+            })
+            .transpose()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn empty_config_has_defaults() {
+        let c = Config::load(None, env(&[])).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.listen.dhcp_port, 67);
+        assert_eq!(c.dhcp.lease_time, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn file_and_env_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("rackboot.toml");
+        std::fs::write(
+            &p,
+            r#"
+interface = "br0"
+[dhcp]
+lease_time = "30m"
+[[dhcp.subnet]]
+network = "198.51.100.0/24"
+pool = "198.51.100.100-198.51.100.200"
+router = "198.51.100.1"
+"#,
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&p),
+            env(&[
+                ("RACKBOOT_DHCP__LEASE_TIME", "2h"),
+                ("RACKBOOT_BOOT__MAX_RETRIES", "3"),
+                ("RACKBOOT_URL", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.interface.as_deref(), Some("br0"));
+        assert_eq!(c.dhcp.lease_time, Duration::from_secs(7200));
+        assert_eq!(c.boot.max_retries, 3);
+        assert_eq!(c.dhcp.subnets.len(), 1);
+        assert_eq!(
+            c.dhcp.subnets[0].router,
+            Some(Ipv4Addr::new(198, 51, 100, 1))
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused_with_context() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bad.toml");
+        std::fs::write(&p, "intrface = \"br0\"\n").unwrap();
+        let err = format!("{:#}", Config::load(Some(&p), env(&[])).unwrap_err());
+        assert!(err.contains("intrface"), "{err}");
+        let err = format!(
+            "{:#}",
+            Config::load(None, env(&[("RACKBOOT_DHCP__LEASE_TIME", "soon")])).unwrap_err()
+        );
+        assert!(err.contains("soon"), "{err}");
+        let err = format!(
+            "{:#}",
+            Config::load(None, env(&[("RACKBOOT_DHCP__NOPE", "1")])).unwrap_err()
+        );
+        assert!(err.contains("nope"), "{err}");
+        std::fs::write(
+            &p,
+            "[[dhcp.subnet]]\nnetwork = \"192.0.2.0/24\"\npool = \"198.51.100.1-198.51.100.9\"\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", Config::load(Some(&p), env(&[])).unwrap_err());
+        assert!(err.contains("outside the subnet"), "{err}");
+    }
+
+    #[test]
+    fn default_pool_is_upper_half_without_broadcast() {
+        let net: ipnet::Ipv4Net = "192.0.2.0/24".parse().unwrap();
+        assert_eq!(
+            default_pool(net),
+            Some((Ipv4Addr::new(192, 0, 2, 128), Ipv4Addr::new(192, 0, 2, 254)))
+        );
+        let net: ipnet::Ipv4Net = "10.1.0.0/16".parse().unwrap();
+        assert_eq!(
+            default_pool(net),
+            Some((Ipv4Addr::new(10, 1, 128, 0), Ipv4Addr::new(10, 1, 255, 254)))
+        );
+        assert_eq!(default_pool("10.0.0.0/30".parse().unwrap()), None);
+    }
+}

@@ -1,0 +1,92 @@
+//! The rack interface: its IPv4 address and the UDP sockets bound to it.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use anyhow::bail;
+use ipnet::Ipv4Net;
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// An interface and its (first) IPv4 address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceAddr {
+    pub name: String,
+    pub addr: Ipv4Addr,
+    pub net: Ipv4Net,
+}
+
+/// Looks up `name`'s first IPv4 address. The errors name the flag to fix.
+pub fn ipv4_of(name: &str) -> anyhow::Result<InterfaceAddr> {
+    let mut seen = Vec::new();
+    let mut found_iface = false;
+    for ifa in nix::ifaddrs::getifaddrs()? {
+        if !seen.contains(&ifa.interface_name) {
+            seen.push(ifa.interface_name.clone());
+        }
+        if ifa.interface_name != name {
+            continue;
+        }
+        found_iface = true;
+        let (Some(addr), Some(mask)) = (ifa.address, ifa.netmask) else {
+            continue;
+        };
+        let (Some(addr), Some(mask)) = (addr.as_sockaddr_in(), mask.as_sockaddr_in()) else {
+            continue;
+        };
+        let addr = addr.ip();
+        let prefix = u8::try_from(u32::from(mask.ip()).leading_ones()).unwrap_or(32);
+        let net = Ipv4Net::new(addr, prefix)?;
+        return Ok(InterfaceAddr {
+            name: name.to_owned(),
+            addr,
+            net,
+        });
+    }
+    if !found_iface {
+        bail!(
+            "interface {name:?} does not exist (--interface / RACKBOOT_INTERFACE); interfaces here: {}",
+            seen.join(", ")
+        );
+    }
+    bail!(
+        "interface {name:?} has no IPv4 address: give it the rack address first \
+         (e.g. `ip addr add 192.0.2.1/24 dev {name}`) or choose another --interface"
+    )
+}
+
+/// A non-blocking UDP socket bound to `bind` on device `iface` (SO_BINDTODEVICE), with
+/// SO_REUSEADDR and optionally SO_BROADCAST, ready for tokio.
+pub fn udp_socket(
+    iface: Option<&str>,
+    bind: SocketAddrV4,
+    broadcast: bool,
+) -> io::Result<tokio::net::UdpSocket> {
+    let sock = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    sock.set_reuse_address(true)?;
+    if broadcast {
+        sock.set_broadcast(true)?;
+    }
+    if let Some(iface) = iface {
+        // Replies to 255.255.255.255 must leave through the rack interface, and we must not
+        // answer DHCP on any other interface of the appliance.
+        sock.bind_device(Some(iface.as_bytes()))?;
+    }
+    sock.set_nonblocking(true)?;
+    sock.bind(&SocketAddr::V4(bind).into())?;
+    tokio::net::UdpSocket::from_std(sock.into())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn loopback_has_an_address_and_unknown_names_are_explained() {
+        let lo = ipv4_of("lo").unwrap();
+        assert_eq!(lo.addr, Ipv4Addr::LOCALHOST);
+        assert_eq!(lo.net.prefix_len(), 8);
+        let err = ipv4_of("nonexistent0").unwrap_err().to_string();
+        assert!(err.contains("--interface") && err.contains("lo"), "{err}");
+    }
+}

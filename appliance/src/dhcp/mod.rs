@@ -1,3 +1,4 @@
 //! The DHCP service: the tokio driver around `pxe_core::dhcp`, and durable leases.
 
 pub mod cli;
+pub mod socket;

@@ -11,6 +11,7 @@ pub mod dhcp;
 pub mod http;
 pub mod images;
 pub mod inventory;
+pub mod ipxe;
 pub mod netif;
 pub mod serve;
 pub mod store;

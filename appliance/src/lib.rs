@@ -14,5 +14,6 @@ pub mod inventory;
 pub mod ipxe;
 pub mod netif;
 pub mod serve;
+pub mod services;
 pub mod store;
 pub mod tftp;

@@ -1,22 +1,148 @@
 //! `rackboot serve`: wires the store, DHCP, TFTP and HTTP services together.
+//!
+//! Start-up order matters for readiness: every listener is bound first (so a port conflict or a
+//! missing interface address fails fast with the flag to fix), then `ready` flips and
+//! `GET /boot/v1/service/status` starts answering 200.
 
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
+use std::time::Duration;
 
+use anyhow::Context;
 use clap::Args;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Config, DhcpMode};
+use crate::netif::{self, InterfaceAddr};
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Every flag can also be set through its RACKBOOT_* environment variable, and \
+                        every config-file key through RACKBOOT_<SECTION>__<KEY> (e.g. RACKBOOT_DHCP__LEASE_TIME=2h)."
+)]
 pub struct ServeArgs {
-    /// The rack network interface to serve (DHCP, TFTP, HTTP).
+    /// The rack network interface to serve (DHCP, TFTP, HTTP). It must have an IPv4 address:
+    /// the served subnet and the dynamic pool (upper half) are derived from it.
     #[arg(long, short = 'i', env = "RACKBOOT_INTERFACE")]
     pub interface: Option<String>,
     /// Where the store, images and keys live.
-    #[arg(long, env = "RACKBOOT_DATA_DIR", default_value = "/var/lib/rackboot")]
+    #[arg(long, env = "RACKBOOT_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Directory with the iPXE binaries (Debian's `ipxe` package installs /usr/lib/ipxe).
+    #[arg(long, env = "RACKBOOT_IPXE_DIR")]
+    pub ipxe_dir: Option<PathBuf>,
+    /// Optional TOML config file for everything else (subnets, relays, pools, lease times, proxy mode,
+    /// boot-file overrides, listen addresses and ports).
+    #[arg(long, short = 'c', env = "RACKBOOT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// DHCP mode: hand out addresses, or only add PXE boot information (proxyDHCP).
+    #[arg(long, env = "RACKBOOT_MODE", value_enum)]
+    pub mode: Option<DhcpMode>,
+    /// HTTP listen address [default: the interface address, port 80].
+    #[arg(long, env = "RACKBOOT_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    /// Address written into boot URLs [default: the interface address].
+    #[arg(long, env = "RACKBOOT_ADVERTISE")]
+    pub advertise: Option<Ipv4Addr>,
+}
+
+/// Everything `serve` needs, after flags > env > file > defaults have been merged.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub iface: InterfaceAddr,
     pub data_dir: PathBuf,
+    pub ipxe_dir: PathBuf,
+    pub http_listen: SocketAddr,
+    pub advertise: Ipv4Addr,
+    pub config: Config,
+}
+
+impl Settings {
+    pub fn resolve(args: ServeArgs) -> anyhow::Result<Settings> {
+        let mut config = Config::load(args.config.as_deref(), std::env::vars())?;
+        if let Some(mode) = args.mode {
+            config.dhcp.mode = mode;
+        }
+        let Some(interface) = args.interface.or(config.interface.clone()) else {
+            anyhow::bail!(
+                "no rack interface given: pass --interface IF (or RACKBOOT_INTERFACE, or `interface` in --config)"
+            );
+        };
+        let iface = netif::ipv4_of(&interface)?;
+        let data_dir = args
+            .data_dir
+            .or(config.data_dir.clone())
+            .unwrap_or_else(|| PathBuf::from("/var/lib/rackboot"));
+        let ipxe_dir = args
+            .ipxe_dir
+            .or(config.ipxe_dir.clone())
+            .unwrap_or_else(|| PathBuf::from("/usr/lib/ipxe"));
+        let http_listen = args
+            .http_listen
+            .or(config.listen.http)
+            .unwrap_or_else(|| SocketAddr::V4(SocketAddrV4::new(iface.addr, 80)));
+        let advertise = args.advertise.or(config.advertise).unwrap_or(iface.addr);
+        Ok(Settings {
+            iface,
+            data_dir,
+            ipxe_dir,
+            http_listen,
+            advertise,
+            config,
+        })
+    }
+
+    /// Base URL of this appliance as nodes see it, e.g. `http://192.0.2.1` (port only if not 80).
+    pub fn base_url(&self) -> String {
+        match self.http_listen.port() {
+            80 => format!("http://{}", self.advertise),
+            port => format!("http://{}:{port}", self.advertise),
+        }
+    }
+
+    /// The dynamic pool of the interface's own subnet.
+    pub fn default_pool(&self) -> Option<(Ipv4Addr, Ipv4Addr)> {
+        config::default_pool(self.iface.net)
+    }
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    anyhow::bail!(
-        "serve on {:?} is not available in this build yet",
-        args.interface
-    )
+    let settings = Settings::resolve(args)?;
+    let shutdown = CancellationToken::new();
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let services = crate::services::start(&settings, ready_rx, shutdown.clone())
+        .await
+        .context("rackboot could not start")?;
+    let _ = ready_tx.send(true);
+    tracing::info!(
+        interface = %settings.iface.name,
+        ip = %settings.iface.addr,
+        subnet = %settings.iface.net,
+        http = %settings.http_listen,
+        data_dir = %settings.data_dir.display(),
+        "rackboot ready"
+    );
+    wait_for_signal().await;
+    tracing::info!("shutting down: no new requests; waiting for in-flight ones");
+    shutdown.cancel();
+    services.join(Duration::from_secs(10)).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot install signal handlers; stop with SIGKILL");
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
 }

@@ -1,3 +1,27 @@
 //! API tokens: a local ES256 issuer, optional external issuers (JWKS), and per-area scopes.
+//!
+//! Every admin route is wrapped with [`require`]: `router.layer(auth::require(authn, "boot"))`.
+//! Reads (GET/HEAD) need `<area>:read` or `<area>:write`, everything else `<area>:write`;
+//! `admin` grants everything. Areas: `boot`, `inventory`, `images`, `dhcp`, `rackboot`.
 
 pub mod cli;
+pub mod issuer;
+pub mod scope;
+
+pub use issuer::{LOCAL_AUDIENCE, LOCAL_ISSUER, LocalIssuer};
+
+use std::path::PathBuf;
+
+/// Errors of the auth module outside request handling (keys, minting, JWKS).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    #[error("issuer key {0}: {1}")]
+    KeyIo(PathBuf, #[source] std::io::Error),
+    #[error("issuer key {0} is not a PKCS#8 P-256 private key in PEM form")]
+    BadKey(PathBuf),
+    #[error("crypto failure: {0}")]
+    Crypto(&'static str),
+    #[error("cannot sign the token: {0}")]
+    Sign(#[source] jsonwebtoken::errors::Error),
+}

@@ -6,9 +6,15 @@
 
 pub mod cli;
 pub mod issuer;
+mod middleware;
 pub mod scope;
+mod verify;
 
 pub use issuer::{LOCAL_AUDIENCE, LOCAL_ISSUER, LocalIssuer};
+pub use middleware::{RequireLayer, RequireService, jwks_router, require};
+pub use verify::{
+    Authenticator, DEFAULT_LEEWAY_SECS, DEFAULT_MIN_REFRESH, ExternalIssuer, Principal, Rejection,
+};
 
 use std::path::PathBuf;
 

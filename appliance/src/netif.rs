@@ -35,7 +35,7 @@ pub fn ipv4_of(name: &str) -> anyhow::Result<InterfaceAddr> {
         };
         let addr = addr.ip();
         let prefix = u8::try_from(u32::from(mask.ip()).leading_ones()).unwrap_or(32);
-        let net = Ipv4Net::new(addr, prefix)?;
+        let net = Ipv4Net::new(addr, prefix)?.trunc();
         return Ok(InterfaceAddr {
             name: name.to_owned(),
             addr,

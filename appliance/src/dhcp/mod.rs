@@ -1,4 +1,5 @@
 //! The DHCP service: the tokio driver around `pxe_core::dhcp`, and durable leases.
 
 pub mod cli;
+pub mod queue;
 pub mod socket;

@@ -1,5 +1,6 @@
 //! The DHCP service: the tokio driver around `pxe_core::dhcp`, and durable leases.
 
+pub mod api;
 pub mod cli;
 pub mod queue;
 pub mod socket;

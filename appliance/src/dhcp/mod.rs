@@ -2,5 +2,6 @@
 
 pub mod api;
 pub mod cli;
+pub mod inventory;
 pub mod queue;
 pub mod socket;

@@ -1,1 +1,3 @@
 //! DHCPv4: wire codec, server engine and address pool.
+
+pub mod wire;

@@ -1,0 +1,689 @@
+//! The DHCP server engine (RFC 2131), sans-IO.
+//!
+//! [`DhcpServer::handle`] takes one datagram, where it arrived and `now`; it returns the reply
+//! (written into the caller's buffer), where to send it (§4.1), and the [`LeaseChange`] the
+//! driver must make durable *before* it transmits. Static reservations come from the caller's
+//! [`Inventory`]; unknown clients get addresses from a [`Pool`] per subnet.
+
+use alloc::vec::Vec;
+use core::net::{Ipv4Addr, SocketAddrV4};
+
+use heapless::Vec as HVec;
+
+use super::pool::{Pool, PoolError};
+use super::wire::{self, MessageType, ReplyBuilder, ReplyHeader, Request, WireError, opt};
+use crate::boot::{self, BootDecision, BootPolicy, ClientInfo};
+use crate::{Duration, Instant, MacAddr};
+
+/// DHCP server port.
+pub const SERVER_PORT: u16 = 67;
+/// DHCP client port.
+pub const CLIENT_PORT: u16 = 68;
+
+/// The inventory as the engine sees it (the appliance implements it over its store).
+pub trait Inventory {
+    /// The static reservation for `mac`, if the inventory has one.
+    fn reservation(&self, mac: MacAddr) -> Option<Reservation<'_>>;
+    /// Whether `ip` is reserved for some inventory node (never handed out dynamically).
+    fn is_reserved(&self, ip: Ipv4Addr) -> bool;
+}
+
+/// A static reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reservation<'a> {
+    /// The node's address.
+    pub ip: Ipv4Addr,
+    /// Option 12.
+    pub hostname: Option<&'a str>,
+    /// Per-node firmware boot file override.
+    pub boot_file: Option<&'a str>,
+}
+
+/// Address assignment mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Assign addresses and boot information.
+    Authoritative,
+    /// proxyDHCP: boot information only; another server assigns addresses.
+    Proxy,
+}
+
+/// One served subnet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubnetConfig {
+    /// Network address.
+    pub network: Ipv4Addr,
+    /// Prefix length.
+    pub prefix: u8,
+    /// Our address as clients of this subnet reach us (option 54, siaddr).
+    pub server_ip: Ipv4Addr,
+    /// Option 3.
+    pub router: Option<Ipv4Addr>,
+    /// Option 6.
+    pub dns: HVec<Ipv4Addr, 4>,
+    /// Option 15.
+    pub domain: heapless::String<64>,
+    /// Option 51.
+    pub lease_time: Duration,
+    /// Dynamic pool (inclusive), if any.
+    pub pool: Option<(Ipv4Addr, Ipv4Addr)>,
+}
+
+impl SubnetConfig {
+    /// Whether `ip` is inside this subnet.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = self.mask();
+        u32::from(ip) & mask == u32::from(self.network) & mask
+    }
+
+    fn mask(&self) -> u32 {
+        match self.prefix {
+            0 => 0,
+            p => u32::MAX << (32 - u32::from(p.min(32))),
+        }
+    }
+
+    fn broadcast(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network) | !self.mask())
+    }
+}
+
+/// Engine configuration.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Subnets; chosen by giaddr (relays) or by the receiving interface address.
+    pub subnets: Vec<SubnetConfig>,
+    /// Authoritative or proxy.
+    pub mode: Mode,
+    /// Boot-file policy.
+    pub boot: BootPolicy,
+    /// How long an OFFERed address is held for its client.
+    pub offer_hold: Duration,
+    /// How long a DECLINEd address stays out of the pool.
+    pub decline_quarantine: Duration,
+}
+
+/// Where a datagram arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RxInfo {
+    /// Source address and port.
+    pub src: SocketAddrV4,
+    /// Our address on the receiving interface.
+    pub local_ip: Ipv4Addr,
+}
+
+/// A lease record to persist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// Client.
+    pub mac: MacAddr,
+    /// Address.
+    pub ip: Ipv4Addr,
+    /// End of the lease.
+    pub expires: Instant,
+    /// Static or dynamic.
+    pub kind: LeaseKind,
+}
+
+/// Where a lease's address came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseKind {
+    /// Inventory reservation.
+    Static,
+    /// Dynamic pool.
+    Dynamic,
+}
+
+/// A change the driver makes durable before transmitting the reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LeaseChange {
+    /// ACKed.
+    Bound(Lease),
+    /// RELEASEd by the client.
+    Released {
+        /// Client.
+        mac: MacAddr,
+        /// Address.
+        ip: Ipv4Addr,
+    },
+    /// DECLINEd: quarantined.
+    Declined {
+        /// Client.
+        mac: MacAddr,
+        /// Address.
+        ip: Ipv4Addr,
+        /// End of the quarantine.
+        quarantined_until: Instant,
+    },
+}
+
+/// The reply to transmit: `out[..len]` to `dst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    /// Destination.
+    pub dst: SocketAddrV4,
+    /// Bytes written into the caller's buffer.
+    pub len: usize,
+}
+
+/// What happened, for logs, metrics and the boot timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Event {
+    /// Message received.
+    pub received: MessageType,
+    /// Message sent, if any.
+    pub sent: Option<MessageType>,
+    /// Client.
+    pub mac: MacAddr,
+    /// Address offered/acked/released.
+    pub ip: Option<Ipv4Addr>,
+    /// Transaction id.
+    pub xid: u32,
+    /// The address came from the inventory.
+    pub is_static: bool,
+    /// The client is iPXE (second DHCP of a PXE boot).
+    pub ipxe: bool,
+}
+
+/// The result of a handled datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handled {
+    /// The reply, if any.
+    pub reply: Option<Transmit>,
+    /// Make this durable before sending the reply.
+    pub lease_change: Option<LeaseChange>,
+    /// What happened.
+    pub event: Event,
+}
+
+/// Why a datagram got no reply. Each reason is counted by the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Drop {
+    /// Not parseable.
+    Malformed(WireError),
+    /// A BOOTREPLY or other non-request.
+    NotBootRequest,
+    /// No configured subnet for giaddr / the receiving interface.
+    NoSubnet,
+    /// REQUEST for another server (SELECTING), or DECLINE naming another server.
+    NotForUs,
+    /// No free address.
+    PoolExhausted,
+    /// A valid message we deliberately do not answer.
+    Ignored(&'static str),
+    /// The reply could not be written (boot URL too long, buffer too small).
+    Encode,
+}
+
+impl Drop {
+    /// A stable short name for metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Drop::Malformed(_) => "malformed",
+            Drop::NotBootRequest => "not_boot_request",
+            Drop::NoSubnet => "no_subnet",
+            Drop::NotForUs => "not_for_us",
+            Drop::PoolExhausted => "pool_exhausted",
+            Drop::Ignored(_) => "ignored",
+            Drop::Encode => "encode",
+        }
+    }
+}
+
+/// The engine.
+#[derive(Debug, Clone)]
+pub struct DhcpServer {
+    config: ServerConfig,
+    pools: Vec<Option<Pool>>,
+}
+
+impl DhcpServer {
+    /// Creates the engine with empty pools.
+    pub fn new(config: ServerConfig) -> Self {
+        let pools = config
+            .subnets
+            .iter()
+            .map(|s| s.pool.map(|(a, b)| Pool::new(a, b)))
+            .collect();
+        Self { config, pools }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// The pool of subnet `index`.
+    pub fn pool(&self, index: usize) -> Option<&Pool> {
+        self.pools.get(index).and_then(Option::as_ref)
+    }
+
+    /// Re-loads a persisted dynamic lease at start-up (static ones need no pool state).
+    pub fn restore(&mut self, lease: &Lease, now: Instant) {
+        if lease.kind != LeaseKind::Dynamic {
+            return;
+        }
+        for p in self.pools.iter_mut().flatten() {
+            if p.contains(lease.ip) {
+                let _ = p.bind(lease.mac, lease.ip, lease.expires, now);
+            }
+        }
+    }
+
+    /// Returns parked addresses to the pools after the inventory changed.
+    pub fn inventory_changed<I: Inventory>(&mut self, inv: &I) {
+        for p in self.pools.iter_mut().flatten() {
+            p.unpark(|ip| inv.is_reserved(ip));
+        }
+    }
+
+    /// Handles one datagram. See the module docs.
+    pub fn handle<I: Inventory>(
+        &mut self,
+        now: Instant,
+        rx: &RxInfo,
+        packet: &[u8],
+        inv: &I,
+        out: &mut [u8],
+    ) -> Result<Handled, Drop> {
+        let p = wire::Packet::new_checked(packet).map_err(Drop::Malformed)?;
+        if p.op() != 1 {
+            return Err(Drop::NotBootRequest);
+        }
+        let req = Request::parse(packet).map_err(Drop::Malformed)?;
+        // RFC 2131 §4.3.1: the subnet is the relay's (giaddr) or the receiving interface's.
+        let key = if req.giaddr.is_unspecified() {
+            rx.local_ip
+        } else {
+            req.giaddr
+        };
+        let index = self
+            .config
+            .subnets
+            .iter()
+            .position(|s| s.contains(key))
+            .ok_or(Drop::NoSubnet)?;
+        let mut event = Event {
+            received: req.message_type,
+            sent: None,
+            mac: req.mac,
+            ip: None,
+            xid: req.xid,
+            is_static: false,
+            ipxe: req.is_ipxe(),
+        };
+        let reservation = inv.reservation(req.mac);
+        let boot = boot::decide(
+            &self.config.boot,
+            &ClientInfo {
+                arch: &req.client_arch,
+                vendor_class: &req.vendor_class,
+                ipxe: event.ipxe,
+                mac: req.mac,
+            },
+            reservation.and_then(|r| r.boot_file),
+        )
+        .map_err(|_| Drop::Encode)?;
+
+        if self.config.mode == Mode::Proxy {
+            return self.proxy(&req, index, &boot, event, out);
+        }
+        let decision = self.decide(now, &req, index, reservation, inv)?;
+        event.is_static = reservation.is_some();
+        let subnet = self.config.subnets.get(index).ok_or(Drop::NoSubnet)?;
+        let lease_time = subnet.lease_time;
+        let (kind, ip, change) = match decision {
+            Decision::Offer(ip) => (MessageType::Offer, ip, None),
+            Decision::Ack(ip) => {
+                let lease = Lease {
+                    mac: req.mac,
+                    ip,
+                    expires: now + lease_time,
+                    kind: if reservation.is_some() {
+                        LeaseKind::Static
+                    } else {
+                        LeaseKind::Dynamic
+                    },
+                };
+                (MessageType::Ack, ip, Some(LeaseChange::Bound(lease)))
+            }
+            Decision::InformAck => (MessageType::Ack, Ipv4Addr::UNSPECIFIED, None),
+            Decision::Nak => (MessageType::Nak, Ipv4Addr::UNSPECIFIED, None),
+            Decision::Silent(change) => {
+                event.ip = match change {
+                    LeaseChange::Released { ip, .. } | LeaseChange::Declined { ip, .. } => Some(ip),
+                    LeaseChange::Bound(l) => Some(l.ip),
+                };
+                return Ok(Handled {
+                    reply: None,
+                    lease_change: Some(change),
+                    event,
+                });
+            }
+        };
+        if !ip.is_unspecified() {
+            event.ip = Some(ip);
+        }
+        let len = write_reply(
+            out,
+            &req,
+            subnet,
+            kind,
+            ip,
+            if kind == MessageType::Nak {
+                &BootDecision::None
+            } else {
+                &boot
+            },
+            reservation.and_then(|r| r.hostname),
+            decision_has_lease(&decision),
+        )?;
+        event.sent = Some(kind);
+        Ok(Handled {
+            reply: Some(Transmit {
+                dst: destination(&req, kind),
+                len,
+            }),
+            lease_change: change,
+            event,
+        })
+    }
+
+    fn decide<I: Inventory>(
+        &mut self,
+        now: Instant,
+        req: &Request,
+        index: usize,
+        reservation: Option<Reservation<'_>>,
+        inv: &I,
+    ) -> Result<Decision, Drop> {
+        let subnet = self.config.subnets.get(index).ok_or(Drop::NoSubnet)?;
+        let server_ip = subnet.server_ip;
+        let in_subnet = |ip: Ipv4Addr| subnet.contains(ip);
+        let hold = self.config.offer_hold;
+        let quarantine = self.config.decline_quarantine;
+        let pool = self.pools.get_mut(index).and_then(Option::as_mut);
+        match req.message_type {
+            MessageType::Discover => match reservation {
+                Some(r) => Ok(Decision::Offer(r.ip)),
+                None => {
+                    let pool = pool.ok_or(Drop::PoolExhausted)?;
+                    let ip = pool
+                        .allocate(req.mac, req.requested_ip, now, hold, |ip| {
+                            inv.is_reserved(ip)
+                        })
+                        .map_err(|_| Drop::PoolExhausted)?;
+                    Ok(Decision::Offer(ip))
+                }
+            },
+            MessageType::Request => {
+                // RFC 2131 §4.3.2: SELECTING carries option 54; INIT-REBOOT carries option 50
+                // only; RENEWING/REBINDING carry ciaddr only.
+                if let Some(sid) = req.server_id {
+                    if sid != server_ip {
+                        return Err(Drop::NotForUs);
+                    }
+                }
+                let Some(wanted) = req
+                    .requested_ip
+                    .or((!req.ciaddr.is_unspecified()).then_some(req.ciaddr))
+                else {
+                    return Err(Drop::Ignored("REQUEST without requested address or ciaddr"));
+                };
+                if let Some(r) = reservation {
+                    return Ok(if r.ip == wanted {
+                        Decision::Ack(wanted)
+                    } else {
+                        Decision::Nak
+                    });
+                }
+                if !in_subnet(wanted) {
+                    // INIT-REBOOT on the wrong network: NAK so it restarts (§4.3.2).
+                    return Ok(Decision::Nak);
+                }
+                let Some(pool) = pool else {
+                    return Ok(Decision::Nak);
+                };
+                if !pool.contains(wanted) || inv.is_reserved(wanted) {
+                    return Ok(Decision::Nak);
+                }
+                match pool.bind(req.mac, wanted, now + subnet.lease_time, now) {
+                    Ok(()) => Ok(Decision::Ack(wanted)),
+                    Err(PoolError::Taken | PoolError::OutOfRange | PoolError::Exhausted) => {
+                        Ok(Decision::Nak)
+                    }
+                }
+            }
+            MessageType::Decline => {
+                if req.server_id.is_some_and(|s| s != server_ip) {
+                    return Err(Drop::NotForUs);
+                }
+                let ip = req
+                    .requested_ip
+                    .ok_or(Drop::Ignored("DECLINE without requested address"))?;
+                let pool = pool.ok_or(Drop::Ignored("DECLINE of a static address"))?;
+                let until = now + quarantine;
+                if pool.decline(req.mac, ip, until, now) {
+                    Ok(Decision::Silent(LeaseChange::Declined {
+                        mac: req.mac,
+                        ip,
+                        quarantined_until: until,
+                    }))
+                } else {
+                    Err(Drop::Ignored("DECLINE of an address outside the pool"))
+                }
+            }
+            MessageType::Release => {
+                let ip = req.ciaddr;
+                if let Some(pool) = pool {
+                    pool.release(req.mac, ip);
+                }
+                Ok(Decision::Silent(LeaseChange::Released { mac: req.mac, ip }))
+            }
+            MessageType::Inform => Ok(Decision::InformAck),
+            _ => Err(Drop::NotBootRequest),
+        }
+    }
+
+    fn proxy(
+        &self,
+        req: &Request,
+        index: usize,
+        boot: &BootDecision,
+        mut event: Event,
+        out: &mut [u8],
+    ) -> Result<Handled, Drop> {
+        if req.message_type != MessageType::Discover {
+            return Err(Drop::Ignored("proxyDHCP answers DISCOVER only"));
+        }
+        if matches!(boot, BootDecision::None) {
+            return Err(Drop::Ignored("proxyDHCP: not a network-boot client"));
+        }
+        let subnet = self.config.subnets.get(index).ok_or(Drop::NoSubnet)?;
+        let len = write_reply(
+            out,
+            req,
+            subnet,
+            MessageType::Offer,
+            Ipv4Addr::UNSPECIFIED,
+            boot,
+            None,
+            false,
+        )?;
+        event.sent = Some(MessageType::Offer);
+        Ok(Handled {
+            reply: Some(Transmit {
+                dst: destination(req, MessageType::Offer),
+                len,
+            }),
+            lease_change: None,
+            event,
+        })
+    }
+}
+
+enum Decision {
+    Offer(Ipv4Addr),
+    Ack(Ipv4Addr),
+    InformAck,
+    Nak,
+    Silent(LeaseChange),
+}
+
+fn decision_has_lease(d: &Decision) -> bool {
+    matches!(d, Decision::Offer(_) | Decision::Ack(_))
+}
+
+/// RFC 2131 §4.1: relay → giaddr:67; NAK without relay → broadcast; ciaddr set → unicast;
+/// otherwise broadcast (we cannot ARP-inject the client's MAC from userspace).
+fn destination(req: &Request, kind: MessageType) -> SocketAddrV4 {
+    if !req.giaddr.is_unspecified() {
+        return SocketAddrV4::new(req.giaddr, SERVER_PORT);
+    }
+    if kind != MessageType::Nak && !req.ciaddr.is_unspecified() {
+        return SocketAddrV4::new(req.ciaddr, CLIENT_PORT);
+    }
+    SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_reply(
+    out: &mut [u8],
+    req: &Request,
+    subnet: &SubnetConfig,
+    kind: MessageType,
+    yiaddr: Ipv4Addr,
+    boot: &BootDecision,
+    hostname: Option<&str>,
+    with_lease: bool,
+) -> Result<usize, Drop> {
+    let proxy = yiaddr.is_unspecified() && kind == MessageType::Offer;
+    let tftp_file = match boot {
+        BootDecision::Tftp { file } => file.as_bytes(),
+        _ => &[],
+    };
+    let header = ReplyHeader {
+        xid: req.xid,
+        secs: 0,
+        flags: if req.broadcast { 0x8000 } else { 0 },
+        hops: 0,
+        ciaddr: if kind == MessageType::Ack {
+            req.ciaddr
+        } else {
+            Ipv4Addr::UNSPECIFIED
+        },
+        yiaddr,
+        siaddr: if matches!(boot, BootDecision::None) {
+            Ipv4Addr::UNSPECIFIED
+        } else {
+            subnet.server_ip
+        },
+        giaddr: req.giaddr,
+        chaddr: req.chaddr16(),
+    };
+    let limit = req
+        .max_message_size
+        .map_or(wire::MIN_MAX_MESSAGE, usize::from)
+        .max(wire::MIN_MAX_MESSAGE);
+    let mut b = ReplyBuilder::new(out, &header, tftp_file, limit).map_err(|_| Drop::Encode)?;
+    b.option(opt::MESSAGE_TYPE, &[kind.to_u8()])
+        .map_err(|_| Drop::Encode)?;
+    b.option(opt::SERVER_ID, &subnet.server_ip.octets())
+        .map_err(|_| Drop::Encode)?;
+    if kind == MessageType::Nak {
+        let _ = b.option(
+            opt::MESSAGE,
+            b"requested address is not yours on this network",
+        );
+        echo_relay(&mut b, req);
+        return Ok(b.finish());
+    }
+
+    // Candidate options; the parameter request list (55) decides their order (RFC 2132 §9.8),
+    // then the ones a PXE client needs even if it did not ask.
+    let mut cands: HVec<(u8, HVec<u8, 256>), 16> = HVec::new();
+    let mut add = |code: u8, value: &[u8]| {
+        let mut v = HVec::new();
+        if v.extend_from_slice(value).is_ok() {
+            let _ = cands.push((code, v));
+        }
+    };
+    if !proxy {
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(subnet.prefix.min(32)))
+            .unwrap_or(0);
+        add(opt::SUBNET_MASK, &mask.to_be_bytes());
+        add(opt::BROADCAST, &subnet.broadcast().octets());
+        if let Some(r) = subnet.router {
+            add(opt::ROUTER, &r.octets());
+        }
+        if !subnet.dns.is_empty() {
+            let mut v: HVec<u8, 16> = HVec::new();
+            for d in &subnet.dns {
+                let _ = v.extend_from_slice(&d.octets());
+            }
+            add(opt::DNS, &v);
+        }
+        if !subnet.domain.is_empty() {
+            add(opt::DOMAIN_NAME, subnet.domain.as_bytes());
+        }
+        if let Some(h) = hostname {
+            add(opt::HOSTNAME, h.as_bytes());
+        }
+        if with_lease {
+            let secs = u32::try_from(subnet.lease_time.secs()).unwrap_or(u32::MAX);
+            add(opt::LEASE_TIME, &secs.to_be_bytes());
+            add(opt::RENEWAL_TIME, &(secs / 2).to_be_bytes());
+            add(opt::REBINDING_TIME, &(secs / 8 * 7).to_be_bytes());
+        }
+    }
+    if let Some(file) = boot.file() {
+        if matches!(boot, BootDecision::Tftp { .. }) {
+            let mut ip: heapless::String<16> = heapless::String::new();
+            let _ = core::fmt::Write::write_fmt(&mut ip, format_args!("{}", subnet.server_ip));
+            add(opt::TFTP_SERVER_NAME, ip.as_bytes());
+        }
+        add(opt::BOOTFILE_NAME, file.as_bytes());
+    }
+    if proxy {
+        add(opt::VENDOR_CLASS, b"PXEClient");
+        // PXE spec: PXE_DISCOVERY_CONTROL (6) = 8: use the boot file in this reply.
+        add(opt::VENDOR_SPECIFIC, &[6, 1, 8, 255]);
+        if !req.client_uuid.is_empty() {
+            add(opt::CLIENT_UUID, &req.client_uuid);
+        }
+    } else if let Some(vc) = boot.vendor_class() {
+        add(opt::VENDOR_CLASS, vc);
+    }
+
+    let mut sent: HVec<u8, 16> = HVec::new();
+    for code in req.parameter_request_list.iter() {
+        if let Some((c, v)) = cands.iter().find(|(c, _)| c == code) {
+            if !sent.contains(c) && b.option(*c, v).is_ok() {
+                let _ = sent.push(*c);
+            }
+        }
+    }
+    for (c, v) in cands.iter() {
+        if !sent.contains(c) {
+            let required = matches!(
+                *c,
+                opt::LEASE_TIME | opt::BOOTFILE_NAME | opt::VENDOR_CLASS | opt::VENDOR_SPECIFIC
+            );
+            if b.option(*c, v).is_err() && required {
+                return Err(Drop::Encode);
+            }
+        }
+    }
+    echo_relay(&mut b, req);
+    Ok(b.finish())
+}
+
+fn echo_relay(b: &mut ReplyBuilder<'_>, req: &Request) {
+    // RFC 3046 §2.2: echo option 82 unchanged, as the last option.
+    if !req.relay_agent_info.is_empty() && !req.giaddr.is_unspecified() {
+        let _ = b.option(opt::RELAY_AGENT_INFO, &req.relay_agent_info);
+    }
+}

@@ -1,0 +1,113 @@
+//! DHCP leases. The DHCP driver awaits these writes before it sends an ACK.
+
+use std::net::Ipv4Addr;
+
+use pxe_core::MacAddr;
+use rusqlite::params;
+
+use super::{Store, StoreError, now_ms};
+
+/// Static (inventory) or dynamic (pool).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseRecordKind {
+    Static,
+    Dynamic,
+}
+
+impl LeaseRecordKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaseRecordKind::Static => "static",
+            LeaseRecordKind::Dynamic => "dynamic",
+        }
+    }
+}
+
+/// A persisted lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRecord {
+    pub mac: MacAddr,
+    pub ip: Ipv4Addr,
+    /// Unix milliseconds.
+    pub expires_ms: i64,
+    pub kind: LeaseRecordKind,
+    pub hostname: Option<String>,
+}
+
+impl Store {
+    /// Upserts leases in one durable write.
+    pub async fn put_leases(&self, leases: Vec<LeaseRecord>) -> Result<(), StoreError> {
+        self.write(move |tx| {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO leases (mac, ip, expires_ms, kind, hostname, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(mac) DO UPDATE SET ip = excluded.ip, expires_ms = excluded.expires_ms,
+                   kind = excluded.kind, hostname = excluded.hostname, updated_ms = excluded.updated_ms",
+            )?;
+            let now = now_ms();
+            for l in &leases {
+                // A dynamic address belongs to one client at a time: drop stale rows holding it.
+                tx.prepare_cached("DELETE FROM leases WHERE ip = ?1 AND mac != ?2")?
+                    .execute(params![l.ip.to_string(), l.mac.to_string()])?;
+                stmt.execute(params![
+                    l.mac.to_string(),
+                    l.ip.to_string(),
+                    l.expires_ms,
+                    l.kind.as_str(),
+                    l.hostname,
+                    now
+                ])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Ends a lease (RELEASE / DECLINE).
+    pub async fn delete_lease(&self, mac: MacAddr) -> Result<bool, StoreError> {
+        self.write(move |tx| {
+            Ok(tx.execute("DELETE FROM leases WHERE mac = ?1", [mac.to_string()])? > 0)
+        })
+        .await
+    }
+
+    /// Every lease, ordered by address.
+    pub async fn list_leases(&self) -> Result<Vec<LeaseRecord>, StoreError> {
+        self.read(|conn| {
+            let mut stmt =
+                conn.prepare("SELECT mac, ip, expires_ms, kind, hostname FROM leases")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get(4)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (mac, ip, expires_ms, kind, hostname) = row?;
+                // Rows are only written by this module; skip (and log) anything unreadable.
+                let (Ok(mac), Ok(ip)) = (mac.parse::<MacAddr>(), ip.parse::<Ipv4Addr>()) else {
+                    tracing::warn!(%mac, %ip, "store: skipping an unreadable lease row");
+                    continue;
+                };
+                let kind = if kind == "static" {
+                    LeaseRecordKind::Static
+                } else {
+                    LeaseRecordKind::Dynamic
+                };
+                out.push(LeaseRecord {
+                    mac,
+                    ip,
+                    expires_ms,
+                    kind,
+                    hostname,
+                });
+            }
+            out.sort_by_key(|l| u32::from(l.ip));
+            Ok(out)
+        })
+        .await
+    }
+}

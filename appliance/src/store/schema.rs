@@ -1,0 +1,85 @@
+//! Versioned schema: `PRAGMA user_version` is the number of migrations applied.
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+/// Applied in order; never edit one that has shipped, append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: leases, SMD inventory, BSS boot parameters.
+    r#"
+    CREATE TABLE leases (
+        mac TEXT PRIMARY KEY,
+        ip TEXT NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('static', 'dynamic')),
+        hostname TEXT,
+        updated_ms INTEGER NOT NULL
+    );
+    CREATE TABLE components (
+        id TEXT PRIMARY KEY,
+        nid INTEGER,
+        doc TEXT NOT NULL,
+        owner TEXT NOT NULL DEFAULT 'local'
+    );
+    CREATE INDEX components_nid ON components(nid);
+    CREATE TABLE ethernet_interfaces (
+        id TEXT PRIMARY KEY,
+        mac TEXT NOT NULL UNIQUE,
+        component_id TEXT,
+        ip TEXT,
+        doc TEXT NOT NULL,
+        owner TEXT NOT NULL DEFAULT 'local'
+    );
+    CREATE INDEX ethernet_interfaces_component ON ethernet_interfaces(component_id);
+    CREATE TABLE redfish_endpoints (
+        id TEXT PRIMARY KEY,
+        doc TEXT NOT NULL,
+        owner TEXT NOT NULL DEFAULT 'local'
+    );
+    CREATE TABLE boot_parameters (
+        id INTEGER PRIMARY KEY,
+        doc TEXT NOT NULL,
+        owner TEXT NOT NULL DEFAULT 'local'
+    );
+    CREATE TABLE boot_parameter_keys (
+        kind TEXT NOT NULL CHECK (kind IN ('host', 'mac', 'nid')),
+        key TEXT NOT NULL,
+        bp_id INTEGER NOT NULL REFERENCES boot_parameters(id) ON DELETE CASCADE,
+        PRIMARY KEY (kind, key)
+    );
+    CREATE INDEX boot_parameter_keys_bp ON boot_parameter_keys(bp_id);
+    CREATE TABLE groups (
+        label TEXT PRIMARY KEY,
+        doc TEXT NOT NULL,
+        owner TEXT NOT NULL DEFAULT 'local'
+    );
+    "#,
+];
+
+/// Brings `conn` to the latest schema; refuses a database from a newer rackboot.
+pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: usize = conn
+        .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))?
+        .try_into()
+        .unwrap_or(0);
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::Invalid(format!(
+            "the database has schema version {version}, newer than this rackboot understands ({}); \
+             upgrade rackboot or restore a backup",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(
+            None,
+            "user_version",
+            i64::try_from(i + 1).unwrap_or(i64::MAX),
+        )?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "store schema migrated");
+    }
+    Ok(())
+}

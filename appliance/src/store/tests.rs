@@ -1,0 +1,220 @@
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+use super::*;
+
+fn ei(mac: &str, ip: &str, comp: &str) -> EthernetInterface {
+    EthernetInterface {
+        id: mac.replace(':', ""),
+        description: None,
+        mac_address: mac.into(),
+        ip_addresses: vec![IpAddressEntry {
+            ip_address: ip.into(),
+            network: None,
+        }],
+        last_update: None,
+        component_id: Some(comp.into()),
+        kind: Some("Node".into()),
+        extra: Default::default(),
+    }
+}
+
+fn comp(id: &str, nid: i64) -> Component {
+    serde_json::from_value(serde_json::json!({"ID": id, "Type": "Node", "NID": nid, "Custom": 7}))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn inventory_and_reservations_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(dir.path()).unwrap();
+        let mut watch = s.subscribe_inventory();
+        s.put_components(vec![comp("x1000c0s0b0n0", 1)])
+            .await
+            .unwrap();
+        assert!(watch.has_changed().unwrap());
+        watch.mark_unchanged();
+        s.insert_ethernet_interface(ei("52:54:00:aa:00:01", "192.0.2.50", "x1000c0s0b0n0"))
+            .await
+            .unwrap();
+        let dup = s
+            .insert_ethernet_interface(ei("52:54:00:aa:00:01", "192.0.2.51", "x"))
+            .await;
+        assert!(matches!(dup, Err(StoreError::Conflict(_))));
+        assert!(watch.has_changed().unwrap());
+    }
+    let s = Store::open(dir.path()).unwrap();
+    let r = s.reservations().await.unwrap();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].ip, Ipv4Addr::new(192, 0, 2, 50));
+    assert_eq!(r[0].hostname, "nid0001");
+    assert_eq!(r[0].xname, "x1000c0s0b0n0");
+    // Unknown fields round-trip.
+    let c = s
+        .get_component("x1000c0s0b0n0".into())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.extra["Custom"], 7);
+}
+
+use std::net::Ipv4Addr;
+
+#[tokio::test]
+async fn boot_parameters_semantics() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let bp = BootParameters {
+        hosts: vec!["x1000c0s0b0n0".into()],
+        macs: vec!["52:54:00:aa:00:01".into()],
+        kernel: "http://k".into(),
+        initrd: "http://i".into(),
+        params: "console=ttyS0".into(),
+        ..Default::default()
+    };
+    s.insert_boot_parameters(bp.clone()).await.unwrap();
+    assert!(matches!(
+        s.insert_boot_parameters(bp.clone()).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let by_mac = s
+        .boot_parameters_for(Some("52:54:00:aa:00:01".into()), None, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(by_mac.kernel, "http://k");
+    assert_eq!(by_mac.hosts, vec!["x1000c0s0b0n0".to_string()]);
+    // PUT for the host only moves that key to a new object.
+    let put = BootParameters {
+        hosts: vec!["x1000c0s0b0n0".into()],
+        kernel: "http://k2".into(),
+        ..Default::default()
+    };
+    s.upsert_boot_parameters(put).await.unwrap();
+    let all = s
+        .find_boot_parameters(BootSelector::default())
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 2);
+    // PATCH changes only the given field.
+    let sel = BootSelector {
+        macs: vec!["52:54:00:aa:00:01".into()],
+        ..Default::default()
+    };
+    s.patch_boot_parameters(sel.clone(), serde_json::json!({"params": "quiet"}))
+        .await
+        .unwrap();
+    let got = s.find_boot_parameters(sel.clone()).await.unwrap();
+    assert_eq!(got[0].params, "quiet");
+    assert_eq!(got[0].kernel, "http://k");
+    let none = BootSelector {
+        macs: vec!["02:00:00:00:00:00".into()],
+        ..Default::default()
+    };
+    assert!(matches!(
+        s.patch_boot_parameters(none, serde_json::json!({})).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(s.delete_boot_parameters(sel.clone()).await.unwrap(), 1);
+    assert!(s.find_boot_parameters(sel).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn leases_group_commit_and_refuse_future_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let writes = (1..=200u8).map(|i| {
+        let s = s.clone();
+        async move {
+            s.put_leases(vec![LeaseRecord {
+                mac: pxe_core::MacAddr([2, 0, 0, 0, 0, i]),
+                ip: Ipv4Addr::new(192, 0, 2, i),
+                expires_ms: 1,
+                kind: LeaseRecordKind::Dynamic,
+                hostname: None,
+            }])
+            .await
+        }
+    });
+    for r in futures_util::future::join_all(writes).await {
+        r.unwrap();
+    }
+    assert_eq!(s.list_leases().await.unwrap().len(), 200);
+    drop(s);
+    let conn = rusqlite::Connection::open(dir.path().join("rackboot.db")).unwrap();
+    conn.pragma_update(None, "user_version", 99).unwrap();
+    drop(conn);
+    let err = Store::open(dir.path()).err().unwrap().to_string();
+    assert!(err.contains("newer"), "{err}");
+}
+
+/// A child process writes leases and reports each acknowledged one; we SIGKILL it mid-stream
+/// and check every acknowledged lease is in the reopened database.
+#[test]
+fn acknowledged_writes_survive_kill_9() {
+    if let Ok(dir) = std::env::var("RACKBOOT_STORE_CHILD") {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let s = Store::open(std::path::Path::new(&dir)).unwrap();
+            for i in 0u32.. {
+                let b = i.to_be_bytes();
+                s.put_leases(vec![LeaseRecord {
+                    mac: pxe_core::MacAddr([2, 0, b[0], b[1], b[2], b[3]]),
+                    ip: Ipv4Addr::from(0x0a00_0000 + i),
+                    expires_ms: i64::from(i),
+                    kind: LeaseRecordKind::Dynamic,
+                    hostname: None,
+                }])
+                .await
+                .unwrap();
+                println!("acked {i}");
+            }
+        });
+        return;
+    }
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mut child = std::process::Command::new(exe)
+        .args([
+            "--exact",
+            "store::tests::acknowledged_writes_survive_kill_9",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("RACKBOOT_STORE_CHILD", dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut acked = None;
+    for line in out.lines() {
+        let line = line.unwrap();
+        if let Some(n) = line.strip_prefix("acked ") {
+            let n: u32 = n.parse().unwrap();
+            acked = Some(n);
+            if n >= 300 {
+                break;
+            }
+        }
+    }
+    // SIGKILL: no destructors, no clean close of the database.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let acked = acked.expect("child acknowledged writes");
+    let conn = rusqlite::Connection::open(dir.path().join("rackboot.db")).unwrap();
+    let ok: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+    for i in 0..=acked {
+        let n: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM leases WHERE expires_ms = ?1",
+                [i64::from(i)],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 1, "acknowledged lease {i} is missing after kill -9");
+    }
+}

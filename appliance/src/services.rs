@@ -4,15 +4,19 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
+use pxe_core::boot::{self, BootPolicy};
+use pxe_core::dhcp::server::{Mode, ServerConfig, SubnetConfig};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{self, Authenticator};
+use crate::config::{self, DhcpMode};
 use crate::http::{self, server::HttpLimits};
 use crate::images::{self, ImageStore};
 use crate::ipxe::IpxeDir;
 use crate::serve::Settings;
+use crate::store::Store;
 
 /// The running services.
 pub struct Services {
@@ -52,7 +56,26 @@ pub async fn start(
             data_dir.display()
         )
     })?;
+    let store = Store::open(data_dir).with_context(|| {
+        format!(
+            "cannot open the store in {} (--data-dir)",
+            data_dir.display()
+        )
+    })?;
     let mut tasks = JoinSet::new();
+
+    if settings.config.listen.dhcp_port != 0 {
+        let config = dhcp_config(settings)?;
+        crate::dhcp::service::spawn(
+            &mut tasks,
+            &settings.iface.name,
+            settings.config.listen.dhcp_port,
+            config,
+            store.clone(),
+            shutdown.clone(),
+        )
+        .await?;
+    }
 
     let app = http_app(&authn, ipxe, images);
     let listener = tokio::net::TcpListener::bind(settings.http_listen)
@@ -90,4 +113,68 @@ fn http_app(authn: &Authenticator, ipxe: IpxeDir, images: ImageStore) -> Router 
         .merge(open)
         .merge(admin)
         .fallback(crate::http::problem::not_found_fallback)
+}
+
+/// The DHCP engine configuration: the interface's own subnet (pool = upper half unless configured)
+/// plus every configured relay subnet.
+pub fn dhcp_config(settings: &Settings) -> anyhow::Result<ServerConfig> {
+    let cfg = &settings.config;
+    let bounded = |s: &str, what: &str| {
+        boot::short::<128>(s).map_err(|_| anyhow::anyhow!("{what} is longer than 128 bytes"))
+    };
+    let policy = BootPolicy {
+        bios: bounded(&cfg.boot.bios, "boot.bios")?,
+        uefi_x64: bounded(&cfg.boot.uefi_x64, "boot.uefi_x64")?,
+        uefi_ia32: bounded(&cfg.boot.uefi_ia32, "boot.uefi_ia32")?,
+        uefi_arm64: bounded(&cfg.boot.uefi_arm64, "boot.uefi_arm64")?,
+        http_base: bounded(&settings.base_url(), "the advertised base URL")?,
+    };
+    let mut subnets = Vec::new();
+    let own = settings.iface.net;
+    let own_cfg = cfg.dhcp.subnets.iter().find(|s| s.network.trunc() == own);
+    subnets.push(subnet(settings, own, own_cfg)?);
+    for s in cfg.dhcp.subnets.iter().filter(|s| s.network.trunc() != own) {
+        subnets.push(subnet(settings, s.network.trunc(), Some(s))?);
+    }
+    Ok(ServerConfig {
+        subnets,
+        mode: match cfg.dhcp.mode {
+            DhcpMode::Authoritative => Mode::Authoritative,
+            DhcpMode::Proxy => Mode::Proxy,
+        },
+        boot: policy,
+        offer_hold: pxe_core::Duration::from_secs(30),
+        decline_quarantine: pxe_core::Duration::from_secs(600),
+    })
+}
+
+fn subnet(
+    settings: &Settings,
+    net: ipnet::Ipv4Net,
+    cfg: Option<&crate::config::Subnet>,
+) -> anyhow::Result<SubnetConfig> {
+    let pool = match cfg.and_then(|c| c.pool.as_deref()) {
+        Some(p) => Some(config::parse_pool(p)?),
+        None => config::default_pool(net),
+    };
+    let mut dns = heapless::Vec::new();
+    for d in cfg.map(|c| c.dns.as_slice()).unwrap_or(&[]) {
+        dns.push(*d)
+            .map_err(|_| anyhow::anyhow!("dhcp.subnet {net}: at most 4 dns servers"))?;
+    }
+    let domain = cfg.and_then(|c| c.domain.as_deref()).unwrap_or("");
+    Ok(SubnetConfig {
+        network: net.network(),
+        prefix: net.prefix_len(),
+        server_ip: settings.iface.addr,
+        router: cfg.and_then(|c| c.router),
+        dns,
+        domain: heapless::String::try_from(domain)
+            .map_err(|_| anyhow::anyhow!("dhcp.subnet {net}: domain longer than 64 bytes"))?,
+        lease_time: cfg
+            .and_then(|c| c.lease_time)
+            .unwrap_or(settings.config.dhcp.lease_time)
+            .into(),
+        pool,
+    })
 }

@@ -4,4 +4,5 @@ pub mod api;
 pub mod cli;
 pub mod inventory;
 pub mod queue;
+pub mod service;
 pub mod socket;

@@ -1,0 +1,309 @@
+//! The DHCP service: socket → drop-oldest queue → engine → (durable lease) → reply.
+//!
+//! Three tasks:
+//! - the reader drains the socket into the [`DropOldestQueue`] as fast as it can;
+//! - the engine task answers datagrams in order with `pxe_core`'s [`DhcpServer`]. Replies that
+//!   change no lease (OFFER, NAK, INFORM) go out at once; the others go to
+//! - the committer, which writes every pending lease change in one store transaction (group
+//!   commit), and only after it is durable sends the ACKs (ARCHITECTURE invariant 3).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddrV4;
+use std::sync::{Arc, Mutex, RwLock};
+
+use pxe_core::dhcp::server::{
+    DhcpServer, Drop, Inventory, Lease, LeaseChange, LeaseKind, Reservation, RxInfo, ServerConfig,
+};
+use pxe_core::dhcp::wire::MessageType;
+use pxe_core::{Instant, MacAddr};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::inventory::{InventoryView, StaticLease};
+use super::queue::DropOldestQueue;
+use super::socket::DhcpSocket;
+use crate::store::{LeaseRecord, LeaseRecordKind, Store, now_ms};
+
+/// Datagrams waiting for the engine before the oldest are dropped.
+const QUEUE_DEPTH: usize = 8192;
+/// Largest datagram read (DHCP over Ethernet fits in 1500; relays may add a little).
+const MAX_DATAGRAM: usize = 4096;
+
+/// Counters the metrics and `rackboot status` read.
+#[derive(Debug, Default)]
+pub struct DhcpStats {
+    pub received: std::sync::atomic::AtomicU64,
+    pub replies: Mutex<BTreeMap<&'static str, u64>>,
+    pub drops: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl DhcpStats {
+    fn count(map: &Mutex<BTreeMap<&'static str, u64>>, key: &'static str) {
+        *map.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_default() += 1;
+    }
+
+    /// Drops by reason, including queue overflow.
+    pub fn drops(&self) -> BTreeMap<&'static str, u64> {
+        self.drops.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Starts the DHCP service on `iface`:`port`.
+pub async fn spawn(
+    tasks: &mut JoinSet<()>,
+    iface: &str,
+    port: u16,
+    config: ServerConfig,
+    store: Store,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Arc<DhcpStats>> {
+    let sock = Arc::new(DhcpSocket::bind(iface, port)?);
+    let local_ip = crate::netif::ipv4_of(iface)?.addr;
+    let stats = Arc::new(DhcpStats::default());
+    let queue = Arc::new(DropOldestQueue::<(SocketAddrV4, Vec<u8>)>::new(QUEUE_DEPTH));
+
+    let mut server = DhcpServer::new(config);
+    let now = Instant::from_millis(u64::try_from(now_ms()).unwrap_or(0));
+    let mut restored = 0;
+    for l in store.list_leases().await? {
+        if l.kind == LeaseRecordKind::Dynamic && l.expires_ms > now_ms() {
+            let expires = Instant::from_millis(u64::try_from(l.expires_ms).unwrap_or(0));
+            server.restore(
+                &Lease {
+                    mac: l.mac,
+                    ip: l.ip,
+                    expires,
+                    kind: LeaseKind::Dynamic,
+                },
+                now,
+            );
+            restored += 1;
+        }
+    }
+    tracing::info!(restored, "DHCP: restored dynamic leases from the store");
+
+    let view = Arc::new(RwLock::new(Arc::new(load_view(&store).await?)));
+    let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
+
+    // Reader.
+    {
+        let (sock, queue, stats, stop) =
+            (sock.clone(), queue.clone(), stats.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let mut buf = vec![0u8; MAX_DATAGRAM];
+            loop {
+                let got = tokio::select! {
+                    () = stop.cancelled() => break,
+                    r = sock.recv(&mut buf) => r,
+                };
+                match got {
+                    Ok(meta) => {
+                        stats
+                            .received
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let bytes = buf.get(..meta.len).unwrap_or(&[]).to_vec();
+                        if queue.push((meta.src, bytes)).is_some() {
+                            DhcpStats::count(&stats.drops, "overload");
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "DHCP: receive failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    }
+                }
+            }
+        });
+    }
+
+    // Inventory refresher.
+    {
+        let (store, view, generation, stop) = (
+            store.clone(),
+            view.clone(),
+            generation.clone(),
+            shutdown.clone(),
+        );
+        let mut changes = store.subscribe_inventory();
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    r = changes.changed() => if r.is_err() { break },
+                }
+                match load_view(&store).await {
+                    Ok(v) => {
+                        tracing::debug!(reservations = v.len(), "DHCP: inventory reloaded");
+                        *view.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(v);
+                        generation.fetch_add(1, std::sync::atomic::Ordering::Release);
+                    }
+                    Err(err) => tracing::error!(error = %err, "DHCP: cannot reload reservations; keeping the old ones"),
+                }
+            }
+        });
+    }
+
+    // Committer.
+    let (commit_tx, mut commit_rx) = mpsc::channel::<Pending>(QUEUE_DEPTH);
+    {
+        let (sock, store, stats) = (sock.clone(), store.clone(), stats.clone());
+        tasks.spawn(async move {
+            while let Some(first) = commit_rx.recv().await {
+                let mut batch = vec![first];
+                while let Ok(p) = commit_rx.try_recv() {
+                    batch.push(p);
+                }
+                let durable = persist(&store, &batch).await;
+                match durable {
+                    Ok(()) => {
+                        for p in batch {
+                            if let Some((dst, bytes)) = p.reply {
+                                send(&sock, &bytes, dst).await;
+                                DhcpStats::count(&stats.replies, "ack");
+                            }
+                        }
+                    }
+                    Err(err) => {
+                        // Not durable → not acknowledged: the client retries and we try again.
+                        tracing::error!(error = %err, leases = batch.len(), "DHCP: cannot store leases; ACKs withheld");
+                        for _ in &batch {
+                            DhcpStats::count(&stats.drops, "store_error");
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    // Engine.
+    {
+        let (sock, queue, stats, stop) =
+            (sock.clone(), queue.clone(), stats.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let mut out = vec![0u8; 1500];
+            let mut seen_generation = 0;
+            loop {
+                let (src, bytes) = tokio::select! {
+                    () = stop.cancelled() => break,
+                    item = queue.pop() => item,
+                };
+                let current = view.read().unwrap_or_else(|p| p.into_inner()).clone();
+                let g = generation.load(std::sync::atomic::Ordering::Acquire);
+                if g != seen_generation {
+                    server.inventory_changed(&ViewRef(&current));
+                    seen_generation = g;
+                }
+                let now = Instant::from_millis(u64::try_from(now_ms()).unwrap_or(0));
+                let rx = RxInfo { src, local_ip };
+                match server.handle(now, &rx, &bytes, &ViewRef(&current), &mut out) {
+                    Ok(h) => {
+                        let e = h.event;
+                        let xname = current.get(&e.mac).map(|s| s.xname.as_str()).unwrap_or("");
+                        tracing::info!(
+                            mac = %e.mac, ip = ?e.ip, xid = format_args!("{:#010x}", e.xid), xname,
+                            received = e.received.as_str(), sent = e.sent.map(MessageType::as_str).unwrap_or("-"),
+                            ipxe = e.ipxe, r#static = e.is_static, "DHCP"
+                        );
+                        let reply = h.reply.map(|t| (t.dst, out.get(..t.len).unwrap_or(&[]).to_vec()));
+                        match h.lease_change {
+                            Some(change) => {
+                                let hostname = current.get(&e.mac).map(|s| s.hostname.clone());
+                                let pending = Pending { change, hostname, reply };
+                                if commit_tx.send(pending).await.is_err() {
+                                    break;
+                                }
+                            }
+                            None => {
+                                if let Some((dst, bytes)) = reply {
+                                    send(&sock, &bytes, dst).await;
+                                    DhcpStats::count(&stats.replies, e.sent.map(MessageType::as_str).unwrap_or("-"));
+                                }
+                            }
+                        }
+                    }
+                    Err(drop) => {
+                        DhcpStats::count(&stats.drops, drop.as_str());
+                        match drop {
+                            Drop::Malformed(err) => tracing::debug!(peer = %src, error = %err, "DHCP: malformed datagram dropped"),
+                            Drop::PoolExhausted => tracing::warn!(peer = %src, "DHCP: dynamic pool exhausted; request dropped"),
+                            other => tracing::debug!(peer = %src, reason = ?other, "DHCP: no reply"),
+                        }
+                    }
+                }
+            }
+        });
+    }
+    Ok(stats)
+}
+
+struct Pending {
+    change: LeaseChange,
+    hostname: Option<String>,
+    reply: Option<(SocketAddrV4, Vec<u8>)>,
+}
+
+async fn persist(store: &Store, batch: &[Pending]) -> Result<(), crate::store::StoreError> {
+    let mut puts = Vec::new();
+    let mut deletes: Vec<MacAddr> = Vec::new();
+    for p in batch {
+        match p.change {
+            LeaseChange::Bound(l) => puts.push(LeaseRecord {
+                mac: l.mac,
+                ip: l.ip,
+                expires_ms: i64::try_from(l.expires.millis()).unwrap_or(i64::MAX),
+                kind: match l.kind {
+                    LeaseKind::Static => LeaseRecordKind::Static,
+                    LeaseKind::Dynamic => LeaseRecordKind::Dynamic,
+                },
+                hostname: p.hostname.clone(),
+            }),
+            LeaseChange::Released { mac, .. } | LeaseChange::Declined { mac, .. } => {
+                deletes.push(mac)
+            }
+            _ => {}
+        }
+    }
+    if !puts.is_empty() {
+        store.put_leases(puts).await?;
+    }
+    for mac in deletes {
+        store.delete_lease(mac).await?;
+    }
+    Ok(())
+}
+
+async fn send(sock: &DhcpSocket, bytes: &[u8], dst: SocketAddrV4) {
+    if let Err(err) = sock.send_to(bytes, dst).await {
+        tracing::warn!(%dst, error = %err, "DHCP: send failed");
+    }
+}
+
+async fn load_view(store: &Store) -> Result<InventoryView, crate::store::StoreError> {
+    let res = store.reservations().await?;
+    Ok(InventoryView::new(res.into_iter().map(|r| StaticLease {
+        mac: r.mac,
+        ip: r.ip,
+        hostname: r.hostname,
+        xname: r.xname,
+        boot_file: None,
+    })))
+}
+
+struct ViewRef<'a>(&'a InventoryView);
+
+impl Inventory for ViewRef<'_> {
+    fn reservation(&self, mac: MacAddr) -> Option<Reservation<'_>> {
+        self.0.get(&mac).map(|s| Reservation {
+            ip: s.ip,
+            hostname: Some(s.hostname.as_str()),
+            boot_file: s.boot_file.as_deref(),
+        })
+    }
+
+    fn is_reserved(&self, ip: std::net::Ipv4Addr) -> bool {
+        self.0.is_reserved(ip)
+    }
+}

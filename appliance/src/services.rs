@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{self, Authenticator};
+use crate::boot::BootScriptContext;
 use crate::config::{self, DhcpMode};
 use crate::http::{self, server::HttpLimits};
 use crate::images::{self, ImageStore};
@@ -40,7 +41,6 @@ pub async fn start(
     ready: watch::Receiver<bool>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Services> {
-    let _ = ready;
     let data_dir = &settings.data_dir;
     let boot = &settings.config.boot;
     let ipxe = IpxeDir::open(&settings.ipxe_dir, &[&boot.bios, &boot.uefi_x64])?;
@@ -77,7 +77,13 @@ pub async fn start(
         .await?;
     }
 
-    let app = http_app(&authn, ipxe, images);
+    let boot_ctx = BootScriptContext {
+        store: store.clone(),
+        ready,
+        fallback_base: settings.base_url(),
+        max_retries: boot.max_retries,
+    };
+    let app = http_app(&authn, ipxe, images, store, boot_ctx);
     let listener = tokio::net::TcpListener::bind(settings.http_listen)
         .await
         .with_context(|| {
@@ -100,15 +106,27 @@ pub async fn start(
 
 /// The whole HTTP surface. Boot-path routes (firmware and nodes call them) are open; every
 /// admin router is wrapped in a scope check for its area (ARCHITECTURE invariant 4).
-fn http_app(authn: &Authenticator, ipxe: IpxeDir, images: ImageStore) -> Router {
+fn http_app(
+    authn: &Authenticator,
+    ipxe: IpxeDir,
+    images: ImageStore,
+    store: Store,
+    boot_ctx: BootScriptContext,
+) -> Router {
     let mut open = Router::new()
         .merge(ipxe.router())
-        .merge(images::public_router(images.clone()));
+        .merge(images::public_router(images.clone()))
+        .merge(crate::boot::public_router(boot_ctx))
+        .route("/openapi.json", axum::routing::get(openapi));
     if let Some(issuer) = authn.local() {
         open = open.merge(auth::jwks_router(issuer));
     }
+    let guard = |area: &'static str| auth::require(authn.clone(), area);
     let admin = Router::new()
-        .merge(images::admin_router(images).layer(auth::require(authn.clone(), "images")));
+        .merge(images::admin_router(images).layer(guard("images")))
+        .merge(crate::inventory::router(store.clone()).layer(guard("inventory")))
+        .merge(crate::boot::admin_router(store.clone()).layer(guard("boot")))
+        .merge(crate::dhcp::api::router(store).layer(guard("dhcp")));
     Router::new()
         .merge(open)
         .merge(admin)
@@ -177,4 +195,12 @@ fn subnet(
             .into(),
         pool,
     })
+}
+
+/// The OpenAPI document of every route rackboot serves.
+async fn openapi() -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        include_str!("../openapi.json"),
+    )
 }

@@ -1,3 +1,297 @@
-//! The BSS-compatible boot API (/boot/v1): boot parameters and iPXE boot scripts.
+//! The BSS-compatible boot API (`/boot/v1`): boot parameters and iPXE boot scripts.
 
 pub mod cli;
+mod script;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::http::{Json, Problem};
+use crate::inventory::{normalize_mac, xname};
+use crate::store::{BootParameters, BootSelector, Store};
+
+/// What the open boot routes need.
+#[derive(Clone)]
+pub struct BootScriptContext {
+    pub store: Store,
+    /// Flipped by `serve` once every listener is up.
+    pub ready: watch::Receiver<bool>,
+    /// `http://<advertised address>`, used when a request has no usable Host header.
+    pub fallback_base: String,
+    /// Bound of the retry chain.
+    pub max_retries: u32,
+}
+
+/// `/boot/v1/bootparameters` (no auth inside: `serve` wraps it with the `boot` scope).
+pub fn admin_router(store: Store) -> Router {
+    Router::new()
+        .route(
+            "/boot/v1/bootparameters",
+            get(get_params)
+                .post(post_params)
+                .put(put_params)
+                .patch(patch_params)
+                .delete(delete_params),
+        )
+        .with_state(store)
+}
+
+/// `/boot/v1/bootscript` and `/boot/v1/service/status`: open, firmware calls them.
+pub fn public_router(ctx: BootScriptContext) -> Router {
+    Router::new()
+        .route("/boot/v1/bootscript", get(bootscript))
+        .route("/boot/v1/service/status", get(status))
+        .with_state(ctx)
+}
+
+fn values(q: &[(String, String)], key: &str) -> Vec<String> {
+    q.iter()
+        .filter(|(k, _)| k == key)
+        .flat_map(|(_, v)| v.split(','))
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
+fn selector(q: &[(String, String)]) -> Result<BootSelector, Problem> {
+    let macs = values(q, "mac")
+        .iter()
+        .map(|m| normalize_mac(m))
+        .collect::<Result<_, _>>()?;
+    let nids = values(q, "nid")
+        .iter()
+        .map(|n| {
+            n.parse::<i64>()
+                .map_err(|_| Problem::bad_request(format!("invalid nid {n:?}")))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(BootSelector {
+        hosts: values(q, "name"),
+        macs,
+        nids,
+    })
+}
+
+/// Validates and normalises a BootParameters body (MACs lowercase, hosts node xnames, no
+/// newlines anywhere a script line is built from).
+fn check(mut bp: BootParameters, need_key: bool) -> Result<BootParameters, Problem> {
+    bp.macs = bp
+        .macs
+        .iter()
+        .map(|m| normalize_mac(m))
+        .collect::<Result<_, _>>()?;
+    for h in &bp.hosts {
+        if !h.starts_with("Unknown-") {
+            xname::parse_node(h).map_err(Problem::bad_request)?;
+        }
+    }
+    if need_key && bp.selector().is_empty() {
+        return Err(Problem::bad_request(
+            "boot parameters need at least one of hosts, macs or nids",
+        ));
+    }
+    for (field, v) in [
+        ("kernel", &bp.kernel),
+        ("initrd", &bp.initrd),
+        ("params", &bp.params),
+    ] {
+        if v.contains(['\n', '\r']) {
+            return Err(Problem::bad_request(format!(
+                "{field} must be a single line (it is written into an iPXE script)"
+            )));
+        }
+    }
+    for (field, v) in [("kernel", &bp.kernel), ("initrd", &bp.initrd)] {
+        if v.contains(char::is_whitespace) {
+            return Err(Problem::bad_request(format!(
+                "{field} must be a URL without spaces"
+            )));
+        }
+    }
+    Ok(bp)
+}
+
+async fn get_params(
+    State(s): State<Store>,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Result<Json<Vec<BootParameters>>, Problem> {
+    let sel = selector(&q)?;
+    let found = s.find_boot_parameters(sel.clone()).await?;
+    if found.is_empty() && !sel.is_empty() {
+        return Err(Problem::not_found(
+            "no boot parameters match the given mac/name/nid",
+        ));
+    }
+    Ok(Json(found))
+}
+
+async fn post_params(
+    State(s): State<Store>,
+    Json(bp): Json<BootParameters>,
+) -> Result<StatusCode, Problem> {
+    let bp = check(bp, true)?;
+    // BSS answers a duplicate with 400 and a detail, not 409.
+    s.insert_boot_parameters(bp).await.map_err(|e| match e {
+        crate::store::StoreError::Conflict(m) => Problem::bad_request(m),
+        other => other.into(),
+    })?;
+    Ok(StatusCode::CREATED)
+}
+
+async fn put_params(
+    State(s): State<Store>,
+    Json(bp): Json<BootParameters>,
+) -> Result<StatusCode, Problem> {
+    s.upsert_boot_parameters(check(bp, true)?).await?;
+    Ok(StatusCode::OK)
+}
+
+async fn patch_params(
+    State(s): State<Store>,
+    Json(patch): Json<Value>,
+) -> Result<StatusCode, Problem> {
+    let as_bp: BootParameters = serde_json::from_value(patch.clone())
+        .map_err(|e| Problem::bad_request(format!("invalid boot parameters: {e}")))?;
+    let as_bp = check(as_bp, true)?;
+    s.patch_boot_parameters(as_bp.selector(), patch).await?;
+    Ok(StatusCode::OK)
+}
+
+async fn delete_params(
+    State(s): State<Store>,
+    Json(bp): Json<BootParameters>,
+) -> Result<StatusCode, Problem> {
+    let bp = check(bp, true)?;
+    if s.delete_boot_parameters(bp.selector()).await? == 0 {
+        return Err(Problem::not_found(
+            "no boot parameters match the given hosts/macs/nids",
+        ));
+    }
+    Ok(StatusCode::OK)
+}
+
+async fn status(State(ctx): State<BootScriptContext>) -> Response {
+    if *ctx.ready.borrow() {
+        Json(json!({"bss-status": "running"})).into_response()
+    } else {
+        Problem::service_unavailable("rackboot is starting; not every listener is up yet")
+            .into_response()
+    }
+}
+
+/// `http://<Host>` if the Host header is a plain host[:port], else the configured base.
+fn base_url(headers: &HeaderMap, fallback: &str) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let ok = !host.is_empty()
+        && host.len() <= 255
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".:-[]".contains(&b));
+    if ok {
+        format!("http://{host}")
+    } else {
+        fallback.to_owned()
+    }
+}
+
+async fn bootscript(
+    State(ctx): State<BootScriptContext>,
+    headers: HeaderMap,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Result<Response, Problem> {
+    let first = |k: &str| values(&q, k).into_iter().next();
+    let mac = first("mac").map(|m| normalize_mac(&m)).transpose()?;
+    let mut name = first("name");
+    if let Some(n) = &name {
+        xname::parse(n).map_err(Problem::bad_request)?;
+    }
+    let mut nid = first("nid")
+        .map(|n| {
+            n.parse::<i64>()
+                .map_err(|_| Problem::bad_request(format!("invalid nid {n:?}")))
+        })
+        .transpose()?;
+    if mac.is_none() && name.is_none() && nid.is_none() {
+        return Err(Problem::bad_request(
+            "bootscript needs one of mac=, name= or nid=",
+        ));
+    }
+    let retry = first("retry")
+        .and_then(|r| r.parse::<u32>().ok())
+        .unwrap_or(0);
+    let arch = first("arch").filter(|a| a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+    let base = base_url(&headers, &ctx.fallback_base);
+    if let Some(m) = &mac {
+        if let Ok(parsed) = m.parse::<pxe_core::MacAddr>() {
+            if let Some((x, n)) = ctx.store.node_for_mac(parsed).await? {
+                name = name.or(Some(x));
+                nid = nid.or(n);
+            }
+        }
+    }
+    let mut bp = ctx
+        .store
+        .boot_parameters_for(mac.clone(), name.clone(), nid)
+        .await?;
+    let mut known = true;
+    if bp.is_none() {
+        if let Some(a) = &arch {
+            bp = ctx
+                .store
+                .boot_parameters_for(None, Some(format!("Unknown-{a}")), None)
+                .await?;
+            known = false;
+        }
+    }
+    let body = match bp.filter(|b| !b.kernel.is_empty()) {
+        Some(bp) => {
+            tracing::info!(
+                mac = mac.as_deref().unwrap_or(""),
+                xname = name.as_deref().unwrap_or(""),
+                retry,
+                stage = "bootscript",
+                "boot script served"
+            );
+            script::node(&script::NodeScript {
+                base: &base,
+                mac: mac.as_deref(),
+                xname: if known { name.as_deref() } else { None },
+                nid: if known { nid } else { None },
+                kernel: &bp.kernel,
+                initrd: &bp.initrd,
+                params: &bp.params,
+                retry,
+                max_retries: ctx.max_retries,
+            })
+        }
+        None => {
+            tracing::info!(
+                mac = mac.as_deref().unwrap_or(""),
+                retry,
+                stage = "bootscript",
+                "unknown node: waiting script served"
+            );
+            let ts = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            script::unknown(
+                &base,
+                mac.as_deref(),
+                name.as_deref(),
+                retry,
+                ctx.max_retries,
+                ts,
+            )
+        }
+    };
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
+}

@@ -136,3 +136,15 @@ fn json_rejection(rej: JsonRejection) -> Problem {
 pub async fn not_found_fallback(uri: axum::http::Uri) -> Problem {
     Problem::not_found(format!("no route for {}", uri.path()))
 }
+
+impl From<crate::store::StoreError> for Problem {
+    fn from(err: crate::store::StoreError) -> Self {
+        use crate::store::StoreError;
+        match err {
+            StoreError::Conflict(m) => Problem::conflict(m),
+            StoreError::NotFound(m) => Problem::not_found(m),
+            StoreError::Invalid(m) => Problem::bad_request(m),
+            other => Problem::internal(other),
+        }
+    }
+}

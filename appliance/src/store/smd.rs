@@ -341,3 +341,66 @@ fn docs<T: serde::de::DeserializeOwned>(
     }
     Ok(out)
 }
+
+/// An SMD group (`/hsm/v2/groups`), stored as given.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Group {
+    pub label: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub members: GroupMembers,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMembers {
+    #[serde(default)]
+    pub ids: Vec<String>,
+}
+
+impl Store {
+    /// Inserts (`replace = false`: conflict if it exists) or replaces a group.
+    pub async fn put_group(&self, g: Group, replace: bool) -> Result<(), StoreError> {
+        self.write_inventory(move |tx| {
+            let doc = serde_json::to_string(&g)?;
+            if replace {
+                tx.execute(
+                    "INSERT INTO groups (label, doc) VALUES (?1, ?2) ON CONFLICT(label) DO UPDATE SET doc = excluded.doc",
+                    params![g.label, doc],
+                )?;
+            } else if tx.execute("INSERT OR IGNORE INTO groups (label, doc) VALUES (?1, ?2)", params![g.label, doc])? == 0 {
+                return Err(StoreError::Conflict(format!("group {} already exists", g.label)));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn get_group(&self, label: String) -> Result<Option<Group>, StoreError> {
+        self.read(move |c| {
+            let doc: Option<String> = c
+                .query_row("SELECT doc FROM groups WHERE label = ?1", [label], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            Ok(doc.map(|d| serde_json::from_str(&d)).transpose()?)
+        })
+        .await
+    }
+
+    pub async fn list_groups(&self) -> Result<Vec<Group>, StoreError> {
+        self.read(|c| docs(c, "SELECT doc FROM groups ORDER BY label"))
+            .await
+    }
+
+    pub async fn delete_group(&self, label: String) -> Result<bool, StoreError> {
+        self.write_inventory(move |tx| {
+            Ok(tx.execute("DELETE FROM groups WHERE label = ?1", [label])? > 0)
+        })
+        .await
+    }
+}

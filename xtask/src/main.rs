@@ -1,3 +1,56 @@
+//! `cargo xtask`: the project's own commands.
+//!
+//! - `demo`  — install what it needs, boot one QEMU node from rackboot in a netns, show what happened
+//! - `test`  — install the test dependencies, build, run the whole suite (QEMU e2e included)
+//! - `bench` — benchmarks (criterion + peer comparisons), written to docs/benchmarks.md
+//! - `deps`, `image node` — the individual steps
+
+mod bench;
+mod demo;
+mod deps;
+mod image;
+mod run;
+mod test;
+
+use std::path::PathBuf;
+
 fn main() {
-    println!("xtask");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("deps") => deps::install(),
+        Some("image") => match args.get(1).map(String::as_str) {
+            Some("node") | None => image::node().map(|_| ()),
+            Some(other) => Err(anyhow::anyhow!("unknown image {other:?}; known: node")),
+        },
+        Some("test") => test::run(),
+        Some("demo") => demo::run(),
+        Some("bench") => bench::run(),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <command>\n\n\
+                 commands:\n  \
+                 demo        install what is needed, then PXE-boot a QEMU node from rackboot and show it\n  \
+                 test        install test dependencies, build, run the whole suite (QEMU end-to-end included)\n  \
+                 bench       run the benchmarks and write docs/benchmarks.md\n  \
+                 deps        install the Debian packages and tools the tests need\n  \
+                 image node  build the QEMU node kernel + initramfs into build/node/"
+            );
+            std::process::exit(2);
+        }
+    };
+    if let Err(err) = result {
+        eprintln!("\nxtask: error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.parent().map(PathBuf::from).unwrap_or(here)
+}
+
+/// Prints a stage banner.
+pub fn stage(name: &str) {
+    eprintln!("\n==> {name}");
 }

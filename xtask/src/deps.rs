@@ -1,0 +1,66 @@
+//! Installs what the tests and the demo need. Idempotent, non-interactive, works with CI=true.
+
+use std::process::Command;
+
+use crate::run::{have, output, run};
+
+/// Debian packages the suite uses, and why.
+pub const PACKAGES: &[(&str, &str)] = &[
+    ("qemu-system-x86", "QEMU for the end-to-end boots"),
+    ("ipxe-qemu", "iPXE option ROMs for SeaBIOS NICs"),
+    ("ipxe", "iPXE binaries rackboot serves (/usr/lib/ipxe)"),
+    ("ovmf", "UEFI firmware for QEMU"),
+    ("busybox-static", "the test node's userland"),
+    ("udhcpc", "DHCP client peer"),
+    ("kea-admin", "perfdhcp for the DHCP benchmark"),
+    ("kea-dhcp4-server", "peer DHCP server for the benchmark"),
+    ("tftp-hpa", "TFTP client peer"),
+    ("curl", "HTTP/TFTP client peer"),
+    ("tcpdump", "packet captures"),
+    ("iproute2", "network namespaces, TAP, veth"),
+    ("cpio", "initramfs packing"),
+    ("kmod", "kernel module tools"),
+    ("xz-utils", "compressed kernel modules"),
+    ("openssl", "TLS peer"),
+    ("nginx", "HTTP peer for the benchmark"),
+    ("wrk", "HTTP load for the benchmark"),
+];
+
+pub fn install() -> anyhow::Result<()> {
+    crate::stage("dependencies");
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .map(|(p, _)| *p)
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        eprintln!("all Debian packages present");
+    } else {
+        eprintln!("installing: {}", missing.join(" "));
+        run(Command::new("apt-get")
+            .args(["update", "-q"])
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    // Services some packages start on install would hold :67/:80 on the host; the tests use
+    // namespaces, but stop them anyway so nothing answers outside the test networks.
+    for svc in ["kea-dhcp4-server", "nginx"] {
+        let _ = Command::new("sh")
+            .args(["-c", &format!("pkill -x {svc} >/dev/null 2>&1; true")])
+            .status();
+    }
+    if !have("cargo-fuzz") {
+        eprintln!("installing cargo-fuzz");
+        run(Command::new("cargo").args(["install", "--locked", "cargo-fuzz"]))?;
+    }
+    let _ = output(Command::new("rustup").args(["toolchain", "list"]));
+    Ok(())
+}

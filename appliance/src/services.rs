@@ -77,6 +77,16 @@ pub async fn start(
         .await?;
     }
 
+    if settings.config.listen.tftp_port != 0 {
+        crate::tftp::spawn(
+            &mut tasks,
+            &settings.iface.name,
+            settings.iface.addr,
+            settings.config.listen.tftp_port,
+            ipxe.clone(),
+            shutdown.clone(),
+        )?;
+    }
     let boot_ctx = BootScriptContext {
         store: store.clone(),
         ready,

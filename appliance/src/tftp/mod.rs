@@ -1,1 +1,229 @@
-//! The TFTP service: the tokio driver around `pxe_core::tftp`.
+//! The TFTP service: the tokio driver around `pxe_core::tftp`. It serves only the iPXE
+//! directory (TFTP exists to hand out iPXE; everything else goes over HTTP).
+//!
+//! Requests arrive on :69; every transfer gets its own socket (its TID, RFC 1350 §4) and task.
+//! Unknown files are answered with ERROR 1 at once: iPXE asks for `autoexec.ipxe` on every boot.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::Instant as StdInstant;
+
+use pxe_core::tftp::{self, ErrorCode, Session, SessionConfig, State};
+use pxe_core::{Duration, Instant};
+use tokio::net::UdpSocket;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::ipxe::IpxeDir;
+use crate::netif;
+
+/// Concurrent transfers; more get "server busy" so firmware retries instead of timing out.
+const MAX_SESSIONS: usize = 512;
+
+/// Starts TFTP on `iface`:`port`, serving `root`.
+pub fn spawn(
+    tasks: &mut JoinSet<()>,
+    iface: &str,
+    local_ip: Ipv4Addr,
+    port: u16,
+    root: IpxeDir,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let sock = netif::udp_socket(
+        Some(iface),
+        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port),
+        false,
+    )
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "cannot bind TFTP on {iface} UDP port {port}: {e} (set listen.tftp_port = 0 to disable)"
+        )
+    })?;
+    let iface = iface.to_owned();
+    let clock = StdInstant::now();
+    tasks.spawn(async move {
+        let limit = Arc::new(Semaphore::new(MAX_SESSIONS));
+        let mut buf = vec![0u8; 2048];
+        let mut out = [0u8; 600];
+        loop {
+            let (n, peer) = tokio::select! {
+                () = shutdown.cancelled() => break,
+                r = sock.recv_from(&mut buf) => match r {
+                    Ok(v) => v,
+                    Err(err) => { tracing::warn!(error = %err, "TFTP: receive failed"); continue; }
+                },
+            };
+            let SocketAddr::V4(peer) = peer else { continue };
+            let Some(datagram) = buf.get(..n) else {
+                continue;
+            };
+            let req = match tftp::parse_request(datagram) {
+                Ok(r) => r,
+                Err(tftp::RequestError::NotARequest) => continue,
+                Err(e) => {
+                    let (code, msg) = e.code();
+                    tracing::info!(%peer, reason = msg, "TFTP: request refused");
+                    reply_error(&sock, peer, code, msg, &mut out).await;
+                    continue;
+                }
+            };
+            let mut name_buf = [0u8; 256];
+            let name = match tftp::normalize_path(req.filename, &mut name_buf) {
+                Ok(n) => n.to_owned(),
+                Err(e) => {
+                    tracing::warn!(%peer, reason = ?e, "TFTP: refused file name");
+                    reply_error(
+                        &sock,
+                        peer,
+                        ErrorCode::AccessViolation,
+                        "invalid file name",
+                        &mut out,
+                    )
+                    .await;
+                    continue;
+                }
+            };
+            let Some(path) = root.resolve(&name) else {
+                tracing::debug!(%peer, file = %name, "TFTP: file not found");
+                reply_error(
+                    &sock,
+                    peer,
+                    ErrorCode::FileNotFound,
+                    "file not found",
+                    &mut out,
+                )
+                .await;
+                continue;
+            };
+            let Ok(permit) = limit.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, "TFTP: too many transfers; asking the client to retry");
+                reply_error(
+                    &sock,
+                    peer,
+                    ErrorCode::NotDefined,
+                    "server busy, retry",
+                    &mut out,
+                )
+                .await;
+                continue;
+            };
+            let file =
+                match std::fs::File::open(&path).and_then(|f| f.metadata().map(|m| (f, m.len()))) {
+                    Ok(v) => v,
+                    Err(err) => {
+                        tracing::error!(file = %path.display(), error = %err, "TFTP: cannot open");
+                        reply_error(
+                            &sock,
+                            peer,
+                            ErrorCode::AccessViolation,
+                            "cannot open file",
+                            &mut out,
+                        )
+                        .await;
+                        continue;
+                    }
+                };
+            let options = req.options;
+            let iface = iface.clone();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let req = tftp::Request {
+                    filename: name.as_bytes(),
+                    options,
+                };
+                transfer(&iface, local_ip, peer, &name, &req, file, clock, stop).await;
+            });
+        }
+    });
+    Ok(())
+}
+
+async fn reply_error(
+    sock: &UdpSocket,
+    peer: SocketAddrV4,
+    code: ErrorCode,
+    msg: &str,
+    out: &mut [u8],
+) {
+    let n = tftp::error_packet(code, msg, out);
+    let _ = sock.send_to(out.get(..n).unwrap_or(&[]), peer).await;
+}
+
+struct File(std::fs::File);
+
+impl tftp::FileSource for File {
+    type Error = std::io::Error;
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize, Self::Error> {
+        FileExt::read_at(&self.0, buf, offset)
+    }
+}
+
+fn now(clock: StdInstant) -> Instant {
+    Instant::from_millis(u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn transfer(
+    iface: &str,
+    local_ip: Ipv4Addr,
+    peer: SocketAddrV4,
+    name: &str,
+    req: &tftp::Request<'_>,
+    (file, size): (std::fs::File, u64),
+    clock: StdInstant,
+    stop: CancellationToken,
+) {
+    let sock = match netif::udp_socket(Some(iface), SocketAddrV4::new(local_ip, 0), false) {
+        Ok(s) => s,
+        Err(err) => {
+            tracing::error!(error = %err, "TFTP: cannot open a transfer socket");
+            return;
+        }
+    };
+    let started = StdInstant::now();
+    let mut session = Session::new(now(clock), req, size, &SessionConfig::default());
+    tracing::info!(%peer, file = name, size, blksize = session.blksize(), window = session.window(), stage = "tftp_start", "TFTP transfer started");
+    let mut src = File(file);
+    let mut out = vec![0u8; session.max_datagram()];
+    let mut inbuf = vec![0u8; 1024];
+    loop {
+        while let Some(n) = session.poll_transmit(now(clock), &mut src, &mut out) {
+            if let Err(err) = sock.send_to(out.get(..n).unwrap_or(&[]), peer).await {
+                tracing::warn!(%peer, error = %err, "TFTP: send failed");
+            }
+        }
+        match session.state() {
+            State::Running => {}
+            State::Done { bytes, retransmits } => {
+                tracing::info!(%peer, file = name, bytes, retransmits, duration_ms = started.elapsed().as_millis() as u64, stage = "tftp_end", "TFTP transfer complete");
+                return;
+            }
+            State::Failed(why) => {
+                tracing::warn!(%peer, file = name, reason = ?why, stage = "tftp_error", "TFTP transfer failed");
+                return;
+            }
+            _ => return,
+        }
+        let wait = session
+            .poll_timeout()
+            .map(|t| t.saturating_duration_since(now(clock)))
+            .unwrap_or(Duration::from_secs(30));
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(wait.into()) => session.handle_timeout(now(clock)),
+            r = sock.recv_from(&mut inbuf) => match r {
+                Ok((n, SocketAddr::V4(from))) if from == peer => session.handle(now(clock), inbuf.get(..n).unwrap_or(&[])),
+                Ok((_, from)) => {
+                    // RFC 1350 §4: a packet from another TID gets ERROR 5, the transfer goes on.
+                    let mut e = [0u8; 64];
+                    let n = tftp::error_packet(ErrorCode::UnknownTid, "unknown transfer ID", &mut e);
+                    let _ = sock.send_to(e.get(..n).unwrap_or(&[]), from).await;
+                }
+                Err(err) => tracing::debug!(error = %err, "TFTP: receive failed"),
+            },
+        }
+    }
+}

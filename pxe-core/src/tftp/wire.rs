@@ -61,6 +61,9 @@ pub enum RequestError {
     UnsupportedMode,
     /// An option value out of its RFC range.
     BadOption,
+    /// DATA/ACK/ERROR/OACK sent to the request port: not answered (an ERROR must never be
+    /// answered with an ERROR, RFC 1350 §7).
+    NotARequest,
 }
 
 impl RequestError {
@@ -77,6 +80,7 @@ impl RequestError {
                 "only octet (binary) mode is supported",
             ),
             RequestError::BadOption => (ErrorCode::OptionRefused, "option value out of range"),
+            RequestError::NotARequest => (ErrorCode::IllegalOperation, "not a request"),
         }
     }
 }
@@ -90,6 +94,7 @@ pub fn parse_request(bytes: &[u8]) -> Result<Request<'_>, RequestError> {
     match op {
         1 => {}
         2 => return Err(RequestError::WriteRefused),
+        3..=6 => return Err(RequestError::NotARequest),
         _ => return Err(RequestError::Malformed),
     }
     let mut fields = rest.split(|b| *b == 0);

@@ -1,0 +1,133 @@
+//! DHCP against real clients: udhcpc (static and pool leases) and perfdhcp (relay mode, many
+//! clients, address uniqueness).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use qemu_tests::{Netns, Rackboot, have, preflight};
+
+#[test]
+fn udhcpc_gets_its_inventory_address_then_unknown_gets_pool() {
+    if !preflight(false) || !have("udhcpc") {
+        return;
+    }
+    let ns = Netns::new("udhcpc").unwrap();
+    let rb = Rackboot::start(&ns).unwrap();
+    let client = ns.add_client_ns().unwrap();
+    let mac = "52:54:00:bb:00:01";
+    client.ip(&["link", "set", "vc", "address", mac]).unwrap();
+    rb.register_node("x1000c0s2b0n0", 7, mac, "192.0.2.70")
+        .unwrap();
+    let lease = |c: &Netns| {
+        let out = c
+            .cmd("udhcpc")
+            .args([
+                "-i",
+                "vc",
+                "-n",
+                "-q",
+                "-f",
+                "-t",
+                "5",
+                "-T",
+                "1",
+                "-s",
+                "/bin/true",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout)
+    };
+    let out = lease(&client);
+    assert!(
+        out.contains("lease of 192.0.2.70 obtained"),
+        "{out}\n{}",
+        rb.log_text()
+    );
+    // An unknown MAC gets an address from the upper half.
+    client
+        .ip(&["link", "set", "vc", "address", "52:54:00:bb:00:02"])
+        .unwrap();
+    let out = lease(&client);
+    assert!(out.contains("lease of 192.0.2.128 obtained"), "{out}");
+    // Both leases are durable and listed.
+    let (_, leases) = rb.http("GET", "/rackboot/v1/leases", None).unwrap();
+    assert!(
+        leases.contains("192.0.2.70") && leases.contains("192.0.2.128"),
+        "{leases}"
+    );
+    // Malformed datagrams are counted drops, and the server still answers afterwards.
+    let st = client
+        .cmd("sh")
+        .args(["-c", "ip addr add 192.0.2.9/24 dev vc; head -c 100 /dev/urandom > /tmp/rb-junk; \
+                for i in 1 2 3; do curl -s -m 1 -T /tmp/rb-junk tftp://192.0.2.1:67/x >/dev/null 2>&1; done; \
+                ip addr flush dev vc; true"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    client.ip(&["link", "set", "vc", "address", mac]).unwrap();
+    assert!(lease(&client).contains("lease of 192.0.2.70 obtained"));
+}
+
+#[test]
+fn perfdhcp_relay_mode_many_clients_unique_addresses() {
+    if !preflight(false) || !have("perfdhcp") {
+        return;
+    }
+    let ns = Netns::new("perf").unwrap();
+    let rb = Rackboot::start(&ns).unwrap();
+    let client = ns.add_client_ns().unwrap();
+    // perfdhcp acts as a relay: it sends from 192.0.2.10:67 with giaddr set, so replies are
+    // unicast back to giaddr:67 (RFC 2131 §4.1).
+    client
+        .ip(&["addr", "add", "192.0.2.10/24", "dev", "vc"])
+        .unwrap();
+    let out = client
+        .cmd("perfdhcp")
+        .args([
+            "-4",
+            "-l",
+            "192.0.2.10",
+            "-r",
+            "100",
+            "-R",
+            "100",
+            "-n",
+            "100",
+            "-u",
+            "-W",
+            "2000000",
+            "192.0.2.1",
+        ])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let stat = |section: &str, key: &str| -> u64 {
+        let sec = text.split(section).nth(1).unwrap_or("");
+        sec.lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix(key)
+                    .map(|v| v.trim().trim_start_matches(':').trim().to_owned())
+            })
+            .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
+            .unwrap_or(u64::MAX)
+    };
+    let sent = stat("DISCOVER-OFFER", "sent packets");
+    let offers = stat("DISCOVER-OFFER", "received packets");
+    let acks = stat("REQUEST-ACK", "received packets");
+    let dups = stat("REQUEST-ACK", "non unique addresses");
+    assert!(sent >= 100 && sent != u64::MAX, "{text}");
+    // ≤ 1% loss on a quiet namespace link.
+    assert!(
+        offers * 100 >= sent * 99,
+        "offers {offers} of {sent}\n{text}"
+    );
+    assert!(acks * 100 >= offers * 99, "acks {acks} of {offers}\n{text}");
+    assert_eq!(dups, 0, "{text}");
+    let (_, leases) = rb.http("GET", "/rackboot/v1/leases", None).unwrap();
+    let leases: serde_json::Value = serde_json::from_str(&leases).unwrap();
+    assert!(
+        leases.as_array().unwrap().len() as u64 >= acks.min(100) * 99 / 100,
+        "every ACK is a stored lease"
+    );
+}

@@ -86,10 +86,11 @@ impl FromStr for MacAddr {
             let (Some(hi), Some(lo)) = (hi, lo) else {
                 return Err(MacParseError::Malformed);
             };
-            if let Some(sep) = sep {
-                if i < 5 && bytes.get(at + 2) != Some(&sep) {
-                    return Err(MacParseError::Malformed);
-                }
+            if let Some(sep) = sep
+                && i < 5
+                && bytes.get(at + 2) != Some(&sep)
+            {
+                return Err(MacParseError::Malformed);
             }
             *slot = (hi << 4) | lo;
         }
@@ -108,6 +109,7 @@ fn hex_val(c: u8) -> Option<u8> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     extern crate std;
     use std::string::String;

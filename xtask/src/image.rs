@@ -139,10 +139,10 @@ pub fn node() -> anyhow::Result<NodeImage> {
 
 fn find_modules_dir(kroot: &Path) -> anyhow::Result<PathBuf> {
     for base in ["lib/modules", "usr/lib/modules"] {
-        if let Ok(mut it) = fs::read_dir(kroot.join(base)) {
-            if let Some(Ok(e)) = it.next() {
-                return Ok(e.path());
-            }
+        if let Ok(mut it) = fs::read_dir(kroot.join(base))
+            && let Some(Ok(e)) = it.next()
+        {
+            return Ok(e.path());
         }
     }
     bail!("no lib/modules in the kernel package")

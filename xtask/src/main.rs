@@ -22,8 +22,8 @@ fn main() {
             Some("node") | None => image::node().map(|_| ()),
             Some(other) => Err(anyhow::anyhow!("unknown image {other:?}; known: node")),
         },
-        Some("test") => test::run(),
-        Some("demo") => demo::run(),
+        Some("test") => test::run_all(),
+        Some("demo") => demo::run_demo(),
         Some("bench") => bench::run(),
         _ => {
             eprintln!(

@@ -1,3 +1,95 @@
-pub fn run() -> anyhow::Result<()> {
+//! `cargo xtask test`: everything CI runs, in order, failing fast with the stage named.
+
+use std::process::Command;
+
+use crate::run::{have, run};
+
+pub fn run_all() -> anyhow::Result<()> {
+    crate::deps::install()?;
+    crate::image::node()?;
+    let root = crate::root();
+    let cargo = || {
+        let mut c = Command::new(env!("CARGO"));
+        c.current_dir(&root);
+        c
+    };
+
+    crate::stage("format");
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+
+    crate::stage("build");
+    run(cargo().args(["build", "--workspace", "--all-targets"]))?;
+
+    crate::stage("clippy");
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+
+    crate::stage("pxe-core without std (no allocator)");
+    run(cargo().args(["build", "-p", "pxe-core", "--no-default-features"]))?;
+
+    crate::stage("duplicate dependencies");
+    run(cargo().args(["tree", "-d", "-e", "normal", "-p", "appliance"]))?;
+
+    crate::stage("tests (unit, property, differential, store, API, QEMU end-to-end)");
+    if have("cargo-nextest") {
+        run(cargo().args([
+            "nextest",
+            "run",
+            "--workspace",
+            "--no-fail-fast",
+            "--test-threads",
+            "8",
+        ]))?;
+    } else {
+        run(cargo().args([
+            "test",
+            "--workspace",
+            "--no-fail-fast",
+            "--",
+            "--test-threads=8",
+        ]))?;
+    }
+
+    crate::stage("fuzz smoke (each target briefly)");
+    fuzz_smoke(15)?;
+    eprintln!("\nall stages passed");
+    Ok(())
+}
+
+/// Runs every cargo-fuzz target for `secs` seconds.
+pub fn fuzz_smoke(secs: u32) -> anyhow::Result<()> {
+    let root = crate::root();
+    let fuzz = root.join("fuzz");
+    let targets: Vec<String> = std::fs::read_dir(fuzz.join("fuzz_targets"))?
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            e.path()
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+        })
+        .collect();
+    anyhow::ensure!(!targets.is_empty(), "no fuzz targets in fuzz/fuzz_targets");
+    for t in targets {
+        eprintln!("fuzzing {t} for {secs}s");
+        run(Command::new("cargo")
+            .current_dir(&root)
+            .args([
+                "+nightly",
+                "fuzz",
+                "run",
+                &t,
+                "--",
+                &format!("-max_total_time={secs}"),
+                "-rss_limit_mb=2048",
+            ])
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("CARGO"))?;
+    }
     Ok(())
 }

@@ -229,27 +229,26 @@ async fn bootscript(
         .unwrap_or(0);
     let arch = first("arch").filter(|a| a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
     let base = base_url(&headers, &ctx.fallback_base);
-    if let Some(m) = &mac {
-        if let Ok(parsed) = m.parse::<pxe_core::MacAddr>() {
-            if let Some((x, n)) = ctx.store.node_for_mac(parsed).await? {
-                name = name.or(Some(x));
-                nid = nid.or(n);
-            }
-        }
+    if let Some(m) = &mac
+        && let Ok(parsed) = m.parse::<pxe_core::MacAddr>()
+        && let Some((x, n)) = ctx.store.node_for_mac(parsed).await?
+    {
+        name = name.or(Some(x));
+        nid = nid.or(n);
     }
     let mut bp = ctx
         .store
         .boot_parameters_for(mac.clone(), name.clone(), nid)
         .await?;
     let mut known = true;
-    if bp.is_none() {
-        if let Some(a) = &arch {
-            bp = ctx
-                .store
-                .boot_parameters_for(None, Some(format!("Unknown-{a}")), None)
-                .await?;
-            known = false;
-        }
+    if bp.is_none()
+        && let Some(a) = &arch
+    {
+        bp = ctx
+            .store
+            .boot_parameters_for(None, Some(format!("Unknown-{a}")), None)
+            .await?;
+        known = false;
     }
     let body = match bp.filter(|b| !b.kernel.is_empty()) {
         Some(bp) => {

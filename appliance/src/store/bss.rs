@@ -212,10 +212,10 @@ fn key_row(c: &rusqlite::Connection, kind: &str, key: &str) -> Result<Option<i64
 fn matching_ids(c: &rusqlite::Connection, sel: &BootSelector) -> Result<Vec<i64>, StoreError> {
     let mut ids = Vec::new();
     for (kind, key) in sel.keys() {
-        if let Some(id) = key_row(c, kind, &key)? {
-            if !ids.contains(&id) {
-                ids.push(id);
-            }
+        if let Some(id) = key_row(c, kind, &key)?
+            && !ids.contains(&id)
+        {
+            ids.push(id);
         }
     }
     ids.sort_unstable();

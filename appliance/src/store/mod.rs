@@ -23,7 +23,9 @@ use tokio::sync::{oneshot, watch};
 
 pub use bss::{BootParameters, BootSelector, CloudInit};
 pub use leases::{LeaseRecord, LeaseRecordKind};
-pub use smd::{Component, EthernetInterface, Group, GroupMembers, IpAddressEntry, RedfishEndpoint, Reservation};
+pub use smd::{
+    Component, EthernetInterface, Group, GroupMembers, IpAddressEntry, RedfishEndpoint, Reservation,
+};
 
 /// Store errors. `Conflict`/`NotFound`/`Invalid` carry a message a person can act on.
 #[derive(Debug, thiserror::Error)]

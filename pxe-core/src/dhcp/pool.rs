@@ -243,18 +243,17 @@ impl Pool {
                 self.last_ip.remove(&old.mac);
             }
         }
-        if state != SlotState::Declined {
-            if let Some(prev) = self.last_ip.insert(mac, ip) {
-                if prev != ip {
-                    // A client holds one dynamic address at a time.
-                    if self
-                        .slots
-                        .get(&prev)
-                        .is_some_and(|s| s.mac == mac && s.state != SlotState::Declined)
-                    {
-                        self.release_slot(prev);
-                    }
-                }
+        if state != SlotState::Declined
+            && let Some(prev) = self.last_ip.insert(mac, ip)
+            && prev != ip
+        {
+            // A client holds one dynamic address at a time.
+            if self
+                .slots
+                .get(&prev)
+                .is_some_and(|s| s.mac == mac && s.state != SlotState::Declined)
+            {
+                self.release_slot(prev);
             }
         }
         self.slots.insert(

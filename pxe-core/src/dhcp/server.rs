@@ -421,10 +421,10 @@ impl DhcpServer {
             MessageType::Request => {
                 // RFC 2131 §4.3.2: SELECTING carries option 54; INIT-REBOOT carries option 50
                 // only; RENEWING/REBINDING carry ciaddr only.
-                if let Some(sid) = req.server_id {
-                    if sid != server_ip {
-                        return Err(Drop::NotForUs);
-                    }
+                if let Some(sid) = req.server_id
+                    && sid != server_ip
+                {
+                    return Err(Drop::NotForUs);
                 }
                 let Some(wanted) = req
                     .requested_ip
@@ -660,10 +660,11 @@ fn write_reply(
 
     let mut sent: HVec<u8, 16> = HVec::new();
     for code in req.parameter_request_list.iter() {
-        if let Some((c, v)) = cands.iter().find(|(c, _)| c == code) {
-            if !sent.contains(c) && b.option(*c, v).is_ok() {
-                let _ = sent.push(*c);
-            }
+        if let Some((c, v)) = cands.iter().find(|(c, _)| c == code)
+            && !sent.contains(c)
+            && b.option(*c, v).is_ok()
+        {
+            let _ = sent.push(*c);
         }
     }
     for (c, v) in cands.iter() {

@@ -539,7 +539,7 @@ impl Scratch {
             [a, b] => Some(u16::from_be_bytes([*a, *b])).filter(|v| usize::from(*v) >= 576),
             _ => return Err(WireError::BadOptionValue(opt::MAX_MESSAGE_SIZE)),
         };
-        if self.arch.len() % 2 != 0 {
+        if !self.arch.len().is_multiple_of(2) {
             return Err(WireError::BadOptionValue(opt::CLIENT_ARCH));
         }
         for pair in self.arch.chunks_exact(2) {

@@ -268,7 +268,7 @@ fn transfer(
                 None => now = now + Duration::from_millis(100),
             }
             s.handle_timeout(now);
-            if client_idle % 3 == 0 && c.expect > 1 && !c.done && link_alive {
+            if client_idle.is_multiple_of(3) && c.expect > 1 && !c.done && link_alive {
                 let a = (c.expect - 1) as u16;
                 to_server.push(vec![0, 4, (a >> 8) as u8, a as u8]);
             }

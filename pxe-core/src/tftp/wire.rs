@@ -113,8 +113,7 @@ pub fn parse_request(bytes: &[u8]) -> Result<Request<'_>, RequestError> {
         );
     }
     let mut options = TftpOptions::default();
-    loop {
-        let Some(name) = fields.next() else { break };
+    while let Some(name) = fields.next() {
         if name.is_empty() {
             // The trailing empty field after the final NUL.
             break;

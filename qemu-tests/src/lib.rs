@@ -91,11 +91,19 @@ pub fn rackboot_bin() -> anyhow::Result<PathBuf> {
 /// A network namespace with a bridge at 192.0.2.1/24.
 pub struct Netns {
     pub name: String,
+    /// rackboot's address on the bridge.
+    pub addr: String,
     taps: u32,
 }
 
 impl Netns {
     pub fn new(tag: &str) -> anyhow::Result<Netns> {
+        Self::with_address(tag, &format!("{SERVER}/24"))
+    }
+
+    /// Like [`Netns::new`] with another bridge address, e.g. `198.18.0.1/16` for benchmarks
+    /// that need a large pool.
+    pub fn with_address(tag: &str, cidr: &str) -> anyhow::Result<Netns> {
         let name = format!(
             "rbt-{tag}-{}-{}",
             std::process::id(),
@@ -103,10 +111,15 @@ impl Netns {
         );
         let _ = Command::new("ip").args(["netns", "del", &name]).status();
         sh(Command::new("ip").args(["netns", "add", &name]))?;
-        let ns = Netns { name, taps: 0 };
+        let addr = cidr.split('/').next().unwrap_or(SERVER).to_owned();
+        let ns = Netns {
+            name,
+            addr,
+            taps: 0,
+        };
         ns.ip(&["link", "set", "lo", "up"])?;
         ns.ip(&["link", "add", "br0", "type", "bridge"])?;
-        ns.ip(&["addr", "add", &format!("{SERVER}/24"), "dev", "br0"])?;
+        ns.ip(&["addr", "add", cidr, "dev", "br0"])?;
         ns.ip(&["link", "set", "br0", "up"])?;
         Ok(ns)
     }
@@ -138,6 +151,7 @@ impl Netns {
     pub fn add_client_ns(&self) -> anyhow::Result<Netns> {
         let client = Netns {
             name: format!("{}-c", self.name),
+            addr: self.addr.clone(),
             taps: 0,
         };
         let _ = Command::new("ip")
@@ -197,12 +211,17 @@ pub struct Rackboot {
     pub log: PathBuf,
     child: Child,
     ns: String,
+    addr: String,
     token: String,
 }
 
 impl Rackboot {
     pub fn start(ns: &Netns) -> anyhow::Result<Rackboot> {
-        let bin = rackboot_bin()?;
+        Self::start_with(ns, &rackboot_bin()?)
+    }
+
+    /// Starts a given rackboot binary (benchmarks use the release build).
+    pub fn start_with(ns: &Netns, bin: &Path) -> anyhow::Result<Rackboot> {
         let data_dir = tempfile::tempdir()?;
         let log = data_dir.path().join("rackboot.log");
         let logf = fs::File::create(&log)?;
@@ -220,6 +239,7 @@ impl Rackboot {
             log,
             child,
             ns: ns.name.clone(),
+            addr: ns.addr.clone(),
             token: String::new(),
         };
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -233,7 +253,7 @@ impl Rackboot {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        let out = Command::new(&bin)
+        let out = Command::new(bin)
             .args([
                 "token",
                 "create",
@@ -287,7 +307,7 @@ impl Rackboot {
         if let Some(b) = body {
             c.args(["-H", "Content-Type: application/json", "--data-binary", b]);
         }
-        c.arg(format!("http://{SERVER}{path}"));
+        c.arg(format!("http://{}{path}", self.addr));
         let out = c.output()?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
@@ -482,4 +502,58 @@ impl Drop for Qemu {
 pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(&format!("{key}=")))
+}
+
+/// The numbers of one perfdhcp run (DORA, relay mode).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PerfdhcpStats {
+    pub discovers: u64,
+    pub offers: u64,
+    pub requests: u64,
+    pub acks: u64,
+    pub non_unique: u64,
+}
+
+impl PerfdhcpStats {
+    /// Parses perfdhcp's final report.
+    pub fn parse(text: &str) -> Option<PerfdhcpStats> {
+        let section = |name: &str| {
+            text.split(name)
+                .nth(1)
+                .unwrap_or("")
+                .trim_start_matches('*')
+                .split("***")
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        };
+        let get = |sec: &str, key: &str| -> Option<u64> {
+            sec.lines()
+                .find_map(|l| l.trim().strip_prefix(key))
+                .and_then(|v| {
+                    v.trim_start_matches(':')
+                        .split_whitespace()
+                        .next()?
+                        .parse()
+                        .ok()
+                })
+        };
+        let d = section("DISCOVER-OFFER");
+        let r = section("REQUEST-ACK");
+        Some(PerfdhcpStats {
+            discovers: get(&d, "sent packets")?,
+            offers: get(&d, "received packets")?,
+            requests: get(&r, "sent packets")?,
+            acks: get(&r, "received packets")?,
+            non_unique: get(&r, "non unique addresses").unwrap_or(0),
+        })
+    }
+
+    /// Lost exchanges as a fraction of started ones.
+    pub fn drop_ratio(&self) -> f64 {
+        if self.discovers == 0 {
+            return 1.0;
+        }
+        1.0 - self.acks as f64 / self.discovers as f64
+    }
 }

@@ -24,7 +24,7 @@ fn main() {
         },
         Some("test") => test::run_all(),
         Some("demo") => demo::run_demo(),
-        Some("bench") => bench::run(),
+        Some("bench") => bench::run_bench(),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\

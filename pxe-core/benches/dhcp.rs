@@ -1,5 +1,7 @@
 //! DISCOVER → OFFER: decode, decide (inventory + boot policy), encode. Target ≥ 1,000,000/s.
 
+#![allow(clippy::indexing_slicing, clippy::unwrap_used)]
+
 mod common;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};

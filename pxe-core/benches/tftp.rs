@@ -1,6 +1,8 @@
 //! TFTP per-block cost: a session streams a 64 MiB in-memory file into a discarding sink,
 //! ACKed at every window end as a client would. Target ≥ 1 GB/s of blocks.
 
+#![allow(clippy::indexing_slicing, clippy::unwrap_used)]
+
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use pxe_core::Instant;
 use pxe_core::tftp::{Session, SessionConfig, State, parse_request};

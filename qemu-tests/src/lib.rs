@@ -222,9 +222,23 @@ impl Rackboot {
 
     /// Starts a given rackboot binary (benchmarks use the release build).
     pub fn start_with(ns: &Netns, bin: &Path) -> anyhow::Result<Rackboot> {
-        let data_dir = tempfile::tempdir()?;
+        Self::start_in(ns, bin, tempfile::tempdir()?)
+    }
+
+    /// SIGKILLs the server (no clean shutdown) and starts a new one on the same data dir.
+    pub fn kill9_and_restart(mut self, ns: &Netns) -> anyhow::Result<Rackboot> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let data_dir = std::mem::replace(&mut self.data_dir, tempfile::tempdir()?);
+        Self::start_in(ns, &rackboot_bin()?, data_dir)
+    }
+
+    fn start_in(ns: &Netns, bin: &Path, data_dir: tempfile::TempDir) -> anyhow::Result<Rackboot> {
         let log = data_dir.path().join("rackboot.log");
-        let logf = fs::File::create(&log)?;
+        let logf = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
         let child = ns
             .cmd(bin.to_str().context("binary path")?)
             .args(["serve", "--interface", "br0", "--data-dir"])

@@ -1,0 +1,254 @@
+//! The running server's API and CLI as a sysadmin uses them: real binary, real HTTP, hostile
+//! input, auth, and durability across `kill -9`.
+
+use qemu_tests::{Netns, Rackboot, preflight, rackboot_bin};
+
+fn cli(ns: &Netns, rb: &Rackboot, args: &[&str]) -> (bool, String) {
+    let bin = rackboot_bin().unwrap();
+    let out = ns
+        .cmd(bin.to_str().unwrap())
+        .args(args)
+        .env("RACKBOOT_URL", "http://192.0.2.1")
+        .env("RACKBOOT_DATA_DIR", rb.data_dir.path())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn cli_manages_nodes_and_boot_parameters_and_survives_kill_9() {
+    if !preflight(false) {
+        return;
+    }
+    let ns = Netns::new("cli").unwrap();
+    let rb = Rackboot::start(&ns).unwrap();
+    let (ok, out) = cli(
+        &ns,
+        &rb,
+        &[
+            "node",
+            "add",
+            "x1000c0s3b0n0",
+            "--mac",
+            "52:54:00:CC:00:01",
+            "--ip",
+            "192.0.2.80",
+            "--nid",
+            "12",
+        ],
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = cli(
+        &ns,
+        &rb,
+        &[
+            "boot",
+            "set",
+            "--xname",
+            "x1000c0s3b0n0",
+            "--kernel",
+            "http://192.0.2.1/images/k",
+            "--params",
+            "quiet",
+        ],
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&ns, &rb, &["node", "list"]);
+    assert!(
+        ok && out.contains("x1000c0s3b0n0")
+            && out.contains("52:54:00:cc:00:01")
+            && out.contains("192.0.2.80"),
+        "{out}"
+    );
+    let (ok, out) = cli(
+        &ns,
+        &rb,
+        &["boot", "show", "-o", "json", "--xname", "x1000c0s3b0n0"],
+    );
+    assert!(ok && out.contains("http://192.0.2.1/images/k"), "{out}");
+    // A bad xname is refused by the CLI with the reason.
+    let (ok, out) = cli(
+        &ns,
+        &rb,
+        &[
+            "node",
+            "add",
+            "garbage",
+            "--mac",
+            "52:54:00:cc:00:02",
+            "--ip",
+            "192.0.2.81",
+        ],
+    );
+    assert!(!ok && out.contains("xname"), "{out}");
+
+    // kill -9, restart on the same data dir: everything acknowledged is still there.
+    let rb = rb.kill9_and_restart(&ns).unwrap();
+    let (code, script) = rb
+        .http("GET", "/boot/v1/bootscript?mac=52:54:00:cc:00:01", None)
+        .unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        script.contains(
+            "kernel --name kernel http://192.0.2.1/images/k quiet xname=x1000c0s3b0n0 nid=12"
+        ),
+        "{script}"
+    );
+    let (ok, out) = cli(&ns, &rb, &["node", "rm", "x1000c0s3b0n0"]);
+    assert!(ok, "{out}");
+    let (code, _) = rb
+        .http("GET", "/hsm/v2/State/Components/x1000c0s3b0n0", None)
+        .unwrap();
+    assert_eq!(code, 404);
+}
+
+#[test]
+fn hostile_and_unauthorised_requests_get_problems() {
+    if !preflight(false) {
+        return;
+    }
+    let ns = Netns::new("hostile").unwrap();
+    let rb = Rackboot::start(&ns).unwrap();
+    for (method, path, body, want) in [
+        ("POST", "/boot/v1/bootparameters", "{not json", 400),
+        (
+            "POST",
+            "/boot/v1/bootparameters",
+            r#"{"hosts":["x1000c0s0b0"],"kernel":"k"}"#,
+            400,
+        ),
+        (
+            "POST",
+            "/boot/v1/bootparameters",
+            r#"{"macs":["zz:zz"],"kernel":"k"}"#,
+            400,
+        ),
+        (
+            "POST",
+            "/boot/v1/bootparameters",
+            "{\"macs\":[\"52:54:00:00:00:01\"],\"kernel\":\"k\",\"params\":\"a\\nchain http://evil\"}",
+            400,
+        ),
+        (
+            "POST",
+            "/hsm/v2/Inventory/EthernetInterfaces",
+            r#"{"MACAddress":"52:54:00:00:00:09","IPAddresses":[{"IPAddress":"300.1.1.1"}]}"#,
+            400,
+        ),
+        (
+            "POST",
+            "/hsm/v2/State/Components",
+            r#"{"Components":[{"ID":"not-an-xname"}]}"#,
+            400,
+        ),
+        ("GET", "/no/such/route", "", 404),
+        ("GET", "/boot/v1/bootscript", "", 400),
+    ] {
+        let (code, resp) = rb
+            .http(method, path, (!body.is_empty()).then_some(body))
+            .unwrap();
+        assert_eq!(code, want, "{method} {path} {body}: {resp}");
+        let v: serde_json::Value =
+            serde_json::from_str(&resp).unwrap_or_else(|_| panic!("not problem JSON: {resp}"));
+        assert_eq!(v["status"], want);
+        assert!(
+            v["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{resp}"
+        );
+    }
+    // Duplicates: EthernetInterface 409 (SMD), boot parameters 400 (BSS).
+    let ei = r#"{"MACAddress":"52:54:00:00:00:0A","IPAddresses":[{"IPAddress":"192.0.2.90"}]}"#;
+    assert_eq!(
+        rb.http("POST", "/hsm/v2/Inventory/EthernetInterfaces", Some(ei))
+            .unwrap()
+            .0,
+        201
+    );
+    assert_eq!(
+        rb.http("POST", "/hsm/v2/Inventory/EthernetInterfaces", Some(ei))
+            .unwrap()
+            .0,
+        409
+    );
+    let bp = r#"{"macs":["52:54:00:00:00:0a"],"kernel":"http://k"}"#;
+    assert_eq!(
+        rb.http("POST", "/boot/v1/bootparameters", Some(bp))
+            .unwrap()
+            .0,
+        201
+    );
+    let (code, resp) = rb
+        .http("POST", "/boot/v1/bootparameters", Some(bp))
+        .unwrap();
+    assert_eq!(code, 400, "{resp}");
+    // Uppercase MACs match what was stored lowercase.
+    let (code, resp) = rb
+        .http("GET", "/boot/v1/bootparameters?mac=52:54:00:00:00:0A", None)
+        .unwrap();
+    assert_eq!(code, 200, "{resp}");
+    // No token → 401; a token without the scope → 403; the boot path stays open.
+    let out = ns
+        .cmd("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://192.0.2.1/hsm/v2/State/Components",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
+    let bin = rackboot_bin().unwrap();
+    let tok = std::process::Command::new(&bin)
+        .args([
+            "token",
+            "create",
+            "--scope",
+            "images:read",
+            "--ttl",
+            "5m",
+            "--data-dir",
+        ])
+        .arg(rb.data_dir.path())
+        .output()
+        .unwrap();
+    let tok = String::from_utf8_lossy(&tok.stdout).trim().to_owned();
+    let out = ns
+        .cmd("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            &format!("Authorization: Bearer {tok}"),
+        ])
+        .arg("http://192.0.2.1/boot/v1/bootparameters")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "403");
+    let out = ns
+        .cmd("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://192.0.2.1/boot/v1/bootscript?mac=52:54:00:00:00:0a",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    // The server is still healthy after all of it.
+    assert_eq!(
+        rb.http("GET", "/boot/v1/service/status", None).unwrap().0,
+        200
+    );
+}

@@ -74,8 +74,11 @@ pub async fn run(cmd: NodeCommand) -> anyhow::Result<()> {
         NodeCommand::List { client } => {
             let api = ApiClient::new(&client)?;
             let comps: serde_json::Value = api.get("/hsm/v2/State/Components?type=Node").await?;
-            let comps: Vec<Component> =
-                serde_json::from_value(comps["Components"].clone()).unwrap_or_default();
+            let comps: Vec<Component> = comps
+                .get("Components")
+                .cloned()
+                .and_then(|v| serde_json::from_value(v).ok())
+                .unwrap_or_default();
             let eis: Vec<EthernetInterface> =
                 api.get("/hsm/v2/Inventory/EthernetInterfaces").await?;
             if client.json() {

@@ -39,7 +39,7 @@ pub struct ServeArgs {
     /// DHCP mode: hand out addresses, or only add PXE boot information (proxyDHCP).
     #[arg(long, env = "RACKBOOT_MODE", value_enum)]
     pub mode: Option<DhcpMode>,
-    /// HTTP listen address [default: the interface address, port 80].
+    /// HTTP listen address [default: 0.0.0.0:80, so the CLI on the appliance reaches it on 127.0.0.1].
     #[arg(long, env = "RACKBOOT_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
     /// Address written into boot URLs [default: the interface address].
@@ -81,7 +81,7 @@ impl Settings {
         let http_listen = args
             .http_listen
             .or(config.listen.http)
-            .unwrap_or_else(|| SocketAddr::V4(SocketAddrV4::new(iface.addr, 80)));
+            .unwrap_or_else(|| SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80)));
         let advertise = args.advertise.or(config.advertise).unwrap_or(iface.addr);
         Ok(Settings {
             iface,

@@ -150,7 +150,9 @@ fn dhcp_max_rate(
     start: impl Fn(&Netns) -> anyhow::Result<Box<dyn std::any::Any>>,
 ) -> anyhow::Result<(u64, u64)> {
     let mut best = (0u64, 0u64);
-    for rate in [1000u64, 2000, 4000, 6000, 8000, 10000, 12000, 16000, 20000] {
+    for rate in [
+        2000u64, 4000, 6000, 8000, 10000, 12000, 14000, 16000, 20000, 24000,
+    ] {
         let ns = Netns::with_address(&format!("b{who}"), "198.18.0.1/16")?;
         let server = start(&ns)?;
         let client = ns.add_client_ns()?;

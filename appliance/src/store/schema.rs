@@ -55,6 +55,10 @@ const MIGRATIONS: &[&str] = &[
         owner TEXT NOT NULL DEFAULT 'local'
     );
     "#,
+    // 2: leases are also looked up by address (one address, one client).
+    r#"
+    CREATE INDEX leases_ip ON leases(ip);
+    "#,
 ];
 
 /// Brings `conn` to the latest schema; refuses a database from a newer rackboot.

@@ -171,6 +171,9 @@ fn dhcp_max_rate(
                 "-p",
                 "10",
                 "-u",
+                // Wait for replies still in flight when the period ends (they are not drops).
+                "-W",
+                "2000000",
                 "198.18.0.1",
             ])
             .output()?;

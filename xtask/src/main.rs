@@ -11,6 +11,7 @@ mod deps;
 mod image;
 mod run;
 mod test;
+mod vectors;
 
 use std::path::PathBuf;
 
@@ -25,6 +26,7 @@ fn main() {
         Some("test") => test::run_all(),
         Some("demo") => demo::run_demo(),
         Some("bench") => bench::run_bench(),
+        Some("capture-vectors") => vectors::capture(),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
@@ -33,7 +35,8 @@ fn main() {
                  test        install test dependencies, build, run the whole suite (QEMU end-to-end included)\n  \
                  bench       run the benchmarks and write docs/benchmarks.md\n  \
                  deps        install the Debian packages and tools the tests need\n  \
-                 image node  build the QEMU node kernel + initramfs into build/node/"
+                 image node  build the QEMU node kernel + initramfs into build/node/\n  \
+                 capture-vectors  record real firmware DHCP messages into pxe-core/tests/vectors/"
             );
             std::process::exit(2);
         }

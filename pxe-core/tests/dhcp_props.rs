@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 //! Property tests: decoding arbitrary bytes never panics; messages encoded by an independent
 //! implementation (dhcproto) decode to the same fields with ours; replies we build decode with
 //! dhcproto to what we wrote.

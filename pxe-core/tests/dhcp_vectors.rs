@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 //! Real firmware DHCP messages, captured from QEMU by `cargo xtask capture-vectors`
 //! (see tests/vectors/README.md): each decodes, carries what that firmware is known to send, and
 //! gets the right boot answer from the engine.

@@ -169,12 +169,13 @@ async fn serve_image(
         Body::empty()
     } else {
         // Only a full read can be verified; ranges are served as stored.
-        let verify = (status == StatusCode::OK).then(|| Verify {
-            store: store.clone(),
-            name: rec.name.clone(),
-            sha256: rec.sha256.clone(),
-            ctx: aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256),
-        });
+        let verify =
+            (status == StatusCode::OK && !store.is_verified(&rec.sha256)).then(|| Verify {
+                store: store.clone(),
+                name: rec.name.clone(),
+                sha256: rec.sha256.clone(),
+                ctx: aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256),
+            });
         Body::from_stream(read_blob(Arc::new(file), start, len, verify))
     };
     resp.body(body).map_err(Problem::internal)
@@ -245,7 +246,9 @@ fn read_blob(
             && let Some(v) = st.verify.take()
         {
             let actual = hex::encode(v.ctx.finish().as_ref());
-            if actual != v.sha256 {
+            if actual == v.sha256 {
+                v.store.mark_verified(&v.sha256);
+            } else {
                 v.store.quarantine(&v.name, &v.sha256, &actual);
                 return Some((
                     Err(std::io::Error::other(

@@ -92,6 +92,10 @@ struct Inner {
     root: PathBuf,
     index: Index,
     max_bytes: u64,
+    /// Blobs whose whole content matched their hash since this process started. Later full
+    /// reads skip the digest: hashing every download of a 64 MiB initrd during a boot storm
+    /// costs more CPU than sending it. Import verifies too, and a restart verifies again.
+    verified: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl ImageStore {
@@ -115,6 +119,7 @@ impl ImageStore {
                 root,
                 index,
                 max_bytes,
+                verified: std::sync::Mutex::new(std::collections::HashSet::new()),
             }),
         })
     }
@@ -237,6 +242,24 @@ impl ImageStore {
         self.inner.root.join("sha256").join(sha256)
     }
 
+    /// Whether a full read of this blob already matched its hash in this process.
+    pub fn is_verified(&self, sha256: &str) -> bool {
+        self.inner
+            .verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(sha256)
+    }
+
+    /// Records that a full read matched the hash.
+    pub fn mark_verified(&self, sha256: &str) {
+        self.inner
+            .verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(sha256.to_owned());
+    }
+
     /// Whether the blob was quarantined after failing verification.
     pub fn is_corrupt(&self, sha256: &str) -> bool {
         self.inner.root.join("corrupt").join(sha256).exists()
@@ -246,6 +269,11 @@ impl ImageStore {
     /// for the images using it until it is imported again).
     pub fn quarantine(&self, name: &str, sha256: &str, actual: &str) {
         tracing::error!(image = %name, sha256 = %sha256, actual = %actual, "image data does not match its sha256; marking it corrupt");
+        self.inner
+            .verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(sha256);
         let from = self.blob_path(sha256);
         let to = self.inner.root.join("corrupt").join(sha256);
         if let Err(err) = std::fs::rename(&from, &to) {

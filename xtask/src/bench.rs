@@ -92,6 +92,19 @@ pub fn run_bench() -> anyhow::Result<()> {
         nginx_http as u64,
         rb_http / nginx_http.max(1.0)
     );
+    crate::stage(
+        "boot: QEMU SeaBIOS+iPXE node, rackboot vs dnsmasq + nginx serving the same files",
+    );
+    let (rb_boot, peer_boot) = boot_compare(&bin)?;
+    let _ = writeln!(
+        report,
+        "\n## Boot: power-on to userspace (QEMU TCG, SeaBIOS + iPXE ROM, same kernel/initrd)\n\n\
+         | server | seconds to the node's userspace marker |\n|---|---|\n| rackboot | {:.1} |\n| dnsmasq (DHCP) + nginx (script, kernel, initrd) | {:.1} |\n\n\
+         Ratio rackboot / peer: **{:.2}** (target ≤ 1.0; one boot each, TCG timing varies by a few percent).",
+        rb_boot,
+        peer_boot,
+        rb_boot / peer_boot.max(0.001)
+    );
     let path = root.join("docs/benchmarks.md");
     std::fs::write(&path, report)?;
     eprintln!("\nwrote {}", path.display());
@@ -306,4 +319,77 @@ fn wrk(ns: &Netns, url: &str) -> anyhow::Result<f64> {
         "KB" => n / 1024.0,
         _ => n / (1024.0 * 1024.0),
     })
+}
+
+/// Seconds from QEMU start to the node's marker line: (rackboot, dnsmasq + nginx).
+fn boot_compare(bin: &Path) -> anyhow::Result<(f64, f64)> {
+    let image = crate::image::node()?;
+    let mac = "52:54:00:dd:00:01";
+
+    let mut ns = Netns::new("bboot")?;
+    let rb = Rackboot::start_with(&ns, bin)?;
+    rb.import_node_images()?;
+    rb.register_node("x1000c0s0b0n0", 1, mac, "192.0.2.50")?;
+    let started = std::time::Instant::now();
+    let mut vm = qemu_tests::Qemu::start(&mut ns, qemu_tests::Firmware::SeaBiosIpxe, mac)?;
+    vm.wait_for("RACKBOOT-NODE-UP", Duration::from_secs(400))?;
+    let rb_secs = started.elapsed().as_secs_f64();
+    drop(vm);
+    drop(rb);
+    drop(ns);
+
+    let mut ns = Netns::new("bpeer")?;
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    std::fs::copy(&image.kernel, d.join("vmlinuz"))?;
+    std::fs::copy(&image.initrd, d.join("initrd.img"))?;
+    std::fs::write(
+        d.join("boot.ipxe"),
+        "#!ipxe\nkernel --name kernel http://192.0.2.1:8080/vmlinuz initrd=initrd console=ttyS0 quiet\n\
+         initrd --name initrd http://192.0.2.1:8080/initrd.img\nboot\n",
+    )?;
+    std::fs::write(
+        d.join("nginx.conf"),
+        format!(
+            "daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{ access_log off; sendfile on; client_body_temp_path {d}; proxy_temp_path {d};\n\
+               fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+               server {{ listen 192.0.2.1:8080; root {d}; }} }}\n",
+            d = d.display()
+        ),
+    )?;
+    let mut nginx = ns
+        .cmd("nginx")
+        .arg("-c")
+        .arg(d.join("nginx.conf"))
+        .spawn()?;
+    let mut dnsmasq = ns
+        .cmd("dnsmasq")
+        .args([
+            "--no-daemon",
+            "--port=0",
+            "--interface=br0",
+            "--bind-interfaces",
+            "--dhcp-range=192.0.2.128,192.0.2.254,1h",
+            &format!("--dhcp-host={mac},192.0.2.50"),
+            "--dhcp-userclass=set:ipxe,iPXE",
+            "--dhcp-boot=tag:ipxe,http://192.0.2.1:8080/boot.ipxe",
+            "--dhcp-boot=tag:!ipxe,undionly.kpxe",
+            "--enable-tftp",
+            "--tftp-root=/usr/lib/ipxe",
+        ])
+        .arg(format!("--dhcp-leasefile={}", d.join("leases").display()))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("dnsmasq")?;
+    std::thread::sleep(Duration::from_secs(1));
+    let started = std::time::Instant::now();
+    let mut vm = qemu_tests::Qemu::start(&mut ns, qemu_tests::Firmware::SeaBiosIpxe, mac)?;
+    let line = vm.wait_for("RACKBOOT-NODE-UP", Duration::from_secs(400));
+    let peer_secs = started.elapsed().as_secs_f64();
+    let _ = (nginx.kill(), dnsmasq.kill(), nginx.wait(), dnsmasq.wait());
+    line?;
+    eprintln!("boot to userspace: rackboot {rb_secs:.1} s, dnsmasq + nginx {peer_secs:.1} s");
+    Ok((rb_secs, peer_secs))
 }

@@ -24,6 +24,7 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("openssl", "TLS peer"),
     ("nginx", "HTTP peer for the benchmark"),
     ("wrk", "HTTP load for the benchmark"),
+    ("dnsmasq-base", "DHCP/TFTP peer for the boot-time benchmark"),
 ];
 
 pub fn install() -> anyhow::Result<()> {

@@ -139,7 +139,11 @@ fn criterion_rows(text: &str) -> Vec<(String, String, String)> {
             }
             time = middle(rest.1);
         } else if let Some(rest) = t.strip_prefix("thrpt:") {
-            rows.push((name.clone(), time.clone(), middle(rest)));
+            // The "change:" block repeats time/thrpt as percentages against the last run.
+            let thrpt = middle(rest);
+            if !time.starts_with('[') && !thrpt.starts_with('[') {
+                rows.push((name.clone(), time.clone(), thrpt));
+            }
         } else if !t.is_empty() && !t.contains(':') && t.contains('/') {
             name = t.to_owned();
         }

@@ -4,6 +4,7 @@
 
 #[cfg(feature = "alloc")]
 pub mod pool;
+mod reply;
 #[cfg(feature = "alloc")]
 pub mod server;
 pub mod wire;

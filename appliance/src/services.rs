@@ -127,6 +127,7 @@ fn http_app(
         .merge(ipxe.router())
         .merge(images::public_router(images.clone()))
         .merge(crate::boot::public_router(boot_ctx))
+        .merge(crate::inventory::health_router())
         .route("/openapi.json", axum::routing::get(openapi));
     if let Some(issuer) = authn.local() {
         open = open.merge(auth::jwks_router(issuer));

@@ -109,7 +109,10 @@ impl Netns {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
         sh(Command::new("ip").args(["netns", "add", &name]))?;
         let addr = cidr.split('/').next().unwrap_or(SERVER).to_owned();
         let ns = Netns {
@@ -156,6 +159,7 @@ impl Netns {
         };
         let _ = Command::new("ip")
             .args(["netns", "del", &client.name])
+            .stderr(Stdio::null())
             .status();
         sh(Command::new("ip").args(["netns", "add", &client.name]))?;
         self.ip(&[

@@ -252,3 +252,59 @@ fn hostile_and_unauthorised_requests_get_problems() {
         200
     );
 }
+
+/// Every path and method in /openapi.json is served (no 405, no fallback "no route" 404), and
+/// the health routes are open, as in SMD.
+#[test]
+fn openapi_document_matches_the_router() {
+    if !preflight(false) {
+        return;
+    }
+    let ns = Netns::new("oapi").unwrap();
+    let rb = Rackboot::start(&ns).unwrap();
+    let (code, doc) = rb.http("GET", "/openapi.json", None).unwrap();
+    assert_eq!(code, 200);
+    let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 20, "{paths:?}");
+    for (path, ops) in paths {
+        let concrete = path
+            .replace("{xname}", "x1000c0s0b0n0")
+            .replace("{id}", "525400000001")
+            .replace("{label}", "compute")
+            .replace("{name}", "sample");
+        for method in ops.as_object().unwrap().keys() {
+            let m = method.to_ascii_uppercase();
+            let body = (m != "GET").then_some("{}");
+            let (code, resp) = rb.http(&m, &concrete, body).unwrap();
+            assert_ne!(code, 405, "{m} {path}: {resp}");
+            assert!(
+                !(code == 404 && resp.contains("no route for")),
+                "{m} {path} is documented but not routed"
+            );
+        }
+    }
+    for path in [
+        "/hsm/v2/service/ready",
+        "/hsm/v2/service/liveness",
+        "/boot/v1/service/status",
+    ] {
+        let out = ns
+            .cmd("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &format!("http://192.0.2.1{path}"),
+            ])
+            .output()
+            .unwrap();
+        let code = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            code == "200" || code == "204",
+            "{path} must be open: {code}"
+        );
+    }
+}

@@ -7,7 +7,7 @@ pub mod cli;
 mod routes;
 pub mod xname;
 
-pub use routes::router;
+pub use routes::{health_router, router};
 
 use pxe_core::MacAddr;
 

@@ -15,8 +15,8 @@ use crate::store::{Component, EthernetInterface, Group, RedfishEndpoint, Store};
 
 type Params = Query<Vec<(String, String)>>;
 
-/// The SMD router (no auth inside: `serve` wraps it with the `inventory` scope).
-pub fn router(store: Store) -> Router {
+/// SMD's health routes: open, as in SMD (load balancers and `ochami` probe them without a token).
+pub fn health_router() -> Router {
     Router::new()
         .route(
             "/hsm/v2/service/ready",
@@ -26,6 +26,11 @@ pub fn router(store: Store) -> Router {
             "/hsm/v2/service/liveness",
             get(|| async { StatusCode::NO_CONTENT }),
         )
+}
+
+/// The SMD router (no auth inside: `serve` wraps it with the `inventory` scope).
+pub fn router(store: Store) -> Router {
+    Router::new()
         .route(
             "/hsm/v2/State/Components",
             get(list_components).post(post_components),

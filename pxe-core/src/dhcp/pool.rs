@@ -122,6 +122,17 @@ impl Pool {
         let mut candidates = [self.last_ip.get(&mac).copied(), requested.map(u32::from)];
         for ip in candidates.iter_mut().flatten() {
             let addr = Ipv4Addr::from(*ip);
+            // A client that DISCOVERs again while its lease runs keeps the lease as it is:
+            // turning it into a short offer hold would let the address go to someone else
+            // while this client still uses it.
+            if self
+                .slots
+                .get(ip)
+                .is_some_and(|s| s.mac == mac && s.state == SlotState::Bound && s.expires > now)
+                && !is_reserved(addr)
+            {
+                return Ok(addr);
+            }
             if self.available_for(*ip, mac, now) && !is_reserved(addr) {
                 self.hold(*ip, mac, SlotState::Offered, now + hold, now);
                 return Ok(addr);

@@ -74,14 +74,14 @@ proptest! {
                     }
                 }
                 Op::Bind { client } => {
-                    if let Some(a) = offered.get(&client).copied() {
-                        if pool.bind(mac(client), a, now + LEASE, now).is_ok() {
-                            if let Some((owner, end)) = bound.get(&a) {
-                                prop_assert!(*owner == client || *end <= now, "bind stole {a} from {owner}");
-                            }
-                            bound.retain(|_, (o, _)| *o != client);
-                            bound.insert(a, (client, now + LEASE));
+                    if let Some(a) = offered.get(&client).copied()
+                        && pool.bind(mac(client), a, now + LEASE, now).is_ok()
+                    {
+                        if let Some((owner, end)) = bound.get(&a) {
+                            prop_assert!(*owner == client || *end <= now, "bind stole {a} from {owner}");
                         }
+                        bound.retain(|_, (o, _)| *o != client);
+                        bound.insert(a, (client, now + LEASE));
                     }
                 }
                 Op::Release { client } => {

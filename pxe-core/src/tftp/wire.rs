@@ -143,7 +143,7 @@ pub fn parse_request(bytes: &[u8]) -> Result<Request<'_>, RequestError> {
 }
 
 fn parse_u64(b: &[u8]) -> Option<u64> {
-    if b.is_empty() || b.len() > 19 {
+    if b.is_empty() || b.len() > 20 {
         return None;
     }
     let mut v: u64 = 0;

@@ -118,15 +118,8 @@ impl Store {
     }
 
     pub async fn get_component(&self, id: String) -> Result<Option<Component>, StoreError> {
-        self.read(move |c| {
-            let doc: Option<String> = c
-                .query_row("SELECT doc FROM components WHERE id = ?1", [id], |r| {
-                    r.get(0)
-                })
-                .optional()?;
-            Ok(doc.map(|d| serde_json::from_str(&d)).transpose()?)
-        })
-        .await
+        self.read(move |c| doc_by_key(c, "SELECT doc FROM components WHERE id = ?1", id))
+            .await
     }
 
     pub async fn list_components(&self) -> Result<Vec<Component>, StoreError> {
@@ -176,17 +169,8 @@ impl Store {
         &self,
         id: String,
     ) -> Result<Option<EthernetInterface>, StoreError> {
-        self.read(move |c| {
-            let doc: Option<String> = c
-                .query_row(
-                    "SELECT doc FROM ethernet_interfaces WHERE id = ?1",
-                    [id],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            Ok(doc.map(|d| serde_json::from_str(&d)).transpose()?)
-        })
-        .await
+        self.read(move |c| doc_by_key(c, "SELECT doc FROM ethernet_interfaces WHERE id = ?1", id))
+            .await
     }
 
     pub async fn list_ethernet_interfaces(&self) -> Result<Vec<EthernetInterface>, StoreError> {
@@ -229,17 +213,8 @@ impl Store {
         &self,
         id: String,
     ) -> Result<Option<RedfishEndpoint>, StoreError> {
-        self.read(move |c| {
-            let doc: Option<String> = c
-                .query_row(
-                    "SELECT doc FROM redfish_endpoints WHERE id = ?1",
-                    [id],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            Ok(doc.map(|d| serde_json::from_str(&d)).transpose()?)
-        })
-        .await
+        self.read(move |c| doc_by_key(c, "SELECT doc FROM redfish_endpoints WHERE id = ?1", id))
+            .await
     }
 
     pub async fn list_redfish_endpoints(&self) -> Result<Vec<RedfishEndpoint>, StoreError> {
@@ -329,6 +304,16 @@ fn put_ei(tx: &rusqlite::Transaction<'_>, ei: &EthernetInterface) -> Result<(), 
     Ok(())
 }
 
+/// The JSON document of the row `sql` selects by one key, if any.
+fn doc_by_key<T: serde::de::DeserializeOwned>(
+    c: &rusqlite::Connection,
+    sql: &str,
+    key: String,
+) -> Result<Option<T>, StoreError> {
+    let doc: Option<String> = c.query_row(sql, [key], |r| r.get(0)).optional()?;
+    Ok(doc.map(|d| serde_json::from_str(&d)).transpose()?)
+}
+
 fn docs<T: serde::de::DeserializeOwned>(
     c: &rusqlite::Connection,
     sql: &str,
@@ -381,15 +366,8 @@ impl Store {
     }
 
     pub async fn get_group(&self, label: String) -> Result<Option<Group>, StoreError> {
-        self.read(move |c| {
-            let doc: Option<String> = c
-                .query_row("SELECT doc FROM groups WHERE label = ?1", [label], |r| {
-                    r.get(0)
-                })
-                .optional()?;
-            Ok(doc.map(|d| serde_json::from_str(&d)).transpose()?)
-        })
-        .await
+        self.read(move |c| doc_by_key(c, "SELECT doc FROM groups WHERE label = ?1", label))
+            .await
     }
 
     pub async fn list_groups(&self) -> Result<Vec<Group>, StoreError> {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use pxe_core::boot::{self, BootPolicy};
-use pxe_core::dhcp::server::{Mode, ServerConfig, SubnetConfig};
+use pxe_core::dhcp::server::{MAX_SUBNETS, Mode, ServerConfig, SubnetConfig};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -158,12 +158,22 @@ pub fn dhcp_config(settings: &Settings) -> anyhow::Result<ServerConfig> {
         uefi_arm64: bounded(&cfg.boot.uefi_arm64, "boot.uefi_arm64")?,
         http_base: bounded(&settings.base_url(), "the advertised base URL")?,
     };
-    let mut subnets = Vec::new();
+    let mut subnets = heapless::Vec::new();
     let own = settings.iface.net;
     let own_cfg = cfg.dhcp.subnets.iter().find(|s| s.network.trunc() == own);
-    subnets.push(subnet(settings, own, own_cfg)?);
+    let too_many = |_| {
+        anyhow::anyhow!(
+            "more than {MAX_SUBNETS} DHCP subnets (the interface's own plus [[dhcp.subnets]]); \
+             run one rackboot per {MAX_SUBNETS} relayed subnets"
+        )
+    };
+    subnets
+        .push(subnet(settings, own, own_cfg)?)
+        .map_err(too_many)?;
     for s in cfg.dhcp.subnets.iter().filter(|s| s.network.trunc() != own) {
-        subnets.push(subnet(settings, s.network.trunc(), Some(s))?);
+        subnets
+            .push(subnet(settings, s.network.trunc(), Some(s))?)
+            .map_err(too_many)?;
     }
     Ok(ServerConfig {
         subnets,

@@ -7,6 +7,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use libfuzzer_sys::fuzz_target;
 use pxe_core::boot::BootPolicy;
 use pxe_core::dhcp::server::{DhcpServer, Inventory, Mode, Reservation, RxInfo, ServerConfig, SubnetConfig};
+use pxe_core::dhcp::fixed_pool::FixedPool;
+use pxe_core::dhcp::pool::AddressPool;
 use pxe_core::dhcp::wire::Packet;
 use pxe_core::{Duration, Instant, MacAddr};
 
@@ -33,13 +35,22 @@ fuzz_target!(|data: &[u8]| {
         pool: Some((Ipv4Addr::new(192, 0, 2, 128), Ipv4Addr::new(192, 0, 2, 131))),
     };
     let Ok(boot) = BootPolicy::new("http://192.0.2.1") else { return };
-    let mut s = DhcpServer::new(ServerConfig {
-        subnets: vec![subnet],
+    let config = ServerConfig {
+        subnets: [subnet].into_iter().collect(),
         mode: if mode & 1 == 0 { Mode::Authoritative } else { Mode::Proxy },
         boot,
         offer_hold: Duration::from_secs(5),
         decline_quarantine: Duration::from_secs(10),
-    });
+    };
+    // Bit 2 picks the fixed-storage pool (the no-allocator build's) over the heap one.
+    if mode & 4 == 0 {
+        run(DhcpServer::new(config), mode, rest);
+    } else {
+        run(DhcpServer::<FixedPool<4>>::fixed(config), mode, rest);
+    }
+});
+
+fn run<P: AddressPool>(mut s: DhcpServer<P>, mode: u8, rest: &[u8]) {
     let rx = RxInfo { src: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68), local_ip: Ipv4Addr::new(192, 0, 2, 1) };
     let mut out = [0u8; 1500];
     // Feed the input as several datagrams, with time moving on.
@@ -58,4 +69,4 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-});
+}

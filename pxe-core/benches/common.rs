@@ -26,7 +26,7 @@ impl Inventory for OneNode {
 
 pub fn server() -> DhcpServer {
     DhcpServer::new(ServerConfig {
-        subnets: vec![SubnetConfig {
+        subnets: [SubnetConfig {
             network: Ipv4Addr::new(192, 0, 2, 0),
             prefix: 24,
             server_ip: Ipv4Addr::new(192, 0, 2, 1),
@@ -35,7 +35,9 @@ pub fn server() -> DhcpServer {
             domain: heapless::String::try_from("rack.example").unwrap(),
             lease_time: Duration::from_secs(3600),
             pool: Some((Ipv4Addr::new(192, 0, 2, 128), Ipv4Addr::new(192, 0, 2, 254))),
-        }],
+        }]
+        .into_iter()
+        .collect(),
         mode: Mode::Authoritative,
         boot: BootPolicy::new("http://192.0.2.1").unwrap(),
         offer_hold: Duration::from_secs(30),

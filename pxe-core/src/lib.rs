@@ -10,7 +10,11 @@
 //! - [`boot`]: which boot file or URL a PXE / iPXE / UEFI HTTP client gets.
 //! - [`tftp`]: the read-only TFTP server session state machine and path normalisation.
 //!
-//! The same engines run under tokio (the `rackboot` appliance) and under embassy-net.
+//! - [`embassy`] (feature `embassy`): the DHCP and TFTP loops as embassy-net tasks.
+//!
+//! The same engines run under tokio (the `rackboot` appliance) and under embassy-net. Nothing
+//! needs an allocator: with `--no-default-features` the DHCP engine keeps its dynamic pool in
+//! fixed storage ([`dhcp::fixed_pool::FixedPool`]).
 #![no_std]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -22,6 +26,8 @@ extern crate std;
 
 pub mod boot;
 pub mod dhcp;
+#[cfg(feature = "embassy")]
+pub mod embassy;
 pub mod mac;
 pub mod tftp;
 pub mod time;

@@ -47,7 +47,7 @@ fn subnet(net: [u8; 4], server: Ipv4Addr, pool: Option<(Ipv4Addr, Ipv4Addr)>) ->
 
 fn server(mode: Mode) -> DhcpServer {
     DhcpServer::new(ServerConfig {
-        subnets: vec![
+        subnets: [
             subnet(
                 [192, 0, 2, 0],
                 SERVER,
@@ -61,7 +61,9 @@ fn server(mode: Mode) -> DhcpServer {
                     Ipv4Addr::new(198, 51, 100, 200),
                 )),
             ),
-        ],
+        ]
+        .into_iter()
+        .collect(),
         mode,
         boot: BootPolicy::new("http://192.0.2.1").unwrap(),
         offer_hold: Duration::from_secs(30),

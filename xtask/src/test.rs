@@ -32,6 +32,18 @@ pub fn run_all() -> anyhow::Result<()> {
 
     crate::stage("pxe-core without std (no allocator)");
     run(cargo().args(["build", "-p", "pxe-core", "--no-default-features"]))?;
+    crate::stage("pxe-core embassy-net drivers (no_std, no allocator), compile-checked");
+    run(cargo().args([
+        "clippy",
+        "-p",
+        "pxe-core",
+        "--no-default-features",
+        "--features",
+        "embassy",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
 
     crate::stage("duplicate dependencies");
     run(cargo().args(["tree", "-d", "-e", "normal", "-p", "appliance"]))?;

@@ -1,10 +1,11 @@
-//! DHCPv4: wire codec, server engine and address pool.
+//! DHCPv4: wire codec, server engine and address pools.
 //!
-//! The engine and pool need the `alloc` feature (on by default through `std`); the codec does not.
+//! Nothing here needs an allocator: the engine is generic over its pool, and
+//! [`fixed_pool::FixedPool`] keeps one in fixed storage. The heap-backed [`pool::Pool`]
+//! (any size, the appliance's default) needs the `alloc` feature.
 
-#[cfg(feature = "alloc")]
+pub mod fixed_pool;
 pub mod pool;
 mod reply;
-#[cfg(feature = "alloc")]
 pub mod server;
 pub mod wire;

@@ -11,7 +11,11 @@
 //! Reserved (inventory) addresses are never handed out: the caller's predicate is checked on
 //! every candidate, and a reserved address found in `free` is parked until [`Pool::unpark`].
 //! Memory: about 100 bytes per address in use (the `alloc` feature is required).
+//!
+//! [`AddressPool`] is what the engine needs from a pool; [`FixedPool`](super::fixed_pool::FixedPool)
+//! implements it in fixed storage for builds without an allocator.
 
+#[cfg(feature = "alloc")]
 use alloc::collections::{BTreeMap, BTreeSet};
 use core::net::Ipv4Addr;
 
@@ -51,7 +55,48 @@ pub enum PoolError {
     Taken,
 }
 
+/// What the DHCP engine needs from a dynamic pool. [`Pool`] (heap, any size) and
+/// [`FixedPool`](super::fixed_pool::FixedPool) (fixed storage, no allocator) implement it with
+/// the same behaviour.
+pub trait AddressPool {
+    /// A pool of `first..=last`.
+    fn for_range(first: Ipv4Addr, last: Ipv4Addr) -> Self
+    where
+        Self: Sized;
+    /// Whether `ip` is in the pool.
+    fn contains(&self, ip: Ipv4Addr) -> bool;
+    /// The hold on `ip`, if any (it may have expired).
+    fn held(&self, ip: Ipv4Addr) -> Option<Slot>;
+    /// Chooses an address for `mac` and holds it as `Offered` until `now + hold`.
+    ///
+    /// Preference: the address `mac` holds or held last, then `requested`, then a free one,
+    /// then the longest-expired one. A client that DISCOVERs again during its lease keeps it.
+    fn allocate(
+        &mut self,
+        mac: MacAddr,
+        requested: Option<Ipv4Addr>,
+        now: Instant,
+        hold: Duration,
+        is_reserved: impl Fn(Ipv4Addr) -> bool,
+    ) -> Result<Ipv4Addr, PoolError>;
+    /// Binds `ip` to `mac` until `expires` (after an ACK, or when restoring persisted leases).
+    fn bind(
+        &mut self,
+        mac: MacAddr,
+        ip: Ipv4Addr,
+        expires: Instant,
+        now: Instant,
+    ) -> Result<(), PoolError>;
+    /// RELEASE: `mac` gives `ip` back; it is still preferred for `mac` later.
+    fn release(&mut self, mac: MacAddr, ip: Ipv4Addr) -> bool;
+    /// DECLINE: quarantine `ip` until `until`, whoever held it.
+    fn decline(&mut self, mac: MacAddr, ip: Ipv4Addr, until: Instant, now: Instant) -> bool;
+    /// Returns parked (once reserved) addresses that are no longer reserved.
+    fn unpark(&mut self, is_reserved: impl Fn(Ipv4Addr) -> bool);
+}
+
 /// A range of addresses handed out to unknown clients.
+#[cfg(feature = "alloc")]
 #[derive(Debug, Clone)]
 pub struct Pool {
     first: u32,
@@ -63,6 +108,48 @@ pub struct Pool {
     expiry: BTreeSet<(Instant, u32)>,
 }
 
+#[cfg(feature = "alloc")]
+impl AddressPool for Pool {
+    fn for_range(first: Ipv4Addr, last: Ipv4Addr) -> Self {
+        Pool::new(first, last)
+    }
+    fn contains(&self, ip: Ipv4Addr) -> bool {
+        Pool::contains(self, ip)
+    }
+    fn held(&self, ip: Ipv4Addr) -> Option<Slot> {
+        self.slot(ip).copied()
+    }
+    fn allocate(
+        &mut self,
+        mac: MacAddr,
+        requested: Option<Ipv4Addr>,
+        now: Instant,
+        hold: Duration,
+        is_reserved: impl Fn(Ipv4Addr) -> bool,
+    ) -> Result<Ipv4Addr, PoolError> {
+        Pool::allocate(self, mac, requested, now, hold, is_reserved)
+    }
+    fn bind(
+        &mut self,
+        mac: MacAddr,
+        ip: Ipv4Addr,
+        expires: Instant,
+        now: Instant,
+    ) -> Result<(), PoolError> {
+        Pool::bind(self, mac, ip, expires, now)
+    }
+    fn release(&mut self, mac: MacAddr, ip: Ipv4Addr) -> bool {
+        Pool::release(self, mac, ip)
+    }
+    fn decline(&mut self, mac: MacAddr, ip: Ipv4Addr, until: Instant, now: Instant) -> bool {
+        Pool::decline(self, mac, ip, until, now)
+    }
+    fn unpark(&mut self, is_reserved: impl Fn(Ipv4Addr) -> bool) {
+        Pool::unpark(self, is_reserved)
+    }
+}
+
+#[cfg(feature = "alloc")]
 impl Pool {
     /// A pool of `first..=last` (swapped if reversed).
     pub fn new(first: Ipv4Addr, last: Ipv4Addr) -> Self {
@@ -286,7 +373,7 @@ impl Pool {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "alloc"))]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;

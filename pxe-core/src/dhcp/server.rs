@@ -3,14 +3,16 @@
 //! [`DhcpServer::handle`] takes one datagram, where it arrived and `now`; it returns the reply
 //! (written into the caller's buffer), where to send it (§4.1), and the [`LeaseChange`] the
 //! driver must make durable *before* it transmits. Static reservations come from the caller's
-//! [`Inventory`]; unknown clients get addresses from a [`Pool`] per subnet.
+//! [`Inventory`]; unknown clients get addresses from a dynamic pool per subnet: any
+//! [`AddressPool`], by default the heap-backed [`Pool`](super::pool::Pool) with the `alloc`
+//! feature and [`FixedPool<256>`] without it.
 
-use alloc::vec::Vec;
 use core::net::{Ipv4Addr, SocketAddrV4};
 
 use heapless::Vec as HVec;
 
-use super::pool::{Pool, PoolError};
+use super::fixed_pool::FixedPool;
+use super::pool::{AddressPool, PoolError};
 use super::wire::{self, MessageType, ReplyBuilder, ReplyHeader, Request, WireError, opt};
 use crate::boot::{self, BootDecision, BootPolicy, ClientInfo};
 use crate::{Duration, Instant, MacAddr};
@@ -88,11 +90,22 @@ impl SubnetConfig {
     }
 }
 
+/// How many subnets (the local one plus relayed ones) one engine serves.
+pub const MAX_SUBNETS: usize = 16;
+
+/// The pool [`DhcpServer::new`] uses: heap-backed with the `alloc` feature, else fixed storage.
+#[cfg(feature = "alloc")]
+pub type DefaultPool = super::pool::Pool;
+/// The pool [`DhcpServer::new`] uses: heap-backed with the `alloc` feature, else fixed storage.
+#[cfg(not(feature = "alloc"))]
+pub type DefaultPool = FixedPool<256>;
+
 /// Engine configuration.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Subnets; chosen by giaddr (relays) or by the receiving interface address.
-    pub subnets: Vec<SubnetConfig>,
+    /// Subnets (at most [`MAX_SUBNETS`]); chosen by giaddr (relays) or by the receiving
+    /// interface address.
+    pub subnets: HVec<SubnetConfig, MAX_SUBNETS>,
     /// Authoritative or proxy.
     pub mode: Mode,
     /// Boot-file policy.
@@ -232,21 +245,35 @@ impl Drop {
     }
 }
 
-/// The engine.
+/// The engine, over dynamic pools of type `P`.
 #[derive(Debug, Clone)]
-pub struct DhcpServer {
+pub struct DhcpServer<P = DefaultPool> {
     config: ServerConfig,
-    pools: Vec<Option<Pool>>,
+    pools: HVec<Option<P>, MAX_SUBNETS>,
 }
 
-impl DhcpServer {
-    /// Creates the engine with empty pools.
+impl DhcpServer<DefaultPool> {
+    /// Creates the engine with empty pools of the [`DefaultPool`] type.
     pub fn new(config: ServerConfig) -> Self {
-        let pools = config
-            .subnets
-            .iter()
-            .map(|s| s.pool.map(|(a, b)| Pool::new(a, b)))
-            .collect();
+        Self::with_pools(config)
+    }
+}
+
+impl<const N: usize> DhcpServer<FixedPool<N>> {
+    /// Creates the engine with empty [`FixedPool`]s of `N` addresses each (no allocator).
+    pub fn fixed(config: ServerConfig) -> Self {
+        Self::with_pools(config)
+    }
+}
+
+impl<P: AddressPool> DhcpServer<P> {
+    /// Creates the engine with empty pools of type `P`.
+    pub fn with_pools(config: ServerConfig) -> Self {
+        let mut pools = HVec::new();
+        for s in &config.subnets {
+            // Same capacity as `subnets`: never full.
+            let _ = pools.push(s.pool.map(|(a, b)| P::for_range(a, b)));
+        }
         Self { config, pools }
     }
 
@@ -256,7 +283,7 @@ impl DhcpServer {
     }
 
     /// The pool of subnet `index`.
-    pub fn pool(&self, index: usize) -> Option<&Pool> {
+    pub fn pool(&self, index: usize) -> Option<&P> {
         self.pools.get(index).and_then(Option::as_ref)
     }
 

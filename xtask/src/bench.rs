@@ -268,6 +268,25 @@ fn start_kea(ns: &Netns) -> anyhow::Result<Box<dyn std::any::Any>> {
 }
 
 /// (rackboot MiB/s, nginx MiB/s) for a 64 MiB file.
+/// `cargo xtask bench http`: only the wrk comparison, printed (for iterating on image serving).
+pub fn run_http_only() -> anyhow::Result<()> {
+    let root = crate::root();
+    run(Command::new(env!("CARGO")).current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "appliance",
+        "--bin",
+        "rackboot",
+    ]))?;
+    let (rb, nginx) = http_compare(&root.join("target/release/rackboot"))?;
+    println!(
+        "rackboot /images: {rb:.0} MiB/s, nginx: {nginx:.0} MiB/s, ratio {:.2}",
+        rb / nginx.max(1.0)
+    );
+    Ok(())
+}
+
 fn http_compare(bin: &Path) -> anyhow::Result<(f64, f64)> {
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("initrd-64m.img");

@@ -25,7 +25,11 @@ fn main() {
         },
         Some("test") => test::run_all(),
         Some("demo") => demo::run_demo(),
-        Some("bench") => bench::run_bench(),
+        Some("bench") => match args.get(1).map(String::as_str) {
+            None => bench::run_bench(),
+            Some("http") => bench::run_http_only(),
+            Some(other) => Err(anyhow::anyhow!("unknown bench {other:?}; known: http")),
+        },
         Some("capture-vectors") => vectors::capture(),
         _ => {
             eprintln!(
@@ -34,6 +38,7 @@ fn main() {
                  demo        install what is needed, then PXE-boot a QEMU node from rackboot and show it\n  \
                  test        install test dependencies, build, run the whole suite (QEMU end-to-end included)\n  \
                  bench       run the benchmarks and write docs/benchmarks.md\n  \
+                 bench http  only the wrk comparison with nginx (prints, writes nothing)\n  \
                  deps        install the Debian packages and tools the tests need\n  \
                  image node  build the QEMU node kernel + initramfs into build/node/\n  \
                  capture-vectors  record real firmware DHCP messages into pxe-core/tests/vectors/"

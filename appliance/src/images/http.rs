@@ -1,9 +1,6 @@
 //! `/images/{name}` (open: firmware and iPXE fetch kernels and initrds) and the admin API
 //! under `/rackboot/v1/images`.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
-use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::Router;
@@ -18,7 +15,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::range::{self, RangeReq};
-use super::{CHUNK, ImageError, ImageRecord, ImageStore};
+use super::{ImageError, ImageRecord, ImageStore};
 use crate::http::{Json, Problem};
 
 /// `GET`/`HEAD /images/{name}`: open route, Range and conditional requests, verified on read.
@@ -113,23 +110,8 @@ async fn serve_image(
     {
         return Ok(not_modified(&etag));
     }
-    let path = store.blob_path(&rec.sha256);
-    let file = match std::fs::File::open(&path) {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::error!(image = %rec.name, path = %path.display(), error = %e, "image blob missing");
-            return Err(corrupt().into());
-        }
-    };
-    let on_disk = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
-    if on_disk != rec.size {
-        store.quarantine(
-            &rec.name,
-            &rec.sha256,
-            &format!("size {on_disk}, expected {}", rec.size),
-        );
-        return Err(corrupt().into());
-    }
+    // Verified once per process, then served from the shared read-only mapping.
+    let blob = store.mapped(&rec).await?;
     // RFC 9110 §13.1.5: a Range with a stale If-Range validator gets the whole representation.
     let range_header = match headers.get(header::IF_RANGE) {
         Some(v) if v.as_bytes() != etag.as_bytes() => None,
@@ -168,98 +150,14 @@ async fn serve_image(
     let body = if method == Method::HEAD {
         Body::empty()
     } else {
-        // Only a full read can be verified; ranges are served as stored.
-        let verify =
-            (status == StatusCode::OK && !store.is_verified(&rec.sha256)).then(|| Verify {
-                store: store.clone(),
-                name: rec.name.clone(),
-                sha256: rec.sha256.clone(),
-                ctx: aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256),
-            });
-        Body::from_stream(read_blob(Arc::new(file), start, len, verify))
+        let (from, to) = (usize::try_from(start), usize::try_from(start + len));
+        let (Ok(from), Ok(to)) = (from, to) else {
+            return Err(Problem::internal("range beyond the address space"));
+        };
+        // No copy: the body is a slice of the mapping, written straight to the socket.
+        Body::from(Bytes::from_owner(blob).slice(from..to))
     };
     resp.body(body).map_err(Problem::internal)
-}
-
-struct Verify {
-    store: ImageStore,
-    name: String,
-    sha256: String,
-    ctx: aws_lc_rs::digest::Context,
-}
-
-struct ReadState {
-    file: Arc<File>,
-    offset: u64,
-    remaining: u64,
-    verify: Option<Verify>,
-}
-
-/// Streams `len` bytes from `offset` in `CHUNK` reads (positional reads on a blocking thread).
-/// With `verify`, the last chunk is released only after the digest matched; on a mismatch the
-/// stream fails instead, so the client never receives a complete (corrupt) body and hyper
-/// aborts the connection.
-fn read_blob(
-    file: Arc<File>,
-    offset: u64,
-    len: u64,
-    verify: Option<Verify>,
-) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
-    let state = ReadState {
-        file,
-        offset,
-        remaining: len,
-        verify,
-    };
-    futures_util::stream::unfold(Some(state), |state| async move {
-        let mut st = state?;
-        if st.remaining == 0 {
-            return None;
-        }
-        let want = usize::try_from(st.remaining.min(CHUNK as u64)).unwrap_or(CHUNK);
-        let (file, at) = (st.file.clone(), st.offset);
-        let read = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; want];
-            let n = file.read_at(&mut buf, at)?;
-            buf.truncate(n);
-            Ok::<_, std::io::Error>(buf)
-        })
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-        let buf = match read {
-            Ok(b) if b.is_empty() => {
-                // Shorter than recorded: the blob was truncated under us.
-                if let Some(v) = st.verify.take() {
-                    v.store.quarantine(&v.name, &v.sha256, "truncated");
-                }
-                return Some((Err(std::io::Error::other("image blob truncated")), None));
-            }
-            Ok(b) => b,
-            Err(e) => return Some((Err(e), None)),
-        };
-        st.offset = st.offset.saturating_add(buf.len() as u64);
-        st.remaining = st.remaining.saturating_sub(buf.len() as u64);
-        if let Some(v) = st.verify.as_mut() {
-            v.ctx.update(&buf);
-        }
-        if st.remaining == 0
-            && let Some(v) = st.verify.take()
-        {
-            let actual = hex::encode(v.ctx.finish().as_ref());
-            if actual == v.sha256 {
-                v.store.mark_verified(&v.sha256);
-            } else {
-                v.store.quarantine(&v.name, &v.sha256, &actual);
-                return Some((
-                    Err(std::io::Error::other(
-                        "image data does not match its sha256",
-                    )),
-                    None,
-                ));
-            }
-        }
-        Some((Ok(Bytes::from(buf)), Some(st)))
-    })
 }
 
 /// RFC 9110 §13.1.2: If-None-Match uses the weak comparison; `*` matches any.

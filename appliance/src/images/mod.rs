@@ -2,9 +2,13 @@
 //!
 //! Blobs live at `<data-dir>/images/sha256/<hex>`, written once (temp file in the same
 //! directory, fsync, rename to the hash, fsync the directory) and never modified. A name maps
-//! to a blob through the index (name → sha256, size, created). Blobs that fail verification on
-//! read are moved to `<data-dir>/images/corrupt/<hex>`, so every process sees the image as
-//! corrupt (500) until it is imported again.
+//! to a blob through the index (name → sha256, size, created).
+//!
+//! Serving maps a blob read-only once per process ([`ImageStore::mapped`]), hashes the mapping
+//! and, if it matches, hands slices of it to the HTTP stack with no copy in userspace: a boot
+//! storm pulling one initrd costs the kernel's socket copy only. Blobs that fail verification
+//! are moved to `<data-dir>/images/corrupt/<hex>`, so every process sees the image as corrupt
+//! (500) until it is imported again; a corrupt byte is never sent.
 
 pub mod cli;
 mod http;
@@ -92,10 +96,30 @@ struct Inner {
     root: PathBuf,
     index: Index,
     max_bytes: u64,
-    /// Blobs whose whole content matched their hash since this process started. Later full
-    /// reads skip the digest: hashing every download of a 64 MiB initrd during a boot storm
-    /// costs more CPU than sending it. Import verifies too, and a restart verifies again.
-    verified: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Blobs mapped and verified in this process, by sha256. One cell per blob, so a boot storm
+    /// hashes a cold image once while the other requests wait for it.
+    maps: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::OnceCell<Blob>>>>,
+}
+
+/// A verified, read-only mapping of a blob; cheap to clone, sliced into response bodies.
+#[derive(Debug, Clone)]
+pub struct Blob(Arc<Option<memmap2::Mmap>>);
+
+impl AsRef<[u8]> for Blob {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_deref().unwrap_or_default()
+    }
+}
+
+/// Maps `file` read-only.
+#[allow(unsafe_code)]
+fn map_readonly(file: &std::fs::File) -> std::io::Result<memmap2::Mmap> {
+    // SAFETY: the mapping is only sound while nobody truncates or rewrites the file. Blobs are
+    // content-addressed and immutable: written to a temp file, fsynced, renamed into place and
+    // never opened for writing again; removal and re-import unlink or rename over the path,
+    // which leaves this inode (and the mapping) intact. Only another process writing into the
+    // data directory behind rackboot's back could break it.
+    unsafe { memmap2::MmapOptions::new().map(file) }
 }
 
 impl ImageStore {
@@ -119,7 +143,7 @@ impl ImageStore {
                 root,
                 index,
                 max_bytes,
-                verified: std::sync::Mutex::new(std::collections::HashSet::new()),
+                maps: std::sync::Mutex::new(std::collections::HashMap::new()),
             }),
         })
     }
@@ -229,6 +253,7 @@ impl ImageStore {
             .iter()
             .any(|r| r.sha256 == rec.sha256);
         if !shared {
+            self.forget(&rec.sha256);
             let _ = tokio::fs::remove_file(self.blob_path(&rec.sha256)).await;
             let _ = tokio::fs::remove_file(self.inner.root.join("corrupt").join(&rec.sha256)).await;
             let _ = sync_dir(&self.inner.root.join("sha256")).await;
@@ -242,22 +267,75 @@ impl ImageStore {
         self.inner.root.join("sha256").join(sha256)
     }
 
-    /// Whether a full read of this blob already matched its hash in this process.
-    pub fn is_verified(&self, sha256: &str) -> bool {
-        self.inner
-            .verified
+    /// The blob of `rec`, mapped and verified against its sha256 on first use in this process.
+    /// A blob that is missing, has the wrong size or the wrong hash is quarantined and the
+    /// error is [`ImageError::Corrupt`].
+    pub async fn mapped(&self, rec: &ImageRecord) -> Result<Blob, ImageError> {
+        let cell = self
+            .inner
+            .maps
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(sha256)
+            .entry(rec.sha256.clone())
+            .or_default()
+            .clone();
+        let blob = cell
+            .get_or_try_init(|| {
+                let (store, rec) = (self.clone(), rec.clone());
+                async move {
+                    tokio::task::spawn_blocking(move || store.map_and_verify(&rec))
+                        .await
+                        .map_err(|e| ImageError::Stream(e.to_string()))?
+                }
+            })
+            .await?;
+        Ok(blob.clone())
     }
 
-    /// Records that a full read matched the hash.
-    pub fn mark_verified(&self, sha256: &str) {
+    fn map_and_verify(&self, rec: &ImageRecord) -> Result<Blob, ImageError> {
+        let corrupt = || ImageError::Corrupt {
+            name: rec.name.clone(),
+            sha256: rec.sha256.clone(),
+        };
+        let path = self.blob_path(&rec.sha256);
+        let file = std::fs::File::open(&path).map_err(|e| {
+            tracing::error!(image = %rec.name, path = %path.display(), error = %e, "image blob missing");
+            corrupt()
+        })?;
+        let on_disk = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+        if on_disk != rec.size {
+            let why = format!("size {on_disk}, expected {}", rec.size);
+            self.quarantine(&rec.name, &rec.sha256, &why);
+            return Err(corrupt());
+        }
+        // An empty file cannot be mapped (and needs no mapping).
+        let map = if on_disk == 0 {
+            None
+        } else {
+            Some(
+                map_readonly(&file)
+                    .map_err(ImageError::io(format!("cannot map {}", path.display())))?,
+            )
+        };
+        let started = std::time::Instant::now();
+        let actual = hex::encode(digest::digest(
+            &digest::SHA256,
+            map.as_deref().unwrap_or_default(),
+        ));
+        if actual != rec.sha256 {
+            self.quarantine(&rec.name, &rec.sha256, &actual);
+            return Err(corrupt());
+        }
+        tracing::debug!(image = %rec.name, bytes = rec.size, ms = started.elapsed().as_millis() as u64, "image verified and mapped");
+        Ok(Blob(Arc::new(map)))
+    }
+
+    fn forget(&self, sha256: &str) {
         self.inner
-            .verified
+            .maps
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(sha256.to_owned());
+            .remove(sha256);
     }
 
     /// Whether the blob was quarantined after failing verification.
@@ -269,11 +347,7 @@ impl ImageStore {
     /// for the images using it until it is imported again).
     pub fn quarantine(&self, name: &str, sha256: &str, actual: &str) {
         tracing::error!(image = %name, sha256 = %sha256, actual = %actual, "image data does not match its sha256; marking it corrupt");
-        self.inner
-            .verified
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(sha256);
+        self.forget(sha256);
         let from = self.blob_path(sha256);
         let to = self.inner.root.join("corrupt").join(sha256);
         if let Err(err) = std::fs::rename(&from, &to) {

@@ -308,3 +308,128 @@ fn openapi_document_matches_the_router() {
         );
     }
 }
+
+/// SMD groups as `ochami smd group …` drives them: create, members (add, duplicate, replace,
+/// remove), patch, memberships; concurrent member additions are all kept.
+#[test]
+fn smd_groups_and_members() {
+    if !preflight(false) {
+        return;
+    }
+    let ns = Netns::new("grp").unwrap();
+    let rb = Rackboot::start(&ns).unwrap();
+    let json = |s: &str| -> serde_json::Value { serde_json::from_str(s).unwrap() };
+    let (code, body) = rb
+        .http(
+            "POST",
+            "/hsm/v2/groups",
+            Some(r#"{"label":"compute","description":"all","tags":["a"],"members":{"ids":["x1000c0s0b0n0"]}}"#),
+        )
+        .unwrap();
+    assert_eq!(code, 201, "{body}");
+    let (code, _) = rb
+        .http("POST", "/hsm/v2/groups", Some(r#"{"label":"compute"}"#))
+        .unwrap();
+    assert_eq!(code, 409);
+    let (code, body) = rb
+        .http(
+            "POST",
+            "/hsm/v2/groups/compute/members",
+            Some(r#"{"id":"x1000c0s0b0n0"}"#),
+        )
+        .unwrap();
+    assert_eq!(code, 409, "{body}");
+    let (code, _) = rb
+        .http(
+            "POST",
+            "/hsm/v2/groups/compute/members",
+            Some(r#"{"id":"not-an-xname"}"#),
+        )
+        .unwrap();
+    assert_eq!(code, 400);
+
+    // Twenty concurrent additions: none lost.
+    std::thread::scope(|s| {
+        for i in 1..=20 {
+            let rb = &rb;
+            s.spawn(move || {
+                let body = format!(r#"{{"id":"x1000c0s{i}b0n0"}}"#);
+                let (code, resp) = rb
+                    .http("POST", "/hsm/v2/groups/compute/members", Some(&body))
+                    .unwrap();
+                assert_eq!(code, 201, "{resp}");
+            });
+        }
+    });
+    let (_, body) = rb
+        .http("GET", "/hsm/v2/groups/compute/members", None)
+        .unwrap();
+    assert_eq!(json(&body)["ids"].as_array().unwrap().len(), 21, "{body}");
+
+    let (code, body) = rb
+        .http(
+            "PATCH",
+            "/hsm/v2/groups/compute",
+            Some(r#"{"description":"compute nodes","tags":["b","c"]}"#),
+        )
+        .unwrap();
+    assert_eq!(code, 204, "{body}");
+    let (_, body) = rb.http("GET", "/hsm/v2/groups/compute", None).unwrap();
+    let g = json(&body);
+    assert_eq!(g["description"], "compute nodes");
+    assert_eq!(g["tags"], serde_json::json!(["b", "c"]));
+    assert_eq!(
+        g["members"]["ids"].as_array().unwrap().len(),
+        21,
+        "PATCH keeps members"
+    );
+
+    let (code, body) = rb
+        .http(
+            "PUT",
+            "/hsm/v2/groups/compute/members",
+            Some(r#"{"group":"compute","ids":["x1000c0s1b0n0","x1000c0s2b0n0"]}"#),
+        )
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let (code, _) = rb
+        .http(
+            "PUT",
+            "/hsm/v2/groups/compute/members",
+            Some(r#"{"group":"other","ids":[]}"#),
+        )
+        .unwrap();
+    assert_eq!(code, 400);
+    let (code, _) = rb
+        .http(
+            "DELETE",
+            "/hsm/v2/groups/compute/members/x1000c0s1b0n0",
+            None,
+        )
+        .unwrap();
+    assert_eq!(code, 200);
+    let (code, _) = rb
+        .http(
+            "DELETE",
+            "/hsm/v2/groups/compute/members/x1000c0s1b0n0",
+            None,
+        )
+        .unwrap();
+    assert_eq!(code, 404);
+    let (_, body) = rb
+        .http("GET", "/hsm/v2/memberships/x1000c0s2b0n0", None)
+        .unwrap();
+    assert_eq!(json(&body)["groupLabels"], serde_json::json!(["compute"]));
+    let (_, body) = rb
+        .http("GET", "/hsm/v2/memberships/x1000c0s1b0n0", None)
+        .unwrap();
+    assert_eq!(json(&body)["groupLabels"], serde_json::json!([]));
+    let (code, _) = rb
+        .http(
+            "PATCH",
+            "/hsm/v2/groups/nope",
+            Some(r#"{"description":"x"}"#),
+        )
+        .unwrap();
+    assert_eq!(code, 404);
+}

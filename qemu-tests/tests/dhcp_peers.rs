@@ -110,11 +110,24 @@ fn perfdhcp_relay_mode_many_clients_unique_addresses() {
         "offers {offers} of {sent}\n{text}"
     );
     assert!(acks * 100 >= offers * 99, "acks {acks} of {offers}\n{text}");
-    assert_eq!(dups, 0, "{text}");
+    // perfdhcp may send a few DISCOVERs beyond `-n`, reusing MACs; that client gets its own
+    // address again and `-u` counts it. More than that would be a real duplicate.
+    assert!(
+        dups <= sent - 100,
+        "{dups} non-unique for {sent} DISCOVERs\n{text}"
+    );
     let (_, leases) = rb.http("GET", "/rackboot/v1/leases", None).unwrap();
     let leases: serde_json::Value = serde_json::from_str(&leases).unwrap();
+    let leases = leases.as_array().unwrap();
     assert!(
-        leases.as_array().unwrap().len() as u64 >= acks.min(100) * 99 / 100,
+        leases.len() as u64 >= acks.min(100) * 99 / 100,
         "every ACK is a stored lease"
+    );
+    let ips: std::collections::HashSet<&str> =
+        leases.iter().map(|l| l["ip"].as_str().unwrap()).collect();
+    assert_eq!(
+        ips.len(),
+        leases.len(),
+        "an address leased twice: {leases:?}"
     );
 }

@@ -71,15 +71,18 @@ pub fn run_bench() -> anyhow::Result<()> {
         report,
         "\n## DHCP: DORA/s with ≤ 1% drops (perfdhcp relay mode, 30,000 clients, one DORA each, rate ladder)\n\n\
          Leases are durable in both: rackboot commits to SQLite (WAL, synchronous=FULL) before each ACK; \
-         Kea uses memfile with persist=true.\n\n| server | max DORA/s | non-unique addresses |\n|---|---|---|\n\
-         | rackboot | {} | {} |\n| Kea (kea-dhcp4) | {} | {} |\n\nRatio rackboot / Kea: **{:.2}×** (target ≥ 2×).\n\n\
-         \"non-unique\" is perfdhcp's `-u` count at the highest sustained rate. rackboot runs have shown a \
-         handful (0–4 of 30,000) at some rates; the server log of such runs shows no address ACKed to two \
-         MACs, so this is under investigation rather than explained.",
+         Kea uses memfile with persist=true.\n\n| server | max DORA/s | non-unique (perfdhcp `-u`) | DISCOVERs beyond `-n` |\n|---|---|---|---|\n\
+         | rackboot | {} | {} | {} |\n| Kea (kea-dhcp4) | {} | {} | {} |\n\nRatio rackboot / Kea: **{:.2}×** (target ≥ 2×).\n\n\
+         perfdhcp in multi-thread mode sends a few DISCOVERs beyond `-n 30000`; they reuse MACs from the \
+         start of the run, that client gets its own address again, and `-u` counts it as non-unique. A \
+         packet capture of such a run (30,004 DISCOVERs from 30,000 MACs, 4 non-unique) showed no address \
+         offered or ACKed to two MACs. Non-unique ≤ DISCOVERs beyond `-n` means no real duplicate.",
         rb.0,
         rb.1,
+        rb.2,
         kea.0,
         kea.1,
+        kea.2,
         rb.0 as f64 / kea.0.max(1) as f64
     );
 
@@ -168,8 +171,8 @@ fn middle(s: &str) -> String {
 fn dhcp_max_rate(
     who: &str,
     start: impl Fn(&Netns) -> anyhow::Result<Box<dyn std::any::Any>>,
-) -> anyhow::Result<(u64, u64)> {
-    let mut best = (0u64, 0u64);
+) -> anyhow::Result<(u64, u64, u64)> {
+    let mut best = (0u64, 0u64, 0u64);
     for rate in [
         2000u64, 4000, 6000, 8000, 10000, 12000, 14000, 16000, 20000, 24000,
     ] {
@@ -217,7 +220,9 @@ fn dhcp_max_rate(
             st.non_unique
         );
         if st.drop_ratio() <= 0.01 {
-            best = (achieved, st.non_unique);
+            // perfdhcp (multi-thread mode) sends a few DISCOVERs beyond `-n`; those reuse MACs
+            // from the start of the run, get that client's address again, and `-u` counts them.
+            best = (achieved, st.non_unique, st.discovers.saturating_sub(30_000));
         } else {
             break;
         }

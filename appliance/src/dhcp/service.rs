@@ -52,6 +52,11 @@ impl DhcpStats {
     }
 }
 
+/// How long an expired dynamic lease is kept (listed, and preferred for its client) before the
+/// pruner deletes it.
+pub const LEASE_RETENTION: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Starts the DHCP service on `iface`:`port`.
 pub async fn spawn(
     tasks: &mut JoinSet<()>,
@@ -69,8 +74,9 @@ pub async fn spawn(
     let mut server = DhcpServer::new(config);
     let now = Instant::from_millis(u64::try_from(now_ms()).unwrap_or(0));
     let mut restored = 0;
+    // Expired leases are restored too (until pruned): a returning client gets its old address.
     for l in store.list_leases().await? {
-        if l.kind == LeaseRecordKind::Dynamic && l.expires_ms > now_ms() {
+        if l.kind == LeaseRecordKind::Dynamic {
             let expires = Instant::from_millis(u64::try_from(l.expires_ms).unwrap_or(0));
             server.restore(
                 &Lease {
@@ -85,6 +91,29 @@ pub async fn spawn(
         }
     }
     tracing::info!(restored, "DHCP: restored dynamic leases from the store");
+
+    // Pruner: dynamic leases expired for longer than LEASE_RETENTION leave the store.
+    {
+        let (store, stop) = (store.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(PRUNE_EVERY);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                let retention = i64::try_from(LEASE_RETENTION.as_millis()).unwrap_or(i64::MAX);
+                match store.prune_leases(now_ms().saturating_sub(retention)).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        pruned = n,
+                        "DHCP: removed dynamic leases expired for over a day"
+                    ),
+                    Err(err) => tracing::warn!(error = %err, "DHCP: cannot prune expired leases"),
+                }
+            }
+        });
+    }
 
     let view = Arc::new(RwLock::new(Arc::new(load_view(&store).await?)));
     let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::{interface_id, normalize_mac, xname};
 use crate::http::{Json, Problem};
-use crate::store::{Component, EthernetInterface, Group, RedfishEndpoint, Store};
+use crate::store::{Component, EthernetInterface, Group, RedfishEndpoint, Store, StoreError};
 
 type Params = Query<Vec<(String, String)>>;
 
@@ -65,11 +65,15 @@ pub fn router(store: Store) -> Router {
         .route("/hsm/v2/groups", get(list_groups).post(post_group))
         .route(
             "/hsm/v2/groups/{label}",
-            get(get_group).delete(delete_group),
+            get(get_group).patch(patch_group).delete(delete_group),
         )
         .route(
             "/hsm/v2/groups/{label}/members",
-            get(get_members).post(post_member),
+            get(get_members).post(post_member).put(put_members),
+        )
+        .route(
+            "/hsm/v2/groups/{label}/members/{id}",
+            axum::routing::delete(delete_member),
         )
         .route("/hsm/v2/memberships/{id}", get(memberships))
         .with_state(store)
@@ -458,19 +462,98 @@ async fn post_member(
     Json(m): Json<Member>,
 ) -> Result<StatusCode, Problem> {
     xname::parse(&m.id).map_err(Problem::bad_request)?;
-    let mut g = s
-        .get_group(label.clone())
-        .await?
-        .ok_or_else(|| Problem::not_found(format!("no group {label}")))?;
-    if g.members.ids.contains(&m.id) {
-        return Err(Problem::conflict(format!(
-            "{} is already a member of {label}",
-            m.id
+    s.update_group(label.clone(), move |g| {
+        if g.members.ids.contains(&m.id) {
+            return Err(StoreError::Conflict(format!(
+                "{} is already a member of {label}",
+                m.id
+            )));
+        }
+        g.members.ids.push(m.id);
+        Ok(())
+    })
+    .await?;
+    Ok(StatusCode::CREATED)
+}
+
+/// `PATCH /groups/{label}`: `description` and/or `tags`; the label and members stay.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupPatch {
+    description: Option<String>,
+    tags: Option<Vec<String>>,
+}
+
+async fn patch_group(
+    State(s): State<Store>,
+    Path(label): Path<String>,
+    Json(p): Json<GroupPatch>,
+) -> Result<StatusCode, Problem> {
+    s.update_group(label, move |g| {
+        if let Some(d) = p.description {
+            g.description = Some(d);
+        }
+        if let Some(t) = p.tags {
+            g.tags = t;
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PUT /groups/{label}/members`: `{"group": label, "ids": [...]}` replaces the member list.
+#[derive(serde::Deserialize)]
+struct MembersPut {
+    #[serde(default)]
+    group: Option<String>,
+    ids: Vec<String>,
+}
+
+async fn put_members(
+    State(s): State<Store>,
+    Path(label): Path<String>,
+    Json(m): Json<MembersPut>,
+) -> Result<Json<Value>, Problem> {
+    if let Some(g) = &m.group
+        && *g != label
+    {
+        return Err(Problem::bad_request(format!(
+            "body names group {g:?} but the URL names {label:?}"
         )));
     }
-    g.members.ids.push(m.id);
-    s.put_group(g, true).await?;
-    Ok(StatusCode::CREATED)
+    let mut ids = Vec::with_capacity(m.ids.len());
+    for id in m.ids {
+        xname::parse(&id).map_err(Problem::bad_request)?;
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    let g = s
+        .update_group(label, move |g| {
+            g.members.ids = ids;
+            Ok(())
+        })
+        .await?;
+    Ok(Json(json!({ "ids": g.members.ids })))
+}
+
+async fn delete_member(
+    State(s): State<Store>,
+    Path((label, id)): Path<(String, String)>,
+) -> Result<Json<Value>, Problem> {
+    s.update_group(label.clone(), move |g| {
+        let before = g.members.ids.len();
+        g.members.ids.retain(|m| *m != id);
+        if g.members.ids.len() == before {
+            return Err(StoreError::NotFound(format!(
+                "{id} is not a member of {label}"
+            )));
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(Json(json!({"code": 0, "message": "deleted 1 entry"})))
 }
 
 async fn memberships(

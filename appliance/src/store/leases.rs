@@ -70,6 +70,18 @@ impl Store {
         .await
     }
 
+    /// Deletes dynamic leases that expired before `cutoff_ms` (Unix ms); returns how many.
+    /// Static leases stay: they follow the inventory.
+    pub async fn prune_leases(&self, cutoff_ms: i64) -> Result<usize, StoreError> {
+        self.write(move |tx| {
+            Ok(tx.execute(
+                "DELETE FROM leases WHERE kind = 'dynamic' AND expires_ms < ?1",
+                [cutoff_ms],
+            )?)
+        })
+        .await
+    }
+
     /// Every lease, ordered by address.
     pub async fn list_leases(&self) -> Result<Vec<LeaseRecord>, StoreError> {
         self.read(|conn| {

@@ -365,6 +365,27 @@ impl Store {
         .await
     }
 
+    /// Reads, changes and writes group `label` in one transaction (concurrent member updates
+    /// never lose each other's changes). Returns the group as stored.
+    pub async fn update_group<F>(&self, label: String, change: F) -> Result<Group, StoreError>
+    where
+        F: FnOnce(&mut Group) -> Result<(), StoreError> + Send + 'static,
+    {
+        self.write_inventory(move |tx| {
+            let mut g: Group =
+                doc_by_key(tx, "SELECT doc FROM groups WHERE label = ?1", label.clone())?
+                    .ok_or_else(|| StoreError::NotFound(format!("no group {label}")))?;
+            change(&mut g)?;
+            g.label = label;
+            tx.execute(
+                "UPDATE groups SET doc = ?2 WHERE label = ?1",
+                params![g.label, serde_json::to_string(&g)?],
+            )?;
+            Ok(g)
+        })
+        .await
+    }
+
     pub async fn get_group(&self, label: String) -> Result<Option<Group>, StoreError> {
         self.read(move |c| doc_by_key(c, "SELECT doc FROM groups WHERE label = ?1", label))
             .await

@@ -148,6 +148,36 @@ async fn leases_group_commit_and_refuse_future_schema() {
     assert!(err.contains("newer"), "{err}");
 }
 
+#[tokio::test]
+async fn prune_removes_only_long_expired_dynamic_leases() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let lease = |i: u8, expires_ms: i64, kind: LeaseRecordKind| LeaseRecord {
+        mac: pxe_core::MacAddr([2, 0, 0, 0, 0, i]),
+        ip: Ipv4Addr::new(192, 0, 2, i),
+        expires_ms,
+        kind,
+        hostname: None,
+    };
+    s.put_leases(vec![
+        lease(1, 1_000, LeaseRecordKind::Dynamic),
+        lease(2, 5_000, LeaseRecordKind::Dynamic),
+        lease(3, 1_000, LeaseRecordKind::Static),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(s.prune_leases(2_000).await.unwrap(), 1);
+    let left: Vec<u8> = s
+        .list_leases()
+        .await
+        .unwrap()
+        .iter()
+        .map(|l| l.mac.0[5])
+        .collect();
+    assert_eq!(left.len(), 2);
+    assert!(left.contains(&2) && left.contains(&3), "{left:?}");
+}
+
 /// A child process writes leases and reports each acknowledged one; we SIGKILL it mid-stream
 /// and check every acknowledged lease is in the reopened database.
 #[test]

@@ -50,18 +50,20 @@ pub async fn start(
             data_dir.display()
         )
     })?;
-    let images = ImageStore::open(data_dir).with_context(|| {
-        format!(
-            "cannot open the image store in {} (--data-dir)",
-            data_dir.display()
-        )
-    })?;
     let store = Store::open(data_dir).with_context(|| {
         format!(
             "cannot open the store in {} (--data-dir)",
             data_dir.display()
         )
     })?;
+    let images = ImageStore::open(store.clone(), data_dir)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the image store in {} (--data-dir)",
+                data_dir.display()
+            )
+        })?;
     let mut tasks = JoinSet::new();
 
     if settings.config.listen.dhcp_port != 0 {

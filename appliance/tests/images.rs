@@ -28,6 +28,11 @@ fn data(len: usize) -> Vec<u8> {
         .collect()
 }
 
+async fn open(dir: &Path) -> ImageStore {
+    let store = rackboot::store::Store::open(dir).unwrap();
+    ImageStore::open(store, dir).await.unwrap()
+}
+
 fn sha256_hex(d: &[u8]) -> String {
     hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, d).as_ref())
 }
@@ -69,7 +74,7 @@ async fn env_with(dir: tempfile::TempDir, store: ImageStore) -> Env {
 
 async fn env() -> Env {
     let dir = tempfile::tempdir().unwrap();
-    let store = ImageStore::open(dir.path()).unwrap();
+    let store = open(dir.path()).await;
     env_with(dir, store).await
 }
 
@@ -368,10 +373,10 @@ async fn images_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let content = data(70_000);
     {
-        let store = ImageStore::open(dir.path()).unwrap();
+        let store = open(dir.path()).await;
         import(&store, dir.path(), "kernel", &content).await;
     }
-    let store = ImageStore::open(dir.path()).unwrap();
+    let store = open(dir.path()).await;
     let rec = store.get("kernel").await.unwrap().unwrap();
     assert_eq!(rec.size, 70_000);
     assert_eq!(rec.sha256, sha256_hex(&content));
@@ -388,10 +393,46 @@ async fn images_survive_a_restart() {
     assert!(body[..] == content[..]);
 }
 
+/// Names recorded by the JSON-file index of earlier versions move into the store on open.
+#[tokio::test]
+async fn legacy_file_index_moves_into_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = data(5000);
+    {
+        let store = open(dir.path()).await;
+        import(&store, dir.path(), "kernel", &content).await;
+        // Rewind to the old layout: the name only in images/names/kernel.json.
+        let rec = store.get("kernel").await.unwrap().unwrap();
+        let names = dir.path().join("images/names");
+        std::fs::create_dir_all(&names).unwrap();
+        std::fs::write(names.join("kernel.json"), serde_json::to_vec(&rec).unwrap()).unwrap();
+        std::fs::write(names.join("broken.json"), b"{not json").unwrap();
+        assert!(store.remove("kernel").await.unwrap());
+        // remove() deleted the blob: put it back as the old version would have it.
+        let blob = store.blob_path(&rec.sha256);
+        std::fs::write(&blob, &content).unwrap();
+    }
+    let store = open(dir.path()).await;
+    let rec = store.get("kernel").await.unwrap().unwrap();
+    assert_eq!(rec.sha256, sha256_hex(&content));
+    assert!(!dir.path().join("images/names/kernel.json").exists());
+    let e = env_with(dir, store).await;
+    let body = e
+        .http
+        .get(format!("{}/images/kernel", e.base))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(body[..] == content[..]);
+}
+
 #[tokio::test]
 async fn import_verifies_expected_digest_and_dedups() {
     let dir = tempfile::tempdir().unwrap();
-    let store = ImageStore::open(dir.path()).unwrap();
+    let store = open(dir.path()).await;
     let src = dir.path().join("src");
     std::fs::write(&src, b"hello").unwrap();
     let err = store
@@ -487,7 +528,13 @@ async fn admin_api_upload_list_show_delete() {
 #[tokio::test]
 async fn upload_over_the_limit_is_413() {
     let dir = tempfile::tempdir().unwrap();
-    let store = ImageStore::open_with_limit(dir.path(), 1000).unwrap();
+    let store = ImageStore::open_with_limit(
+        rackboot::store::Store::open(dir.path()).unwrap(),
+        dir.path(),
+        1000,
+    )
+    .await
+    .unwrap();
     let e = env_with(dir, store).await;
     let resp = e
         .http
@@ -521,7 +568,7 @@ async fn upload_over_the_limit_is_413() {
 #[tokio::test]
 async fn admin_api_requires_images_scope() {
     let dir = tempfile::tempdir().unwrap();
-    let store = ImageStore::open(dir.path()).unwrap();
+    let store = open(dir.path()).await;
     let issuer = LocalIssuer::load_or_create(dir.path()).unwrap();
     let authn = Authenticator::new(Some(issuer.clone()), vec![]).unwrap();
     let app = images::public_router(store.clone())

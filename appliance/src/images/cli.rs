@@ -55,7 +55,7 @@ pub async fn run(cmd: ImageCommand) -> anyhow::Result<()> {
             name,
             file,
         } => {
-            let store = open(&data_dir)?;
+            let store = open(&data_dir).await?;
             let rec = store
                 .import_file(&name, &file, sha256.as_deref())
                 .await
@@ -69,7 +69,7 @@ pub async fn run(cmd: ImageCommand) -> anyhow::Result<()> {
             Ok(())
         }
         ImageCommand::List { data_dir, output } => {
-            let store = open(&data_dir)?;
+            let store = open(&data_dir).await?;
             let list = store.list().await?;
             match output {
                 OutputFormat::Json => print_json(&list),
@@ -100,7 +100,7 @@ pub async fn run(cmd: ImageCommand) -> anyhow::Result<()> {
             Ok(())
         }
         ImageCommand::Rm { data_dir, name } => {
-            let store = open(&data_dir)?;
+            let store = open(&data_dir).await?;
             if !store.remove(&name).await? {
                 anyhow::bail!("no image named {name:?} (see `rackboot image list`)");
             }
@@ -109,11 +109,15 @@ pub async fn run(cmd: ImageCommand) -> anyhow::Result<()> {
     }
 }
 
-fn open(data_dir: &std::path::Path) -> anyhow::Result<ImageStore> {
-    ImageStore::open(data_dir).with_context(|| {
+async fn open(data_dir: &std::path::Path) -> anyhow::Result<ImageStore> {
+    let context = || {
         format!(
             "cannot open the image store in {} (--data-dir)",
             data_dir.display()
         )
-    })
+    };
+    let store = crate::store::Store::open(data_dir).with_context(context)?;
+    ImageStore::open(store, data_dir)
+        .await
+        .with_context(context)
 }

@@ -2,7 +2,7 @@
 //!
 //! Blobs live at `<data-dir>/images/sha256/<hex>`, written once (temp file in the same
 //! directory, fsync, rename to the hash, fsync the directory) and never modified. A name maps
-//! to a blob through the index (name → sha256, size, created).
+//! to a blob through the `images` table of the store (name → sha256, size, created).
 //!
 //! Serving maps a blob read-only once per process ([`ImageStore::mapped`]), hashes the mapping
 //! and, if it matches, hands slices of it to the HTTP stack with no copy in userspace: a boot
@@ -12,11 +12,10 @@
 
 pub mod cli;
 mod http;
-mod index;
 mod range;
 
+pub use crate::store::ImageRecord;
 pub use http::{admin_router, public_router};
-pub use index::ImageRecord;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,7 +26,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use index::Index;
+use crate::store::{Store, StoreError};
 
 /// Where the admin image routes live; uploads under it stream (no body limit, no request timeout
 /// in the server loop; the upload handler enforces its own).
@@ -68,11 +67,46 @@ pub enum ImageError {
     Index(String),
 }
 
+impl From<StoreError> for ImageError {
+    fn from(e: StoreError) -> Self {
+        Self::Index(e.to_string())
+    }
+}
+
 impl ImageError {
     fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
         let context = context.into();
         move |source| Self::Io { context, source }
     }
+}
+
+/// Moves names from the JSON-file index of earlier versions (`images/names/*.json`) into the
+/// store, then removes the files. A name already in the store wins.
+async fn import_legacy_index(store: &Store, dir: &Path) -> Result<(), ImageError> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(()); // no legacy index
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "json")
+            && let Ok(data) = std::fs::read(&path)
+        {
+            match serde_json::from_slice::<ImageRecord>(&data) {
+                Ok(rec) => {
+                    let name = rec.name.clone();
+                    store.put_image_if_absent(rec).await?;
+                    tracing::info!(image = %name, "image name moved from the file index into the store");
+                }
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "skipping an unreadable legacy image record");
+                    continue;
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    let _ = std::fs::remove_dir(dir);
+    Ok(())
 }
 
 /// Whether `name` is an acceptable image name: `[A-Za-z0-9._-]{1,128}`, not `.`, no `..`.
@@ -94,7 +128,7 @@ pub struct ImageStore {
 #[derive(Debug)]
 struct Inner {
     root: PathBuf,
-    index: Index,
+    index: Store,
     max_bytes: u64,
     /// Blobs mapped and verified in this process, by sha256. One cell per blob, so a boot storm
     /// hashes a cold image once while the other requests wait for it.
@@ -123,13 +157,17 @@ fn map_readonly(file: &std::fs::File) -> std::io::Result<memmap2::Mmap> {
 }
 
 impl ImageStore {
-    /// Opens (creating if needed) the image store under `data_dir`.
-    pub fn open(data_dir: &Path) -> Result<Self, ImageError> {
-        Self::open_with_limit(data_dir, DEFAULT_MAX_IMAGE_BYTES)
+    /// Opens (creating if needed) the image blobs under `data_dir`, named through `store`.
+    pub async fn open(store: Store, data_dir: &Path) -> Result<Self, ImageError> {
+        Self::open_with_limit(store, data_dir, DEFAULT_MAX_IMAGE_BYTES).await
     }
 
     /// Like [`ImageStore::open`] with a custom largest image size.
-    pub fn open_with_limit(data_dir: &Path, max_bytes: u64) -> Result<Self, ImageError> {
+    pub async fn open_with_limit(
+        store: Store,
+        data_dir: &Path,
+        max_bytes: u64,
+    ) -> Result<Self, ImageError> {
         let root = data_dir.join("images");
         for sub in ["sha256", "corrupt"] {
             std::fs::create_dir_all(root.join(sub)).map_err(ImageError::io(format!(
@@ -137,11 +175,11 @@ impl ImageStore {
                 root.join(sub).display()
             )))?;
         }
-        let index = Index::open(&root)?;
+        import_legacy_index(&store, &root.join("names")).await?;
         Ok(Self {
             inner: Arc::new(Inner {
                 root,
-                index,
+                index: store,
                 max_bytes,
                 maps: std::sync::Mutex::new(std::collections::HashMap::new()),
             }),
@@ -222,7 +260,7 @@ impl ImageStore {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
         };
-        self.inner.index.put(&record).await?;
+        self.inner.index.put_image(record.clone()).await?;
         tracing::info!(image = %name, sha256 = %record.sha256, size, "image imported");
         Ok(record)
     }
@@ -230,28 +268,20 @@ impl ImageStore {
     /// The record of `name`, if there is one.
     pub async fn get(&self, name: &str) -> Result<Option<ImageRecord>, ImageError> {
         check_name(name)?;
-        self.inner.index.get(name).await
+        Ok(self.inner.index.get_image(name.to_owned()).await?)
     }
 
     /// Every image, by name.
     pub async fn list(&self) -> Result<Vec<ImageRecord>, ImageError> {
-        self.inner.index.list().await
+        Ok(self.inner.index.list_images().await?)
     }
 
     /// Removes `name`; its blob goes too when no other name uses it. `false` if there was none.
     pub async fn remove(&self, name: &str) -> Result<bool, ImageError> {
         check_name(name)?;
-        let Some(rec) = self.inner.index.get(name).await? else {
+        let Some((rec, shared)) = self.inner.index.delete_image(name.to_owned()).await? else {
             return Ok(false);
         };
-        self.inner.index.delete(name).await?;
-        let shared = self
-            .inner
-            .index
-            .list()
-            .await?
-            .iter()
-            .any(|r| r.sha256 == rec.sha256);
         if !shared {
             self.forget(&rec.sha256);
             let _ = tokio::fs::remove_file(self.blob_path(&rec.sha256)).await;

@@ -10,6 +10,7 @@
 //! federation upstream owns.
 
 mod bss;
+mod images;
 mod leases;
 mod schema;
 mod smd;
@@ -22,6 +23,7 @@ use rusqlite::{Connection, OpenFlags, Transaction};
 use tokio::sync::{oneshot, watch};
 
 pub use bss::{BootParameters, BootSelector, CloudInit};
+pub use images::ImageRecord;
 pub use leases::{LeaseRecord, LeaseRecordKind};
 pub use smd::{
     Component, EthernetInterface, Group, GroupMembers, IpAddressEntry, RedfishEndpoint, Reservation,
@@ -53,6 +55,12 @@ type Job = Box<dyn FnOnce(&Transaction<'_>) -> Completion + Send>;
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
 }
 
 struct Inner {

@@ -59,6 +59,17 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX leases_ip ON leases(ip);
     "#,
+    // 3: the image index (names of content-addressed blobs under images/sha256/).
+    r#"
+    CREATE TABLE images (
+        name TEXT PRIMARY KEY,
+        sha256 TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        created INTEGER NOT NULL,
+        owner TEXT NOT NULL DEFAULT 'local'
+    );
+    CREATE INDEX images_sha256 ON images(sha256);
+    "#,
 ];
 
 /// Brings `conn` to the latest schema; refuses a database from a newer rackboot.

@@ -226,7 +226,12 @@ impl Rackboot {
 
     /// Starts a given rackboot binary (benchmarks use the release build).
     pub fn start_with(ns: &Netns, bin: &Path) -> anyhow::Result<Rackboot> {
-        Self::start_in(ns, bin, tempfile::tempdir()?)
+        Self::start_in(ns, bin, tempfile::tempdir()?, &[])
+    }
+
+    /// Starts rackboot with `RACKBOOT_*` settings (e.g. `("RACKBOOT_DHCP__MODE", "proxy")`).
+    pub fn start_with_env(ns: &Netns, env: &[(&str, &str)]) -> anyhow::Result<Rackboot> {
+        Self::start_in(ns, &rackboot_bin()?, tempfile::tempdir()?, env)
     }
 
     /// SIGKILLs the server (no clean shutdown) and starts a new one on the same data dir.
@@ -234,10 +239,15 @@ impl Rackboot {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let data_dir = std::mem::replace(&mut self.data_dir, tempfile::tempdir()?);
-        Self::start_in(ns, &rackboot_bin()?, data_dir)
+        Self::start_in(ns, &rackboot_bin()?, data_dir, &[])
     }
 
-    fn start_in(ns: &Netns, bin: &Path, data_dir: tempfile::TempDir) -> anyhow::Result<Rackboot> {
+    fn start_in(
+        ns: &Netns,
+        bin: &Path,
+        data_dir: tempfile::TempDir,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Rackboot> {
         let log = data_dir.path().join("rackboot.log");
         let logf = fs::OpenOptions::new()
             .create(true)
@@ -249,6 +259,7 @@ impl Rackboot {
             .arg(data_dir.path())
             .args(["--ipxe-dir", "/usr/lib/ipxe"])
             .env("RACKBOOT_LOG", "info,rackboot=debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(logf)
             .spawn()?;

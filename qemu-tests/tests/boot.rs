@@ -197,3 +197,57 @@ fn autoexec_ipxe_and_traversal_get_tftp_errors() {
         std::fs::read("/usr/lib/ipxe/undionly.kpxe").unwrap()
     );
 }
+
+/// proxyDHCP: another server (dnsmasq, in its own namespace on the same segment) assigns the
+/// address; rackboot in proxy mode only tells the firmware what to boot. The node boots its
+/// inventory kernel line with dnsmasq's address, and rackboot records no lease.
+#[test]
+fn proxy_mode_boots_beside_another_dhcp_server() {
+    if !preflight(true) {
+        return;
+    }
+    let mut ns = Netns::new("prx").unwrap();
+    let rb = Rackboot::start_with_env(&ns, &[("RACKBOOT_DHCP__MODE", "proxy")]).unwrap();
+    rb.import_node_images().unwrap();
+    let (mac, xname) = ("52:54:00:aa:02:01", "x1000c0s7b0n0");
+    // The inventory IP is not what the node gets: addresses are dnsmasq's business here.
+    rb.register_node(xname, 7, mac, "192.0.2.77").unwrap();
+    let other = ns.add_client_ns().unwrap();
+    other
+        .ip(&["addr", "add", "192.0.2.2/24", "dev", "vc"])
+        .unwrap();
+    let leases = tempfile::NamedTempFile::new().unwrap();
+    let mut dnsmasq = other
+        .cmd("dnsmasq")
+        .args([
+            "--no-daemon",
+            "--port=0",
+            "--interface=vc",
+            "--bind-interfaces",
+            "--dhcp-range=192.0.2.50,192.0.2.60,1h",
+            "--dhcp-option=3",
+            "--dhcp-authoritative",
+            "--log-dhcp",
+        ])
+        .arg(format!("--dhcp-leasefile={}", leases.path().display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut vm = Qemu::start(&mut ns, Firmware::SeaBiosIpxe, mac).unwrap();
+    let got = vm.wait_for("RACKBOOT-NODE-UP", BOOT_TIMEOUT);
+    let _ = dnsmasq.kill();
+    let _ = dnsmasq.wait();
+    let line = got.unwrap_or_else(|e| panic!("{e:#}\n---- rackboot log ----\n{}", rb.log_text()));
+    let ip: std::net::Ipv4Addr = field(&line, "ip").unwrap().parse().unwrap();
+    assert!(
+        (50..=60).contains(&ip.octets()[3]),
+        "the address comes from dnsmasq's range: {line}"
+    );
+    assert_eq!(field(&line, "xname"), Some(xname), "{line}");
+    let (_, leases) = rb.http("GET", "/rackboot/v1/leases", None).unwrap();
+    assert!(
+        !leases.contains(mac),
+        "proxy mode assigns nothing: {leases}"
+    );
+}

@@ -28,7 +28,10 @@ fn main() {
         Some("bench") => match args.get(1).map(String::as_str) {
             None => bench::run_bench(),
             Some("http") => bench::run_http_only(),
-            Some(other) => Err(anyhow::anyhow!("unknown bench {other:?}; known: http")),
+            Some("boot") => bench::run_boot_only(),
+            Some(other) => Err(anyhow::anyhow!(
+                "unknown bench {other:?}; known: http, boot"
+            )),
         },
         Some("capture-vectors") => vectors::capture(),
         _ => {
@@ -39,6 +42,7 @@ fn main() {
                  test        install test dependencies, build, run the whole suite (QEMU end-to-end included)\n  \
                  bench       run the benchmarks and write docs/benchmarks.md\n  \
                  bench http  only the wrk comparison with nginx (prints, writes nothing)\n  \
+                 bench boot  only the QEMU boot-time comparison with dnsmasq + nginx (prints)\n  \
                  deps        install the Debian packages and tools the tests need\n  \
                  image node  build the QEMU node kernel + initramfs into build/node/\n  \
                  capture-vectors  record real firmware DHCP messages into pxe-core/tests/vectors/"

@@ -32,6 +32,49 @@ pub struct Config {
     pub dhcp: Dhcp,
     pub boot: Boot,
     pub auth: Auth,
+    pub timeline: Timeline,
+    pub cloud_init: CloudInit,
+}
+
+/// The boot timeline (`/rackboot/v1/status`, `rackboot status`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeline {
+    /// Boots kept per node (older ones are deleted).
+    pub boots_per_node: u32,
+    /// A node whose boot has not moved on for this long is flagged stuck, e.g. "5m".
+    #[serde(with = "humantime_serde_compat")]
+    pub stuck_after: Duration,
+}
+
+impl Default for Timeline {
+    fn default() -> Self {
+        Self {
+            boots_per_node: 5,
+            stuck_after: Duration::from_secs(300),
+        }
+    }
+}
+
+/// cloud-init (NoCloud over HTTP).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CloudInit {
+    /// Reverse proxies whose first `X-Forwarded-For` address is believed, e.g. ["10.0.0.5/32"].
+    /// Requests from anywhere else are identified by their source address only.
+    pub trusted_proxies: Vec<ipnet::Ipv4Net>,
+    /// `/cloud-init/<xname>/…` answers only requests from that node's inventory addresses.
+    /// Turn off only where nodes' addresses are not in the inventory (proxyDHCP sites).
+    pub check_source: bool,
+}
+
+impl Default for CloudInit {
+    fn default() -> Self {
+        Self {
+            trusted_proxies: Vec::new(),
+            check_source: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -199,6 +242,9 @@ impl Config {
         }
         if self.boot.max_retries == 0 {
             bail!("boot.max_retries must be at least 1");
+        }
+        if self.timeline.boots_per_node == 0 {
+            bail!("timeline.boots_per_node must be at least 1");
         }
         Ok(())
     }

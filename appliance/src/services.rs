@@ -1,5 +1,6 @@
 //! Starts every listener of `rackboot serve` and keeps their tasks for shutdown.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -12,12 +13,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{self, Authenticator};
 use crate::boot::BootScriptContext;
+use crate::cloudinit::routes::CiContext;
 use crate::config::{self, DhcpMode};
 use crate::http::{self, server::HttpLimits};
 use crate::images::{self, ImageStore};
 use crate::ipxe::IpxeDir;
+use crate::metrics::Metrics;
 use crate::serve::Settings;
 use crate::store::Store;
+use crate::timeline::{Observers, Timeline};
 
 /// The running services.
 pub struct Services {
@@ -65,15 +69,33 @@ pub async fn start(
             )
         })?;
     let mut tasks = JoinSet::new();
+    let metrics = Arc::new(Metrics::new());
+    let timeline = Timeline::spawn(
+        &mut tasks,
+        store.clone(),
+        metrics.clone(),
+        settings.config.timeline.boots_per_node,
+        shutdown.clone(),
+    );
 
+    let dhcp = dhcp_config(settings)?;
+    let pool_size: i64 = dhcp
+        .subnets
+        .iter()
+        .filter_map(|s| s.pool)
+        .map(|(a, b)| i64::from(u32::from(b)) - i64::from(u32::from(a)) + 1)
+        .sum();
     if settings.config.listen.dhcp_port != 0 {
-        let config = dhcp_config(settings)?;
         crate::dhcp::service::spawn(
             &mut tasks,
             &settings.iface.name,
             settings.config.listen.dhcp_port,
-            config,
+            dhcp,
             store.clone(),
+            Observers {
+                metrics: metrics.clone(),
+                timeline: timeline.clone(),
+            },
             shutdown.clone(),
         )
         .await?;
@@ -86,6 +108,10 @@ pub async fn start(
             settings.iface.addr,
             settings.config.listen.tftp_port,
             ipxe.clone(),
+            Observers {
+                metrics: metrics.clone(),
+                timeline: timeline.clone(),
+            },
             shutdown.clone(),
         )?;
     }
@@ -94,8 +120,17 @@ pub async fn start(
         ready,
         fallback_base: settings.base_url(),
         max_retries: boot.max_retries,
+        timeline: timeline.clone(),
     };
-    let app = http_app(&authn, ipxe, images, store, boot_ctx);
+    let observe = Observe {
+        metrics,
+        timeline,
+        pool_size,
+        stuck_after: settings.config.timeline.stuck_after,
+        cloud_init: settings.config.cloud_init.clone(),
+        base: settings.base_url(),
+    };
+    let app = http_app(&authn, ipxe, images, store, boot_ctx, observe);
     let listener = tokio::net::TcpListener::bind(settings.http_listen)
         .await
         .with_context(|| {
@@ -124,13 +159,34 @@ fn http_app(
     images: ImageStore,
     store: Store,
     boot_ctx: BootScriptContext,
+    obs: Observe,
 ) -> Router {
+    let ci = CiContext {
+        store: store.clone(),
+        timeline: obs.timeline.clone(),
+        trusted_proxies: obs.cloud_init.trusted_proxies.clone(),
+        check_source: obs.cloud_init.check_source,
+        fallback_base: obs.base.clone(),
+    };
+    let image_obs = Observers {
+        metrics: obs.metrics.clone(),
+        timeline: obs.timeline.clone(),
+    };
     let mut open = Router::new()
         .merge(ipxe.router())
-        .merge(images::public_router(images.clone()))
+        .merge(images::public_router(images.clone(), Some(image_obs)))
         .merge(crate::boot::public_router(boot_ctx))
         .merge(crate::inventory::health_router())
-        .route("/openapi.json", axum::routing::get(openapi));
+        .merge(crate::cloudinit::routes::node_router(ci.clone()))
+        .route("/openapi.json", axum::routing::get(openapi))
+        .route(
+            "/metrics",
+            axum::routing::get(metrics_page).with_state((
+                obs.metrics.clone(),
+                store.clone(),
+                obs.pool_size,
+            )),
+        );
     if let Some(issuer) = authn.local() {
         open = open.merge(auth::jwks_router(issuer));
     }
@@ -139,11 +195,93 @@ fn http_app(
         .merge(images::admin_router(images).layer(guard("images")))
         .merge(crate::inventory::router(store.clone()).layer(guard("inventory")))
         .merge(crate::boot::admin_router(store.clone()).layer(guard("boot")))
-        .merge(crate::dhcp::api::router(store).layer(guard("dhcp")));
+        .merge(crate::dhcp::api::router(store.clone()).layer(guard("dhcp")))
+        .merge(crate::cloudinit::routes::admin_router(ci).layer(guard("cloud-init")))
+        .merge(
+            crate::timeline::routes::router(store, obs.timeline.clone(), obs.stuck_after)
+                .layer(guard("status")),
+        );
+    let metrics = obs.metrics;
     Router::new()
         .merge(open)
         .merge(admin)
         .fallback(crate::http::problem::not_found_fallback)
+        .layer(axum::middleware::from_fn(move |req, next| {
+            count_request(metrics.clone(), req, next)
+        }))
+}
+
+/// What the HTTP surface reports to, and the settings of its observing routes.
+struct Observe {
+    metrics: Arc<Metrics>,
+    timeline: Timeline,
+    pool_size: i64,
+    stuck_after: Duration,
+    cloud_init: config::CloudInit,
+    base: String,
+}
+
+/// Counts every request by route class and status, with its time to response headers.
+async fn count_request(
+    metrics: Arc<Metrics>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let class = crate::metrics::route_class(req.uri().path());
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    metrics.http_request(
+        class,
+        resp.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    resp
+}
+
+/// `GET /metrics`: Prometheus/OpenMetrics text. State gauges are computed from the store now.
+async fn metrics_page(
+    axum::extract::State((metrics, store, pool_size)): axum::extract::State<(
+        Arc<Metrics>,
+        Store,
+        i64,
+    )>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let now = crate::store::now_ms();
+    let (active, dynamic) = match store.list_leases().await {
+        Ok(l) => {
+            let live: Vec<_> = l.iter().filter(|l| l.expires_ms > now).collect();
+            let dynamic = live
+                .iter()
+                .filter(|l| l.kind == crate::store::LeaseRecordKind::Dynamic)
+                .count();
+            (live.len(), dynamic)
+        }
+        Err(_) => (0, 0),
+    };
+    let mut stages: Vec<(String, i64)> = Vec::new();
+    if let Ok(rows) = store.boot_status().await {
+        for r in rows {
+            match stages.iter_mut().find(|(s, _)| *s == r.stage) {
+                Some((_, n)) => *n += 1,
+                None => stages.push((r.stage, 1)),
+            }
+        }
+    }
+    metrics.set_state(
+        i64::try_from(active).unwrap_or(i64::MAX),
+        pool_size,
+        i64::try_from(dynamic).unwrap_or(i64::MAX),
+        &stages,
+    );
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics.encode(),
+    )
+        .into_response()
 }
 
 /// The DHCP engine configuration: the interface's own subnet (pool = upper half unless configured)

@@ -61,7 +61,7 @@ async fn start(app: Router) -> (String, tokio::sync::oneshot::Sender<()>) {
 }
 
 async fn env_with(dir: tempfile::TempDir, store: ImageStore) -> Env {
-    let app = images::public_router(store.clone()).merge(images::admin_router(store.clone()));
+    let app = images::public_router(store.clone(), None).merge(images::admin_router(store.clone()));
     let (base, stop) = start(app).await;
     Env {
         dir,
@@ -571,7 +571,7 @@ async fn admin_api_requires_images_scope() {
     let store = open(dir.path()).await;
     let issuer = LocalIssuer::load_or_create(dir.path()).unwrap();
     let authn = Authenticator::new(Some(issuer.clone()), vec![]).unwrap();
-    let app = images::public_router(store.clone())
+    let app = images::public_router(store.clone(), None)
         .merge(images::admin_router(store.clone()).layer(auth::require(authn, "images")));
     let (base, _stop) = start(app).await;
     let http = reqwest::Client::builder().no_proxy().build().unwrap();

@@ -3,7 +3,15 @@
 use std::collections::BTreeSet;
 
 /// The API areas a scope can name.
-pub const AREAS: &[&str] = &["boot", "inventory", "images", "dhcp", "rackboot"];
+pub const AREAS: &[&str] = &[
+    "boot",
+    "inventory",
+    "images",
+    "dhcp",
+    "rackboot",
+    "status",
+    "cloud-init",
+];
 
 /// Whether `s` is a scope rackboot knows (minting refuses anything else, so typos fail early).
 pub fn valid_scope(s: &str) -> bool {

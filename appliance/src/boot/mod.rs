@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use crate::http::{Json, Problem};
 use crate::inventory::{normalize_mac, xname};
 use crate::store::{BootParameters, BootSelector, Store};
+use crate::timeline::{Subject, stage};
 
 /// What the open boot routes need.
 #[derive(Clone)]
@@ -25,6 +26,7 @@ pub struct BootScriptContext {
     pub fallback_base: String,
     /// Bound of the retry chain.
     pub max_retries: u32,
+    pub timeline: crate::timeline::Timeline,
 }
 
 /// `/boot/v1/bootparameters` (no auth inside: `serve` wraps it with the `boot` scope).
@@ -185,7 +187,7 @@ async fn status(State(ctx): State<BootScriptContext>) -> Response {
 }
 
 /// `http://<Host>` if the Host header is a plain host[:port], else the configured base.
-fn base_url(headers: &HeaderMap, fallback: &str) -> String {
+pub(crate) fn base_url(headers: &HeaderMap, fallback: &str) -> String {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -250,8 +252,32 @@ async fn bootscript(
             .await?;
         known = false;
     }
+    let subject = match mac
+        .as_deref()
+        .and_then(|m| m.parse::<pxe_core::MacAddr>().ok())
+    {
+        Some(m) => Some(Subject::Mac(m)),
+        None => name.clone().map(Subject::Xname),
+    };
     let body = match bp.filter(|b| !b.kernel.is_empty()) {
         Some(bp) => {
+            if let Some(who) = subject {
+                let (st, ok) = if retry > 0 {
+                    (stage::BOOTSCRIPT_RETRY, false)
+                } else {
+                    (stage::BOOTSCRIPT, true)
+                };
+                let mut detail = serde_json::json!({ "retry": retry, "kernel": bp.kernel });
+                if retry > 0
+                    && let Some(o) = detail.as_object_mut()
+                {
+                    o.insert(
+                        "error".into(),
+                        format!("the node is retrying its boot (attempt {retry})").into(),
+                    );
+                }
+                ctx.timeline.record(who, st, ok, detail);
+            }
             tracing::info!(
                 mac = mac.as_deref().unwrap_or(""),
                 xname = name.as_deref().unwrap_or(""),
@@ -278,6 +304,14 @@ async fn bootscript(
                 stage = "bootscript",
                 "unknown node: waiting script served"
             );
+            if let Some(who) = subject {
+                ctx.timeline.record(
+                    who,
+                    stage::BOOTSCRIPT_UNKNOWN,
+                    false,
+                    serde_json::json!({ "retry": retry, "error": "no boot parameters for this node" }),
+                );
+            }
             let ts = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())

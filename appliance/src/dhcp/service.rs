@@ -7,12 +7,12 @@
 //! - the committer, which writes every pending lease change in one store transaction (group
 //!   commit), and only after it is durable sends the ACKs (ARCHITECTURE invariant 3).
 
-use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use pxe_core::dhcp::server::{
-    DhcpServer, Drop, Inventory, Lease, LeaseChange, LeaseKind, Reservation, RxInfo, ServerConfig,
+    DhcpServer, Drop, Event, Inventory, Lease, LeaseChange, LeaseKind, Reservation, RxInfo,
+    ServerConfig,
 };
 use pxe_core::dhcp::wire::MessageType;
 use pxe_core::{Instant, MacAddr};
@@ -23,34 +23,14 @@ use tokio_util::sync::CancellationToken;
 use super::inventory::{InventoryView, StaticLease};
 use super::queue::DropOldestQueue;
 use super::socket::DhcpSocket;
+use crate::metrics::Metrics;
 use crate::store::{LeaseRecord, LeaseRecordKind, Store, now_ms};
+use crate::timeline::{Observers, Subject, Timeline, stage};
 
 /// Datagrams waiting for the engine before the oldest are dropped.
 const QUEUE_DEPTH: usize = 8192;
 /// Largest datagram read (DHCP over Ethernet fits in 1500; relays may add a little).
 const MAX_DATAGRAM: usize = 4096;
-
-/// Counters the metrics and `rackboot status` read.
-#[derive(Debug, Default)]
-pub struct DhcpStats {
-    pub received: std::sync::atomic::AtomicU64,
-    pub replies: Mutex<BTreeMap<&'static str, u64>>,
-    pub drops: Mutex<BTreeMap<&'static str, u64>>,
-}
-
-impl DhcpStats {
-    fn count(map: &Mutex<BTreeMap<&'static str, u64>>, key: &'static str) {
-        *map.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(key)
-            .or_default() += 1;
-    }
-
-    /// Drops by reason, including queue overflow.
-    pub fn drops(&self) -> BTreeMap<&'static str, u64> {
-        self.drops.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
 
 /// How long an expired dynamic lease is kept (listed, and preferred for its client) before the
 /// pruner deletes it.
@@ -64,11 +44,12 @@ pub async fn spawn(
     port: u16,
     config: ServerConfig,
     store: Store,
+    obs: Observers,
     shutdown: CancellationToken,
-) -> anyhow::Result<Arc<DhcpStats>> {
+) -> anyhow::Result<()> {
+    let Observers { metrics, timeline } = obs;
     let sock = Arc::new(DhcpSocket::bind(iface, port)?);
     let local_ip = crate::netif::ipv4_of(iface)?.addr;
-    let stats = Arc::new(DhcpStats::default());
     let queue = Arc::new(DropOldestQueue::<(SocketAddrV4, Vec<u8>)>::new(QUEUE_DEPTH));
 
     let mut server = DhcpServer::new(config);
@@ -120,8 +101,12 @@ pub async fn spawn(
 
     // Reader.
     {
-        let (sock, queue, stats, stop) =
-            (sock.clone(), queue.clone(), stats.clone(), shutdown.clone());
+        let (sock, queue, metrics, stop) = (
+            sock.clone(),
+            queue.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        );
         tasks.spawn(async move {
             let mut buf = vec![0u8; MAX_DATAGRAM];
             loop {
@@ -131,12 +116,9 @@ pub async fn spawn(
                 };
                 match got {
                     Ok(meta) => {
-                        stats
-                            .received
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let bytes = buf.get(..meta.len).unwrap_or(&[]).to_vec();
                         if queue.push((meta.src, bytes)).is_some() {
-                            DhcpStats::count(&stats.drops, "overload");
+                            metrics.dhcp_drop("overload");
                         }
                     }
                     Err(err) => {
@@ -178,7 +160,12 @@ pub async fn spawn(
     // Committer.
     let (commit_tx, mut commit_rx) = mpsc::channel::<Pending>(QUEUE_DEPTH);
     {
-        let (sock, store, stats) = (sock.clone(), store.clone(), stats.clone());
+        let (sock, store, metrics, timeline) = (
+            sock.clone(),
+            store.clone(),
+            metrics.clone(),
+            timeline.clone(),
+        );
         tasks.spawn(async move {
             while let Some(first) = commit_rx.recv().await {
                 let mut batch = vec![first];
@@ -191,15 +178,16 @@ pub async fn spawn(
                         for p in batch {
                             if let Some((dst, bytes)) = p.reply {
                                 send(&sock, &bytes, dst).await;
-                                DhcpStats::count(&stats.replies, "ack");
+                                sent(&metrics, &timeline, &p.event);
                             }
                         }
                     }
                     Err(err) => {
                         // Not durable → not acknowledged: the client retries and we try again.
                         tracing::error!(error = %err, leases = batch.len(), "DHCP: cannot store leases; ACKs withheld");
-                        for _ in &batch {
-                            DhcpStats::count(&stats.drops, "store_error");
+                        for p in &batch {
+                            metrics.dhcp_packet(p.event.received.as_str(), "dropped");
+                            metrics.dhcp_drop("store_error");
                         }
                     }
                 }
@@ -209,8 +197,7 @@ pub async fn spawn(
 
     // Engine.
     {
-        let (sock, queue, stats, stop) =
-            (sock.clone(), queue.clone(), stats.clone(), shutdown.clone());
+        let (sock, queue, stop) = (sock.clone(), queue.clone(), shutdown.clone());
         tasks.spawn(async move {
             let mut out = vec![0u8; 1500];
             let mut seen_generation = 0;
@@ -236,11 +223,15 @@ pub async fn spawn(
                             received = e.received.as_str(), sent = e.sent.map(MessageType::as_str).unwrap_or("-"),
                             ipxe = e.ipxe, r#static = e.is_static, "DHCP"
                         );
+                        if e.received == MessageType::Discover && (e.ipxe || e.firmware) {
+                            let stage = if e.ipxe { stage::IPXE_DHCP_DISCOVER } else { stage::DHCP_DISCOVER };
+                            timeline.record(Subject::Mac(e.mac), stage, true, serde_json::json!({"xid": e.xid}));
+                        }
                         let reply = h.reply.map(|t| (t.dst, out.get(..t.len).unwrap_or(&[]).to_vec()));
                         match h.lease_change {
                             Some(change) => {
                                 let hostname = current.get(&e.mac).map(|s| s.hostname.clone());
-                                let pending = Pending { change, hostname, reply };
+                                let pending = Pending { change, hostname, reply, event: e };
                                 if commit_tx.send(pending).await.is_err() {
                                     break;
                                 }
@@ -248,13 +239,13 @@ pub async fn spawn(
                             None => {
                                 if let Some((dst, bytes)) = reply {
                                     send(&sock, &bytes, dst).await;
-                                    DhcpStats::count(&stats.replies, e.sent.map(MessageType::as_str).unwrap_or("-"));
                                 }
+                                sent(&metrics, &timeline, &e);
                             }
                         }
                     }
                     Err(drop) => {
-                        DhcpStats::count(&stats.drops, drop.as_str());
+                        metrics.dhcp_drop(drop.as_str());
                         match drop {
                             Drop::Malformed(err) => tracing::debug!(peer = %src, error = %err, "DHCP: malformed datagram dropped"),
                             Drop::PoolExhausted => tracing::warn!(peer = %src, "DHCP: dynamic pool exhausted; request dropped"),
@@ -265,13 +256,34 @@ pub async fn spawn(
             }
         });
     }
-    Ok(stats)
+    Ok(())
+}
+
+/// Counts a handled message and puts what was sent on the boot timeline.
+fn sent(metrics: &Metrics, timeline: &Timeline, e: &Event) {
+    metrics.dhcp_packet(
+        e.received.as_str(),
+        e.sent.map_or("silent", MessageType::as_str),
+    );
+    let ip = e.ip.map(|a| a.to_string());
+    let (stage, ok) = match (e.sent, e.ipxe, e.firmware) {
+        (Some(MessageType::Offer), false, true) => (stage::DHCP_OFFER, true),
+        (Some(MessageType::Ack), true, _) => (stage::IPXE_DHCP, true),
+        (Some(MessageType::Ack), false, true) => (stage::DHCP_ACK, true),
+        (Some(MessageType::Ack), false, false) => (stage::OS_DHCP, true),
+        (Some(MessageType::Nak), true, _) => (stage::IPXE_DHCP_NAK, false),
+        (Some(MessageType::Nak), false, _) => (stage::DHCP_NAK, false),
+        _ => return,
+    };
+    let detail = serde_json::json!({ "ip": ip, "xid": e.xid, "static": e.is_static });
+    timeline.record(Subject::Mac(e.mac), stage, ok, detail);
 }
 
 struct Pending {
     change: LeaseChange,
     hostname: Option<String>,
     reply: Option<(SocketAddrV4, Vec<u8>)>,
+    event: Event,
 }
 
 async fn persist(store: &Store, batch: &[Pending]) -> Result<(), crate::store::StoreError> {

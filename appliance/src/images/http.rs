@@ -6,7 +6,9 @@ use std::time::{Duration, UNIX_EPOCH};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path as UrlPath, Query, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -17,12 +19,20 @@ use serde::{Deserialize, Serialize};
 use super::range::{self, RangeReq};
 use super::{ImageError, ImageRecord, ImageStore};
 use crate::http::{Json, Problem};
+use crate::timeline::{Observers, Subject, stage};
+
+#[derive(Clone)]
+struct Public {
+    images: ImageStore,
+    obs: Option<Observers>,
+}
 
 /// `GET`/`HEAD /images/{name}`: open route, Range and conditional requests, verified on read.
-pub fn public_router(images: ImageStore) -> Router {
+/// With `obs`, completed and failed downloads are counted and put on the boot timeline.
+pub fn public_router(images: ImageStore, obs: Option<Observers>) -> Router {
     Router::new()
         .route("/images/{name}", get(serve_image))
-        .with_state(images)
+        .with_state(Public { images, obs })
 }
 
 /// The admin API under `/rackboot/v1/images` (wrap it with `auth::require(.., "images")`):
@@ -87,16 +97,62 @@ impl From<ImageError> for Problem {
 }
 
 async fn serve_image(
-    State(store): State<ImageStore>,
+    State(public): State<Public>,
     method: Method,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     name: Result<UrlPath<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let UrlPath(name) = name.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let peer_ip = match peer.ip() {
+        std::net::IpAddr::V4(v4) => Some(v4),
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped(),
+    };
+    let result = serve_named(&public.images, &method, &name, &headers).await;
+    let Some(obs) = public.obs else {
+        return result.map(|(resp, _)| resp);
+    };
+    match result {
+        Ok((resp, Some(len))) => {
+            let (parts, body) = resp.into_parts();
+            let done = Completion {
+                obs,
+                store: public.images.store().clone(),
+                name,
+                peer: peer_ip,
+                started: std::time::Instant::now(),
+            };
+            Ok(Response::from_parts(
+                parts,
+                Body::new(Tracked::new(body, len, done)),
+            ))
+        }
+        Ok((resp, None)) => Ok(resp),
+        Err(problem) => {
+            if let Some(ip) = peer_ip {
+                obs.timeline.record(
+                    Subject::Ip(ip),
+                    stage::IMAGE_ERROR,
+                    false,
+                    serde_json::json!({ "image": name, "status": problem.status, "error": problem.detail }),
+                );
+            }
+            Err(problem)
+        }
+    }
+}
+
+/// Serves `name`; the length is `Some` for a body that is being sent (GET 200/206).
+async fn serve_named(
+    store: &ImageStore,
+    method: &Method,
+    name: &str,
+    headers: &HeaderMap,
+) -> Result<(Response, Option<u64>), Problem> {
     let rec = store
-        .get(&name)
+        .get(name)
         .await?
-        .ok_or_else(|| ImageError::NotFound(name.clone()))?;
+        .ok_or_else(|| ImageError::NotFound(name.to_owned()))?;
     let corrupt = || ImageError::Corrupt {
         name: rec.name.clone(),
         sha256: rec.sha256.clone(),
@@ -108,7 +164,7 @@ async fn serve_image(
     if let Some(inm) = headers.get(header::IF_NONE_MATCH)
         && etag_matches(inm.as_bytes(), &etag)
     {
-        return Ok(not_modified(&etag));
+        return Ok((not_modified(&etag), None));
     }
     // Verified once per process, then served from the shared read-only mapping.
     let blob = store.mapped(&rec).await?;
@@ -143,21 +199,142 @@ async fn serve_image(
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{}", rec.size)) {
                 p.headers_mut().insert(header::CONTENT_RANGE, v);
             }
-            return Ok(p);
+            return Ok((p, None));
         }
     };
     resp = resp.status(status).header(header::CONTENT_LENGTH, len);
-    let body = if method == Method::HEAD {
-        Body::empty()
-    } else {
-        let (from, to) = (usize::try_from(start), usize::try_from(start + len));
-        let (Ok(from), Ok(to)) = (from, to) else {
-            return Err(Problem::internal("range beyond the address space"));
-        };
-        // No copy: the body is a slice of the mapping, written straight to the socket.
-        Body::from(Bytes::from_owner(blob).slice(from..to))
+    if *method == Method::HEAD {
+        return Ok((resp.body(Body::empty()).map_err(Problem::internal)?, None));
+    }
+    let (from, to) = (usize::try_from(start), usize::try_from(start + len));
+    let (Ok(from), Ok(to)) = (from, to) else {
+        return Err(Problem::internal("range beyond the address space"));
     };
-    resp.body(body).map_err(Problem::internal)
+    // No copy: the body is slices of the mapping, written straight to the socket. Slicing it
+    // into chunks lets the end of the body mean "sent", not "queued".
+    let whole = Bytes::from_owner(blob).slice(from..to);
+    let chunks = (0..whole.len())
+        .step_by(BODY_CHUNK)
+        .map(move |at| {
+            Ok::<_, std::convert::Infallible>(whole.slice(at..(at + BODY_CHUNK).min(whole.len())))
+        })
+        .collect::<Vec<_>>();
+    let body = Body::from_stream(futures_util::stream::iter(chunks));
+    Ok((resp.body(body).map_err(Problem::internal)?, Some(len)))
+}
+
+/// Size of the slices a response body is handed to hyper in.
+const BODY_CHUNK: usize = 1024 * 1024;
+
+/// Reports a download when its body ends (complete) or is dropped early (aborted).
+struct Completion {
+    obs: Observers,
+    store: crate::store::Store,
+    name: String,
+    peer: Option<std::net::Ipv4Addr>,
+    started: std::time::Instant,
+}
+
+impl Completion {
+    fn finish(self, sent: u64, total: u64) {
+        let complete = sent >= total;
+        self.obs.metrics.image_bytes(&self.name, sent);
+        let Some(ip) = self.peer else { return };
+        let duration_ms = self.started.elapsed().as_millis() as u64;
+        // Which role the image plays for this node (kernel or initrd) comes from its boot
+        // parameters; resolved off the request path.
+        tokio::spawn(async move {
+            let mac = self.store.mac_for_ip(ip).await.ok().flatten();
+            let bp = match mac {
+                Some(m) => self
+                    .store
+                    .boot_parameters_for(Some(m), None, None)
+                    .await
+                    .ok()
+                    .flatten(),
+                None => None,
+            };
+            let suffix = format!("/images/{}", self.name);
+            let role = match bp {
+                Some(b) if b.kernel.ends_with(&suffix) => stage::KERNEL,
+                Some(b) if b.initrd.ends_with(&suffix) => stage::INITRD,
+                _ => stage::IMAGE,
+            };
+            let (st, ok) = if complete {
+                (role, true)
+            } else {
+                (stage::IMAGE_ERROR, false)
+            };
+            let mut detail = serde_json::json!({
+                "image": self.name, "bytes": sent, "size": total, "duration_ms": duration_ms,
+            });
+            if !complete && let Some(o) = detail.as_object_mut() {
+                o.insert("error".into(), "download aborted before the end".into());
+            }
+            self.obs.timeline.record(Subject::Ip(ip), st, ok, detail);
+        });
+    }
+}
+
+/// A response body that counts what hyper takes and reports once at the end.
+struct Tracked {
+    inner: Body,
+    sent: u64,
+    total: u64,
+    done: Option<Completion>,
+}
+
+impl Tracked {
+    fn new(inner: Body, total: u64, done: Completion) -> Self {
+        Self {
+            inner,
+            sent: 0,
+            total,
+            done: Some(done),
+        }
+    }
+}
+
+impl axum::body::HttpBody for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+                self.sent = self.sent.saturating_add(n);
+            }
+            std::task::Poll::Ready(None) => {
+                let (sent, total) = (self.sent, self.total);
+                if let Some(done) = self.done.take() {
+                    done.finish(sent, total);
+                }
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            done.finish(self.sent, self.total);
+        }
+    }
 }
 
 /// RFC 9110 §13.1.2: If-None-Match uses the weak comparison; `*` matches any.

@@ -186,6 +186,11 @@ impl ImageStore {
         })
     }
 
+    /// The store that holds the image names.
+    pub fn store(&self) -> &Store {
+        &self.inner.index
+    }
+
     /// The largest image this store accepts.
     pub fn max_bytes(&self) -> u64 {
         self.inner.max_bytes

@@ -10,10 +10,12 @@
 //! federation upstream owns.
 
 mod bss;
+mod cloudinit;
 mod images;
 mod leases;
 mod schema;
 mod smd;
+mod timeline;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
@@ -23,11 +25,13 @@ use rusqlite::{Connection, OpenFlags, Transaction};
 use tokio::sync::{oneshot, watch};
 
 pub use bss::{BootParameters, BootSelector, CloudInit};
+pub use cloudinit::{CiKind, NodeInfo};
 pub use images::ImageRecord;
 pub use leases::{LeaseRecord, LeaseRecordKind};
 pub use smd::{
     Component, EthernetInterface, Group, GroupMembers, IpAddressEntry, RedfishEndpoint, Reservation,
 };
+pub use timeline::{BootEvent, NodeStatusRow};
 
 /// Store errors. `Conflict`/`NotFound`/`Invalid` carry a message a person can act on.
 #[derive(Debug, thiserror::Error)]

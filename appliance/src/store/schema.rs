@@ -70,6 +70,29 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX images_sha256 ON images(sha256);
     "#,
+    // 4: cloud-init documents (cluster defaults, groups, per-node data) and the boot timeline.
+    r#"
+    CREATE TABLE cloud_init (
+        kind TEXT NOT NULL CHECK (kind IN ('defaults', 'group', 'node')),
+        key TEXT NOT NULL,
+        doc TEXT NOT NULL,
+        owner TEXT NOT NULL DEFAULT 'local',
+        PRIMARY KEY (kind, key)
+    );
+    CREATE TABLE boot_events (
+        id INTEGER PRIMARY KEY,
+        mac TEXT NOT NULL,
+        xname TEXT,
+        boot INTEGER NOT NULL,
+        ts_ms INTEGER NOT NULL,
+        stage TEXT NOT NULL,
+        ok INTEGER NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX boot_events_mac ON boot_events(mac, id);
+    CREATE INDEX boot_events_xname ON boot_events(xname, id);
+    CREATE INDEX ethernet_interfaces_ip ON ethernet_interfaces(ip);
+    "#,
 ];
 
 /// Brings `conn` to the latest schema; refuses a database from a newer rackboot.

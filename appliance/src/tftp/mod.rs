@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ipxe::IpxeDir;
 use crate::netif;
+use crate::timeline::{Observers, Subject, stage};
 
 /// Concurrent transfers; more get "server busy" so firmware retries instead of timing out.
 const MAX_SESSIONS: usize = 512;
@@ -29,6 +30,7 @@ pub fn spawn(
     local_ip: Ipv4Addr,
     port: u16,
     root: IpxeDir,
+    obs: Observers,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let sock = netif::udp_socket(
@@ -65,7 +67,7 @@ pub fn spawn(
                 Err(e) => {
                     let (code, msg) = e.code();
                     tracing::info!(%peer, reason = msg, "TFTP: request refused");
-                    reply_error(&sock, peer, code, msg, &mut out).await;
+                    reply_error(&sock, peer, code, msg, &mut out, &obs, "").await;
                     continue;
                 }
             };
@@ -80,6 +82,8 @@ pub fn spawn(
                         ErrorCode::AccessViolation,
                         "invalid file name",
                         &mut out,
+                        &obs,
+                        "",
                     )
                     .await;
                     continue;
@@ -93,6 +97,8 @@ pub fn spawn(
                     ErrorCode::FileNotFound,
                     "file not found",
                     &mut out,
+                    &obs,
+                    &name,
                 )
                 .await;
                 continue;
@@ -105,6 +111,8 @@ pub fn spawn(
                     ErrorCode::NotDefined,
                     "server busy, retry",
                     &mut out,
+                    &obs,
+                    &name,
                 )
                 .await;
                 continue;
@@ -120,6 +128,8 @@ pub fn spawn(
                             ErrorCode::AccessViolation,
                             "cannot open file",
                             &mut out,
+                            &obs,
+                            &name,
                         )
                         .await;
                         continue;
@@ -128,13 +138,14 @@ pub fn spawn(
             let options = req.options;
             let iface = iface.clone();
             let stop = shutdown.clone();
+            let obs = obs.clone();
             tokio::spawn(async move {
                 let _permit = permit;
                 let req = tftp::Request {
                     filename: name.as_bytes(),
                     options,
                 };
-                transfer(&iface, local_ip, peer, &name, &req, file, clock, stop).await;
+                transfer(&iface, local_ip, peer, &name, &req, file, clock, &obs, stop).await;
             });
         }
     });
@@ -147,9 +158,21 @@ async fn reply_error(
     code: ErrorCode,
     msg: &str,
     out: &mut [u8],
+    obs: &Observers,
+    file: &str,
 ) {
     let n = tftp::error_packet(code, msg, out);
     let _ = sock.send_to(out.get(..n).unwrap_or(&[]), peer).await;
+    obs.metrics.tftp_done("refused", 0, 0);
+    // iPXE probes for autoexec.ipxe on every boot; its absence is not a boot problem.
+    if file != "autoexec.ipxe" {
+        obs.timeline.record(
+            Subject::Ip(*peer.ip()),
+            stage::TFTP_ERROR,
+            false,
+            serde_json::json!({ "file": file, "error": msg }),
+        );
+    }
 }
 
 struct File(std::fs::File);
@@ -174,6 +197,7 @@ async fn transfer(
     req: &tftp::Request<'_>,
     (file, size): (std::fs::File, u64),
     clock: StdInstant,
+    obs: &Observers,
     stop: CancellationToken,
 ) {
     let sock = match netif::udp_socket(Some(iface), SocketAddrV4::new(local_ip, 0), false) {
@@ -186,6 +210,13 @@ async fn transfer(
     let started = StdInstant::now();
     let mut session = Session::new(now(clock), req, size, &SessionConfig::default());
     tracing::info!(%peer, file = name, size, blksize = session.blksize(), window = session.window(), stage = "tftp_start", "TFTP transfer started");
+    let who = Subject::Ip(*peer.ip());
+    obs.timeline.record(
+        who.clone(),
+        stage::TFTP_START,
+        true,
+        serde_json::json!({ "file": name, "size": size, "blksize": session.blksize(), "window": session.window() }),
+    );
     let mut src = File(file);
     let mut out = vec![0u8; session.max_datagram()];
     let mut inbuf = vec![0u8; 1024];
@@ -198,11 +229,26 @@ async fn transfer(
         match session.state() {
             State::Running => {}
             State::Done { bytes, retransmits } => {
-                tracing::info!(%peer, file = name, bytes, retransmits, duration_ms = started.elapsed().as_millis() as u64, stage = "tftp_end", "TFTP transfer complete");
+                let duration_ms = started.elapsed().as_millis() as u64;
+                tracing::info!(%peer, file = name, bytes, retransmits, duration_ms, stage = "tftp_end", "TFTP transfer complete");
+                obs.metrics.tftp_done("complete", bytes, retransmits);
+                obs.timeline.record(
+                    who,
+                    stage::TFTP_END,
+                    true,
+                    serde_json::json!({ "file": name, "bytes": bytes, "duration_ms": duration_ms, "retransmits": retransmits }),
+                );
                 return;
             }
             State::Failed(why) => {
                 tracing::warn!(%peer, file = name, reason = ?why, stage = "tftp_error", "TFTP transfer failed");
+                obs.metrics.tftp_done("failed", 0, 0);
+                obs.timeline.record(
+                    who,
+                    stage::TFTP_ERROR,
+                    false,
+                    serde_json::json!({ "file": name, "error": format!("{why:?}") }),
+                );
                 return;
             }
             _ => return,

@@ -197,6 +197,8 @@ pub struct Event {
     pub is_static: bool,
     /// The client is iPXE (second DHCP of a PXE boot).
     pub ipxe: bool,
+    /// The client is boot firmware (vendor class `PXEClient` or `HTTPClient`), not an OS.
+    pub firmware: bool,
 }
 
 /// The result of a handled datagram.
@@ -340,6 +342,8 @@ impl<P: AddressPool> DhcpServer<P> {
             xid: req.xid,
             is_static: false,
             ipxe: req.is_ipxe(),
+            firmware: req.vendor_class.starts_with(b"PXEClient")
+                || req.vendor_class.starts_with(b"HTTPClient"),
         };
         let reservation = inv.reservation(req.mac);
         let boot = boot::decide(

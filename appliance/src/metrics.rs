@@ -1,0 +1,308 @@
+//! Prometheus metrics (`GET /metrics`, text format, `rackboot_` prefix).
+//!
+//! Counters are bumped where things happen; gauges that describe state (leases, pool use,
+//! nodes per stage) are computed from the store when scraped.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DhcpLabels {
+    /// Message received (discover, request, …).
+    r#type: String,
+    /// What rackboot did: the reply sent (offer, ack, nak), "silent" or "dropped".
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    route: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ImageLabel {
+    image: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabels {
+    stage: String,
+    ok: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabel {
+    stage: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabel {
+    state: String,
+}
+
+type HistFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+fn stage_seconds() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 2.0, 16))
+}
+
+/// Every metric rackboot exports. Shared as `Arc<Metrics>`.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    dhcp_packets: Family<DhcpLabels, Counter>,
+    dhcp_drops: Family<Reason, Counter>,
+    dhcp_leases: Gauge,
+    dhcp_pool: Family<PoolLabel, Gauge>,
+    tftp_transfers: Family<Outcome, Counter>,
+    tftp_bytes: Counter,
+    tftp_retransmits: Counter,
+    http_requests: Family<HttpLabels, Counter>,
+    http_duration: HistFamily<RouteLabel>,
+    image_bytes: Family<ImageLabel, Counter>,
+    boot_events: Family<StageLabels, Counter>,
+    stage_duration: HistFamily<StageLabel>,
+    nodes_by_stage: Family<StageLabel, Gauge>,
+    timeline_dropped: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("rackboot");
+        let m = Metrics {
+            dhcp_packets: Family::default(),
+            dhcp_drops: Family::default(),
+            dhcp_leases: Gauge::default(),
+            dhcp_pool: Family::default(),
+            tftp_transfers: Family::default(),
+            tftp_bytes: Counter::default(),
+            tftp_retransmits: Counter::default(),
+            http_requests: Family::default(),
+            http_duration: Family::new_with_constructor(latency),
+            image_bytes: Family::default(),
+            boot_events: Family::default(),
+            stage_duration: Family::new_with_constructor(stage_seconds),
+            nodes_by_stage: Family::default(),
+            timeline_dropped: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "dhcp_packets",
+            "DHCP messages handled, by message type and outcome",
+            m.dhcp_packets.clone(),
+        );
+        registry.register(
+            "dhcp_drops",
+            "DHCP datagrams dropped without a reply, by reason",
+            m.dhcp_drops.clone(),
+        );
+        registry.register(
+            "dhcp_active_leases",
+            "Leases (static and dynamic) not yet expired",
+            m.dhcp_leases.clone(),
+        );
+        registry.register(
+            "dhcp_pool_addresses",
+            "Dynamic pool addresses by state (size, leased)",
+            m.dhcp_pool.clone(),
+        );
+        registry.register(
+            "tftp_transfers",
+            "TFTP transfers ended, by outcome",
+            m.tftp_transfers.clone(),
+        );
+        registry.register("tftp_bytes", "TFTP file bytes sent", m.tftp_bytes.clone());
+        registry.register(
+            "tftp_retransmits",
+            "TFTP DATA/OACK packets sent again",
+            m.tftp_retransmits.clone(),
+        );
+        registry.register(
+            "http_requests",
+            "HTTP requests by route class and status",
+            m.http_requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to the response headers, by route class",
+            m.http_duration.clone(),
+        );
+        registry.register(
+            "image_bytes",
+            "Image bytes served, by image name",
+            m.image_bytes.clone(),
+        );
+        registry.register(
+            "boot_events",
+            "Boot timeline events, by stage and success",
+            m.boot_events.clone(),
+        );
+        registry.register(
+            "boot_stage_duration_seconds",
+            "Time from a node's previous boot event to this stage",
+            m.stage_duration.clone(),
+        );
+        registry.register(
+            "nodes_by_stage",
+            "Nodes whose latest boot is at this stage",
+            m.nodes_by_stage.clone(),
+        );
+        registry.register(
+            "timeline_dropped_events",
+            "Boot events dropped because the timeline writer fell behind",
+            m.timeline_dropped.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn dhcp_packet(&self, r#type: &str, outcome: &str) {
+        self.dhcp_packets
+            .get_or_create(&DhcpLabels {
+                r#type: r#type.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn dhcp_drop(&self, reason: &str) {
+        self.dhcp_drops
+            .get_or_create(&Reason {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn tftp_done(&self, outcome: &str, bytes: u64, retransmits: u64) {
+        self.tftp_transfers
+            .get_or_create(&Outcome {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        self.tftp_bytes.inc_by(bytes);
+        self.tftp_retransmits.inc_by(retransmits);
+    }
+
+    pub fn http_request(&self, route: &str, status: u16, seconds: f64) {
+        self.http_requests
+            .get_or_create(&HttpLabels {
+                route: route.to_owned(),
+                status: status.to_string(),
+            })
+            .inc();
+        self.http_duration
+            .get_or_create(&RouteLabel {
+                route: route.to_owned(),
+            })
+            .observe(seconds);
+    }
+
+    pub fn image_bytes(&self, image: &str, bytes: u64) {
+        self.image_bytes
+            .get_or_create(&ImageLabel {
+                image: image.to_owned(),
+            })
+            .inc_by(bytes);
+    }
+
+    pub fn stage_event(&self, stage: &str, ok: bool) {
+        self.boot_events
+            .get_or_create(&StageLabels {
+                stage: stage.to_owned(),
+                ok: ok.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn stage_duration(&self, stage: &str, millis: i64) {
+        self.stage_duration
+            .get_or_create(&StageLabel {
+                stage: stage.to_owned(),
+            })
+            .observe(millis.max(0) as f64 / 1000.0);
+    }
+
+    pub fn timeline_dropped(&self) {
+        self.timeline_dropped.inc();
+    }
+
+    /// Sets the state gauges (called at scrape time).
+    pub fn set_state(
+        &self,
+        active_leases: i64,
+        pool_size: i64,
+        pool_leased: i64,
+        stages: &[(String, i64)],
+    ) {
+        self.dhcp_leases.set(active_leases);
+        for (state, v) in [("size", pool_size), ("leased", pool_leased)] {
+            self.dhcp_pool
+                .get_or_create(&PoolLabel {
+                    state: state.to_owned(),
+                })
+                .set(v);
+        }
+        self.nodes_by_stage.clear();
+        for (stage, n) in stages {
+            self.nodes_by_stage
+                .get_or_create(&StageLabel {
+                    stage: stage.clone(),
+                })
+                .set(*n);
+        }
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// The route class of a path, for HTTP metrics (bounded label values).
+pub fn route_class(path: &str) -> &'static str {
+    let p = path.trim_start_matches('/');
+    match p.split('/').next().unwrap_or("") {
+        "boot" => "bss",
+        "hsm" => "smd",
+        "images" => "images",
+        "ipxe" => "ipxe",
+        "cloud-init" => "cloud-init",
+        "metrics" => "metrics",
+        "rackboot" => "rackboot",
+        "openapi.json" | ".well-known" => "meta",
+        _ => "other",
+    }
+}

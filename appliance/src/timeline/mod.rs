@@ -1,0 +1,179 @@
+//! The boot timeline: every step of every node's boot, across DHCP, TFTP, HTTP and cloud-init.
+//!
+//! Services call [`Timeline::record`] (never blocks: a bounded queue, overflow counted). One
+//! writer task resolves who the event is about (MAC, source IP via the lease table, or xname),
+//! stores batches in the `boot_events` table (the last `timeline.boots_per_node` boots per MAC),
+//! feeds the stage metrics and fans events out to `/rackboot/v1/events` subscribers.
+
+pub mod routes;
+pub mod stage;
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use pxe_core::MacAddr;
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::store::{BootEvent, Store, now_ms};
+
+/// Events waiting for the writer; beyond this, new events are dropped (and counted).
+const QUEUE: usize = 16 * 1024;
+
+/// Who an event is about, as the recording service knows it.
+#[derive(Debug, Clone)]
+pub enum Subject {
+    Mac(MacAddr),
+    /// An HTTP or TFTP peer: resolved to a MAC through the lease table.
+    Ip(Ipv4Addr),
+    /// A node the request named (cloud-init): resolved to its first interface.
+    Xname(String),
+}
+
+#[derive(Debug)]
+struct Pending {
+    subject: Subject,
+    stage: &'static str,
+    ok: bool,
+    detail: serde_json::Value,
+    ts_ms: i64,
+}
+
+/// What a service reports to: metrics and the boot timeline.
+#[derive(Debug, Clone)]
+pub struct Observers {
+    pub metrics: Arc<Metrics>,
+    pub timeline: Timeline,
+}
+
+/// Handle for recording and watching boot events. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Timeline {
+    tx: mpsc::Sender<Pending>,
+    live: broadcast::Sender<BootEvent>,
+    metrics: Arc<Metrics>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Timeline {
+    /// Starts the writer task.
+    pub fn spawn(
+        tasks: &mut JoinSet<()>,
+        store: Store,
+        metrics: Arc<Metrics>,
+        boots_per_node: u32,
+        shutdown: CancellationToken,
+    ) -> Timeline {
+        let (tx, mut rx) = mpsc::channel::<Pending>(QUEUE);
+        let (live, _) = broadcast::channel(1024);
+        let timeline = Timeline {
+            tx,
+            live: live.clone(),
+            metrics: metrics.clone(),
+            dropped: Arc::new(AtomicU64::new(0)),
+        };
+        tasks.spawn(async move {
+            let mut last_ts: std::collections::HashMap<String, i64> = Default::default();
+            loop {
+                let first = tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    p = rx.recv() => match p { Some(p) => p, None => break },
+                };
+                let mut batch = vec![first];
+                while batch.len() < 512 {
+                    match rx.try_recv() {
+                        Ok(p) => batch.push(p),
+                        Err(_) => break,
+                    }
+                }
+                let mut events = Vec::with_capacity(batch.len());
+                for p in batch {
+                    if let Some((mac, xname)) = resolve(&store, &p.subject).await {
+                        events.push(BootEvent {
+                            mac,
+                            xname,
+                            boot: 0,
+                            ts_ms: p.ts_ms,
+                            stage: p.stage.to_owned(),
+                            ok: p.ok,
+                            detail: p.detail,
+                        });
+                    }
+                }
+                if events.is_empty() {
+                    continue;
+                }
+                match store
+                    .record_boot_events(events, i64::from(boots_per_node), stage::starts_boot)
+                    .await
+                {
+                    Ok(stored) => {
+                        for e in stored {
+                            let prev = last_ts.insert(e.mac.clone(), e.ts_ms);
+                            if let Some(prev) = prev {
+                                metrics.stage_duration(&e.stage, e.ts_ms.saturating_sub(prev));
+                            }
+                            metrics.stage_event(&e.stage, e.ok);
+                            let _ = live.send(e);
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "timeline: cannot store boot events");
+                    }
+                }
+            }
+        });
+        timeline
+    }
+
+    /// Records that `subject` reached `stage` (never blocks).
+    pub fn record(
+        &self,
+        subject: Subject,
+        stage: &'static str,
+        ok: bool,
+        detail: serde_json::Value,
+    ) {
+        let p = Pending {
+            subject,
+            stage,
+            ok,
+            detail,
+            ts_ms: now_ms(),
+        };
+        if self.tx.try_send(p).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.metrics.timeline_dropped();
+        }
+    }
+
+    /// Live events, as they are stored.
+    pub fn subscribe(&self) -> broadcast::Receiver<BootEvent> {
+        self.live.subscribe()
+    }
+
+    /// Events dropped because the writer fell behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+async fn resolve(store: &Store, subject: &Subject) -> Option<(String, Option<String>)> {
+    match subject {
+        Subject::Mac(m) => Some((m.to_string(), None)),
+        Subject::Ip(ip) => store
+            .mac_for_ip(*ip)
+            .await
+            .ok()
+            .flatten()
+            .map(|m| (m, None)),
+        Subject::Xname(x) => {
+            let node = store.node_info(x.clone()).await.ok().flatten()?;
+            let (mac, _) = node.interfaces.first()?;
+            Some((mac.clone(), Some(x.clone())))
+        }
+    }
+}

@@ -53,6 +53,13 @@ pub enum Command {
     /// Show DHCP leases.
     #[command(subcommand)]
     Lease(crate::dhcp::cli::LeaseCommand),
+    /// Per-node, per-group and cluster cloud-init data.
+    #[command(subcommand, name = "cloud-init")]
+    CloudInit(crate::cloudinit::cli::CloudInitCommand),
+    /// Where every node's boot stands (nodes × stage); --watch for a live view.
+    Status(crate::timeline::cli::StatusArgs),
+    /// One node's boot timeline: every stage of its last boots, with timings.
+    Timeline(crate::timeline::cli::TimelineArgs),
 }
 
 /// Sets up `tracing` for the whole process. Logs go to stderr; stdout is for command output.
@@ -79,5 +86,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node(cmd) => crate::inventory::cli::run(cmd).await,
         Command::Boot(cmd) => crate::boot::cli::run(cmd).await,
         Command::Lease(cmd) => crate::dhcp::cli::run(cmd).await,
+        Command::CloudInit(cmd) => crate::cloudinit::cli::run(cmd).await,
+        Command::Status(args) => crate::timeline::cli::status(args).await,
+        Command::Timeline(args) => crate::timeline::cli::timeline(args).await,
     }
 }

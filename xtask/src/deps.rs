@@ -24,7 +24,14 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("openssl", "TLS peer"),
     ("nginx", "HTTP peer for the benchmark"),
     ("wrk", "HTTP load for the benchmark"),
-    ("dnsmasq-base", "DHCP/TFTP peer for the boot-time benchmark"),
+    (
+        "dnsmasq-base",
+        "DHCP/TFTP peer for the boot-time benchmark and the proxyDHCP test",
+    ),
+    (
+        "python3-prometheus-client",
+        "Prometheus text-format parser that checks /metrics",
+    ),
 ];
 
 pub fn install() -> anyhow::Result<()> {

@@ -94,9 +94,13 @@ fn v4(ip: IpAddr) -> Option<Ipv4Addr> {
 
 /// The client's address: the peer, or the first `X-Forwarded-For` entry if the peer is a
 /// trusted proxy.
-fn client_ip(ctx: &CiContext, peer: SocketAddr, headers: &HeaderMap) -> Option<Ipv4Addr> {
+pub fn client_ip(
+    trusted: &[ipnet::Ipv4Net],
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Option<Ipv4Addr> {
     let peer = v4(peer.ip())?;
-    if ctx.trusted_proxies.iter().any(|n| n.contains(&peer))
+    if trusted.iter().any(|n| n.contains(&peer))
         && let Some(xff) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok())
     {
         return xff.split(',').next()?.trim().parse().ok();
@@ -228,7 +232,7 @@ async fn by_address(
             "no cloud-init document {doc:?}: use meta-data, user-data or vendor-data"
         )));
     }
-    let ip = client_ip(&ctx, peer, &headers)
+    let ip = client_ip(&ctx.trusted_proxies, peer, &headers)
         .ok_or_else(|| Problem::unprocessable("cloud-init needs an IPv4 client address"))?;
     let x = ctx.store.xname_for_ip(ip).await?.ok_or_else(|| {
         Problem::unprocessable(format!(
@@ -250,7 +254,7 @@ async fn check_source(
     if !ctx.check_source {
         return Ok(());
     }
-    let ip = client_ip(ctx, peer, headers);
+    let ip = client_ip(&ctx.trusted_proxies, peer, headers);
     let node = ctx
         .store
         .node_info(x.to_owned())
@@ -291,7 +295,7 @@ async fn phone_home(
             detail.insert(k, Value::String(v.chars().take(256).collect()));
         }
     }
-    if let Some(ip) = client_ip(&ctx, peer, &headers) {
+    if let Some(ip) = client_ip(&ctx.trusted_proxies, peer, &headers) {
         detail.insert("ip".into(), Value::String(ip.to_string()));
     }
     ctx.timeline.record(
@@ -516,4 +520,39 @@ async fn render(
         "user-data": user_data(&inp, &vars)?,
         "vendor-data": vendor_data(&inp, &base, &x),
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted: Vec<ipnet::Ipv4Net> = vec!["10.0.0.5/32".parse().unwrap()];
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "192.0.2.50, 10.9.9.9".parse().unwrap());
+        let proxy: SocketAddr = "10.0.0.5:4000".parse().unwrap();
+        let stranger: SocketAddr = "192.0.2.99:4000".parse().unwrap();
+        assert_eq!(
+            client_ip(&trusted, proxy, &h),
+            Some(Ipv4Addr::new(192, 0, 2, 50))
+        );
+        assert_eq!(
+            client_ip(&trusted, stranger, &h),
+            Some(Ipv4Addr::new(192, 0, 2, 99))
+        );
+        assert_eq!(client_ip(&[], proxy, &h), Some(Ipv4Addr::new(10, 0, 0, 5)));
+        h.insert("x-forwarded-for", "garbage".parse().unwrap());
+        assert_eq!(client_ip(&trusted, proxy, &h), None);
+    }
+
+    #[test]
+    fn phone_home_form_is_decoded() {
+        let pairs =
+            form_urlencoded_pairs(b"instance_id=i-x1&hostname=nid%30001&pub_key_rsa=ssh+rsa+AAA");
+        assert_eq!(pairs[0], ("instance_id".into(), "i-x1".into()));
+        assert_eq!(pairs[1], ("hostname".into(), "nid00001".into()));
+        assert_eq!(pairs[2].1, "ssh rsa AAA");
+        assert_eq!(unescape("%zz%4"), "%zz%4");
+    }
 }

@@ -5,6 +5,7 @@
 //! stores batches in the `boot_events` table (the last `timeline.boots_per_node` boots per MAC),
 //! feeds the stage metrics and fans events out to `/rackboot/v1/events` subscribers.
 
+pub mod cli;
 pub mod routes;
 pub mod stage;
 

@@ -1,0 +1,138 @@
+//! `rackboot status [--watch]` and `rackboot timeline <xname>`.
+
+use std::time::Duration;
+
+use clap::Args;
+
+use super::routes::{NodeTimeline, RackStatus};
+use crate::client::{ApiClient, ClientArgs, format_table, print_json, print_table};
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Redraw every few seconds until interrupted (a live view during a boot storm).
+    #[arg(long)]
+    pub watch: bool,
+    /// Seconds between redraws with --watch.
+    #[arg(long, default_value_t = 2)]
+    pub interval: u64,
+    /// Only nodes flagged stuck.
+    #[arg(long)]
+    pub stuck: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TimelineArgs {
+    /// The node's xname.
+    pub xname: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// The status table (one line per node, plus a per-stage summary line).
+pub fn status_table(s: &RackStatus, only_stuck: bool) -> String {
+    let rows: Vec<Vec<String>> = s
+        .nodes
+        .iter()
+        .filter(|n| !only_stuck || n.stuck)
+        .map(|n| {
+            vec![
+                n.xname.clone().unwrap_or_else(|| "-".into()),
+                n.mac.clone(),
+                n.ip.clone().unwrap_or_else(|| "-".into()),
+                n.boot.to_string(),
+                n.stage.clone(),
+                n.idle_s.map_or_else(|| "-".into(), |s| format!("{s}s")),
+                if n.stuck {
+                    "STUCK".into()
+                } else {
+                    String::new()
+                },
+                n.last_error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let mut out = format_table(
+        &[
+            "NODE",
+            "MAC",
+            "IP",
+            "BOOT",
+            "STAGE",
+            "IDLE",
+            "STUCK",
+            "LAST ERROR",
+        ],
+        &rows,
+    );
+    let mut by_stage: Vec<(String, usize)> = Vec::new();
+    for n in &s.nodes {
+        match by_stage.iter_mut().find(|(st, _)| *st == n.stage) {
+            Some((_, c)) => *c += 1,
+            None => by_stage.push((n.stage.clone(), 1)),
+        }
+    }
+    let stuck = s.nodes.iter().filter(|n| n.stuck).count();
+    let summary: Vec<String> = by_stage
+        .iter()
+        .map(|(st, c)| format!("{st}: {c}"))
+        .collect();
+    out.push_str(&format!(
+        "\n{} nodes, {stuck} stuck (no progress for {}s) — {}\n",
+        s.nodes.len(),
+        s.stuck_after_s,
+        summary.join(", ")
+    ));
+    out
+}
+
+pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let api = ApiClient::new(&args.client)?;
+    loop {
+        let s: RackStatus = api.get("/rackboot/v1/status").await?;
+        if args.client.json() {
+            print_json(&s);
+        } else {
+            if args.watch {
+                // Clear the screen and home the cursor, then redraw.
+                print!("\x1b[2J\x1b[H");
+            }
+            print!("{}", status_table(&s, args.stuck));
+        }
+        if !args.watch {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(args.interval.max(1))).await;
+    }
+}
+
+pub async fn timeline(args: TimelineArgs) -> anyhow::Result<()> {
+    let api = ApiClient::new(&args.client)?;
+    let t: NodeTimeline = api
+        .get(&format!("/rackboot/v1/nodes/{}/timeline", args.xname))
+        .await?;
+    if args.client.json() {
+        print_json(&t);
+        return Ok(());
+    }
+    for run in &t.boots {
+        println!("boot {} ({})", run.boot, run.mac);
+        let rows: Vec<Vec<String>> = run
+            .events
+            .iter()
+            .map(|e| {
+                vec![
+                    e.at.clone(),
+                    format!("+{:.1}s", e.t_ms as f64 / 1000.0),
+                    e.stage.clone(),
+                    if e.ok { "ok".into() } else { "FAILED".into() },
+                    e.detail.to_string(),
+                ]
+            })
+            .collect();
+        print_table(&["AT", "T", "STAGE", "RESULT", "DETAIL"], &rows);
+        println!();
+    }
+    Ok(())
+}

@@ -1,6 +1,6 @@
 //! Real firmware PXE-boots from rackboot: one boot per firmware path, plus the unknown-node and
 //! `autoexec.ipxe` paths.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::time::Duration;
 
@@ -49,10 +49,35 @@ fn boot_inventory_node(fw: Firmware, tag: &str, mac: &str, ip: &str, xname: &str
     );
     let log = rb.log_text();
     match fw {
-        Firmware::OvmfPxe => assert!(
-            log.contains("TFTP transfer complete"),
-            "EDK2 PXE must TFTP iPXE:\n{log}"
-        ),
+        Firmware::OvmfPxe => {
+            assert!(
+                log.contains("TFTP transfer complete"),
+                "EDK2 PXE must TFTP iPXE:\n{log}"
+            );
+            // The timeline has the firmware's DHCP, the TFTP transfer, then iPXE, in one boot.
+            let (_, t) = rb
+                .http("GET", &format!("/rackboot/v1/nodes/{xname}/timeline"), None)
+                .unwrap();
+            let t: serde_json::Value = serde_json::from_str(&t).unwrap();
+            let events = t["boots"][0]["events"].as_array().unwrap();
+            let names: Vec<&str> = events
+                .iter()
+                .map(|e| e["stage"].as_str().unwrap())
+                .collect();
+            let pos = |s: &str| {
+                names
+                    .iter()
+                    .position(|n| *n == s)
+                    .unwrap_or_else(|| panic!("no {s}: {names:?}"))
+            };
+            assert!(pos("dhcp_discover") < pos("dhcp_ack"), "{names:?}");
+            assert!(pos("dhcp_ack") < pos("tftp_start"), "{names:?}");
+            assert!(pos("tftp_start") < pos("tftp_end"), "{names:?}");
+            assert!(pos("tftp_end") < pos("ipxe_dhcp"), "{names:?}");
+            let end = &events[pos("tftp_end")]["detail"];
+            assert!(end["bytes"].as_u64().unwrap() > 10_000, "{end}");
+            assert_eq!(t["boots"].as_array().unwrap().len(), 1, "one boot: {t}");
+        }
         Firmware::OvmfHttp => assert!(
             !log.contains("TFTP transfer started"),
             "HTTP Boot must not use TFTP:\n{log}"

@@ -43,19 +43,27 @@ pub fn run_demo() -> anyhow::Result<()> {
         .wait_for("RACKBOOT-NODE-UP", Duration::from_secs(300))
         .context("the node did not boot")?;
 
-    crate::stage("what rackboot saw");
-    for l in rb
-        .log_text()
-        .lines()
-        .filter(|l| !l.contains("DEBUG"))
-        .filter(|l| {
-            ["DHCP", "boot script", "TFTP transfer", "image"]
-                .iter()
-                .any(|k| l.contains(k))
-        })
-    {
-        eprintln!("  {l}");
-    }
+    // The node's initramfs fetches its cloud-init documents and phones home; wait for that.
+    let _ = vm.wait_for("RACKBOOT-PHONED-HOME", Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(1));
+
+    crate::stage("what rackboot saw: the node's boot timeline (rackboot timeline XNAME)");
+    let bin = qemu_tests::rackboot_bin()?;
+    let out = ns
+        .cmd(bin.to_str().context("binary path")?)
+        .args(["timeline", xname])
+        .env("RACKBOOT_URL", "http://192.0.2.1")
+        .env("RACKBOOT_DATA_DIR", rb.data_dir.path())
+        .output()?;
+    eprint!("{}", String::from_utf8_lossy(&out.stdout));
+    let out = ns
+        .cmd(bin.to_str().context("binary path")?)
+        .args(["status"])
+        .env("RACKBOOT_URL", "http://192.0.2.1")
+        .env("RACKBOOT_DATA_DIR", rb.data_dir.path())
+        .output()?;
+    crate::stage("the rack (rackboot status)");
+    eprint!("{}", String::from_utf8_lossy(&out.stdout));
     crate::stage("what the node says");
     eprintln!("  {line}");
     eprintln!(

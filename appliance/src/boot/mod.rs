@@ -278,7 +278,7 @@ async fn bootscript(
                 }
                 ctx.timeline.record(who, st, ok, detail);
             }
-            tracing::info!(
+            tracing::debug!(
                 mac = mac.as_deref().unwrap_or(""),
                 xname = name.as_deref().unwrap_or(""),
                 retry,
@@ -298,7 +298,7 @@ async fn bootscript(
             })
         }
         None => {
-            tracing::info!(
+            tracing::debug!(
                 mac = mac.as_deref().unwrap_or(""),
                 retry,
                 stage = "bootscript",

@@ -218,7 +218,7 @@ pub async fn spawn(
                     Ok(h) => {
                         let e = h.event;
                         let xname = current.get(&e.mac).map(|s| s.xname.as_str()).unwrap_or("");
-                        tracing::info!(
+                        tracing::debug!(
                             mac = %e.mac, ip = ?e.ip, xid = format_args!("{:#010x}", e.xid), xname,
                             received = e.received.as_str(), sent = e.sent.map(MessageType::as_str).unwrap_or("-"),
                             ipxe = e.ipxe, r#static = e.is_static, "DHCP"

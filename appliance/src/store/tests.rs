@@ -178,6 +178,53 @@ async fn prune_removes_only_long_expired_dynamic_leases() {
     assert!(left.contains(&2) && left.contains(&3), "{left:?}");
 }
 
+#[tokio::test]
+async fn timeline_numbers_boots_and_keeps_the_last_n() {
+    use crate::store::BootEvent;
+    use crate::timeline::stage;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let ev = |st: &str, ts: i64| BootEvent {
+        mac: "52:54:00:00:00:01".into(),
+        xname: None,
+        boot: 0,
+        ts_ms: ts,
+        stage: st.into(),
+        ok: true,
+        detail: serde_json::json!({}),
+    };
+    // Four boots: DISCOVER retries stay in their boot; a DISCOVER after progress starts one.
+    let mut ts = 0;
+    for _ in 0..4 {
+        for st in [
+            stage::IPXE_DHCP_DISCOVER,
+            stage::IPXE_DHCP_DISCOVER,
+            stage::IPXE_DHCP,
+            stage::KERNEL,
+        ] {
+            ts += 1;
+            s.record_boot_events(vec![ev(st, ts)], 2, stage::starts_boot)
+                .await
+                .unwrap();
+        }
+    }
+    let status = s.boot_status().await.unwrap();
+    assert_eq!(status.len(), 1);
+    assert_eq!(status[0].boot, 4);
+    assert_eq!(status[0].stage, "kernel");
+    assert_eq!(status[0].started_ms, 13);
+    // Only the last two boots are kept.
+    let kept: Vec<i64> = s
+        .read(|c| {
+            let mut st = c.prepare("SELECT DISTINCT boot FROM boot_events ORDER BY boot")?;
+            let rows = st.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<Result<Vec<i64>, _>>()?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(kept, vec![3, 4]);
+}
+
 /// A child process writes leases and reports each acknowledged one; we SIGKILL it mid-stream
 /// and check every acknowledged lease is in the reopened database.
 #[test]

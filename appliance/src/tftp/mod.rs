@@ -209,7 +209,7 @@ async fn transfer(
     };
     let started = StdInstant::now();
     let mut session = Session::new(now(clock), req, size, &SessionConfig::default());
-    tracing::info!(%peer, file = name, size, blksize = session.blksize(), window = session.window(), stage = "tftp_start", "TFTP transfer started");
+    tracing::debug!(%peer, file = name, size, blksize = session.blksize(), window = session.window(), stage = "tftp_start", "TFTP transfer started");
     let who = Subject::Ip(*peer.ip());
     obs.timeline.record(
         who.clone(),
@@ -230,7 +230,7 @@ async fn transfer(
             State::Running => {}
             State::Done { bytes, retransmits } => {
                 let duration_ms = started.elapsed().as_millis() as u64;
-                tracing::info!(%peer, file = name, bytes, retransmits, duration_ms, stage = "tftp_end", "TFTP transfer complete");
+                tracing::debug!(%peer, file = name, bytes, retransmits, duration_ms, stage = "tftp_end", "TFTP transfer complete");
                 obs.metrics.tftp_done("complete", bytes, retransmits);
                 obs.timeline.record(
                     who,

@@ -118,6 +118,11 @@ impl Timeline {
                                 metrics.stage_duration(&e.stage, e.ts_ms.saturating_sub(prev));
                             }
                             metrics.stage_event(&e.stage, e.ok);
+                            if e.ok {
+                                tracing::info!(mac = %e.mac, xname = e.xname.as_deref().unwrap_or(""), boot = e.boot, stage = %e.stage, detail = %e.detail, "boot stage");
+                            } else {
+                                tracing::warn!(mac = %e.mac, xname = e.xname.as_deref().unwrap_or(""), boot = e.boot, stage = %e.stage, detail = %e.detail, "boot stage failed");
+                            }
                             let _ = live.send(e);
                         }
                     }

@@ -551,7 +551,7 @@ mod tests {
         let pairs =
             form_urlencoded_pairs(b"instance_id=i-x1&hostname=nid%30001&pub_key_rsa=ssh+rsa+AAA");
         assert_eq!(pairs[0], ("instance_id".into(), "i-x1".into()));
-        assert_eq!(pairs[1], ("hostname".into(), "nid00001".into()));
+        assert_eq!(pairs[1], ("hostname".into(), "nid0001".into()));
         assert_eq!(pairs[2].1, "ssh rsa AAA");
         assert_eq!(unescape("%zz%4"), "%zz%4");
     }

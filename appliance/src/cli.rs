@@ -60,6 +60,15 @@ pub enum Command {
     Status(crate::timeline::cli::StatusArgs),
     /// One node's boot timeline: every stage of its last boots, with timings.
     Timeline(crate::timeline::cli::TimelineArgs),
+    /// Discover Redfish BMCs and put their nodes (with NIC MACs) into the inventory.
+    Discover(crate::discovery::cli::DiscoverArgs),
+    /// Power nodes on/off/restart through their BMCs, or read their power state.
+    Power(crate::discovery::cli::PowerArgs),
+    /// One-time PXE boot override, then restart the nodes.
+    Reprovision(crate::discovery::cli::ReprovisionArgs),
+    /// BMC credentials and certificate pins.
+    #[command(subcommand)]
+    Bmc(crate::discovery::cli::BmcCommand),
 }
 
 /// Sets up `tracing` for the whole process. Logs go to stderr; stdout is for command output.
@@ -89,5 +98,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::CloudInit(cmd) => crate::cloudinit::cli::run(cmd).await,
         Command::Status(args) => crate::timeline::cli::status(args).await,
         Command::Timeline(args) => crate::timeline::cli::timeline(args).await,
+        Command::Discover(args) => crate::discovery::cli::discover(args).await,
+        Command::Power(args) => crate::discovery::cli::power(args).await,
+        Command::Reprovision(args) => crate::discovery::cli::reprovision(args).await,
+        Command::Bmc(cmd) => crate::discovery::cli::bmc(cmd).await,
     }
 }

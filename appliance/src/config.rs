@@ -34,6 +34,64 @@ pub struct Config {
     pub auth: Auth,
     pub timeline: Timeline,
     pub cloud_init: CloudInit,
+    pub discovery: Discovery,
+}
+
+/// How BMC certificates are checked when no `ca_bundle` is set.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BmcTls {
+    /// Pin each BMC's certificate on first use, then require it.
+    #[default]
+    Pin,
+    /// Accept any certificate (logged on every connection).
+    Insecure,
+}
+
+/// Redfish BMC discovery and control.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Discovery {
+    /// BMC address or MAC → BMC xname, e.g. { "192.0.2.201" = "x1000c0s7b0" }.
+    pub xnames: std::collections::BTreeMap<String, String>,
+    /// Cabinet and chassis of the sequential xname fallback (`<cabinet>c<chassis>s<N>b0`).
+    pub cabinet: String,
+    pub chassis: u32,
+    /// Node address rule: a node's first NIC gets `node_ip_base + NID` (static DHCP lease).
+    /// Unset: discovered NICs get no address (and no static lease).
+    pub node_ip_base: Option<Ipv4Addr>,
+    pub tls: BmcTls,
+    /// PEM CA bundle that signed the BMC certificates (instead of pinning).
+    pub ca_bundle: Option<PathBuf>,
+    #[serde(with = "humantime_serde_compat")]
+    pub probe_timeout: Duration,
+    /// Addresses probed at once.
+    pub probe_parallel: usize,
+    /// BMCs crawled at once.
+    pub max_parallel: usize,
+    #[serde(with = "humantime_serde_compat")]
+    pub request_timeout: Duration,
+    /// `power off` waits this long for GracefulShutdown before ForceOff.
+    #[serde(with = "humantime_serde_compat")]
+    pub off_timeout: Duration,
+}
+
+impl Default for Discovery {
+    fn default() -> Self {
+        Self {
+            xnames: Default::default(),
+            cabinet: "x1000".into(),
+            chassis: 0,
+            node_ip_base: None,
+            tls: BmcTls::Pin,
+            ca_bundle: None,
+            probe_timeout: Duration::from_secs(1),
+            probe_parallel: 1024,
+            max_parallel: 64,
+            request_timeout: Duration::from_secs(15),
+            off_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 /// The boot timeline (`/rackboot/v1/status`, `rackboot status`).

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod client;
 pub mod cloudinit;
 pub mod config;
+pub mod discovery;
 pub mod dhcp;
 pub mod http;
 pub mod images;

@@ -122,6 +122,14 @@ pub async fn start(
         max_retries: boot.max_retries,
         timeline: timeline.clone(),
     };
+    let sealer = crate::discovery::creds::Sealer::open(data_dir).with_context(|| {
+        format!(
+            "cannot open the BMC credentials key in {} (--data-dir)",
+            data_dir.display()
+        )
+    })?;
+    let discovery =
+        crate::discovery::Discovery::new(store.clone(), sealer, settings.config.discovery.clone());
     let observe = Observe {
         metrics,
         timeline,
@@ -129,6 +137,7 @@ pub async fn start(
         stuck_after: settings.config.timeline.stuck_after,
         cloud_init: settings.config.cloud_init.clone(),
         base: settings.base_url(),
+        discovery,
     };
     let app = http_app(&authn, ipxe, images, store, boot_ctx, observe);
     let listener = tokio::net::TcpListener::bind(settings.http_listen)
@@ -198,6 +207,11 @@ fn http_app(
         .merge(crate::dhcp::api::router(store.clone()).layer(guard("dhcp")))
         .merge(crate::cloudinit::routes::admin_router(ci).layer(guard("cloud-init")))
         .merge(
+            crate::discovery::routes::discovery_router(obs.discovery.clone())
+                .layer(guard("discovery")),
+        )
+        .merge(crate::discovery::routes::power_router(obs.discovery).layer(guard("power")))
+        .merge(
             crate::timeline::routes::router(store, obs.timeline.clone(), obs.stuck_after)
                 .layer(guard("status")),
         );
@@ -219,6 +233,7 @@ struct Observe {
     stuck_after: Duration,
     cloud_init: config::CloudInit,
     base: String,
+    discovery: crate::discovery::Discovery,
 }
 
 /// Counts every request by route class and status, with its time to response headers.

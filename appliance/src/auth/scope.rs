@@ -11,6 +11,9 @@ pub const AREAS: &[&str] = &[
     "rackboot",
     "status",
     "cloud-init",
+    "discovery",
+    "power",
+    "firmware",
 ];
 
 /// Whether `s` is a scope rackboot knows (minting refuses anything else, so typos fail early).

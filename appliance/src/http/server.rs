@@ -53,6 +53,10 @@ pub struct HttpLimits {
     pub max_header_bytes: usize,
     /// Path prefixes exempt from `request_timeout` and `max_body_bytes` (streaming uploads).
     pub streaming_prefixes: Vec<String>,
+    /// Path prefixes of slow operations (BMC scans, power off with its graceful wait, the
+    /// boot event stream): `long_request_timeout` instead of `request_timeout`.
+    pub long_prefixes: Vec<String>,
+    pub long_request_timeout: Duration,
     /// How long shutdown waits for in-flight requests before cutting connections.
     pub shutdown_grace: Duration,
 }
@@ -67,6 +71,12 @@ impl Default for HttpLimits {
             max_body_bytes: 4 * 1024 * 1024,
             max_header_bytes: 64 * 1024,
             streaming_prefixes: vec![crate::images::ADMIN_PREFIX.to_owned()],
+            long_prefixes: vec![
+                "/rackboot/v1/discovery".to_owned(),
+                "/rackboot/v1/power".to_owned(),
+                "/rackboot/v1/reprovision".to_owned(),
+            ],
+            long_request_timeout: Duration::from_secs(600),
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -192,15 +202,24 @@ async fn handle(
     // `Json`) turn the `LengthLimitError` into a 413 problem.
     let body = Body::new(http_body_util::Limited::new(body, limits.max_body_bytes));
     let req = Request::from_parts(parts, body);
-    match tokio::time::timeout(limits.request_timeout, app.oneshot(req)).await {
+    let timeout = if limits
+        .long_prefixes
+        .iter()
+        .any(|p| req.uri().path().starts_with(p))
+    {
+        limits.long_request_timeout
+    } else {
+        limits.request_timeout
+    };
+    match tokio::time::timeout(timeout, app.oneshot(req)).await {
         Ok(resp) => resp,
         Err(_) => {
-            tracing::warn!(%peer, timeout = ?limits.request_timeout, "request timed out before its response was ready");
+            tracing::warn!(%peer, ?timeout, "request timed out before its response was ready");
             let mut resp = Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
                     "the request did not complete within {}s; retry later",
-                    limits.request_timeout.as_secs()
+                    timeout.as_secs()
                 ),
             )
             .into_response();

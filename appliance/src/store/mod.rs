@@ -9,6 +9,7 @@
 //! Every inventory-like table has an `owner` column: `local` today, `upstream` for objects a
 //! federation upstream owns.
 
+mod bmc;
 mod bss;
 mod cloudinit;
 mod images;

@@ -93,6 +93,19 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX boot_events_xname ON boot_events(xname, id);
     CREATE INDEX ethernet_interfaces_ip ON ethernet_interfaces(ip);
     "#,
+    // 5: BMC credentials (encrypted by the caller) and pinned BMC certificates.
+    r#"
+    CREATE TABLE bmc_credentials (
+        target TEXT PRIMARY KEY,
+        username TEXT NOT NULL,
+        sealed BLOB NOT NULL
+    );
+    CREATE TABLE bmc_tls_pins (
+        base TEXT PRIMARY KEY,
+        sha256 TEXT NOT NULL,
+        pinned_ms INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// Brings `conn` to the latest schema; refuses a database from a newer rackboot.

@@ -117,6 +117,40 @@ impl Store {
         .await
     }
 
+    /// Writes what one BMC's discovery found, in one transaction: the RedfishEndpoint (upsert),
+    /// the Components (upsert) and the EthernetInterfaces (an existing row with the same ID or
+    /// MAC is replaced, never duplicated).
+    pub async fn apply_discovery(
+        &self,
+        endpoint: RedfishEndpoint,
+        comps: Vec<Component>,
+        interfaces: Vec<EthernetInterface>,
+    ) -> Result<(), StoreError> {
+        self.write_inventory(move |tx| {
+            tx.execute(
+                "INSERT INTO redfish_endpoints (id, doc) VALUES (?1, ?2)
+                 ON CONFLICT(id) DO UPDATE SET doc = excluded.doc",
+                params![endpoint.id, serde_json::to_string(&endpoint)?],
+            )?;
+            for c in &comps {
+                tx.execute(
+                    "INSERT INTO components (id, nid, doc) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(id) DO UPDATE SET nid = excluded.nid, doc = excluded.doc",
+                    params![c.id, c.nid, serde_json::to_string(c)?],
+                )?;
+            }
+            for ei in &interfaces {
+                tx.execute(
+                    "DELETE FROM ethernet_interfaces WHERE id = ?1 OR mac = ?2",
+                    params![ei.id, ei.mac_address],
+                )?;
+                put_ei(tx, ei)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     pub async fn get_component(&self, id: String) -> Result<Option<Component>, StoreError> {
         self.read(move |c| doc_by_key(c, "SELECT doc FROM components WHERE id = ?1", id))
             .await

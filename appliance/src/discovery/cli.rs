@@ -1,0 +1,234 @@
+//! `rackboot discover`, `rackboot power`, `rackboot reprovision`, `rackboot bmc …`.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+use super::routes::{
+    CredentialsRequest, DiscoverRequest, DiscoverResponse, NodeResults, NodesRequest,
+    PowerRequest,
+};
+use super::PowerAction;
+use crate::client::{ApiClient, ClientArgs, print_json, print_table};
+
+#[derive(Debug, Args)]
+pub struct DiscoverArgs {
+    /// BMCs: URLs (https://10.0.0.5), IPv4 addresses or CIDRs (192.0.2.0/24).
+    #[arg(required = true)]
+    pub targets: Vec<String>,
+    /// Accept any BMC certificate for this run (logged by the server). The default pins each
+    /// BMC's certificate on first use.
+    #[arg(long)]
+    pub insecure: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PowerArgs {
+    /// on, off (graceful, then forced after discovery.off_timeout), soft-off, force-off,
+    /// restart, status.
+    #[arg(value_enum)]
+    pub action: PowerAction,
+    /// Node xnames.
+    #[arg(required = true)]
+    pub xnames: Vec<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ReprovisionArgs {
+    /// Node xnames: each gets a one-time PXE boot override, then a restart (or power on).
+    #[arg(required = true)]
+    pub xnames: Vec<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BmcCommand {
+    /// Store BMC credentials (sealed at rest). The password is read from stdin or --password-file,
+    /// never from the command line.
+    CredsSet {
+        /// "default", or one BMC's address.
+        #[arg(long, default_value = "default")]
+        target: String,
+        #[arg(long)]
+        username: String,
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List stored credentials (targets and usernames; never passwords).
+    CredsList {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Forget a BMC's pinned certificate (after a deliberate re-key), e.g. https://10.0.0.5
+    Unpin {
+        base: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+fn print_node_results(r: &NodeResults, json: bool) -> anyhow::Result<()> {
+    if json {
+        print_json(r);
+    } else {
+        let rows: Vec<Vec<String>> = r
+            .results
+            .iter()
+            .map(|n| {
+                vec![
+                    n.xname.clone(),
+                    if n.ok { "ok".into() } else { "FAILED".into() },
+                    n.power.clone().unwrap_or_default(),
+                    n.error.clone().or_else(|| n.detail.clone()).unwrap_or_default(),
+                ]
+            })
+            .collect();
+        print_table(&["NODE", "RESULT", "POWER", "DETAIL"], &rows);
+    }
+    if r.results.iter().any(|n| !n.ok) {
+        anyhow::bail!("some nodes failed (see above)");
+    }
+    Ok(())
+}
+
+pub async fn discover(args: DiscoverArgs) -> anyhow::Result<()> {
+    let api = ApiClient::new(&args.client)?;
+    eprintln!("discovering {} target(s)…", args.targets.len());
+    let body = DiscoverRequest {
+        targets: args.targets,
+        insecure: args.insecure,
+    };
+    let resp = api
+        .post("/rackboot/v1/discovery", &body)
+        .await?
+        .context("rackboot sent no discovery results")?;
+    let resp: DiscoverResponse = serde_json::from_value(resp)?;
+    if args.client.json() {
+        print_json(&resp);
+    } else {
+        let mut rows = Vec::new();
+        for t in &resp.results {
+            if t.nodes.is_empty() {
+                rows.push(vec![
+                    t.target.clone(),
+                    t.bmc.clone().unwrap_or_else(|| "-".into()),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    t.error.clone().unwrap_or_default(),
+                ]);
+            }
+            for n in &t.nodes {
+                rows.push(vec![
+                    t.target.clone(),
+                    t.bmc.clone().unwrap_or_default(),
+                    format!("{} (nid {})", n.xname, n.nid),
+                    n.macs.join(","),
+                    n.ip.clone().unwrap_or_else(|| "-".into()),
+                    n.power.clone().unwrap_or_default(),
+                ]);
+            }
+        }
+        print_table(&["TARGET", "BMC", "NODE", "MACS", "IP", "POWER/ERROR"], &rows);
+        let ok = resp.results.iter().filter(|t| t.ok).count();
+        eprintln!("{ok} BMC(s) discovered, {} failed", resp.results.len() - ok);
+    }
+    Ok(())
+}
+
+pub async fn power(args: PowerArgs) -> anyhow::Result<()> {
+    let api = ApiClient::new(&args.client)?;
+    let body = PowerRequest {
+        xnames: args.xnames,
+        action: args.action,
+    };
+    let resp = api
+        .post("/rackboot/v1/power", &body)
+        .await?
+        .context("rackboot sent no results")?;
+    print_node_results(&serde_json::from_value(resp)?, args.client.json())
+}
+
+pub async fn reprovision(args: ReprovisionArgs) -> anyhow::Result<()> {
+    let api = ApiClient::new(&args.client)?;
+    let resp = api
+        .post(
+            "/rackboot/v1/reprovision",
+            &NodesRequest {
+                xnames: args.xnames,
+            },
+        )
+        .await?
+        .context("rackboot sent no results")?;
+    print_node_results(&serde_json::from_value(resp)?, args.client.json())
+}
+
+pub async fn bmc(cmd: BmcCommand) -> anyhow::Result<()> {
+    match cmd {
+        BmcCommand::CredsSet {
+            target,
+            username,
+            password_file,
+            client,
+        } => {
+            let mut password = String::new();
+            match password_file {
+                Some(p) => {
+                    password = std::fs::read_to_string(&p)
+                        .with_context(|| format!("cannot read {} (--password-file)", p.display()))?;
+                }
+                None => {
+                    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                        eprint!("password for {username}@{target}: ");
+                    }
+                    std::io::stdin().read_to_string(&mut password)?;
+                }
+            }
+            let password = password.trim_end_matches(['\r', '\n']).to_owned();
+            if password.is_empty() {
+                anyhow::bail!("empty password (give it on stdin or with --password-file)");
+            }
+            let api = ApiClient::new(&client)?;
+            api.put(
+                &format!("/rackboot/v1/bmc/credentials/{target}"),
+                &CredentialsRequest { username, password },
+            )
+            .await?;
+            eprintln!("credentials for {target} stored");
+            Ok(())
+        }
+        BmcCommand::CredsList { client } => {
+            let api = ApiClient::new(&client)?;
+            let v: serde_json::Value = api.get("/rackboot/v1/bmc/credentials").await?;
+            print_json(&v);
+            Ok(())
+        }
+        BmcCommand::Unpin { base, client } => {
+            let api = ApiClient::new(&client)?;
+            let path = format!("/rackboot/v1/bmc/pins?base={}", encode(&base));
+            api.delete(&path, None::<&()>).await?;
+            eprintln!("pin for {base} cleared; the next connection pins the certificate it sees");
+            Ok(())
+        }
+    }
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

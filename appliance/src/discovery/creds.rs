@@ -1,0 +1,99 @@
+//! BMC passwords sealed at rest: AES-256-GCM with a key in `<data-dir>/bmc-credentials.key`
+//! (created 0600 on first use). The target name is the associated data, so a sealed password
+//! cannot be moved to another BMC's row.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+
+/// The sealing key.
+pub struct Sealer(LessSafeKey);
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sealer(..)")
+    }
+}
+
+impl Sealer {
+    /// Loads the key from `data_dir`, creating it (0600) if there is none.
+    pub fn open(data_dir: &Path) -> anyhow::Result<Sealer> {
+        let path = data_dir.join("bmc-credentials.key");
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut key = [0u8; 32];
+                aws_lc_rs::rand::fill(&mut key)
+                    .map_err(|_| anyhow::anyhow!("no randomness for the BMC credentials key"))?;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)?;
+                f.write_all(&key)?;
+                f.sync_all()?;
+                key.to_vec()
+            }
+            Err(e) => return Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+        };
+        let key = UnboundKey::new(&AES_256_GCM, &bytes)
+            .map_err(|_| anyhow::anyhow!("{} is not a 32-byte key", path.display()))?;
+        Ok(Sealer(LessSafeKey::new(key)))
+    }
+
+    /// nonce ‖ ciphertext ‖ tag.
+    pub fn seal(&self, target: &str, secret: &str) -> anyhow::Result<Vec<u8>> {
+        let mut nonce = [0u8; NONCE_LEN];
+        aws_lc_rs::rand::fill(&mut nonce).map_err(|_| anyhow::anyhow!("no randomness"))?;
+        let mut data = secret.as_bytes().to_vec();
+        self.0
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(target.as_bytes()),
+                &mut data,
+            )
+            .map_err(|_| anyhow::anyhow!("sealing failed"))?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&data);
+        Ok(out)
+    }
+
+    pub fn open_sealed(&self, target: &str, sealed: &[u8]) -> anyhow::Result<String> {
+        let (nonce, rest) = sealed
+            .split_at_checked(NONCE_LEN)
+            .ok_or_else(|| anyhow::anyhow!("sealed credential too short"))?;
+        let nonce = Nonce::try_assume_unique_for_key(nonce)
+            .map_err(|_| anyhow::anyhow!("bad nonce"))?;
+        let mut data = rest.to_vec();
+        let plain = self
+            .0
+            .open_in_place(nonce, Aad::from(target.as_bytes()), &mut data)
+            .map_err(|_| {
+                anyhow::anyhow!("credentials for {target} do not decrypt (key changed or data corrupt)")
+            })?;
+        Ok(String::from_utf8(plain.to_vec())?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_round_trip_key_is_private_and_bound_to_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Sealer::open(dir.path()).unwrap();
+        let sealed = s.seal("10.0.0.5", "hunter2").unwrap();
+        assert!(!sealed.windows(7).any(|w| w == b"hunter2"));
+        assert_eq!(s.open_sealed("10.0.0.5", &sealed).unwrap(), "hunter2");
+        assert!(s.open_sealed("10.0.0.6", &sealed).is_err(), "bound to its target");
+        let again = Sealer::open(dir.path()).unwrap();
+        assert_eq!(again.open_sealed("10.0.0.5", &sealed).unwrap(), "hunter2");
+        let mode = std::fs::metadata(dir.path().join("bmc-credentials.key"))
+            .unwrap()
+            .permissions();
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+    }
+}

@@ -1,0 +1,719 @@
+//! Redfish BMC discovery, power and boot control (the job of OpenCHAMI's magellan + PCS).
+//!
+//! Discovery: targets (URLs, IPs, CIDRs) → probe TCP 443 then 80 → `GET /redfish/v1/` →
+//! log in (session, else basic) → crawl Systems (UUID, model, serial, BIOS, power state,
+//! reset types, every NIC MAC) and Managers (the BMC's own MAC, firmware) → write the
+//! inventory in **one transaction per BMC**: the RedfishEndpoint (magellan's shape), the
+//! Components (BMC and nodes) and the node EthernetInterfaces. A node's first NIC gets an
+//! address from the node-address rule, so its next PXE boot gets a static lease. Nothing is
+//! written for a BMC whose crawl failed part-way, and one BMC's failure never stops the scan.
+//!
+//! xnames, in order: an existing RedfishEndpoint for the same address keeps its ID
+//! (re-discovery updates in place); `discovery.xnames` maps a BMC address or MAC to a BMC
+//! xname; otherwise the next free slot `<cabinet>c<chassis>s<N>b0`. A BMC's systems become
+//! nodes `<bmc>n0`, `<bmc>n1`, … in the order of their Redfish paths.
+
+pub mod cli;
+pub mod creds;
+pub mod routes;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redfish::{Bmc, Credentials, Limits, Res, TlsPolicy};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use tokio::sync::{Mutex, Semaphore};
+
+use crate::config;
+use crate::store::{Component, EthernetInterface, IpAddressEntry, RedfishEndpoint, Store};
+use creds::Sealer;
+
+/// Most addresses one discovery request may scan (a /16).
+pub const MAX_SCAN: usize = 65_536;
+
+/// The discovery and power service. Cheap to clone.
+#[derive(Clone)]
+pub struct Discovery {
+    store: Store,
+    sealer: Arc<Sealer>,
+    cfg: config::Discovery,
+    /// Serialises inventory writes (NID and slot allocation).
+    apply: Arc<Mutex<()>>,
+}
+
+/// What happened to one target.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TargetResult {
+    pub target: String,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bmc: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeFound>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeFound {
+    pub xname: String,
+    pub nid: i64,
+    pub macs: Vec<String>,
+    pub ip: Option<String>,
+    pub power: Option<String>,
+}
+
+/// What a crawl of one BMC found (nothing written yet).
+#[derive(Debug, Clone)]
+struct Crawl {
+    base: String,
+    host: String,
+    redfish_version: Option<String>,
+    bmc_mac: Option<String>,
+    manager: Map<String, Value>,
+    systems: Vec<System>,
+    cert_sha256: Option<String>,
+    user: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct System {
+    uri: String,
+    uuid: Option<String>,
+    model: Option<String>,
+    manufacturer: Option<String>,
+    serial: Option<String>,
+    bios: Option<String>,
+    power: Option<String>,
+    reset_types: Vec<String>,
+    macs: Vec<String>,
+}
+
+/// A power action, with OpenCHAMI PCS's meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum PowerAction {
+    On,
+    /// GracefulShutdown, then ForceOff if still on after the timeout.
+    Off,
+    SoftOff,
+    ForceOff,
+    Restart,
+    Status,
+}
+
+/// The result of an action on one node.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeResult {
+    pub xname: String,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+fn host_of(base: &str) -> String {
+    let rest = base.split("://").nth(1).unwrap_or(base);
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    match hostport.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !h.is_empty() => h.to_owned(),
+        _ => hostport.to_owned(),
+    }
+    .trim_matches(['[', ']'])
+    .to_owned()
+}
+
+impl Discovery {
+    pub fn new(store: Store, sealer: Sealer, cfg: config::Discovery) -> Discovery {
+        Discovery {
+            store,
+            sealer: Arc::new(sealer),
+            cfg,
+            apply: Arc::new(Mutex::new(())),
+        }
+    }
+
+    /// Seals and stores credentials for `target` ("default" or a BMC address).
+    pub async fn set_credentials(
+        &self,
+        target: &str,
+        username: &str,
+        password: &str,
+    ) -> anyhow::Result<()> {
+        let sealed = self.sealer.seal(target, password)?;
+        self.store
+            .put_bmc_credentials(target.to_owned(), username.to_owned(), sealed)
+            .await?;
+        Ok(())
+    }
+
+    async fn credentials(&self, host: &str) -> Option<Credentials> {
+        for target in [host, "default"] {
+            if let Ok(Some((username, sealed))) =
+                self.store.bmc_credentials(target.to_owned()).await
+            {
+                match self.sealer.open_sealed(target, &sealed) {
+                    Ok(password) => return Some(Credentials { username, password }),
+                    Err(e) => tracing::error!(target, error = %e, "BMC credentials unusable"),
+                }
+            }
+        }
+        None
+    }
+
+    /// A logged-in client for `base`, with its pin (or the configured CA bundle / opt-out).
+    async fn connect(&self, base: &str, insecure: bool) -> Result<Bmc, String> {
+        let host = host_of(base);
+        let tls = if insecure || self.cfg.tls == config::BmcTls::Insecure {
+            TlsPolicy::Insecure
+        } else if let Some(ca) = &self.cfg.ca_bundle {
+            let pem = std::fs::read_to_string(ca)
+                .map_err(|e| format!("cannot read discovery.ca_bundle {}: {e}", ca.display()))?;
+            TlsPolicy::CaBundle(pem)
+        } else {
+            TlsPolicy::Pin(self.store.bmc_pin(base.to_owned()).await.ok().flatten())
+        };
+        let creds = self.credentials(&host).await;
+        let mut bmc = Bmc::new(base, tls, creds, self.limits()).map_err(|e| e.to_string())?;
+        bmc.login().await.map_err(|e| e.to_string())?;
+        if let Some(sha) = bmc.certificate_sha256()
+            && base.starts_with("https://")
+        {
+            let _ = self.store.pin_bmc(base.to_owned(), sha).await;
+        }
+        Ok(bmc)
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            request_timeout: self.cfg.request_timeout,
+            ..Limits::default()
+        }
+    }
+
+    /// Discovers every target; one result per target (per BMC found, for ranges).
+    pub async fn discover(&self, targets: &[String], insecure: bool) -> Vec<TargetResult> {
+        let mut bases: Vec<(String, String)> = Vec::new(); // (target, base URL)
+        let mut results = Vec::new();
+        let mut probe: Vec<(String, Ipv4Addr)> = Vec::new();
+        for t in targets {
+            let t = t.trim();
+            if t.starts_with("http://") || t.starts_with("https://") {
+                bases.push((t.to_owned(), t.trim_end_matches('/').to_owned()));
+            } else if let Ok(ip) = t.parse::<Ipv4Addr>() {
+                probe.push((t.to_owned(), ip));
+            } else if let Ok(net) = t.parse::<ipnet::Ipv4Net>() {
+                let hosts: Vec<Ipv4Addr> = net.hosts().take(MAX_SCAN + 1).collect();
+                if hosts.len() > MAX_SCAN {
+                    results.push(TargetResult {
+                        target: t.to_owned(),
+                        ok: false,
+                        bmc: None,
+                        nodes: Vec::new(),
+                        error: Some(format!("{t} has more than {MAX_SCAN} addresses; scan at most a /16 at a time")),
+                    });
+                    continue;
+                }
+                probe.extend(hosts.into_iter().map(|h| (t.to_owned(), h)));
+            } else {
+                results.push(TargetResult {
+                    target: t.to_owned(),
+                    ok: false,
+                    bmc: None,
+                    nodes: Vec::new(),
+                    error: Some(format!(
+                        "{t:?} is not a URL (https://host[:port]), an IPv4 address or a CIDR"
+                    )),
+                });
+            }
+        }
+        // Probe: many at once, short timeouts; a silent /20 takes about one timeout.
+        let gate = Arc::new(Semaphore::new(self.cfg.probe_parallel.max(1)));
+        let timeout = self.cfg.probe_timeout;
+        let mut probes = tokio::task::JoinSet::new();
+        for (target, ip) in probe {
+            let gate = gate.clone();
+            probes.spawn(async move {
+                let _permit = gate.acquire_owned().await.ok()?;
+                for (port, scheme) in [(443u16, "https"), (80, "http")] {
+                    let addr = SocketAddr::new(IpAddr::V4(ip), port);
+                    if let Ok(Ok(_)) =
+                        tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await
+                    {
+                        return Some((target, format!("{scheme}://{ip}")));
+                    }
+                }
+                None
+            });
+        }
+        let mut single_missing: BTreeMap<String, bool> = BTreeMap::new();
+        while let Some(r) = probes.join_next().await {
+            if let Ok(Some(found)) = r {
+                single_missing.insert(found.0.clone(), false);
+                bases.push(found);
+            }
+        }
+        for t in targets {
+            if t.parse::<Ipv4Addr>().is_ok() && !single_missing.contains_key(t.trim()) {
+                results.push(TargetResult {
+                    target: t.clone(),
+                    ok: false,
+                    bmc: None,
+                    nodes: Vec::new(),
+                    error: Some("nothing answers on TCP 443 or 80".into()),
+                });
+            }
+        }
+        // Crawl the BMCs found, a bounded number at once.
+        let gate = Arc::new(Semaphore::new(self.cfg.max_parallel.max(1)));
+        let mut crawls = tokio::task::JoinSet::new();
+        for (target, base) in bases {
+            let (me, gate) = (self.clone(), gate.clone());
+            crawls.spawn(async move {
+                let _permit = gate.acquire_owned().await;
+                let r = me.discover_one(&base, insecure).await;
+                (target, base, r)
+            });
+        }
+        while let Some(r) = crawls.join_next().await {
+            let Ok((target, base, r)) = r else { continue };
+            results.push(match r {
+                Ok((bmc, nodes)) => TargetResult {
+                    target,
+                    ok: true,
+                    bmc: Some(bmc),
+                    nodes,
+                    error: None,
+                },
+                Err(e) => {
+                    tracing::warn!(bmc = %base, error = %e, "discovery failed for this BMC");
+                    TargetResult {
+                        target: format!("{target} ({base})"),
+                        ok: false,
+                        bmc: None,
+                        nodes: Vec::new(),
+                        error: Some(e),
+                    }
+                }
+            });
+        }
+        results.sort_by(|a, b| a.target.cmp(&b.target));
+        results
+    }
+
+    async fn discover_one(
+        &self,
+        base: &str,
+        insecure: bool,
+    ) -> Result<(String, Vec<NodeFound>), String> {
+        let crawl = self.crawl(base, insecure).await?;
+        self.record(crawl).await
+    }
+
+    async fn crawl(&self, base: &str, insecure: bool) -> Result<Crawl, String> {
+        let mut bmc = self.connect(base, insecure).await?;
+        let result = async {
+            let root = bmc.service_root().await.map_err(|e| e.to_string())?;
+            let mut systems = Vec::new();
+            if let Some(coll) = root.link("Systems") {
+                let mut members = bmc.get(&coll).await.map_err(|e| e.to_string())?.members();
+                members.sort();
+                for uri in members {
+                    let s = bmc.get(&uri).await.map_err(|e| e.to_string())?;
+                    let macs = nic_macs(&bmc, &s).await?;
+                    systems.push(System {
+                        uuid: s.str("UUID"),
+                        model: s.str("Model"),
+                        manufacturer: s.str("Manufacturer"),
+                        serial: s.str("SerialNumber"),
+                        bios: s.str("BiosVersion"),
+                        power: s.str("PowerState"),
+                        reset_types: s.reset_types(),
+                        macs,
+                        uri,
+                    });
+                }
+            }
+            let mut manager = Map::new();
+            let mut bmc_mac = None;
+            if let Some(coll) = root.link("Managers")
+                && let Some(uri) = bmc.get(&coll).await.map_err(|e| e.to_string())?.members().first()
+            {
+                let m = bmc.get(uri).await.map_err(|e| e.to_string())?;
+                bmc_mac = nic_macs(&bmc, &m).await?.into_iter().next();
+                for k in ["Model", "FirmwareVersion", "ManagerType", "UUID"] {
+                    if let Some(v) = m.str(k) {
+                        manager.insert(k.to_owned(), Value::String(v));
+                    }
+                }
+                manager.insert("URI".into(), Value::String(uri.clone()));
+            }
+            Ok::<_, String>((root, systems, manager, bmc_mac))
+        }
+        .await;
+        bmc.logout().await;
+        let (root, systems, manager, bmc_mac) = result?;
+        Ok(Crawl {
+            base: base.to_owned(),
+            host: host_of(base),
+            redfish_version: root.str("RedfishVersion"),
+            bmc_mac,
+            manager,
+            systems,
+            cert_sha256: bmc.certificate_sha256(),
+            user: self.credentials(&host_of(base)).await.map(|c| c.username),
+        })
+    }
+
+    /// Writes one crawl into the inventory (one transaction).
+    async fn record(&self, c: Crawl) -> Result<(String, Vec<NodeFound>), String> {
+        let _serial = self.apply.lock().await;
+        let endpoints = self
+            .store
+            .list_redfish_endpoints()
+            .await
+            .map_err(|e| e.to_string())?;
+        let existing = endpoints.iter().find(|e| {
+            ["FQDN", "IPAddress", "Hostname"]
+                .iter()
+                .any(|k| e.extra.get(*k).and_then(Value::as_str) == Some(c.host.as_str()))
+        });
+        let bmc_x = if let Some(e) = existing {
+            e.id.clone()
+        } else if let Some(x) = self
+            .cfg
+            .xnames
+            .get(&c.host)
+            .or_else(|| c.bmc_mac.as_ref().and_then(|m| self.cfg.xnames.get(m)))
+        {
+            crate::inventory::xname::parse(x)
+                .map_err(|e| format!("discovery.xnames maps {} to {x:?}: {e}", c.host))?;
+            x.clone()
+        } else {
+            (0..4096)
+                .map(|s| format!("{}c{}s{s}b0", self.cfg.cabinet, self.cfg.chassis))
+                .find(|x| !endpoints.iter().any(|e| &e.id == x))
+                .ok_or("no free slot left for a BMC xname")?
+        };
+        let comps = self.store.list_components().await.map_err(|e| e.to_string())?;
+        let mut next_nid = comps.iter().filter_map(|c| c.nid).max().unwrap_or(0) + 1;
+        let mut components = vec![component(&bmc_x, "NodeBMC", None, None)];
+        let mut interfaces = Vec::new();
+        let mut found = Vec::new();
+        let mut systems_doc = Vec::new();
+        for (i, s) in c.systems.iter().enumerate() {
+            let node_x = format!("{bmc_x}n{i}");
+            let nid = match comps.iter().find(|k| k.id == node_x).and_then(|k| k.nid) {
+                Some(n) => n,
+                None => {
+                    let n = next_nid;
+                    next_nid += 1;
+                    n
+                }
+            };
+            let ip = self.cfg.node_ip_base.and_then(|b| {
+                u32::try_from(nid)
+                    .ok()
+                    .and_then(|n| u32::from(b).checked_add(n))
+                    .map(Ipv4Addr::from)
+            });
+            let state = match s.power.as_deref() {
+                Some("On") => "On",
+                Some("Off") => "Off",
+                _ => "Populated",
+            };
+            components.push(component(&node_x, "Node", Some(nid), Some(state)));
+            for (k, mac) in s.macs.iter().enumerate() {
+                interfaces.push(EthernetInterface {
+                    id: mac.replace(':', ""),
+                    description: Some(format!("discovered via Redfish {}{}", c.base, s.uri)),
+                    mac_address: mac.clone(),
+                    ip_addresses: match (k, ip) {
+                        (0, Some(ip)) => vec![IpAddressEntry {
+                            ip_address: ip.to_string(),
+                            network: None,
+                        }],
+                        _ => Vec::new(),
+                    },
+                    last_update: Some(crate::timeline::routes::rfc3339(crate::store::now_ms())),
+                    component_id: Some(node_x.clone()),
+                    kind: Some("Node".into()),
+                    extra: Map::new(),
+                });
+            }
+            systems_doc.push(json!({
+                "URI": s.uri, "UUID": s.uuid, "Model": s.model, "Manufacturer": s.manufacturer,
+                "SerialNumber": s.serial, "BiosVersion": s.bios, "PowerState": s.power,
+                "ResetTypes": s.reset_types, "Node": node_x,
+                "EthernetInterfaces": s.macs.iter().map(|m| json!({"MACAddress": m})).collect::<Vec<_>>(),
+            }));
+            found.push(NodeFound {
+                xname: node_x,
+                nid,
+                macs: s.macs.clone(),
+                ip: ip.map(|i| i.to_string()),
+                power: s.power.clone(),
+            });
+        }
+        let mut doc = Map::new();
+        for (k, v) in [
+            ("Type", json!("NodeBMC")),
+            ("Name", json!(c.host)),
+            ("Hostname", json!(c.host)),
+            ("Domain", json!("")),
+            ("FQDN", json!(c.host)),
+            ("IPAddress", json!(c.host)),
+            ("URL", json!(c.base)),
+            ("Enabled", json!(true)),
+            ("User", json!(c.user)),
+            ("MACRequired", json!(false)),
+            ("MACAddr", json!(c.bmc_mac)),
+            ("RediscoverOnUpdate", json!(false)),
+            ("SchemaVersion", json!(1)),
+            ("Systems", Value::Array(systems_doc)),
+            ("Managers", json!([c.manager])),
+            ("TLS", json!({"sha256": c.cert_sha256})),
+            (
+                "DiscoveryInfo",
+                json!({
+                    "LastDiscoveryStatus": "DiscoverOK",
+                    "LastDiscoveryAttempt": crate::timeline::routes::rfc3339(crate::store::now_ms()),
+                    "RedfishVersion": c.redfish_version,
+                }),
+            ),
+        ] {
+            doc.insert(k.to_owned(), v);
+        }
+        let endpoint = RedfishEndpoint {
+            id: bmc_x.clone(),
+            extra: doc,
+        };
+        self.store
+            .apply_discovery(endpoint, components, interfaces)
+            .await
+            .map_err(|e| format!("inventory write failed (nothing written): {e}"))?;
+        tracing::info!(bmc = %c.base, xname = %bmc_x, nodes = found.len(), "BMC discovered");
+        Ok((bmc_x, found))
+    }
+
+    /// The BMC base URL and system URI of node `xname`, from its RedfishEndpoint.
+    async fn locate(&self, xname: &str) -> Result<(String, String, Vec<String>), String> {
+        let endpoints = self
+            .store
+            .list_redfish_endpoints()
+            .await
+            .map_err(|e| e.to_string())?;
+        for e in endpoints {
+            let systems = e.extra.get("Systems").and_then(Value::as_array);
+            for s in systems.into_iter().flatten() {
+                if s.get("Node").and_then(Value::as_str) == Some(xname) {
+                    let base = e
+                        .extra
+                        .get("URL")
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| format!("RedfishEndpoint {} has no URL", e.id))?;
+                    let uri = s
+                        .get("URI")
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| format!("RedfishEndpoint {} lists {xname} without a URI", e.id))?;
+                    return Ok((base.to_owned(), uri.to_owned(), Vec::new()));
+                }
+            }
+        }
+        Err(format!(
+            "{xname} has no BMC in the inventory: run `rackboot discover` on its BMC first"
+        ))
+    }
+
+    /// Runs `action` on every node, in parallel; one result each.
+    pub async fn power(&self, xnames: &[String], action: PowerAction) -> Vec<NodeResult> {
+        self.each(xnames, move |me, x| async move { me.power_one(&x, action).await })
+            .await
+    }
+
+    /// One-time PXE boot override, then restart (or power on) each node.
+    pub async fn reprovision(&self, xnames: &[String]) -> Vec<NodeResult> {
+        self.each(xnames, |me, x| async move { me.reprovision_one(&x).await })
+            .await
+    }
+
+    async fn each<F, Fut>(&self, xnames: &[String], f: F) -> Vec<NodeResult>
+    where
+        F: Fn(Discovery, String) -> Fut,
+        Fut: std::future::Future<Output = Result<(Option<String>, String), String>> + Send + 'static,
+    {
+        let mut set = tokio::task::JoinSet::new();
+        for x in xnames {
+            let fut = f(self.clone(), x.clone());
+            let x = x.clone();
+            set.spawn(async move { (x, fut.await) });
+        }
+        let mut out = Vec::new();
+        while let Some(r) = set.join_next().await {
+            let Ok((xname, r)) = r else { continue };
+            out.push(match r {
+                Ok((power, detail)) => NodeResult {
+                    xname,
+                    ok: true,
+                    power,
+                    detail: Some(detail),
+                    error: None,
+                },
+                Err(e) => NodeResult {
+                    xname,
+                    ok: false,
+                    power: None,
+                    detail: None,
+                    error: Some(e),
+                },
+            });
+        }
+        out.sort_by(|a, b| a.xname.cmp(&b.xname));
+        out
+    }
+
+    async fn reset(bmc: &Bmc, sys: &Res, uri: &str, wanted: &[&str]) -> Result<String, String> {
+        let allowed = sys.reset_types();
+        let kind = wanted
+            .iter()
+            .find(|w| allowed.is_empty() || allowed.iter().any(|a| a == *w))
+            .ok_or_else(|| {
+                format!(
+                    "the BMC advertises reset types {allowed:?}, none of {wanted:?}"
+                )
+            })?;
+        let target = sys
+            .reset_target()
+            .unwrap_or_else(|| format!("{uri}/Actions/ComputerSystem.Reset"));
+        bmc.post(&target, &json!({ "ResetType": kind }))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((*kind).to_owned())
+    }
+
+    async fn power_one(
+        &self,
+        xname: &str,
+        action: PowerAction,
+    ) -> Result<(Option<String>, String), String> {
+        let (base, uri, _) = self.locate(xname).await?;
+        let mut bmc = self.connect(&base, false).await?;
+        let r = async {
+            let sys = bmc.get(&uri).await.map_err(|e| e.to_string())?;
+            let state = sys.str("PowerState");
+            let detail = match action {
+                PowerAction::Status => "power state read".to_owned(),
+                PowerAction::On => Self::reset(&bmc, &sys, &uri, &["On", "ForceOn"]).await?,
+                PowerAction::ForceOff => Self::reset(&bmc, &sys, &uri, &["ForceOff"]).await?,
+                PowerAction::SoftOff => {
+                    Self::reset(&bmc, &sys, &uri, &["GracefulShutdown"]).await?
+                }
+                PowerAction::Restart => {
+                    Self::reset(&bmc, &sys, &uri, &["GracefulRestart", "ForceRestart"]).await?
+                }
+                PowerAction::Off => {
+                    let first = Self::reset(&bmc, &sys, &uri, &["GracefulShutdown", "ForceOff"]).await?;
+                    if first == "ForceOff" {
+                        first
+                    } else {
+                        let deadline = tokio::time::Instant::now() + self.cfg.off_timeout;
+                        loop {
+                            let s = bmc.get(&uri).await.map_err(|e| e.to_string())?;
+                            if s.str("PowerState").as_deref() == Some("Off") {
+                                break "GracefulShutdown".to_owned();
+                            }
+                            if tokio::time::Instant::now() > deadline {
+                                Self::reset(&bmc, &s, &uri, &["ForceOff"]).await?;
+                                break "GracefulShutdown, then ForceOff after the timeout".to_owned();
+                            }
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                    }
+                }
+            };
+            let after = if action == PowerAction::Status {
+                state
+            } else {
+                bmc.get(&uri).await.ok().and_then(|s| s.str("PowerState"))
+            };
+            Ok::<_, String>((after, detail))
+        }
+        .await;
+        bmc.logout().await;
+        r
+    }
+
+    async fn reprovision_one(&self, xname: &str) -> Result<(Option<String>, String), String> {
+        let (base, uri, _) = self.locate(xname).await?;
+        let mut bmc = self.connect(&base, false).await?;
+        let r = async {
+            bmc.patch(
+                &uri,
+                &json!({"Boot": {"BootSourceOverrideEnabled": "Once", "BootSourceOverrideTarget": "Pxe"}}),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            let sys = bmc.get(&uri).await.map_err(|e| e.to_string())?;
+            let kind = if sys.str("PowerState").as_deref() == Some("On") {
+                Self::reset(&bmc, &sys, &uri, &["ForceRestart", "GracefulRestart"]).await?
+            } else {
+                Self::reset(&bmc, &sys, &uri, &["On", "ForceOn"]).await?
+            };
+            let after = bmc.get(&uri).await.ok();
+            Ok::<_, String>((
+                after.as_ref().and_then(|s| s.str("PowerState")),
+                format!(
+                    "one-time boot override {} then {kind}",
+                    after
+                        .as_ref()
+                        .and_then(|s| s.at("/Boot/BootSourceOverrideTarget"))
+                        .unwrap_or_else(|| "Pxe".into())
+                ),
+            ))
+        }
+        .await;
+        bmc.logout().await;
+        r
+    }
+}
+
+fn component(id: &str, kind: &str, nid: Option<i64>, state: Option<&str>) -> Component {
+    Component {
+        id: id.to_owned(),
+        kind: Some(kind.to_owned()),
+        state: Some(state.unwrap_or("Ready").to_owned()),
+        flag: Some("OK".into()),
+        enabled: Some(true),
+        role: (kind == "Node").then(|| "Compute".to_owned()),
+        sub_role: None,
+        nid,
+        arch: (kind == "Node").then(|| "X86".to_owned()),
+        class: None,
+        extra: Map::new(),
+    }
+}
+
+/// Every MAC of a System or Manager (its EthernetInterfaces; for systems without any, the
+/// NetworkAdapters' ports are not read yet).
+async fn nic_macs(bmc: &Bmc, res: &Res) -> Result<Vec<String>, String> {
+    let Some(coll) = res.link("EthernetInterfaces") else {
+        return Ok(Vec::new());
+    };
+    let mut members = bmc.get(&coll).await.map_err(|e| e.to_string())?.members();
+    members.sort();
+    let mut macs = Vec::new();
+    for m in members {
+        if let Some(mac) = bmc.get(&m).await.map_err(|e| e.to_string())?.mac()
+            && !macs.contains(&mac)
+        {
+            macs.push(mac);
+        }
+    }
+    Ok(macs)
+}

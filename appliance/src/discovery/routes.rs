@@ -1,0 +1,165 @@
+//! Discovery (`discovery` scope), power and reprovisioning (`power` scope) over HTTP.
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post, put};
+use serde::{Deserialize, Serialize};
+
+use super::{Discovery, NodeResult, PowerAction, TargetResult};
+use crate::http::{Json, Problem};
+use crate::inventory::xname;
+
+#[derive(Debug, Deserialize, Serialize)]
+pub struct DiscoverRequest {
+    /// URLs (`https://10.0.0.5`), IPv4 addresses or CIDRs.
+    pub targets: Vec<String>,
+    /// Accept any BMC certificate for this run (logged).
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+pub struct DiscoverResponse {
+    pub results: Vec<TargetResult>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+pub struct CredentialsRequest {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+pub struct PowerRequest {
+    pub xnames: Vec<String>,
+    pub action: PowerAction,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+pub struct NodesRequest {
+    pub xnames: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+pub struct NodeResults {
+    pub results: Vec<NodeResult>,
+}
+
+/// `/rackboot/v1/discovery`, `/rackboot/v1/bmc/…` (wrap with the `discovery` scope).
+pub fn discovery_router(d: Discovery) -> Router {
+    Router::new()
+        .route("/rackboot/v1/discovery", post(discover))
+        .route("/rackboot/v1/bmc/credentials", get(list_credentials))
+        .route("/rackboot/v1/bmc/credentials/{target}", put(set_credentials))
+        .route("/rackboot/v1/bmc/pins", axum::routing::delete(unpin))
+        .with_state(d)
+}
+
+/// `/rackboot/v1/power`, `/rackboot/v1/reprovision` (wrap with the `power` scope).
+pub fn power_router(d: Discovery) -> Router {
+    Router::new()
+        .route("/rackboot/v1/power", post(power))
+        .route("/rackboot/v1/reprovision", post(reprovision))
+        .with_state(d)
+}
+
+async fn discover(
+    State(d): State<Discovery>,
+    Json(req): Json<DiscoverRequest>,
+) -> Result<Json<DiscoverResponse>, Problem> {
+    if req.targets.is_empty() {
+        return Err(Problem::bad_request(
+            "targets is empty: give URLs, IPv4 addresses or CIDRs",
+        ));
+    }
+    if req.targets.len() > 4096 {
+        return Err(Problem::bad_request("at most 4096 targets per request"));
+    }
+    Ok(Json(DiscoverResponse {
+        results: d.discover(&req.targets, req.insecure).await,
+    }))
+}
+
+async fn list_credentials(State(d): State<Discovery>) -> Result<Json<serde_json::Value>, Problem> {
+    let list = d.store.list_bmc_credentials().await?;
+    Ok(Json(serde_json::Value::Array(
+        list.into_iter()
+            .map(|(t, u)| serde_json::json!({"target": t, "username": u}))
+            .collect(),
+    )))
+}
+
+async fn set_credentials(
+    State(d): State<Discovery>,
+    Path(target): Path<String>,
+    Json(c): Json<CredentialsRequest>,
+) -> Result<StatusCode, Problem> {
+    let ok = target == "default"
+        || target.parse::<std::net::Ipv4Addr>().is_ok()
+        || (!target.is_empty()
+            && target.len() <= 253
+            && target
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b)));
+    if !ok {
+        return Err(Problem::bad_request(format!(
+            "credential target {target:?}: use \"default\", a BMC IPv4 address or host name"
+        )));
+    }
+    if c.username.is_empty() {
+        return Err(Problem::bad_request("username is empty"));
+    }
+    d.set_credentials(&target, &c.username, &c.password)
+        .await
+        .map_err(Problem::internal)?;
+    tracing::info!(target = %target, username = %c.username, "BMC credentials stored (sealed)");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct PinQuery {
+    base: String,
+}
+
+async fn unpin(
+    State(d): State<Discovery>,
+    Query(q): Query<PinQuery>,
+) -> Result<StatusCode, Problem> {
+    if d.store.unpin_bmc(q.base.clone()).await? {
+        tracing::warn!(bmc = %q.base, "BMC certificate pin cleared");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(Problem::not_found(format!("no pinned certificate for {}", q.base)))
+    }
+}
+
+fn check_xnames(xnames: &[String]) -> Result<(), Problem> {
+    if xnames.is_empty() {
+        return Err(Problem::bad_request("xnames is empty"));
+    }
+    for x in xnames {
+        xname::parse(x).map_err(Problem::bad_request)?;
+    }
+    Ok(())
+}
+
+async fn power(
+    State(d): State<Discovery>,
+    Json(req): Json<PowerRequest>,
+) -> Result<Json<NodeResults>, Problem> {
+    check_xnames(&req.xnames)?;
+    Ok(Json(NodeResults {
+        results: d.power(&req.xnames, req.action).await,
+    }))
+}
+
+async fn reprovision(
+    State(d): State<Discovery>,
+    Json(req): Json<NodesRequest>,
+) -> Result<Json<NodeResults>, Problem> {
+    check_xnames(&req.xnames)?;
+    Ok(Json(NodeResults {
+        results: d.reprovision(&req.xnames).await,
+    }))
+}

@@ -1,0 +1,80 @@
+//! BMC credentials (sealed by `discovery::creds`; the store never sees a password) and
+//! pinned BMC certificates.
+
+use rusqlite::{OptionalExtension, params};
+
+use super::{Store, StoreError, now_ms};
+
+impl Store {
+    pub async fn put_bmc_credentials(
+        &self,
+        target: String,
+        username: String,
+        sealed: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO bmc_credentials (target, username, sealed) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(target) DO UPDATE SET username = excluded.username, sealed = excluded.sealed",
+                params![target, username, sealed],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// (username, sealed password) for `target` ("default" or a BMC address).
+    pub async fn bmc_credentials(
+        &self,
+        target: String,
+    ) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        self.read(move |c| {
+            Ok(c.query_row(
+                "SELECT username, sealed FROM bmc_credentials WHERE target = ?1",
+                [target],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    /// Targets with credentials, and their usernames (never the passwords).
+    pub async fn list_bmc_credentials(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.read(|c| {
+            let mut st = c.prepare("SELECT target, username FROM bmc_credentials ORDER BY target")?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    pub async fn bmc_pin(&self, base: String) -> Result<Option<String>, StoreError> {
+        self.read(move |c| {
+            Ok(c.query_row(
+                "SELECT sha256 FROM bmc_tls_pins WHERE base = ?1",
+                [base],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    /// Records a pin unless one exists (first use wins; clearing is explicit).
+    pub async fn pin_bmc(&self, base: String, sha256: String) -> Result<(), StoreError> {
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT OR IGNORE INTO bmc_tls_pins (base, sha256, pinned_ms) VALUES (?1, ?2, ?3)",
+                params![base, sha256, now_ms()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn unpin_bmc(&self, base: String) -> Result<bool, StoreError> {
+        self.write(move |tx| Ok(tx.execute("DELETE FROM bmc_tls_pins WHERE base = ?1", [base])? > 0))
+            .await
+    }
+}

@@ -1,0 +1,392 @@
+//! A small async Redfish client for BMC discovery and control.
+//!
+//! - **Auth**: a SessionService session (`X-Auth-Token`), falling back to HTTP basic auth
+//!   when the BMC has no session service; the session is deleted on [`Bmc::logout`].
+//! - **TLS** ([`TlsPolicy`]): a CA bundle; or pin-on-first-use of the BMC's certificate
+//!   (SHA-256 of the leaf, recorded by the caller and enforced on every later connection);
+//!   or, as an explicit and logged opt-in, no verification.
+//! - **Tolerant parsing**: BMCs differ, so responses are `serde_json::Value`s read through
+//!   [`Res`] accessors that never panic and accept `@odata.id` in its odd forms.
+//! - **Limits**: connect and request timeouts, retries with backoff on connection errors and
+//!   5xx, and a cap on response size (a BMC cannot make us buffer gigabytes).
+
+pub mod model;
+mod tls;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::Value;
+
+pub use model::{Res, odata_id};
+pub use tls::TlsPolicy;
+
+/// Largest response body accepted from a BMC.
+pub const MAX_BODY: usize = 4 * 1024 * 1024;
+
+/// What went wrong talking to one BMC, phrased for the operator.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("cannot connect to {0}: {1}")]
+    Connect(String, String),
+    #[error("{0}: timed out")]
+    Timeout(String),
+    #[error("{0}: TLS certificate changed since it was pinned (pinned sha256 {1}); if the BMC was re-keyed on purpose, clear the pin")]
+    PinMismatch(String, String),
+    #[error("{0}: TLS verification failed: {1}")]
+    Tls(String, String),
+    #[error("{0}: authentication failed (HTTP {1}): check the BMC credentials")]
+    Auth(String, u16),
+    #[error("{0}: HTTP {1}: {2}")]
+    Status(String, u16, String),
+    #[error("{0}: response larger than {MAX_BODY} bytes")]
+    TooLarge(String),
+    #[error("{0}: response is not JSON: {1}")]
+    BadJson(String, String),
+    #[error("{0}: not a Redfish service ({1})")]
+    NotRedfish(String, String),
+    #[error("{0}: {1}")]
+    Other(String, String),
+}
+
+/// Username and password for a BMC.
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the password.
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Timeouts and retries.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    /// Attempts for one request (connection errors and 5xx are retried).
+    pub attempts: u32,
+    pub backoff: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(15),
+            attempts: 3,
+            backoff: Duration::from_millis(300),
+        }
+    }
+}
+
+enum Auth {
+    None,
+    Basic,
+    Session { token: String, location: Option<String> },
+}
+
+/// A connection to one BMC.
+pub struct Bmc {
+    base: String,
+    http: reqwest::Client,
+    creds: Option<Credentials>,
+    auth: Auth,
+    limits: Limits,
+    seen_cert: Arc<Mutex<Option<String>>>,
+    pinned: Option<String>,
+}
+
+impl std::fmt::Debug for Bmc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bmc").field("base", &self.base).finish_non_exhaustive()
+    }
+}
+
+impl Bmc {
+    /// A client for the BMC at `base` (`https://10.0.0.5` or `http://10.0.0.5:8000`).
+    pub fn new(
+        base: &str,
+        tls: TlsPolicy,
+        creds: Option<Credentials>,
+        limits: Limits,
+    ) -> Result<Bmc, Error> {
+        let base = base.trim_end_matches('/').to_owned();
+        let seen_cert = Arc::new(Mutex::new(None));
+        let pinned = match &tls {
+            TlsPolicy::Pin(p) => p.clone(),
+            _ => None,
+        };
+        let config = tls::client_config(&tls, seen_cert.clone(), &base)
+            .map_err(|e| Error::Tls(base.clone(), e))?;
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(config)
+            .connect_timeout(limits.connect_timeout)
+            .timeout(limits.request_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| Error::Other(base.clone(), e.to_string()))?;
+        Ok(Bmc {
+            base,
+            http,
+            creds,
+            auth: Auth::None,
+            limits,
+            seen_cert,
+            pinned,
+        })
+    }
+
+    /// The base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// SHA-256 (hex) of the certificate the BMC presented, once a TLS connection was made:
+    /// record it to pin the BMC.
+    pub fn certificate_sha256(&self) -> Option<String> {
+        self.seen_cert
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// `GET /redfish/v1/` without credentials (the service root is public).
+    pub async fn service_root(&self) -> Result<Res, Error> {
+        let v = self.get_raw("/redfish/v1/", false).await?;
+        if v.get("RedfishVersion").is_none() && v.get("Systems").is_none() {
+            return Err(Error::NotRedfish(
+                self.base.clone(),
+                "no RedfishVersion or Systems in /redfish/v1/".into(),
+            ));
+        }
+        Ok(Res(v))
+    }
+
+    /// Opens a session (or settles on basic auth when the BMC has no SessionService).
+    pub async fn login(&mut self) -> Result<(), Error> {
+        let Some(c) = self.creds.clone() else {
+            self.auth = Auth::None;
+            return Ok(());
+        };
+        let url = format!("{}/redfish/v1/SessionService/Sessions", self.base);
+        let body = serde_json::json!({ "UserName": c.username, "Password": c.password });
+        let resp = self.send(|h| h.post(&url).json(&body)).await?;
+        let status = resp.status().as_u16();
+        match status {
+            200..=299 => {
+                let token = resp
+                    .headers()
+                    .get("x-auth-token")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let location = resp
+                    .headers()
+                    .get("location")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                self.auth = match token {
+                    Some(token) => Auth::Session { token, location },
+                    None => Auth::Basic,
+                };
+                Ok(())
+            }
+            401 | 403 => Err(Error::Auth(self.base.clone(), status)),
+            // No session service: basic auth on every request.
+            _ => {
+                self.auth = Auth::Basic;
+                Ok(())
+            }
+        }
+    }
+
+    /// Deletes the session, if one was opened (best effort).
+    pub async fn logout(&mut self) {
+        if let Auth::Session {
+            location: Some(loc),
+            ..
+        } = &self.auth
+        {
+            let url = self.url(loc);
+            let _ = self.send_authed(|h| h.delete(&url)).await;
+        }
+        self.auth = Auth::None;
+    }
+
+    /// `GET path` with credentials, as a tolerant resource.
+    pub async fn get(&self, path: &str) -> Result<Res, Error> {
+        Ok(Res(self.get_raw(path, true).await?))
+    }
+
+    /// `POST path` with a JSON body; the answer's JSON (or `Null` when empty) and its
+    /// `Location` header.
+    pub async fn post(&self, path: &str, body: &Value) -> Result<(Value, Option<String>), Error> {
+        let url = self.url(path);
+        let resp = self.send_authed(|h| h.post(&url).json(body)).await?;
+        self.json_and_location(path, resp).await
+    }
+
+    /// `PATCH path` with a JSON body.
+    pub async fn patch(&self, path: &str, body: &Value) -> Result<Value, Error> {
+        let url = self.url(path);
+        let resp = self.send_authed(|h| h.patch(&url).json(body)).await?;
+        Ok(self.json_and_location(path, resp).await?.0)
+    }
+
+    fn url(&self, path: &str) -> String {
+        if path.starts_with("http://") || path.starts_with("https://") {
+            path.to_owned()
+        } else if path.starts_with('/') {
+            format!("{}{path}", self.base)
+        } else {
+            format!("{}/{path}", self.base)
+        }
+    }
+
+    async fn get_raw(&self, path: &str, authed: bool) -> Result<Value, Error> {
+        let url = self.url(path);
+        let resp = if authed {
+            self.send_authed(|h| h.get(&url)).await?
+        } else {
+            self.send(|h| h.get(&url)).await?
+        };
+        Ok(self.json_and_location(path, resp).await?.0)
+    }
+
+    async fn json_and_location(
+        &self,
+        path: &str,
+        resp: reqwest::Response,
+    ) -> Result<(Value, Option<String>), Error> {
+        let status = resp.status().as_u16();
+        let location = resp
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = self.read_bounded(resp).await?;
+        let what = format!("{}{path}", self.base);
+        match status {
+            200..=299 => {}
+            401 | 403 => return Err(Error::Auth(self.base.clone(), status)),
+            _ => {
+                let msg = serde_json::from_slice::<Value>(&body)
+                    .ok()
+                    .and_then(|v| {
+                        v.pointer("/error/message")
+                            .and_then(Value::as_str)
+                            .map(str::to_owned)
+                    })
+                    .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
+                return Err(Error::Status(what, status, msg));
+            }
+        }
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok((Value::Null, location));
+        }
+        serde_json::from_slice(&body)
+            .map(|v| (v, location))
+            .map_err(|e| Error::BadJson(what, e.to_string()))
+    }
+
+    async fn read_bounded(&self, resp: reqwest::Response) -> Result<Vec<u8>, Error> {
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_BODY as u64)
+        {
+            return Err(Error::TooLarge(self.base.clone()));
+        }
+        let mut out = Vec::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.classify(&e))?;
+            if out.len() + chunk.len() > MAX_BODY {
+                return Err(Error::TooLarge(self.base.clone()));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+
+    async fn send_authed(
+        &self,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, Error> {
+        self.send(|h| {
+            let rb = build(h);
+            match (&self.auth, &self.creds) {
+                (Auth::Session { token, .. }, _) => rb.header("X-Auth-Token", token),
+                (Auth::Basic, Some(c)) | (Auth::None, Some(c)) => {
+                    rb.basic_auth(&c.username, Some(&c.password))
+                }
+                _ => rb,
+            }
+        })
+        .await
+    }
+
+    /// Sends with retries on connection errors and 5xx, backing off between attempts.
+    async fn send(
+        &self,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, Error> {
+        let mut delay = self.limits.backoff;
+        let mut last = None;
+        for attempt in 1..=self.limits.attempts.max(1) {
+            match build(&self.http).send().await {
+                Ok(r) if r.status().is_server_error() && attempt < self.limits.attempts => {
+                    last = Some(Error::Status(
+                        self.base.clone(),
+                        r.status().as_u16(),
+                        "server error".into(),
+                    ));
+                }
+                Ok(r) => return Ok(r),
+                Err(e) => {
+                    let err = self.classify(&e);
+                    // A changed certificate or bad credentials will not get better.
+                    if matches!(err, Error::PinMismatch(..) | Error::Tls(..)) {
+                        return Err(err);
+                    }
+                    last = Some(err);
+                }
+            }
+            if attempt < self.limits.attempts {
+                tokio::time::sleep(delay).await;
+                delay = delay.saturating_mul(2);
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Other(self.base.clone(), "no attempt made".into())))
+    }
+
+    fn classify(&self, e: &reqwest::Error) -> Error {
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        if text.contains(tls::PIN_MISMATCH) {
+            return Error::PinMismatch(self.base.clone(), self.pinned.clone().unwrap_or_default());
+        }
+        if e.is_timeout() {
+            return Error::Timeout(self.base.clone());
+        }
+        if text.contains("certificate") || text.contains("InvalidCertificate") {
+            return Error::Tls(self.base.clone(), text);
+        }
+        if e.is_connect() {
+            return Error::Connect(self.base.clone(), text);
+        }
+        Error::Other(self.base.clone(), text)
+    }
+}

@@ -591,3 +591,186 @@ impl PerfdhcpStats {
         1.0 - self.acks as f64 / self.discovers as f64
     }
 }
+
+/// The sushy-emulator from `build/venv` (installed by `cargo xtask deps`), or a skip (a panic in
+/// CI) when it is missing.
+pub fn preflight_sushy() -> Option<PathBuf> {
+    let bin = root().join("build/venv/bin/sushy-emulator");
+    if bin.exists() {
+        return Some(bin);
+    }
+    let msg = "sushy-emulator missing (build/venv): `cargo xtask deps` installs it";
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{msg}");
+    }
+    eprintln!("SKIPPED (not in CI): {msg}");
+    None
+}
+
+/// An emulated BMC: sushy-emulator's fake driver in a namespace, over TLS (a fresh
+/// self-signed certificate) with basic auth.
+pub struct FakeBmc {
+    child: Child,
+    ns: String,
+    pub ip: String,
+    pub dir: tempfile::TempDir,
+    user: String,
+    password: String,
+    bin: PathBuf,
+}
+
+impl FakeBmc {
+    /// Starts a BMC at `ip` (added to br0) emulating `systems` = (uuid, name, NIC MAC).
+    pub fn start(
+        ns: &Netns,
+        bin: &Path,
+        ip: &str,
+        systems: &[(&str, &str, &str)],
+        user: &str,
+        password: &str,
+    ) -> anyhow::Result<FakeBmc> {
+        let _ = ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "br0"]);
+        let dir = tempfile::tempdir()?;
+        let d = dir.path();
+        let py = bin.with_file_name("python3");
+        let out = Command::new(&py)
+            .args([
+                "-c",
+                "import bcrypt,sys; print(bcrypt.hashpw(sys.argv[1].encode(), bcrypt.gensalt(4)).decode())",
+                password,
+            ])
+            .output()?;
+        if !out.status.success() {
+            bail!("bcrypt: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        fs::write(
+            d.join("htpasswd"),
+            format!("{user}:{}", String::from_utf8_lossy(&out.stdout).trim()),
+        )?;
+        let systems_py: Vec<String> = systems
+            .iter()
+            .map(|(uuid, name, mac)| {
+                format!("{{'uuid': '{uuid}', 'name': '{name}', 'power_state': 'Off', 'nics': [{{'mac': '{mac}', 'ip': '0.0.0.0'}}]}}")
+            })
+            .collect();
+        fs::write(
+            d.join("emulator.conf"),
+            format!(
+                "SUSHY_EMULATOR_FAKE_DRIVER = True\n\
+                 SUSHY_EMULATOR_AUTH_FILE = '{auth}'\n\
+                 SUSHY_EMULATOR_STATE_DIR = '{state}'\n\
+                 SUSHY_EMULATOR_FAKE_SYSTEMS = [{systems}]\n",
+                auth = d.join("htpasswd").display(),
+                state = d.join("state").display(),
+                systems = systems_py.join(", "),
+            ),
+        )?;
+        let mut bmc = FakeBmc {
+            child: Command::new("true").spawn()?,
+            ns: ns.name.clone(),
+            ip: ip.to_owned(),
+            dir,
+            user: user.to_owned(),
+            password: password.to_owned(),
+            bin: bin.to_owned(),
+        };
+        bmc.new_cert()?;
+        bmc.spawn()?;
+        Ok(bmc)
+    }
+
+    /// A fresh self-signed certificate (the next start presents it).
+    pub fn new_cert(&self) -> anyhow::Result<()> {
+        let d = self.dir.path();
+        sh(Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=bmc",
+            ])
+            .arg("-addext")
+            .arg(format!("subjectAltName=IP:{}", self.ip))
+            .arg("-keyout")
+            .arg(d.join("key.pem"))
+            .arg("-out")
+            .arg(d.join("cert.pem"))
+            .stderr(Stdio::null()))
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let d = self.dir.path();
+        let log = fs::File::create(d.join("emulator.log"))?;
+        self.child = Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .arg(&self.bin)
+            .arg("--config")
+            .arg(d.join("emulator.conf"))
+            .args(["-i", &self.ip, "-p", "443"])
+            .arg("--ssl-certificate")
+            .arg(d.join("cert.pem"))
+            .arg("--ssl-key")
+            .arg(d.join("key.pem"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &self.ns,
+                    "curl",
+                    "-sk",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                ])
+                .arg(format!("https://{}/redfish/v1/", self.ip))
+                .output()?;
+            if String::from_utf8_lossy(&out.stdout) == "200" {
+                return Ok(());
+            }
+            if Instant::now() > deadline || self.child.try_wait()?.is_some() {
+                bail!(
+                    "sushy-emulator did not come up: {}",
+                    fs::read_to_string(d.join("emulator.log")).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// Stops and starts the emulator (state is kept in its state dir).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.spawn()
+    }
+
+    /// A Redfish resource from the emulator, with its credentials.
+    pub fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "curl", "-sk", "-u"])
+            .arg(format!("{}:{}", self.user, self.password))
+            .arg(format!("https://{}{path}", self.ip))
+            .output()?;
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+}
+
+impl Drop for FakeBmc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

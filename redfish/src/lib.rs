@@ -33,7 +33,9 @@ pub enum Error {
     Connect(String, String),
     #[error("{0}: timed out")]
     Timeout(String),
-    #[error("{0}: TLS certificate changed since it was pinned (pinned sha256 {1}); if the BMC was re-keyed on purpose, clear the pin")]
+    #[error(
+        "{0}: TLS certificate changed since it was pinned (pinned sha256 {1}); if the BMC was re-keyed on purpose, clear the pin"
+    )]
     PinMismatch(String, String),
     #[error("{0}: TLS verification failed: {1}")]
     Tls(String, String),
@@ -91,7 +93,10 @@ impl Default for Limits {
 enum Auth {
     None,
     Basic,
-    Session { token: String, location: Option<String> },
+    Session {
+        token: String,
+        location: Option<String>,
+    },
 }
 
 /// A connection to one BMC.
@@ -107,7 +112,9 @@ pub struct Bmc {
 
 impl std::fmt::Debug for Bmc {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Bmc").field("base", &self.base).finish_non_exhaustive()
+        f.debug_struct("Bmc")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
     }
 }
 
@@ -171,40 +178,50 @@ impl Bmc {
         Ok(Res(v))
     }
 
-    /// Opens a session (or settles on basic auth when the BMC has no SessionService).
+    /// Opens a session when the service root offers a SessionService; otherwise (or when the
+    /// session is refused) settles on basic auth, checked with one request so wrong
+    /// credentials fail here with [`Error::Auth`].
     pub async fn login(&mut self) -> Result<(), Error> {
+        let root = Res(self.get_raw("/redfish/v1/", false).await?);
         let Some(c) = self.creds.clone() else {
             self.auth = Auth::None;
             return Ok(());
         };
-        let url = format!("{}/redfish/v1/SessionService/Sessions", self.base);
-        let body = serde_json::json!({ "UserName": c.username, "Password": c.password });
-        let resp = self.send(|h| h.post(&url).json(&body)).await?;
-        let status = resp.status().as_u16();
-        match status {
-            200..=299 => {
-                let token = resp
+        if root.link("SessionService").is_some() || root.0.pointer("/Links/Sessions").is_some() {
+            let url = root
+                .0
+                .pointer("/Links/Sessions")
+                .and_then(odata_id)
+                .unwrap_or_else(|| "/redfish/v1/SessionService/Sessions".into());
+            let url = self.url(&url);
+            let body = serde_json::json!({ "UserName": c.username, "Password": c.password });
+            let resp = self.send(|h| h.post(&url).json(&body)).await?;
+            if resp.status().is_success()
+                && let Some(token) = resp
                     .headers()
                     .get("x-auth-token")
                     .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
+                    .map(str::to_owned)
+            {
                 let location = resp
                     .headers()
                     .get("location")
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned);
-                self.auth = match token {
-                    Some(token) => Auth::Session { token, location },
-                    None => Auth::Basic,
-                };
-                Ok(())
+                self.auth = Auth::Session { token, location };
+                return Ok(());
             }
-            401 | 403 => Err(Error::Auth(self.base.clone(), status)),
-            // No session service: basic auth on every request.
-            _ => {
-                self.auth = Auth::Basic;
-                Ok(())
-            }
+        }
+        // Basic auth on every request; prove it works on a protected resource.
+        self.auth = Auth::Basic;
+        let probe = root
+            .link("Systems")
+            .unwrap_or_else(|| "/redfish/v1/Systems".into());
+        match self.get_raw(&probe, true).await {
+            Ok(_) => Ok(()),
+            Err(e @ Error::Auth(..)) => Err(e),
+            // Not an auth problem (an odd BMC without Systems): let the crawl report it.
+            Err(_) => Ok(()),
         }
     }
 
@@ -298,10 +315,7 @@ impl Bmc {
     }
 
     async fn read_bounded(&self, resp: reqwest::Response) -> Result<Vec<u8>, Error> {
-        if resp
-            .content_length()
-            .is_some_and(|n| n > MAX_BODY as u64)
-        {
+        if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
             return Err(Error::TooLarge(self.base.clone()));
         }
         let mut out = Vec::new();

@@ -66,7 +66,12 @@ impl Res {
         self.0
             .pointer("/Actions/#ComputerSystem.Reset/ResetType@Redfish.AllowableValues")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -80,7 +85,10 @@ impl Res {
 /// anything else (including all-zero and broadcast).
 pub fn normalize_mac(s: &str) -> Option<String> {
     let hex: String = s.chars().filter(char::is_ascii_hexdigit).collect();
-    if hex.len() != 12 || s.chars().any(|c| !c.is_ascii_hexdigit() && !":-.".contains(c)) {
+    if hex.len() != 12
+        || s.chars()
+            .any(|c| !c.is_ascii_hexdigit() && !":-.".contains(c))
+    {
         return None;
     }
     let lower = hex.to_ascii_lowercase();
@@ -104,7 +112,10 @@ mod tests {
             "SerialNumber": 12345,
             "Actions": {"#ComputerSystem.Reset": {"target": "/t", "ResetType@Redfish.AllowableValues": ["On", 3, "ForceOff"]}},
         }));
-        assert_eq!(r.members(), vec!["/redfish/v1/Systems/1", "/redfish/v1/Systems/2"]);
+        assert_eq!(
+            r.members(),
+            vec!["/redfish/v1/Systems/1", "/redfish/v1/Systems/2"]
+        );
         assert_eq!(r.mac().as_deref(), Some("aa:bb:cc:00:11:22"));
         assert_eq!(r.str("SerialNumber").as_deref(), Some("12345"));
         assert_eq!(r.reset_types(), vec!["On", "ForceOff"]);
@@ -112,6 +123,9 @@ mod tests {
         assert_eq!(Res(json!([1, 2])).members(), Vec::<String>::new());
         assert_eq!(normalize_mac("00:00:00:00:00:00"), None);
         assert_eq!(normalize_mac("zz:bb:cc:00:11:22"), None);
-        assert_eq!(normalize_mac("aabb.cc00.1122").as_deref(), Some("aa:bb:cc:00:11:22"));
+        assert_eq!(
+            normalize_mac("aabb.cc00.1122").as_deref(),
+            Some("aa:bb:cc:00:11:22")
+        );
     }
 }

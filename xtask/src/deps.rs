@@ -32,7 +32,17 @@ pub const PACKAGES: &[(&str, &str)] = &[
         "python3-prometheus-client",
         "Prometheus text-format parser that checks /metrics",
     ),
+    (
+        "python3-venv",
+        "a virtualenv for the PyPI test peers (sushy-tools)",
+    ),
 ];
+
+/// PyPI test peers, installed into `build/venv`.
+pub const PYPI: &[(&str, &str)] = &[(
+    "sushy-tools",
+    "Redfish BMC emulator (sushy-emulator --fake) for discovery and power tests",
+)];
 
 pub fn install() -> anyhow::Result<()> {
     crate::stage("dependencies");
@@ -64,6 +74,17 @@ pub fn install() -> anyhow::Result<()> {
         let _ = Command::new("sh")
             .args(["-c", &format!("pkill -x {svc} >/dev/null 2>&1; true")])
             .status();
+    }
+    let venv = crate::root().join("build/venv");
+    if !venv.join("bin/sushy-emulator").exists() {
+        eprintln!("installing PyPI test peers into {}", venv.display());
+        run(Command::new("/usr/bin/python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(&venv))?;
+        run(Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "--disable-pip-version-check"])
+            .args(PYPI.iter().map(|(p, _)| *p)))?;
     }
     if !have("cargo-fuzz") {
         eprintln!("installing cargo-fuzz");

@@ -6,11 +6,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use super::routes::{
-    CredentialsRequest, DiscoverRequest, DiscoverResponse, NodeResults, NodesRequest,
-    PowerRequest,
-};
 use super::PowerAction;
+use super::routes::{
+    CredentialsRequest, DiscoverRequest, DiscoverResponse, NodeResults, NodesRequest, PowerRequest,
+};
 use crate::client::{ApiClient, ClientArgs, print_json, print_table};
 
 #[derive(Debug, Args)]
@@ -88,7 +87,10 @@ fn print_node_results(r: &NodeResults, json: bool) -> anyhow::Result<()> {
                     n.xname.clone(),
                     if n.ok { "ok".into() } else { "FAILED".into() },
                     n.power.clone().unwrap_or_default(),
-                    n.error.clone().or_else(|| n.detail.clone()).unwrap_or_default(),
+                    n.error
+                        .clone()
+                        .or_else(|| n.detail.clone())
+                        .unwrap_or_default(),
                 ]
             })
             .collect();
@@ -138,7 +140,10 @@ pub async fn discover(args: DiscoverArgs) -> anyhow::Result<()> {
                 ]);
             }
         }
-        print_table(&["TARGET", "BMC", "NODE", "MACS", "IP", "POWER/ERROR"], &rows);
+        print_table(
+            &["TARGET", "BMC", "NODE", "MACS", "IP", "POWER/ERROR"],
+            &rows,
+        );
         let ok = resp.results.iter().filter(|t| t.ok).count();
         eprintln!("{ok} BMC(s) discovered, {} failed", resp.results.len() - ok);
     }
@@ -183,8 +188,9 @@ pub async fn bmc(cmd: BmcCommand) -> anyhow::Result<()> {
             let mut password = String::new();
             match password_file {
                 Some(p) => {
-                    password = std::fs::read_to_string(&p)
-                        .with_context(|| format!("cannot read {} (--password-file)", p.display()))?;
+                    password = std::fs::read_to_string(&p).with_context(|| {
+                        format!("cannot read {} (--password-file)", p.display())
+                    })?;
                 }
                 None => {
                     if std::io::IsTerminal::is_terminal(&std::io::stdin()) {

@@ -64,14 +64,16 @@ impl Sealer {
         let (nonce, rest) = sealed
             .split_at_checked(NONCE_LEN)
             .ok_or_else(|| anyhow::anyhow!("sealed credential too short"))?;
-        let nonce = Nonce::try_assume_unique_for_key(nonce)
-            .map_err(|_| anyhow::anyhow!("bad nonce"))?;
+        let nonce =
+            Nonce::try_assume_unique_for_key(nonce).map_err(|_| anyhow::anyhow!("bad nonce"))?;
         let mut data = rest.to_vec();
         let plain = self
             .0
             .open_in_place(nonce, Aad::from(target.as_bytes()), &mut data)
             .map_err(|_| {
-                anyhow::anyhow!("credentials for {target} do not decrypt (key changed or data corrupt)")
+                anyhow::anyhow!(
+                    "credentials for {target} do not decrypt (key changed or data corrupt)"
+                )
             })?;
         Ok(String::from_utf8(plain.to_vec())?)
     }
@@ -88,12 +90,18 @@ mod tests {
         let sealed = s.seal("10.0.0.5", "hunter2").unwrap();
         assert!(!sealed.windows(7).any(|w| w == b"hunter2"));
         assert_eq!(s.open_sealed("10.0.0.5", &sealed).unwrap(), "hunter2");
-        assert!(s.open_sealed("10.0.0.6", &sealed).is_err(), "bound to its target");
+        assert!(
+            s.open_sealed("10.0.0.6", &sealed).is_err(),
+            "bound to its target"
+        );
         let again = Sealer::open(dir.path()).unwrap();
         assert_eq!(again.open_sealed("10.0.0.5", &sealed).unwrap(), "hunter2");
         let mode = std::fs::metadata(dir.path().join("bmc-credentials.key"))
             .unwrap()
             .permissions();
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
     }
 }

@@ -216,7 +216,9 @@ impl Discovery {
                         ok: false,
                         bmc: None,
                         nodes: Vec::new(),
-                        error: Some(format!("{t} has more than {MAX_SCAN} addresses; scan at most a /16 at a time")),
+                        error: Some(format!(
+                            "{t} has more than {MAX_SCAN} addresses; scan at most a /16 at a time"
+                        )),
                     });
                     continue;
                 }
@@ -343,7 +345,12 @@ impl Discovery {
             let mut manager = Map::new();
             let mut bmc_mac = None;
             if let Some(coll) = root.link("Managers")
-                && let Some(uri) = bmc.get(&coll).await.map_err(|e| e.to_string())?.members().first()
+                && let Some(uri) = bmc
+                    .get(&coll)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .members()
+                    .first()
             {
                 let m = bmc.get(uri).await.map_err(|e| e.to_string())?;
                 bmc_mac = nic_macs(&bmc, &m).await?.into_iter().next();
@@ -401,7 +408,11 @@ impl Discovery {
                 .find(|x| !endpoints.iter().any(|e| &e.id == x))
                 .ok_or("no free slot left for a BMC xname")?
         };
-        let comps = self.store.list_components().await.map_err(|e| e.to_string())?;
+        let comps = self
+            .store
+            .list_components()
+            .await
+            .map_err(|e| e.to_string())?;
         let mut next_nid = comps.iter().filter_map(|c| c.nid).max().unwrap_or(0) + 1;
         let mut components = vec![component(&bmc_x, "NodeBMC", None, None)];
         let mut interfaces = Vec::new();
@@ -518,10 +529,9 @@ impl Discovery {
                         .get("URL")
                         .and_then(Value::as_str)
                         .ok_or_else(|| format!("RedfishEndpoint {} has no URL", e.id))?;
-                    let uri = s
-                        .get("URI")
-                        .and_then(Value::as_str)
-                        .ok_or_else(|| format!("RedfishEndpoint {} lists {xname} without a URI", e.id))?;
+                    let uri = s.get("URI").and_then(Value::as_str).ok_or_else(|| {
+                        format!("RedfishEndpoint {} lists {xname} without a URI", e.id)
+                    })?;
                     return Ok((base.to_owned(), uri.to_owned(), Vec::new()));
                 }
             }
@@ -533,8 +543,10 @@ impl Discovery {
 
     /// Runs `action` on every node, in parallel; one result each.
     pub async fn power(&self, xnames: &[String], action: PowerAction) -> Vec<NodeResult> {
-        self.each(xnames, move |me, x| async move { me.power_one(&x, action).await })
-            .await
+        self.each(xnames, move |me, x| async move {
+            me.power_one(&x, action).await
+        })
+        .await
     }
 
     /// One-time PXE boot override, then restart (or power on) each node.
@@ -546,7 +558,8 @@ impl Discovery {
     async fn each<F, Fut>(&self, xnames: &[String], f: F) -> Vec<NodeResult>
     where
         F: Fn(Discovery, String) -> Fut,
-        Fut: std::future::Future<Output = Result<(Option<String>, String), String>> + Send + 'static,
+        Fut:
+            std::future::Future<Output = Result<(Option<String>, String), String>> + Send + 'static,
     {
         let mut set = tokio::task::JoinSet::new();
         for x in xnames {
@@ -584,9 +597,7 @@ impl Discovery {
             .iter()
             .find(|w| allowed.is_empty() || allowed.iter().any(|a| a == *w))
             .ok_or_else(|| {
-                format!(
-                    "the BMC advertises reset types {allowed:?}, none of {wanted:?}"
-                )
+                format!("the BMC advertises reset types {allowed:?}, none of {wanted:?}")
             })?;
         let target = sys
             .reset_target()
@@ -618,7 +629,8 @@ impl Discovery {
                     Self::reset(&bmc, &sys, &uri, &["GracefulRestart", "ForceRestart"]).await?
                 }
                 PowerAction::Off => {
-                    let first = Self::reset(&bmc, &sys, &uri, &["GracefulShutdown", "ForceOff"]).await?;
+                    let first =
+                        Self::reset(&bmc, &sys, &uri, &["GracefulShutdown", "ForceOff"]).await?;
                     if first == "ForceOff" {
                         first
                     } else {
@@ -630,7 +642,8 @@ impl Discovery {
                             }
                             if tokio::time::Instant::now() > deadline {
                                 Self::reset(&bmc, &s, &uri, &["ForceOff"]).await?;
-                                break "GracefulShutdown, then ForceOff after the timeout".to_owned();
+                                break "GracefulShutdown, then ForceOff after the timeout"
+                                    .to_owned();
                             }
                             tokio::time::sleep(Duration::from_millis(500)).await;
                         }

@@ -51,7 +51,10 @@ pub fn discovery_router(d: Discovery) -> Router {
     Router::new()
         .route("/rackboot/v1/discovery", post(discover))
         .route("/rackboot/v1/bmc/credentials", get(list_credentials))
-        .route("/rackboot/v1/bmc/credentials/{target}", put(set_credentials))
+        .route(
+            "/rackboot/v1/bmc/credentials/{target}",
+            put(set_credentials),
+        )
         .route("/rackboot/v1/bmc/pins", axum::routing::delete(unpin))
         .with_state(d)
 }
@@ -130,7 +133,10 @@ async fn unpin(
         tracing::warn!(bmc = %q.base, "BMC certificate pin cleared");
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(Problem::not_found(format!("no pinned certificate for {}", q.base)))
+        Err(Problem::not_found(format!(
+            "no pinned certificate for {}",
+            q.base
+        )))
     }
 }
 

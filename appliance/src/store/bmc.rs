@@ -42,7 +42,8 @@ impl Store {
     /// Targets with credentials, and their usernames (never the passwords).
     pub async fn list_bmc_credentials(&self) -> Result<Vec<(String, String)>, StoreError> {
         self.read(|c| {
-            let mut st = c.prepare("SELECT target, username FROM bmc_credentials ORDER BY target")?;
+            let mut st =
+                c.prepare("SELECT target, username FROM bmc_credentials ORDER BY target")?;
             let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
@@ -74,7 +75,9 @@ impl Store {
     }
 
     pub async fn unpin_bmc(&self, base: String) -> Result<bool, StoreError> {
-        self.write(move |tx| Ok(tx.execute("DELETE FROM bmc_tls_pins WHERE base = ?1", [base])? > 0))
-            .await
+        self.write(move |tx| {
+            Ok(tx.execute("DELETE FROM bmc_tls_pins WHERE base = ?1", [base])? > 0)
+        })
+        .await
     }
 }

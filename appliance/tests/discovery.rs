@@ -1,0 +1,179 @@
+//! Hostile BMCs: fixture Redfish services (our own, next to the real emulator used in
+//! qemu-tests) that answer garbage, 500s, hang, send huge bodies or fail half-way through a
+//! crawl. Each gives a clear per-BMC error, the scan goes on, and nothing half-written lands
+//! in the inventory.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::Path;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use rackboot::config;
+use rackboot::discovery::Discovery;
+use rackboot::discovery::creds::Sealer;
+use rackboot::store::Store;
+use serde_json::json;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Good,
+    Garbage,
+    Error500,
+    Hang,
+    Huge,
+    /// The second system's NICs fail: the crawl fails half-way.
+    HalfWay,
+}
+
+fn bmc(mode: Mode, mac_base: u8) -> Router {
+    let root = move || async move {
+        match mode {
+            Mode::Garbage => "{not json".into_response(),
+            Mode::Error500 => (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
+            _ => axum::Json(json!({
+                "RedfishVersion": "1.6.0",
+                "Systems": {"@odata.id": "/redfish/v1/Systems"},
+                "Managers": {"@odata.id": "/redfish/v1/Managers"},
+            }))
+            .into_response(),
+        }
+    };
+    let systems = move || async move {
+        match mode {
+            Mode::Hang => {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                "late".into_response()
+            }
+            Mode::Huge => {
+                // 8 MiB of valid JSON: more than a BMC may make us buffer.
+                let members: Vec<_> = (0..200_000)
+                    .map(|i| json!({"@odata.id": format!("/redfish/v1/Systems/{i}")}))
+                    .collect();
+                axum::Json(json!({ "Members": members })).into_response()
+            }
+            _ => axum::Json(json!({"Members": [
+                {"@odata.id": "/redfish/v1/Systems/1"},
+                {"@odata.id": "/redfish/v1/Systems/2/"},
+            ]}))
+            .into_response(),
+        }
+    };
+    let system = move |Path(id): Path<String>| async move {
+        axum::Json(json!({
+            "Id": id, "UUID": format!("0000000{id}-0000-0000-0000-000000000000"),
+            "PowerState": "Off", "Model": "Fixture", "SerialNumber": 1234,
+            "EthernetInterfaces": {"@odata.id": format!("/redfish/v1/Systems/{id}/EthernetInterfaces")},
+            "Actions": {"#ComputerSystem.Reset": {"target": format!("/redfish/v1/Systems/{id}/Actions/ComputerSystem.Reset")}},
+            "Oem": {"Vendor": {"Anything": [1, 2, 3]}},
+        }))
+    };
+    let nics = move |Path(id): Path<String>| async move {
+        if mode == Mode::HalfWay && id == "2" {
+            return (StatusCode::INTERNAL_SERVER_ERROR, "nic table on fire").into_response();
+        }
+        axum::Json(json!({"Members": [
+            {"@odata.id": format!("/redfish/v1/Systems/{id}/EthernetInterfaces/a")},
+        ]}))
+        .into_response()
+    };
+    let nic = move |Path((id, _)): Path<(String, String)>| async move {
+        let n: u8 = id.parse().unwrap_or(0);
+        axum::Json(json!({"MACAddress": format!("02:00:00:00:{mac_base:02x}:{n:02x}")}))
+    };
+    let managers = || async { axum::Json(json!({"Members": []})) };
+    Router::new()
+        .route("/redfish/v1/", get(root))
+        .route("/redfish/v1/Systems", get(systems))
+        .route("/redfish/v1/Systems/{id}", get(system))
+        .route("/redfish/v1/Systems/{id}/EthernetInterfaces", get(nics))
+        .route("/redfish/v1/Systems/{id}/EthernetInterfaces/{nic}", get(nic))
+        .route("/redfish/v1/Managers", get(managers))
+}
+
+async fn serve(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app.into_make_service()).await;
+    });
+    addr
+}
+
+#[tokio::test]
+async fn hostile_bmcs_fail_alone_and_leave_no_half_written_inventory() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let cfg = config::Discovery {
+        request_timeout: Duration::from_secs(2),
+        node_ip_base: Some("192.0.2.100".parse().unwrap()),
+        ..Default::default()
+    };
+    let d = Discovery::new(store.clone(), Sealer::open(dir.path()).unwrap(), cfg);
+    d.set_credentials("default", "admin", "pw").await.unwrap();
+
+    let mut targets = Vec::new();
+    let mut names = Vec::new();
+    for (i, mode) in [
+        Mode::Good,
+        Mode::Garbage,
+        Mode::Error500,
+        Mode::Hang,
+        Mode::Huge,
+        Mode::HalfWay,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let addr = serve(bmc(mode, i as u8)).await;
+        targets.push(format!("http://{addr}"));
+        names.push(mode);
+    }
+    let started = Instant::now();
+    let results = d.discover(&targets, false).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "a hanging BMC is cut off by the request timeout"
+    );
+    assert_eq!(results.len(), targets.len(), "{results:?}");
+    let by_target = |t: &str| results.iter().find(|r| r.target.starts_with(t)).unwrap();
+    let good = by_target(&targets[0]);
+    assert!(good.ok, "{good:?}");
+    assert_eq!(good.nodes.len(), 2, "{good:?}");
+    for (t, want) in [
+        (&targets[1], "not JSON"),
+        (&targets[2], "500"),
+        (&targets[3], "timed out"),
+        (&targets[4], "larger than"),
+        (&targets[5], "nic table on fire"),
+    ] {
+        let r = by_target(t);
+        assert!(!r.ok, "{r:?}");
+        let e = r.error.as_deref().unwrap_or("");
+        assert!(e.contains(want), "{t}: expected {want:?} in {e:?}");
+    }
+    // Only the good BMC is in the inventory: its endpoint, two nodes, their NICs.
+    let eps = store.list_redfish_endpoints().await.unwrap();
+    assert_eq!(eps.len(), 1, "{eps:?}");
+    let nics = store.list_ethernet_interfaces().await.unwrap();
+    assert_eq!(nics.len(), 2, "{nics:?}");
+    assert!(nics.iter().all(|n| n.mac_address.starts_with("02:00:00:00:00:")));
+    let comps = store.list_components().await.unwrap();
+    assert_eq!(comps.len(), 3, "a BMC and two nodes: {comps:?}");
+    // Addresses follow the node rule (base + NID).
+    let mut ips: Vec<String> = nics
+        .iter()
+        .flat_map(|n| n.ip_addresses.iter().map(|a| a.ip_address.clone()))
+        .collect();
+    ips.sort();
+    assert_eq!(ips, vec!["192.0.2.101", "192.0.2.102"]);
+
+    // Bad targets are refused with a reason; an oversized range is refused outright.
+    let r = d
+        .discover(&["not a target".into(), "10.0.0.0/8".into()], false)
+        .await;
+    assert!(r.iter().all(|t| !t.ok && t.error.is_some()), "{r:?}");
+}

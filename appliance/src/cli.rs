@@ -69,6 +69,9 @@ pub enum Command {
     /// BMC credentials and certificate pins.
     #[command(subcommand)]
     Bmc(crate::discovery::cli::BmcCommand),
+    /// Firmware versions and updates through the BMCs' UpdateService.
+    #[command(subcommand)]
+    Firmware(crate::discovery::cli::FirmwareCommand),
 }
 
 /// Sets up `tracing` for the whole process. Logs go to stderr; stdout is for command output.
@@ -102,5 +105,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Power(args) => crate::discovery::cli::power(args).await,
         Command::Reprovision(args) => crate::discovery::cli::reprovision(args).await,
         Command::Bmc(cmd) => crate::discovery::cli::bmc(cmd).await,
+        Command::Firmware(cmd) => crate::discovery::cli::firmware(cmd).await,
     }
 }

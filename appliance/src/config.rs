@@ -74,6 +74,9 @@ pub struct Discovery {
     /// `power off` waits this long for GracefulShutdown before ForceOff.
     #[serde(with = "humantime_serde_compat")]
     pub off_timeout: Duration,
+    /// A firmware update task that has not ended after this long is reported as failed.
+    #[serde(with = "humantime_serde_compat")]
+    pub firmware_timeout: Duration,
 }
 
 impl Default for Discovery {
@@ -90,6 +93,7 @@ impl Default for Discovery {
             max_parallel: 64,
             request_timeout: Duration::from_secs(15),
             off_timeout: Duration::from_secs(60),
+            firmware_timeout: Duration::from_secs(1800),
         }
     }
 }

@@ -201,7 +201,7 @@ fn http_app(
     }
     let guard = |area: &'static str| auth::require(authn.clone(), area);
     let admin = Router::new()
-        .merge(images::admin_router(images).layer(guard("images")))
+        .merge(images::admin_router(images.clone()).layer(guard("images")))
         .merge(crate::inventory::router(store.clone()).layer(guard("inventory")))
         .merge(crate::boot::admin_router(store.clone()).layer(guard("boot")))
         .merge(crate::dhcp::api::router(store.clone()).layer(guard("dhcp")))
@@ -210,7 +210,15 @@ fn http_app(
             crate::discovery::routes::discovery_router(obs.discovery.clone())
                 .layer(guard("discovery")),
         )
-        .merge(crate::discovery::routes::power_router(obs.discovery).layer(guard("power")))
+        .merge(crate::discovery::routes::power_router(obs.discovery.clone()).layer(guard("power")))
+        .merge(
+            crate::discovery::routes::firmware_router(crate::discovery::routes::FirmwareCtx {
+                discovery: obs.discovery,
+                images: images.clone(),
+                base_url: obs.base.clone(),
+            })
+            .layer(guard("firmware")),
+        )
         .merge(
             crate::timeline::routes::router(store, obs.timeline.clone(), obs.stuck_after)
                 .layer(guard("status")),

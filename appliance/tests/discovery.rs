@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::Path;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use rackboot::config;
 use rackboot::discovery::Discovery;
@@ -90,7 +90,10 @@ fn bmc(mode: Mode, mac_base: u8) -> Router {
         .route("/redfish/v1/Systems", get(systems))
         .route("/redfish/v1/Systems/{id}", get(system))
         .route("/redfish/v1/Systems/{id}/EthernetInterfaces", get(nics))
-        .route("/redfish/v1/Systems/{id}/EthernetInterfaces/{nic}", get(nic))
+        .route(
+            "/redfish/v1/Systems/{id}/EthernetInterfaces/{nic}",
+            get(nic),
+        )
         .route("/redfish/v1/Managers", get(managers))
 }
 
@@ -160,7 +163,10 @@ async fn hostile_bmcs_fail_alone_and_leave_no_half_written_inventory() {
     assert_eq!(eps.len(), 1, "{eps:?}");
     let nics = store.list_ethernet_interfaces().await.unwrap();
     assert_eq!(nics.len(), 2, "{nics:?}");
-    assert!(nics.iter().all(|n| n.mac_address.starts_with("02:00:00:00:00:")));
+    assert!(
+        nics.iter()
+            .all(|n| n.mac_address.starts_with("02:00:00:00:00:"))
+    );
     let comps = store.list_components().await.unwrap();
     assert_eq!(comps.len(), 3, "a BMC and two nodes: {comps:?}");
     // Addresses follow the node rule (base + NID).
@@ -176,4 +182,138 @@ async fn hostile_bmcs_fail_alone_and_leave_no_half_written_inventory() {
         .discover(&["not a target".into(), "10.0.0.0/8".into()], false)
         .await;
     assert!(r.iter().all(|t| !t.ok && t.error.is_some()), "{r:?}");
+}
+
+/// A BMC with an UpdateService: SimpleUpdate starts a task that runs for a few polls, then the
+/// BIOS version changes. rackboot polls the task to the end and records the new version.
+#[tokio::test]
+async fn firmware_update_polls_the_task_and_records_the_new_version() {
+    use std::sync::{Arc, Mutex};
+    #[derive(Default)]
+    struct Fw {
+        image_uri: Option<String>,
+        polls: u32,
+        bios: String,
+    }
+    let fw = Arc::new(Mutex::new(Fw {
+        bios: "1.0.0".into(),
+        ..Default::default()
+    }));
+    let root = || async {
+        axum::Json(json!({
+            "RedfishVersion": "1.6.0",
+            "Systems": {"@odata.id": "/redfish/v1/Systems"},
+            "UpdateService": {"@odata.id": "/redfish/v1/UpdateService"},
+        }))
+    };
+    let systems =
+        || async { axum::Json(json!({"Members": [{"@odata.id": "/redfish/v1/Systems/1"}]})) };
+    let f = fw.clone();
+    let system = move || {
+        let f = f.clone();
+        async move {
+            let bios = f.lock().unwrap().bios.clone();
+            axum::Json(json!({"Id": "1", "PowerState": "On", "BiosVersion": bios,
+                "EthernetInterfaces": {"@odata.id": "/redfish/v1/Systems/1/EthernetInterfaces"}}))
+        }
+    };
+    let nics = || async {
+        axum::Json(
+            json!({"Members": [{"@odata.id": "/redfish/v1/Systems/1/EthernetInterfaces/1"}]}),
+        )
+    };
+    let nic = || async { axum::Json(json!({"MACAddress": "02:00:00:00:09:01"})) };
+    let us = || async {
+        axum::Json(json!({"Actions": {"#UpdateService.SimpleUpdate": {
+            "target": "/redfish/v1/UpdateService/Actions/UpdateService.SimpleUpdate"}}}))
+    };
+    let f = fw.clone();
+    let simple = move |axum::Json(body): axum::Json<serde_json::Value>| {
+        let f = f.clone();
+        async move {
+            f.lock().unwrap().image_uri = body["ImageURI"].as_str().map(str::to_owned);
+            (
+                StatusCode::ACCEPTED,
+                [("location", "/redfish/v1/TaskService/Tasks/7")],
+                axum::Json(json!({"@odata.id": "/redfish/v1/TaskService/Tasks/7"})),
+            )
+        }
+    };
+    let f = fw.clone();
+    let task = move || {
+        let f = f.clone();
+        async move {
+            let mut g = f.lock().unwrap();
+            g.polls += 1;
+            if g.polls < 3 {
+                axum::Json(json!({"TaskState": "Running", "PercentComplete": g.polls * 30}))
+            } else {
+                g.bios = "1.1.0".into();
+                axum::Json(
+                    json!({"TaskState": "Completed", "TaskStatus": "OK", "PercentComplete": 100}),
+                )
+            }
+        }
+    };
+    let app = Router::new()
+        .route("/redfish/v1/", get(root))
+        .route("/redfish/v1/Systems", get(systems))
+        .route("/redfish/v1/Systems/1", get(system))
+        .route("/redfish/v1/Systems/1/EthernetInterfaces", get(nics))
+        .route("/redfish/v1/Systems/1/EthernetInterfaces/1", get(nic))
+        .route("/redfish/v1/UpdateService", get(us))
+        .route(
+            "/redfish/v1/UpdateService/Actions/UpdateService.SimpleUpdate",
+            axum::routing::post(simple),
+        )
+        .route("/redfish/v1/TaskService/Tasks/7", get(task));
+    let addr = serve(app).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let d = Discovery::new(
+        store.clone(),
+        Sealer::open(dir.path()).unwrap(),
+        config::Discovery::default(),
+    );
+    let r = d.discover(&[format!("http://{addr}")], false).await;
+    assert!(r[0].ok, "{r:?}");
+    let node = r[0].nodes[0].xname.clone();
+    let before = d.firmware_list().await.unwrap();
+    assert_eq!(before[0].bios_version.as_deref(), Some("1.0.0"));
+    let res = d
+        .firmware_update(
+            std::slice::from_ref(&node),
+            "http://192.0.2.1/images/bios-1.1".into(),
+            None,
+        )
+        .await;
+    assert!(res[0].ok, "{res:?}");
+    assert_eq!(res[0].power.as_deref(), Some("1.1.0"));
+    assert!(
+        res[0].detail.as_deref().unwrap().contains("1.0.0 -> 1.1.0"),
+        "{res:?}"
+    );
+    assert_eq!(
+        fw.lock().unwrap().image_uri.as_deref(),
+        Some("http://192.0.2.1/images/bios-1.1")
+    );
+    assert!(
+        fw.lock().unwrap().polls >= 3,
+        "the task was polled to the end"
+    );
+    let after = d.firmware_list().await.unwrap();
+    assert_eq!(
+        after[0].bios_version.as_deref(),
+        Some("1.1.0"),
+        "new version recorded"
+    );
+    // A node rackboot has no BMC for fails alone.
+    let res = d
+        .firmware_update(&["x1000c0s9b0n0".into()], "http://x/images/y".into(), None)
+        .await;
+    assert!(
+        !res[0].ok && res[0].error.as_deref().unwrap().contains("no BMC"),
+        "{res:?}"
+    );
 }

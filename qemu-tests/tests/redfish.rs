@@ -207,6 +207,34 @@ fn discovered_node_boots_and_is_power_controlled() {
         "{out}"
     );
 
+    // Firmware: the rack's versions are listed; sushy's fake driver has no firmware versions
+    // (only its libvirt driver does), so an update there is a clean per-node error.
+    let (ok, out) = cli(&ns, &rb, &["firmware", "list"], None);
+    assert!(ok && out.contains("x1000c0s0b0n0"), "{out}");
+    let (ok, out) = cli(
+        &ns,
+        &rb,
+        &["firmware", "update", "x1000c0s0b0n0", "--image", "vmlinuz"],
+        None,
+    );
+    assert!(
+        !ok && out.contains("FAILED") && out.contains("500"),
+        "{out}"
+    );
+    let (ok, out) = cli(
+        &ns,
+        &rb,
+        &[
+            "firmware",
+            "update",
+            "x1000c0s0b0n0",
+            "--image",
+            "no-such-image",
+        ],
+        None,
+    );
+    assert!(!ok && out.contains("no image"), "{out}");
+
     // The BMC is re-keyed: its pinned certificate no longer matches.
     bmc.new_cert().unwrap();
     bmc.restart().unwrap();

@@ -48,6 +48,79 @@ pub struct ReprovisionArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum FirmwareCommand {
+    /// Firmware versions across the rack (as last discovered or updated).
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Update nodes' firmware from an image in rackboot's store; waits for the BMC's task.
+    Update {
+        #[arg(required = true)]
+        xnames: Vec<String>,
+        /// Image name (rackboot image import NAME FILE).
+        #[arg(long)]
+        image: String,
+        /// Redfish URI to update (default: the node's ComputerSystem).
+        #[arg(long)]
+        target: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+pub async fn firmware(cmd: FirmwareCommand) -> anyhow::Result<()> {
+    match cmd {
+        FirmwareCommand::List { client } => {
+            let api = ApiClient::new(&client)?;
+            let rows: Vec<super::FirmwareRow> = api.get("/rackboot/v1/firmware").await?;
+            if client.json() {
+                print_json(&rows);
+            } else {
+                let t: Vec<Vec<String>> = rows
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.xname.clone(),
+                            r.bmc.clone(),
+                            r.model.clone().unwrap_or_default(),
+                            r.bios_version.clone().unwrap_or_default(),
+                            r.bmc_firmware.clone().unwrap_or_default(),
+                        ]
+                    })
+                    .collect();
+                print_table(&["NODE", "BMC", "MODEL", "BIOS", "BMC FIRMWARE"], &t);
+            }
+            Ok(())
+        }
+        FirmwareCommand::Update {
+            xnames,
+            image,
+            target,
+            client,
+        } => {
+            let api = ApiClient::new(&client)?;
+            eprintln!(
+                "updating {} node(s) from image {image}; waiting for the BMC tasks…",
+                xnames.len()
+            );
+            let resp = api
+                .post(
+                    "/rackboot/v1/firmware/update",
+                    &super::routes::FirmwareRequest {
+                        xnames,
+                        image,
+                        target,
+                    },
+                )
+                .await?
+                .context("rackboot sent no results")?;
+            print_node_results(&serde_json::from_value(resp)?, client.json())
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
 pub enum BmcCommand {
     /// Store BMC credentials (sealed at rest). The password is read from stdin or --password-file,
     /// never from the command line.

@@ -696,6 +696,180 @@ impl Discovery {
     }
 }
 
+/// A node's firmware as last read.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FirmwareRow {
+    pub xname: String,
+    pub bmc: String,
+    pub model: Option<String>,
+    pub bios_version: Option<String>,
+    pub bmc_firmware: Option<String>,
+}
+
+impl Discovery {
+    /// Firmware versions across the rack, from the RedfishEndpoints (as last discovered or
+    /// updated).
+    pub async fn firmware_list(&self) -> Result<Vec<FirmwareRow>, String> {
+        let mut rows = Vec::new();
+        for e in self
+            .store
+            .list_redfish_endpoints()
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            let bmc_fw = e
+                .extra
+                .get("Managers")
+                .and_then(|m| m.get(0))
+                .and_then(|m| m.get("FirmwareVersion"))
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            for s in e
+                .extra
+                .get("Systems")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                rows.push(FirmwareRow {
+                    xname: s
+                        .get("Node")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_owned(),
+                    bmc: e.id.clone(),
+                    model: s.get("Model").and_then(Value::as_str).map(str::to_owned),
+                    bios_version: s
+                        .get("BiosVersion")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned),
+                    bmc_firmware: bmc_fw.clone(),
+                });
+            }
+        }
+        rows.sort_by(|a, b| a.xname.cmp(&b.xname));
+        Ok(rows)
+    }
+
+    /// `UpdateService.SimpleUpdate` with `image_uri` (rackboot's own `/images/NAME`) for each
+    /// node, polls the resulting Task to the end, re-reads the BIOS version and records it.
+    pub async fn firmware_update(
+        &self,
+        xnames: &[String],
+        image_uri: String,
+        target: Option<String>,
+    ) -> Vec<NodeResult> {
+        self.each(xnames, move |me, x| {
+            let (image_uri, target) = (image_uri.clone(), target.clone());
+            async move { me.firmware_one(&x, &image_uri, target).await }
+        })
+        .await
+    }
+
+    async fn firmware_one(
+        &self,
+        xname: &str,
+        image_uri: &str,
+        target: Option<String>,
+    ) -> Result<(Option<String>, String), String> {
+        let (base, uri, _) = self.locate(xname).await?;
+        let mut bmc = self.connect(&base, false).await?;
+        let r = async {
+            let root = bmc.service_root().await.map_err(|e| e.to_string())?;
+            let us_path = root
+                .link("UpdateService")
+                .ok_or("the BMC has no UpdateService")?;
+            let us = bmc.get(&us_path).await.map_err(|e| e.to_string())?;
+            let Some(action) = us.at("/Actions/#UpdateService.SimpleUpdate/target") else {
+                return Err(if us.str("MultipartHttpPushUri").is_some() {
+                    "the BMC only offers a multipart push (MultipartHttpPushUri), which rackboot does not do yet".to_owned()
+                } else {
+                    "the BMC's UpdateService has no SimpleUpdate".to_owned()
+                });
+            };
+            let before = bmc.get(&uri).await.ok().and_then(|s| s.str("BiosVersion"));
+            let body = json!({
+                "ImageURI": image_uri,
+                "TransferProtocol": "HTTP",
+                "Targets": [target.clone().unwrap_or_else(|| uri.clone())],
+            });
+            let (answer, location) = bmc.post(&action, &body).await.map_err(|e| e.to_string())?;
+            let task = location.or_else(|| redfish::odata_id(&answer));
+            let mut state = "no task (completed at once)".to_owned();
+            if let Some(task) = task {
+                let deadline = tokio::time::Instant::now() + self.cfg.firmware_timeout;
+                loop {
+                    let t = bmc.get(&task).await.map_err(|e| e.to_string())?;
+                    let s = t.str("TaskState").unwrap_or_default();
+                    tracing::info!(node = %xname, task = %task, state = %s, percent = t.str("PercentComplete").unwrap_or_default(), "firmware update task");
+                    match s.as_str() {
+                        "Completed" => {
+                            state = format!("task {task} completed ({})", t.str("TaskStatus").unwrap_or_else(|| "OK".into()));
+                            break;
+                        }
+                        "Exception" | "Killed" | "Cancelled" | "Interrupted" => {
+                            let msg = t
+                                .0
+                                .pointer("/Messages/0/Message")
+                                .and_then(Value::as_str)
+                                .unwrap_or("no message");
+                            return Err(format!("firmware task {task} ended {s}: {msg}"));
+                        }
+                        _ => {}
+                    }
+                    if tokio::time::Instant::now() > deadline {
+                        return Err(format!("firmware task {task} still {s} after {:?}", self.cfg.firmware_timeout));
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+            let after = bmc.get(&uri).await.map_err(|e| e.to_string())?.str("BiosVersion");
+            self.record_version(xname, after.clone()).await?;
+            Ok((
+                after.clone(),
+                format!(
+                    "{state}; BIOS {} -> {}",
+                    before.unwrap_or_else(|| "?".into()),
+                    after.unwrap_or_else(|| "?".into())
+                ),
+            ))
+        }
+        .await;
+        bmc.logout().await;
+        r
+    }
+
+    async fn record_version(&self, xname: &str, version: Option<String>) -> Result<(), String> {
+        let _serial = self.apply.lock().await;
+        for mut e in self
+            .store
+            .list_redfish_endpoints()
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            let mut changed = false;
+            if let Some(Value::Array(systems)) = e.extra.get_mut("Systems") {
+                for s in systems.iter_mut() {
+                    if s.get("Node").and_then(Value::as_str) == Some(xname)
+                        && let Some(o) = s.as_object_mut()
+                    {
+                        o.insert("BiosVersion".into(), json!(version));
+                        changed = true;
+                    }
+                }
+            }
+            if changed {
+                return self
+                    .store
+                    .put_redfish_endpoint(e, true)
+                    .await
+                    .map_err(|e| e.to_string());
+            }
+        }
+        Ok(())
+    }
+}
+
 fn component(id: &str, kind: &str, nid: Option<i64>, state: Option<&str>) -> Component {
     Component {
         id: id.to_owned(),

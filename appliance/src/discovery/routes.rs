@@ -42,6 +42,16 @@ pub struct NodesRequest {
 }
 
 #[derive(Debug, Deserialize, Serialize)]
+pub struct FirmwareRequest {
+    pub xnames: Vec<String>,
+    /// The name of an image in rackboot's image store (served at /images/NAME).
+    pub image: String,
+    /// Redfish URI to update; default: the node's ComputerSystem.
+    #[serde(default)]
+    pub target: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
 pub struct NodeResults {
     pub results: Vec<NodeResult>,
 }
@@ -57,6 +67,54 @@ pub fn discovery_router(d: Discovery) -> Router {
         )
         .route("/rackboot/v1/bmc/pins", axum::routing::delete(unpin))
         .with_state(d)
+}
+
+/// What the firmware routes need besides discovery: the image store and the base URL BMCs
+/// fetch images from.
+#[derive(Clone)]
+pub struct FirmwareCtx {
+    pub discovery: Discovery,
+    pub images: crate::images::ImageStore,
+    pub base_url: String,
+}
+
+/// `/rackboot/v1/firmware` (wrap with the `firmware` scope).
+pub fn firmware_router(ctx: FirmwareCtx) -> Router {
+    Router::new()
+        .route("/rackboot/v1/firmware", get(firmware_list))
+        .route("/rackboot/v1/firmware/update", post(firmware_update))
+        .with_state(ctx)
+}
+
+async fn firmware_list(
+    State(c): State<FirmwareCtx>,
+) -> Result<Json<Vec<super::FirmwareRow>>, Problem> {
+    Ok(Json(
+        c.discovery
+            .firmware_list()
+            .await
+            .map_err(Problem::internal)?,
+    ))
+}
+
+async fn firmware_update(
+    State(c): State<FirmwareCtx>,
+    Json(req): Json<FirmwareRequest>,
+) -> Result<Json<NodeResults>, Problem> {
+    check_xnames(&req.xnames)?;
+    let rec = c.images.get(&req.image).await?.ok_or_else(|| {
+        Problem::not_found(format!(
+            "no image {:?}: import it first (rackboot image import NAME FILE)",
+            req.image
+        ))
+    })?;
+    let uri = format!("{}/images/{}", c.base_url, rec.name);
+    Ok(Json(NodeResults {
+        results: c
+            .discovery
+            .firmware_update(&req.xnames, uri, req.target)
+            .await,
+    }))
 }
 
 /// `/rackboot/v1/power`, `/rackboot/v1/reprovision` (wrap with the `power` scope).

@@ -75,6 +75,7 @@ impl Default for HttpLimits {
                 "/rackboot/v1/discovery".to_owned(),
                 "/rackboot/v1/power".to_owned(),
                 "/rackboot/v1/reprovision".to_owned(),
+                "/rackboot/v1/firmware".to_owned(),
             ],
             long_request_timeout: Duration::from_secs(600),
             shutdown_grace: Duration::from_secs(10),

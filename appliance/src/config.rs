@@ -77,6 +77,12 @@ pub struct Discovery {
     /// A firmware update task that has not ended after this long is reported as failed.
     #[serde(with = "humantime_serde_compat")]
     pub firmware_timeout: Duration,
+    /// "first-last": a device that takes a DHCP lease in this range is a BMC; rackboot discovers
+    /// it on its own. Unset: discovery only on request.
+    pub bmc_pool: Option<String>,
+    /// An auto-discovered BMC is not scanned again on lease renewals for this long.
+    #[serde(with = "humantime_serde_compat")]
+    pub auto_rediscover_after: Duration,
 }
 
 impl Default for Discovery {
@@ -94,6 +100,8 @@ impl Default for Discovery {
             request_timeout: Duration::from_secs(15),
             off_timeout: Duration::from_secs(60),
             firmware_timeout: Duration::from_secs(1800),
+            bmc_pool: None,
+            auto_rediscover_after: Duration::from_secs(3600),
         }
     }
 }

@@ -78,6 +78,16 @@ pub async fn start(
         shutdown.clone(),
     );
 
+    let sealer = crate::discovery::creds::Sealer::open(data_dir).with_context(|| {
+        format!(
+            "cannot open the BMC credentials key in {} (--data-dir)",
+            data_dir.display()
+        )
+    })?;
+    let discovery =
+        crate::discovery::Discovery::new(store.clone(), sealer, settings.config.discovery.clone());
+    let on_lease = discovery.spawn_auto(&mut tasks, shutdown.clone())?;
+
     let dhcp = dhcp_config(settings)?;
     let pool_size: i64 = dhcp
         .subnets
@@ -95,6 +105,7 @@ pub async fn start(
             Observers {
                 metrics: metrics.clone(),
                 timeline: timeline.clone(),
+                on_lease: on_lease.clone(),
             },
             shutdown.clone(),
         )
@@ -111,6 +122,7 @@ pub async fn start(
             Observers {
                 metrics: metrics.clone(),
                 timeline: timeline.clone(),
+                on_lease: on_lease.clone(),
             },
             shutdown.clone(),
         )?;
@@ -122,14 +134,6 @@ pub async fn start(
         max_retries: boot.max_retries,
         timeline: timeline.clone(),
     };
-    let sealer = crate::discovery::creds::Sealer::open(data_dir).with_context(|| {
-        format!(
-            "cannot open the BMC credentials key in {} (--data-dir)",
-            data_dir.display()
-        )
-    })?;
-    let discovery =
-        crate::discovery::Discovery::new(store.clone(), sealer, settings.config.discovery.clone());
     let observe = Observe {
         metrics,
         timeline,
@@ -180,6 +184,7 @@ fn http_app(
     let image_obs = Observers {
         metrics: obs.metrics.clone(),
         timeline: obs.timeline.clone(),
+        on_lease: None,
     };
     let mut open = Router::new()
         .merge(ipxe.router())

@@ -248,3 +248,90 @@ fn discovered_node_boots_and_is_power_controlled() {
         "after a deliberate unpin the new certificate is pinned: {out}"
     );
 }
+
+/// Event-driven discovery: a BMC that takes a DHCP lease in `discovery.bmc_pool` is found and
+/// put into the inventory without anyone running `rackboot discover`.
+#[test]
+fn a_bmc_taking_a_lease_is_discovered_on_its_own() {
+    if !preflight(false) {
+        return;
+    }
+    let Some(sushy) = preflight_sushy() else {
+        return;
+    };
+    let ns = Netns::new("rfa").unwrap();
+    let rb = Rackboot::start_with_env(
+        &ns,
+        &[("RACKBOOT_DISCOVERY__BMC_POOL", "192.0.2.128-192.0.2.254")],
+    )
+    .unwrap();
+    let (ok, out) = cli(
+        &ns,
+        &rb,
+        &["bmc", "creds-set", "--username", "admin"],
+        Some("pw\n"),
+    );
+    assert!(ok, "{out}");
+    // The BMC: its own namespace on the rack segment, an address from rackboot's DHCP.
+    let bmc_ns = ns.add_client_ns().unwrap();
+    let script = rb.data_dir.path().join("udhcpc.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\n[ \"$1\" = bound ] && ip addr add \"$ip/$mask\" dev \"$interface\"\nexit 0\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = bmc_ns
+        .cmd("udhcpc")
+        .args(["-i", "vc", "-n", "-q", "-t", "5", "-s"])
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let addr = String::from_utf8_lossy(
+        &bmc_ns
+            .cmd("ip")
+            .args(["-4", "-o", "addr", "show", "dev", "vc"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .split_whitespace()
+    .find(|w| w.starts_with("192.0.2."))
+    .map(|w| w.split('/').next().unwrap().to_owned())
+    .expect("the BMC got an address");
+    let _bmc = FakeBmc::start(
+        &bmc_ns,
+        &sushy,
+        &addr,
+        &[(UUID, "auto1", "52:54:00:aa:05:09")],
+        "admin",
+        "pw",
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (_, eps) = rb
+            .http("GET", "/hsm/v2/Inventory/RedfishEndpoints", None)
+            .unwrap();
+        if eps.contains(&addr) {
+            assert!(eps.contains("52:54:00:aa:05:09"), "{eps}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not discovered: {eps}\n{}",
+            rb.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        rb.log_text().contains("BMC took a lease"),
+        "{}",
+        rb.log_text()
+    );
+}

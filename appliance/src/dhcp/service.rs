@@ -47,7 +47,11 @@ pub async fn spawn(
     obs: Observers,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let Observers { metrics, timeline } = obs;
+    let Observers {
+        metrics,
+        timeline,
+        on_lease,
+    } = obs;
     let sock = Arc::new(DhcpSocket::bind(iface, port)?);
     let local_ip = crate::netif::ipv4_of(iface)?.addr;
     let queue = Arc::new(DropOldestQueue::<(SocketAddrV4, Vec<u8>)>::new(QUEUE_DEPTH));
@@ -160,11 +164,12 @@ pub async fn spawn(
     // Committer.
     let (commit_tx, mut commit_rx) = mpsc::channel::<Pending>(QUEUE_DEPTH);
     {
-        let (sock, store, metrics, timeline) = (
+        let (sock, store, metrics, timeline, on_lease) = (
             sock.clone(),
             store.clone(),
             metrics.clone(),
             timeline.clone(),
+            on_lease.clone(),
         );
         tasks.spawn(async move {
             while let Some(first) = commit_rx.recv().await {
@@ -179,6 +184,11 @@ pub async fn spawn(
                             if let Some((dst, bytes)) = p.reply {
                                 send(&sock, &bytes, dst).await;
                                 sent(&metrics, &timeline, &p.event);
+                                if let (Some(hook), Some(ip), Some(MessageType::Ack)) =
+                                    (&on_lease, p.event.ip, p.event.sent)
+                                {
+                                    hook.leased(ip);
+                                }
                             }
                         }
                     }

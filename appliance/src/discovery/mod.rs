@@ -243,15 +243,22 @@ impl Discovery {
             let gate = gate.clone();
             probes.spawn(async move {
                 let _permit = gate.acquire_owned().await.ok()?;
-                for (port, scheme) in [(443u16, "https"), (80, "http")] {
+                // Both ports at once (a silent address costs one timeout, not two); 443 wins.
+                let open = |port: u16| async move {
                     let addr = SocketAddr::new(IpAddr::V4(ip), port);
-                    if let Ok(Ok(_)) =
-                        tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await
-                    {
-                        return Some((target, format!("{scheme}://{ip}")));
-                    }
+                    matches!(
+                        tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await,
+                        Ok(Ok(_))
+                    )
+                };
+                let (https, http) = tokio::join!(open(443), open(80));
+                if https {
+                    Some((target, format!("https://{ip}")))
+                } else if http {
+                    Some((target, format!("http://{ip}")))
+                } else {
+                    None
                 }
-                None
             });
         }
         let mut single_missing: BTreeMap<String, bool> = BTreeMap::new();
@@ -693,6 +700,69 @@ impl Discovery {
         .await;
         bmc.logout().await;
         r
+    }
+}
+
+impl Discovery {
+    /// Starts auto-discovery when `discovery.bmc_pool` is set: every address DHCP hands out in
+    /// that range is probed (after a short delay, then with back-off while nothing answers)
+    /// and discovered. Returns the hook for the DHCP service.
+    pub fn spawn_auto(
+        &self,
+        tasks: &mut tokio::task::JoinSet<()>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<Option<crate::timeline::LeaseHook>> {
+        let Some(range) = &self.cfg.bmc_pool else {
+            return Ok(None);
+        };
+        let (first, last) =
+            config::parse_pool(range).map_err(|e| anyhow::anyhow!("discovery.bmc_pool: {e}"))?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Ipv4Addr>(1024);
+        let me = self.clone();
+        tasks.spawn(async move {
+            // When each address was last discovered, so lease renewals do not rescan.
+            let mut done: BTreeMap<Ipv4Addr, tokio::time::Instant> = BTreeMap::new();
+            let mut pending = tokio::task::JoinSet::new();
+            loop {
+                let ip = tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    Some(ip) = rx.recv() => ip,
+                    Some(r) = pending.join_next(), if !pending.is_empty() => {
+                        match r {
+                            Ok((ip, true)) => { done.insert(ip, tokio::time::Instant::now()); }
+                            // Gave up: the next lease (renewal) of this address tries again.
+                            Ok((ip, false)) => { done.remove(&ip); }
+                            Err(_) => {}
+                        }
+                        continue;
+                    }
+                };
+                if done
+                    .get(&ip)
+                    .is_some_and(|t| t.elapsed() < me.cfg.auto_rediscover_after)
+                {
+                    continue;
+                }
+                done.insert(ip, tokio::time::Instant::now());
+                let me = me.clone();
+                pending.spawn(async move {
+                    tracing::info!(%ip, "BMC took a lease: discovering it");
+                    for wait in [5u64, 15, 40, 120] {
+                        tokio::time::sleep(Duration::from_secs(wait)).await;
+                        let r = me.discover(&[ip.to_string()], false).await;
+                        if r.iter().any(|t| t.ok) {
+                            return (ip, true);
+                        }
+                        let why = r.first().and_then(|t| t.error.clone()).unwrap_or_default();
+                        tracing::info!(%ip, error = %why, "auto-discovery: not yet; retrying");
+                    }
+                    tracing::warn!(%ip, "auto-discovery gave up on this address until its next lease");
+                    (ip, false)
+                });
+            }
+        });
+        tracing::info!(%first, %last, "BMC auto-discovery on leases in discovery.bmc_pool");
+        Ok(Some(crate::timeline::LeaseHook { first, last, tx }))
     }
 }
 

@@ -48,6 +48,24 @@ struct Pending {
 pub struct Observers {
     pub metrics: Arc<Metrics>,
     pub timeline: Timeline,
+    /// Told about every address DHCP hands out (BMC auto-discovery listens here).
+    pub on_lease: Option<LeaseHook>,
+}
+
+/// Addresses ACKed inside `first..=last` are sent to `tx` (never blocks; full = skipped).
+#[derive(Debug, Clone)]
+pub struct LeaseHook {
+    pub first: Ipv4Addr,
+    pub last: Ipv4Addr,
+    pub tx: mpsc::Sender<Ipv4Addr>,
+}
+
+impl LeaseHook {
+    pub fn leased(&self, ip: Ipv4Addr) {
+        if (self.first..=self.last).contains(&ip) {
+            let _ = self.tx.try_send(ip);
+        }
+    }
 }
 
 /// Handle for recording and watching boot events. Cheap to clone.

@@ -48,13 +48,32 @@ pub enum BmcTls {
     Insecure,
 }
 
+/// One way of naming a newly discovered BMC (`discovery.xname_rules`, tried in order).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum XnameRule {
+    /// `discovery.xnames`: the BMC's address or MAC.
+    Map,
+    /// `discovery.relay_ports`: the switch port (DHCP option 82) the BMC's lease came through.
+    RelayPort,
+    /// The slot in the BMC's Redfish Chassis `Location` (`PartLocation.LocationOrdinalValue`).
+    Location,
+    /// The next free slot.
+    Sequential,
+}
+
 /// Redfish BMC discovery and control.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Discovery {
     /// BMC address or MAC → BMC xname, e.g. { "192.0.2.201" = "x1000c0s7b0" }.
     pub xnames: std::collections::BTreeMap<String, String>,
-    /// Cabinet and chassis of the sequential xname fallback (`<cabinet>c<chassis>s<N>b0`).
+    /// Switch port → slot: option 82 circuit-id, or "remote-id/circuit-id" (more specific),
+    /// e.g. { "Gi1/0/7" = 7, "sw2/Gi1/0/7" = 23 }.
+    pub relay_ports: std::collections::BTreeMap<String, u32>,
+    /// How a new BMC gets its xname; the first rule that yields a free xname wins.
+    pub xname_rules: Vec<XnameRule>,
+    /// Cabinet and chassis of the slot-based rules (`<cabinet>c<chassis>s<N>b0`).
     pub cabinet: String,
     pub chassis: u32,
     /// Node address rule: a node's first NIC gets `node_ip_base + NID` (static DHCP lease).
@@ -89,6 +108,13 @@ impl Default for Discovery {
     fn default() -> Self {
         Self {
             xnames: Default::default(),
+            relay_ports: Default::default(),
+            xname_rules: vec![
+                XnameRule::Map,
+                XnameRule::RelayPort,
+                XnameRule::Location,
+                XnameRule::Sequential,
+            ],
             cabinet: "x1000".into(),
             chassis: 0,
             node_ip_base: None,
@@ -312,6 +338,12 @@ impl Config {
         }
         if self.boot.max_retries == 0 {
             bail!("boot.max_retries must be at least 1");
+        }
+        if self.discovery.xname_rules.is_empty() {
+            bail!("discovery.xname_rules is empty: list at least \"sequential\"");
+        }
+        if let Some(pool) = &self.discovery.bmc_pool {
+            parse_pool(pool).context("discovery.bmc_pool")?;
         }
         if self.timeline.boots_per_node == 0 {
             bail!("timeline.boots_per_node must be at least 1");

@@ -331,3 +331,129 @@ async fn firmware_update_polls_the_task_and_records_the_new_version() {
         "{res:?}"
     );
 }
+
+/// A blade-style BMC: its system has no EthernetInterfaces, the NICs are under the chassis's
+/// NetworkAdapters, the chassis says which slot it is in, and the manager offers a console.
+fn blade(slot: u32, mac_base: u8) -> Router {
+    let doc = move |path: &str| -> Option<serde_json::Value> {
+        let chassis = "/redfish/v1/Chassis/Blade";
+        let adapter = format!("{chassis}/NetworkAdapters/NIC1");
+        Some(match path {
+            "" => json!({"Systems": {"@odata.id": "/redfish/v1/Systems"},
+                         "Chassis": {"@odata.id": "/redfish/v1/Chassis"},
+                         "Managers": {"@odata.id": "/redfish/v1/Managers"}}),
+            "Systems" => json!({"Members": [{"@odata.id": "/redfish/v1/Systems/B"}]}),
+            "Systems/B" => json!({"Id": "B", "PowerState": "On",
+                                  "Links": {"Chassis": [{"@odata.id": chassis}]}}),
+            // Two chassis: the system's own link must be followed, not a guess.
+            "Chassis" => json!({"Members": [{"@odata.id": chassis}, {"@odata.id": "/redfish/v1/Chassis/Enclosure"}]}),
+            "Chassis/Blade" => json!({
+                "Location": {"PartLocation": {"LocationType": "Slot", "LocationOrdinalValue": slot, "ServiceLabel": format!("Blade {slot}")}},
+                "NetworkAdapters": {"@odata.id": format!("{chassis}/NetworkAdapters")}}),
+            "Chassis/Blade/NetworkAdapters" => json!({"Members": [{"@odata.id": adapter}]}),
+            "Chassis/Blade/NetworkAdapters/NIC1" => json!({
+                "NetworkDeviceFunctions": {"@odata.id": format!("{adapter}/NetworkDeviceFunctions")},
+                "Ports": {"@odata.id": format!("{adapter}/Ports")}}),
+            "Chassis/Blade/NetworkAdapters/NIC1/NetworkDeviceFunctions" => json!({"Members": [{"@odata.id": format!("{adapter}/NetworkDeviceFunctions/1")}]}),
+            "Chassis/Blade/NetworkAdapters/NIC1/NetworkDeviceFunctions/1" => json!({"Ethernet": {"MACAddress": format!("02:00:00:01:{mac_base:02X}:01")}}),
+            "Chassis/Blade/NetworkAdapters/NIC1/Ports" => json!({"Members": [{"@odata.id": format!("{adapter}/Ports/1")}]}),
+            // The same MAC again (must not be doubled) and a second one.
+            "Chassis/Blade/NetworkAdapters/NIC1/Ports/1" => json!({"Ethernet": {"AssociatedMACAddresses": [
+                format!("02:00:00:01:{mac_base:02x}:01"), format!("02-00-00-01-{mac_base:02x}-02"), "not a mac"]}}),
+            "Managers" => json!({"Members": [{"@odata.id": "/redfish/v1/Managers/BMC"}]}),
+            "Managers/BMC" => json!({"FirmwareVersion": "2.1",
+                "SerialConsole": {"ServiceEnabled": true, "ConnectTypesSupported": ["SSH", "IPMI"]}}),
+            _ => return None,
+        })
+    };
+    Router::new().fallback(move |uri: axum::http::Uri| async move {
+        let path = uri.path().trim_end_matches('/');
+        let path = path
+            .strip_prefix("/redfish/v1")
+            .unwrap_or("?")
+            .trim_start_matches('/');
+        match doc(path) {
+            Some(v) => axum::Json(v).into_response(),
+            None => StatusCode::NOT_FOUND.into_response(),
+        }
+    })
+}
+
+async fn serve_at(ip: &str, app: Router) -> String {
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app.into_make_service()).await;
+    });
+    format!("http://{addr}")
+}
+
+/// xname rules in order (map, relay port, Location, sequential), each falling through when its
+/// xname is taken; NICs found through NetworkAdapters; consoles recorded.
+#[tokio::test]
+async fn xname_rules_network_adapters_and_consoles() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let cfg = config::Discovery {
+        relay_ports: [("sw1/Gi1/0/7".to_owned(), 7), ("Gi1/0/8".to_owned(), 8)].into(),
+        xnames: [("127.0.0.5".to_owned(), "x1000c0s30b0".to_owned())].into(),
+        ..Default::default()
+    };
+    let d = Discovery::new(store.clone(), Sealer::open(dir.path()).unwrap(), cfg);
+    d.set_credentials("default", "admin", "pw").await.unwrap();
+    // Every BMC claims slot 9 in its Location; each sits on its own loopback address.
+    let a = serve_at("127.0.0.2", blade(9, 2)).await;
+    let b = serve_at("127.0.0.3", blade(9, 3)).await;
+    let c = serve_at("127.0.0.4", blade(9, 4)).await;
+    let e = serve_at("127.0.0.5", blade(9, 5)).await;
+    // B came through switch sw1 port Gi1/0/7 (recorded from its DHCP lease's option 82).
+    store
+        .put_bmc_relay_port("127.0.0.3".into(), "Gi1/0/7".into(), "sw1".into())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    for t in [&a, &b, &c, &e] {
+        let r = d.discover(std::slice::from_ref(t), false).await;
+        assert!(r[0].ok, "{r:?}");
+        got.push(r[0].bmc.clone().unwrap());
+    }
+    assert_eq!(
+        got,
+        vec![
+            "x1000c0s9b0",  // Location
+            "x1000c0s7b0",  // relay port beats Location
+            "x1000c0s0b0",  // slot 9 is taken: sequential
+            "x1000c0s30b0", // the explicit map comes first
+        ]
+    );
+    let eps = store.list_redfish_endpoints().await.unwrap();
+    let ep = eps.iter().find(|e| e.id == "x1000c0s9b0").unwrap();
+    assert_eq!(ep.extra["XnameRule"], "location");
+    let sys = &ep.extra["Systems"][0];
+    assert_eq!(sys["MACsFrom"], "NetworkAdapters");
+    assert_eq!(sys["Location"]["PartLocation"]["ServiceLabel"], "Blade 9");
+    assert_eq!(
+        ep.extra["Managers"][0]["SerialConsole"]["ConnectTypesSupported"],
+        json!(["SSH", "IPMI"])
+    );
+    let nics = store.list_ethernet_interfaces().await.unwrap();
+    let mut macs: Vec<_> = nics
+        .iter()
+        .filter(|n| n.component_id.as_deref() == Some("x1000c0s9b0n0"))
+        .map(|n| n.mac_address.clone())
+        .collect();
+    macs.sort();
+    assert_eq!(macs, vec!["02:00:00:01:02:01", "02:00:00:01:02:02"]);
+    // Re-discovery keeps the xname even though the rules would now say otherwise.
+    let r = d.discover(std::slice::from_ref(&c), false).await;
+    assert_eq!(r[0].bmc.as_deref(), Some("x1000c0s0b0"));
+    assert_eq!(store.list_redfish_endpoints().await.unwrap().len(), 4);
+    // The port key without remote-id also matches.
+    store
+        .put_bmc_relay_port("127.0.0.6".into(), "Gi1/0/8".into(), "sw9".into())
+        .await
+        .unwrap();
+    let f = serve_at("127.0.0.6", blade(9, 6)).await;
+    let r = d.discover(std::slice::from_ref(&f), false).await;
+    assert_eq!(r[0].bmc.as_deref(), Some("x1000c0s8b0"), "{r:?}");
+}

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pxe_core::dhcp::wire::{OptionIter, Packet, Request};
+use pxe_core::dhcp::wire::{OptionIter, Packet, Request, relay_sub_option};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(p) = Packet::new_checked(data) {
@@ -13,5 +13,6 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(r) = Request::parse(data) {
         let _ = (r.is_ipxe(), r.chaddr16());
+        let _ = (relay_sub_option(&r.relay_agent_info, 1), relay_sub_option(data, 2));
     }
 });

@@ -25,7 +25,7 @@ use super::queue::DropOldestQueue;
 use super::socket::DhcpSocket;
 use crate::metrics::Metrics;
 use crate::store::{LeaseRecord, LeaseRecordKind, Store, now_ms};
-use crate::timeline::{Observers, Subject, Timeline, stage};
+use crate::timeline::{Leased, Observers, Subject, Timeline, stage};
 
 /// Datagrams waiting for the engine before the oldest are dropped.
 const QUEUE_DEPTH: usize = 8192;
@@ -187,7 +187,7 @@ pub async fn spawn(
                                 if let (Some(hook), Some(ip), Some(MessageType::Ack)) =
                                     (&on_lease, p.event.ip, p.event.sent)
                                 {
-                                    hook.leased(ip);
+                                    hook.leased(Leased { ip, port: p.relay_port.clone() });
                                 }
                             }
                         }
@@ -241,7 +241,16 @@ pub async fn spawn(
                         match h.lease_change {
                             Some(change) => {
                                 let hostname = current.get(&e.mac).map(|s| s.hostname.clone());
-                                let pending = Pending { change, hostname, reply, event: e };
+                                // The switch port (option 82) of a lease the BMC hook wants.
+                                let relay_port = match (&on_lease, e.ip, e.sent) {
+                                    (Some(hook), Some(ip), Some(MessageType::Ack)) if hook.wants(ip) => {
+                                        pxe_core::dhcp::wire::Request::parse(&bytes)
+                                            .ok()
+                                            .and_then(|r| crate::timeline::relay_port(&r.relay_agent_info))
+                                    }
+                                    _ => None,
+                                };
+                                let pending = Pending { change, hostname, reply, event: e, relay_port };
                                 if commit_tx.send(pending).await.is_err() {
                                     break;
                                 }
@@ -294,6 +303,7 @@ struct Pending {
     hostname: Option<String>,
     reply: Option<(SocketAddrV4, Vec<u8>)>,
     event: Event,
+    relay_port: Option<(String, String)>,
 }
 
 async fn persist(store: &Store, batch: &[Pending]) -> Result<(), crate::store::StoreError> {

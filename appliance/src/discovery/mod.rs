@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tokio::sync::{Mutex, Semaphore};
 
-use crate::config;
+use crate::config::{self, XnameRule};
 use crate::store::{Component, EthernetInterface, IpAddressEntry, RedfishEndpoint, Store};
 use creds::Sealer;
 
@@ -90,6 +90,14 @@ struct System {
     power: Option<String>,
     reset_types: Vec<String>,
     macs: Vec<String>,
+    /// Where the MACs came from: `EthernetInterfaces` or `NetworkAdapters`.
+    macs_from: &'static str,
+    /// The system's chassis and its `Location` (slot for the location xname rule).
+    chassis: Option<String>,
+    location: Option<Value>,
+    slot: Option<u32>,
+    /// `SerialConsole` / `GraphicalConsole` as advertised by the system.
+    consoles: Map<String, Value>,
 }
 
 /// A power action, with OpenCHAMI PCS's meaning.
@@ -236,7 +244,19 @@ impl Discovery {
             }
         }
         // Probe: many at once, short timeouts; a silent /20 takes about one timeout.
-        let gate = Arc::new(Semaphore::new(self.cfg.probe_parallel.max(1)));
+        // Two sockets per probe; leave room for everything else rackboot has open.
+        let fd_room = crate::serve::open_files_limit().map_or(usize::MAX, |l| {
+            usize::try_from(l.saturating_sub(512) / 2).unwrap_or(usize::MAX)
+        });
+        let parallel = self.cfg.probe_parallel.min(fd_room).max(1);
+        if parallel < self.cfg.probe_parallel && !probe.is_empty() {
+            tracing::warn!(
+                configured = self.cfg.probe_parallel,
+                parallel,
+                "discovery.probe_parallel cut to fit the open-files limit (raise LimitNOFILE)"
+            );
+        }
+        let gate = Arc::new(Semaphore::new(parallel));
         let timeout = self.cfg.probe_timeout;
         let mut probes = tokio::task::JoinSet::new();
         for (target, ip) in probe {
@@ -329,14 +349,58 @@ impl Discovery {
         let mut bmc = self.connect(base, insecure).await?;
         let result = async {
             let root = bmc.service_root().await.map_err(|e| e.to_string())?;
+            // A lone chassis stands for systems that do not link theirs.
+            let lone_chassis = match root.link("Chassis") {
+                Some(coll) => {
+                    let m = bmc.get(&coll).await.map_err(|e| e.to_string())?.members();
+                    if m.len() == 1 {
+                        m.into_iter().next()
+                    } else {
+                        None
+                    }
+                }
+                None => None,
+            };
             let mut systems = Vec::new();
             if let Some(coll) = root.link("Systems") {
                 let mut members = bmc.get(&coll).await.map_err(|e| e.to_string())?.members();
                 members.sort();
                 for uri in members {
                     let s = bmc.get(&uri).await.map_err(|e| e.to_string())?;
-                    let macs = nic_macs(&bmc, &s).await?;
+                    let mut macs = nic_macs(&bmc, &s).await?;
+                    let mut macs_from = "EthernetInterfaces";
+                    let chassis_uri =
+                        s.0.pointer("/Links/Chassis/0")
+                            .and_then(redfish::model::odata_id)
+                            .or_else(|| lone_chassis.clone());
+                    let chassis = match &chassis_uri {
+                        Some(u) => Some(bmc.get(u).await.map_err(|e| e.to_string())?),
+                        None => None,
+                    };
+                    if macs.is_empty()
+                        && let Some(ch) = &chassis
+                    {
+                        macs = adapter_macs(&bmc, ch).await?;
+                        macs_from = "NetworkAdapters";
+                    }
+                    let location = chassis
+                        .as_ref()
+                        .and_then(|c| c.0.get("Location"))
+                        .filter(|l| l.is_object())
+                        .cloned();
+                    let slot = location.as_ref().and_then(location_slot);
+                    let mut consoles = Map::new();
+                    for k in ["SerialConsole", "GraphicalConsole", "CommandShell"] {
+                        if let Some(v) = s.0.get(k).filter(|v| v.is_object()) {
+                            consoles.insert(k.to_owned(), v.clone());
+                        }
+                    }
                     systems.push(System {
+                        macs_from,
+                        chassis: chassis_uri,
+                        location,
+                        slot,
+                        consoles,
                         uuid: s.str("UUID"),
                         model: s.str("Model"),
                         manufacturer: s.str("Manufacturer"),
@@ -364,6 +428,12 @@ impl Discovery {
                 for k in ["Model", "FirmwareVersion", "ManagerType", "UUID"] {
                     if let Some(v) = m.str(k) {
                         manager.insert(k.to_owned(), Value::String(v));
+                    }
+                }
+                // Console access (serial-over-LAN, KVM, shell) as the BMC advertises it.
+                for k in ["SerialConsole", "GraphicalConsole", "CommandShell"] {
+                    if let Some(v) = m.0.get(k).filter(|v| v.is_object()) {
+                        manager.insert(k.to_owned(), v.clone());
                     }
                 }
                 manager.insert("URI".into(), Value::String(uri.clone()));
@@ -398,22 +468,16 @@ impl Discovery {
                 .iter()
                 .any(|k| e.extra.get(*k).and_then(Value::as_str) == Some(c.host.as_str()))
         });
-        let bmc_x = if let Some(e) = existing {
-            e.id.clone()
-        } else if let Some(x) = self
-            .cfg
-            .xnames
-            .get(&c.host)
-            .or_else(|| c.bmc_mac.as_ref().and_then(|m| self.cfg.xnames.get(m)))
-        {
-            crate::inventory::xname::parse(x)
-                .map_err(|e| format!("discovery.xnames maps {} to {x:?}: {e}", c.host))?;
-            x.clone()
-        } else {
-            (0..4096)
-                .map(|s| format!("{}c{}s{s}b0", self.cfg.cabinet, self.cfg.chassis))
-                .find(|x| !endpoints.iter().any(|e| &e.id == x))
-                .ok_or("no free slot left for a BMC xname")?
+        let (bmc_x, rule) = match existing {
+            Some(e) => (e.id.clone(), "existing"),
+            None => {
+                let port = self
+                    .store
+                    .bmc_relay_port(c.host.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.name_bmc(&c, port.as_ref(), &endpoints)?
+            }
         };
         let comps = self
             .store
@@ -469,6 +533,8 @@ impl Discovery {
                 "URI": s.uri, "UUID": s.uuid, "Model": s.model, "Manufacturer": s.manufacturer,
                 "SerialNumber": s.serial, "BiosVersion": s.bios, "PowerState": s.power,
                 "ResetTypes": s.reset_types, "Node": node_x,
+                "Chassis": s.chassis, "Location": s.location, "MACsFrom": s.macs_from,
+                "Consoles": s.consoles,
                 "EthernetInterfaces": s.macs.iter().map(|m| json!({"MACAddress": m})).collect::<Vec<_>>(),
             }));
             found.push(NodeFound {
@@ -508,6 +574,7 @@ impl Discovery {
         ] {
             doc.insert(k.to_owned(), v);
         }
+        doc.insert("XnameRule".into(), json!(rule));
         let endpoint = RedfishEndpoint {
             id: bmc_x.clone(),
             extra: doc,
@@ -516,8 +583,73 @@ impl Discovery {
             .apply_discovery(endpoint, components, interfaces)
             .await
             .map_err(|e| format!("inventory write failed (nothing written): {e}"))?;
-        tracing::info!(bmc = %c.base, xname = %bmc_x, nodes = found.len(), "BMC discovered");
+        tracing::info!(bmc = %c.base, xname = %bmc_x, rule, nodes = found.len(), "BMC discovered");
         Ok((bmc_x, found))
+    }
+
+    /// A new BMC's xname: the first of `discovery.xname_rules` that yields an xname no other
+    /// BMC holds. Returns the xname and the rule that gave it.
+    fn name_bmc(
+        &self,
+        c: &Crawl,
+        port: Option<&(String, String)>,
+        endpoints: &[RedfishEndpoint],
+    ) -> Result<(String, &'static str), String> {
+        let free = |x: &str| !endpoints.iter().any(|e| e.id == x);
+        let slot = |n: u32| format!("{}c{}s{n}b0", self.cfg.cabinet, self.cfg.chassis);
+        for rule in &self.cfg.xname_rules {
+            let (name, candidate) = match rule {
+                XnameRule::Map => {
+                    let Some(x) = self
+                        .cfg
+                        .xnames
+                        .get(&c.host)
+                        .or_else(|| c.bmc_mac.as_ref().and_then(|m| self.cfg.xnames.get(m)))
+                    else {
+                        continue;
+                    };
+                    crate::inventory::xname::parse(x)
+                        .map_err(|e| format!("discovery.xnames maps {} to {x:?}: {e}", c.host))?;
+                    ("map", x.clone())
+                }
+                XnameRule::RelayPort => {
+                    let Some((circuit, remote)) = port else {
+                        continue;
+                    };
+                    let Some(n) = self
+                        .cfg
+                        .relay_ports
+                        .get(&format!("{remote}/{circuit}"))
+                        .or_else(|| self.cfg.relay_ports.get(circuit))
+                    else {
+                        tracing::info!(bmc = %c.host, circuit, remote, "switch port not in discovery.relay_ports");
+                        continue;
+                    };
+                    ("relay-port", slot(*n))
+                }
+                XnameRule::Location => {
+                    let Some(n) = c.systems.iter().find_map(|s| s.slot) else {
+                        continue;
+                    };
+                    ("location", slot(n))
+                }
+                XnameRule::Sequential => {
+                    let x = (0..4096)
+                        .map(slot)
+                        .find(|x| free(x))
+                        .ok_or("no free slot left for a BMC xname")?;
+                    ("sequential", x)
+                }
+            };
+            if free(&candidate) {
+                return Ok((candidate, name));
+            }
+            tracing::warn!(bmc = %c.host, xname = %candidate, rule = name, "xname already held by another BMC; trying the next rule");
+        }
+        Err(format!(
+            "no xname rule named {} (discovery.xname_rules = {:?}); add `sequential` as the last rule",
+            c.host, self.cfg.xname_rules
+        ))
     }
 
     /// The BMC base URL and system URI of node `xname`, from its RedfishEndpoint.
@@ -717,7 +849,7 @@ impl Discovery {
         };
         let (first, last) =
             config::parse_pool(range).map_err(|e| anyhow::anyhow!("discovery.bmc_pool: {e}"))?;
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Ipv4Addr>(1024);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<crate::timeline::Leased>(1024);
         let me = self.clone();
         tasks.spawn(async move {
             // When each address was last discovered, so lease renewals do not rescan.
@@ -726,7 +858,16 @@ impl Discovery {
             loop {
                 let ip = tokio::select! {
                     () = shutdown.cancelled() => break,
-                    Some(ip) = rx.recv() => ip,
+                    Some(lease) = rx.recv() => {
+                        if let Some((circuit, remote)) = lease.port {
+                            // Remembered even when this lease is not rescanned: a later manual
+                            // discovery of the address names it by its port too.
+                            if let Err(e) = me.store.put_bmc_relay_port(lease.ip.to_string(), circuit, remote).await {
+                                tracing::warn!(ip = %lease.ip, error = %e, "could not record the BMC's switch port");
+                            }
+                        }
+                        lease.ip
+                    }
                     Some(r) = pending.join_next(), if !pending.is_empty() => {
                         match r {
                             Ok((ip, true)) => { done.insert(ip, tokio::time::Instant::now()); }
@@ -973,4 +1114,67 @@ async fn nic_macs(bmc: &Bmc, res: &Res) -> Result<Vec<String>, String> {
         }
     }
     Ok(macs)
+}
+
+/// NIC MACs from a chassis's NetworkAdapters, for systems without EthernetInterfaces:
+/// NetworkDeviceFunctions (`Ethernet.MACAddress`), Ports (`Ethernet.AssociatedMACAddresses`)
+/// and the older NetworkPorts (`AssociatedNetworkAddresses`).
+async fn adapter_macs(bmc: &Bmc, chassis: &Res) -> Result<Vec<String>, String> {
+    let Some(coll) = chassis.link("NetworkAdapters") else {
+        return Ok(Vec::new());
+    };
+    let mut adapters = bmc.get(&coll).await.map_err(|e| e.to_string())?.members();
+    adapters.sort();
+    let mut macs = Vec::new();
+    let mut add = |v: Option<&Value>| {
+        let list = match v {
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect::<Vec<_>>(),
+            Some(Value::String(m)) => vec![m.as_str()],
+            _ => Vec::new(),
+        };
+        for m in list.into_iter().filter_map(redfish::model::normalize_mac) {
+            if !macs.contains(&m) {
+                macs.push(m);
+            }
+        }
+    };
+    for a in adapters {
+        let adapter = bmc.get(&a).await.map_err(|e| e.to_string())?;
+        for (coll, pointers) in [
+            (
+                "NetworkDeviceFunctions",
+                &["/Ethernet/MACAddress", "/Ethernet/PermanentMACAddress"][..],
+            ),
+            ("Ports", &["/Ethernet/AssociatedMACAddresses"][..]),
+            ("NetworkPorts", &["/AssociatedNetworkAddresses"][..]),
+        ] {
+            let Some(uri) = adapter.link(coll) else {
+                continue;
+            };
+            let mut members = bmc.get(&uri).await.map_err(|e| e.to_string())?.members();
+            members.sort();
+            for m in members {
+                let r = bmc.get(&m).await.map_err(|e| e.to_string())?;
+                for p in pointers {
+                    add(r.0.pointer(p));
+                }
+            }
+        }
+    }
+    Ok(macs)
+}
+
+/// The slot number in a Redfish `Location`: `PartLocation.LocationOrdinalValue` when the
+/// location type is a slot (or unstated).
+fn location_slot(location: &Value) -> Option<u32> {
+    let part = location.get("PartLocation")?;
+    let kind = part.get("LocationType").and_then(Value::as_str);
+    if kind.is_some_and(|k| k != "Slot" && k != "Bay") {
+        return None;
+    }
+    let n = part.get("LocationOrdinalValue")?;
+    n.as_u64()
+        .or_else(|| n.as_str().and_then(|s| s.trim().parse().ok()))
+        .and_then(|n| u32::try_from(n).ok())
+        .filter(|n| *n < 4096)
 }

@@ -80,4 +80,35 @@ impl Store {
         })
         .await
     }
+
+    /// Records the switch port (option 82 circuit-id, remote-id) a BMC address was leased through.
+    pub async fn put_bmc_relay_port(
+        &self,
+        ip: String,
+        circuit_id: String,
+        remote_id: String,
+    ) -> Result<(), StoreError> {
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO bmc_relay_ports (ip, circuit_id, remote_id, seen_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(ip) DO UPDATE SET circuit_id = ?2, remote_id = ?3, seen_ms = ?4",
+                params![ip, circuit_id, remote_id, now_ms()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The (circuit-id, remote-id) last seen for a BMC address.
+    pub async fn bmc_relay_port(&self, ip: String) -> Result<Option<(String, String)>, StoreError> {
+        self.read(move |c| {
+            Ok(c.query_row(
+                "SELECT circuit_id, remote_id FROM bmc_relay_ports WHERE ip = ?1",
+                [ip],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+        })
+        .await
+    }
 }

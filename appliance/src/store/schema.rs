@@ -106,6 +106,15 @@ const MIGRATIONS: &[&str] = &[
         pinned_ms INTEGER NOT NULL
     );
     "#,
+    // 6: the switch port (DHCP option 82) each BMC address was last leased through.
+    r#"
+    CREATE TABLE bmc_relay_ports (
+        ip TEXT PRIMARY KEY,
+        circuit_id TEXT NOT NULL,
+        remote_id TEXT NOT NULL,
+        seen_ms INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// Brings `conn` to the latest schema; refuses a database from a newer rackboot.

@@ -57,15 +57,45 @@ pub struct Observers {
 pub struct LeaseHook {
     pub first: Ipv4Addr,
     pub last: Ipv4Addr,
-    pub tx: mpsc::Sender<Ipv4Addr>,
+    pub tx: mpsc::Sender<Leased>,
+}
+
+/// An address handed out, with the switch port it came through when option 82 said so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leased {
+    pub ip: Ipv4Addr,
+    /// (circuit-id, remote-id), printable text or `hex:…`.
+    pub port: Option<(String, String)>,
 }
 
 impl LeaseHook {
-    pub fn leased(&self, ip: Ipv4Addr) {
-        if (self.first..=self.last).contains(&ip) {
-            let _ = self.tx.try_send(ip);
+    pub fn wants(&self, ip: Ipv4Addr) -> bool {
+        (self.first..=self.last).contains(&ip)
+    }
+
+    pub fn leased(&self, lease: Leased) {
+        if self.wants(lease.ip) {
+            let _ = self.tx.try_send(lease);
         }
     }
+}
+
+/// Option 82's circuit-id and remote-id as text (`hex:…` when not printable); `None` without a
+/// circuit-id.
+pub fn relay_port(raw82: &[u8]) -> Option<(String, String)> {
+    use pxe_core::dhcp::wire::relay_sub_option;
+    let text = |b: &[u8]| {
+        if b.iter().all(|c| c.is_ascii_graphic() || *c == b' ') {
+            String::from_utf8_lossy(b).trim().to_owned()
+        } else {
+            format!("hex:{}", hex::encode(b))
+        }
+    };
+    let circuit = relay_sub_option(raw82, 1).filter(|c| !c.is_empty())?;
+    Some((
+        text(circuit),
+        relay_sub_option(raw82, 2).map(text).unwrap_or_default(),
+    ))
 }
 
 /// Handle for recording and watching boot events. Cheap to clone.

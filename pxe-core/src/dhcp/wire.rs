@@ -485,6 +485,21 @@ pub fn user_class_contains(raw: &[u8], class: &[u8]) -> bool {
     false
 }
 
+/// A sub-option of option 82 (RFC 3046): 1 = Agent Circuit ID (the switch port), 2 = Agent
+/// Remote ID (the switch). `None` if absent or if the sub-options are truncated.
+pub fn relay_sub_option(raw: &[u8], code: u8) -> Option<&[u8]> {
+    let mut rest = raw;
+    while let [c, len, tail @ ..] = rest {
+        let len = usize::from(*len);
+        let value = tail.get(..len)?;
+        if *c == code {
+            return Some(value);
+        }
+        rest = tail.get(len..)?;
+    }
+    None
+}
+
 /// Concatenation buffers for fixed-size options that may arrive split (RFC 3396).
 #[derive(Default)]
 struct Scratch {

@@ -129,3 +129,25 @@ fn reply_is_padded_and_long_options_split() {
         Err(WireError::BufferTooSmall)
     );
 }
+
+#[test]
+fn relay_sub_options_are_found_and_truncation_is_refused() {
+    // Circuit ID "eth7", Remote ID "sw1".
+    let raw = [1, 4, b'e', b't', b'h', b'7', 2, 3, b's', b'w', b'1'];
+    assert_eq!(relay_sub_option(&raw, 1), Some(&b"eth7"[..]));
+    assert_eq!(relay_sub_option(&raw, 2), Some(&b"sw1"[..]));
+    assert_eq!(relay_sub_option(&raw, 9), None);
+    assert_eq!(relay_sub_option(&raw[..9], 2), None, "value cut short");
+    assert_eq!(relay_sub_option(&[1], 1), None);
+    assert_eq!(relay_sub_option(&[], 1), None);
+    // Parsed out of a whole request.
+    let mut opts = heapless::Vec::<u8, 64>::new();
+    opts.extend_from_slice(&[53, 1, 3, 82, raw.len() as u8]).unwrap();
+    opts.extend_from_slice(&raw).unwrap();
+    opts.push(255).unwrap();
+    let req = Request::parse(&client_msg([2, 0, 0, 0, 0, 1], &opts)).unwrap();
+    assert_eq!(
+        relay_sub_option(&req.relay_agent_info, 1),
+        Some(&b"eth7"[..])
+    );
+}

@@ -774,3 +774,62 @@ impl Drop for FakeBmc {
         let _ = self.child.wait();
     }
 }
+
+/// A Redfish mockup served by sushy-tools' `sushy-static` (plain HTTP on port 8000, since
+/// rackboot holds :80 in the namespace; no auth; POSTs answer 204): a vendor's tree, read-only.
+pub struct StaticBmc {
+    child: Child,
+    pub ip: String,
+    log: tempfile::NamedTempFile,
+}
+
+impl StaticBmc {
+    /// Serves the mockup `dir` (`<dir>/index.json` is `/redfish/v1/`) at `ip` (added to br0).
+    pub fn start(
+        ns: &Netns,
+        sushy_emulator: &Path,
+        ip: &str,
+        dir: &Path,
+    ) -> anyhow::Result<StaticBmc> {
+        let _ = ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "br0"]);
+        let log = tempfile::NamedTempFile::new()?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .arg(sushy_emulator.with_file_name("sushy-static"))
+            .args(["-i", ip, "-p", "8000", "-m"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(log.reopen()?)
+            .spawn()?;
+        let mut bmc = StaticBmc {
+            child,
+            ip: ip.to_owned(),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &ns.name, "curl", "-s", "-o", "/dev/null"])
+                .args(["-w", "%{http_code}"])
+                .arg(format!("http://{ip}:8000/redfish/v1/"))
+                .output()?;
+            if String::from_utf8_lossy(&out.stdout) == "200" {
+                return Ok(bmc);
+            }
+            if Instant::now() > deadline || bmc.child.try_wait()?.is_some() {
+                bail!(
+                    "sushy-static did not come up: {}",
+                    fs::read_to_string(bmc.log.path()).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
+impl Drop for StaticBmc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

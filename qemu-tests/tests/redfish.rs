@@ -8,7 +8,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use qemu_tests::{
-    FakeBmc, Firmware, Netns, Qemu, Rackboot, SERVER, field, preflight, preflight_sushy,
+    FakeBmc, Firmware, Netns, Qemu, Rackboot, SERVER, StaticBmc, field, preflight, preflight_sushy,
     rackboot_bin,
 };
 use serde_json::Value;
@@ -262,7 +262,10 @@ fn a_bmc_taking_a_lease_is_discovered_on_its_own() {
     let ns = Netns::new("rfa").unwrap();
     let rb = Rackboot::start_with_env(
         &ns,
-        &[("RACKBOOT_DISCOVERY__BMC_POOL", "192.0.2.128-192.0.2.254")],
+        &[
+            ("RACKBOOT_DISCOVERY__BMC_POOL", "192.0.2.128-192.0.2.254"),
+            ("RACKBOOT_DISCOVERY__RELAY_PORTS", r#"{ "sw1/eth7" = 7 }"#),
+        ],
     )
     .unwrap();
     let (ok, out) = cli(
@@ -283,7 +286,9 @@ fn a_bmc_taking_a_lease_is_discovered_on_its_own() {
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let out = bmc_ns
         .cmd("udhcpc")
-        .args(["-i", "vc", "-n", "-q", "-t", "5", "-s"])
+        .args(["-i", "vc", "-n", "-q", "-t", "5"])
+        // Option 82 as a DHCP-snooping switch inserts it: circuit-id "eth7", remote-id "sw1".
+        .args(["-x", "0x52:0104657468370203737731", "-s"])
         .arg(&script)
         .output()
         .unwrap();
@@ -319,7 +324,10 @@ fn a_bmc_taking_a_lease_is_discovered_on_its_own() {
             .http("GET", "/hsm/v2/Inventory/RedfishEndpoints", None)
             .unwrap();
         if eps.contains(&addr) {
-            assert!(eps.contains("52:54:00:aa:05:09"), "{eps}");
+            let eps: Value = serde_json::from_str(&eps).unwrap();
+            let ep = &eps["RedfishEndpoints"][0];
+            assert_eq!(ep["ID"], "x1000c0s7b0", "named by its switch port: {ep}");
+            assert_eq!(ep["XnameRule"], "relay-port", "{ep}");
             break;
         }
         assert!(
@@ -334,4 +342,57 @@ fn a_bmc_taking_a_lease_is_discovered_on_its_own() {
         "{}",
         rb.log_text()
     );
+    let (_, nics) = rb
+        .http("GET", "/hsm/v2/Inventory/EthernetInterfaces", None)
+        .unwrap();
+    assert!(nics.contains("52:54:00:aa:05:09"), "{nics}");
+}
+
+/// A vendor-shaped tree served by sushy-static: the blade's system has no EthernetInterfaces
+/// (the MACs are under its chassis's NetworkAdapters), the chassis states slot 5, and the
+/// manager offers consoles. sushy-static answers the session POST with an empty 204, so the
+/// client must fall back to basic auth.
+#[test]
+fn a_vendor_mockup_blade_is_discovered_through_its_network_adapters() {
+    if !preflight(false) {
+        return;
+    }
+    let Some(sushy) = preflight_sushy() else {
+        return;
+    };
+    let ns = Netns::new("rfs").unwrap();
+    let rb = Rackboot::start(&ns).unwrap();
+    let (ok, out) = cli(
+        &ns,
+        &rb,
+        &["bmc", "creds-set", "--username", "admin"],
+        Some("pw\n"),
+    );
+    assert!(ok, "{out}");
+    let mockup = qemu_tests::root().join("qemu-tests/fixtures/redfish-blade");
+    let _bmc = StaticBmc::start(&ns, &sushy, "192.0.2.230", &mockup).unwrap();
+    let (ok, out) = cli(&ns, &rb, &["discover", "http://192.0.2.230:8000"], None);
+    assert!(ok, "{out}\n{}", rb.log_text());
+    let (_, eps) = rb
+        .http("GET", "/hsm/v2/Inventory/RedfishEndpoints", None)
+        .unwrap();
+    let eps: Value = serde_json::from_str(&eps).unwrap();
+    let ep = &eps["RedfishEndpoints"][0];
+    assert_eq!(ep["ID"], "x1000c0s5b0", "the slot from Location: {ep}");
+    assert_eq!(ep["XnameRule"], "location", "{ep}");
+    assert_eq!(ep["MACAddr"], "52:54:00:aa:06:ff", "{ep}");
+    assert_eq!(
+        ep["Managers"][0]["GraphicalConsole"]["ConnectTypesSupported"][0], "KVMIP",
+        "{ep}"
+    );
+    let sys = &ep["Systems"][0];
+    assert_eq!(sys["MACsFrom"], "NetworkAdapters", "{ep}");
+    assert_eq!(sys["SerialNumber"], "BL-0005", "{ep}");
+    let (_, nics) = rb
+        .http("GET", "/hsm/v2/Inventory/EthernetInterfaces", None)
+        .unwrap();
+    for mac in ["52:54:00:aa:06:01", "52:54:00:aa:06:02"] {
+        assert!(nics.contains(mac), "{mac} missing: {nics}");
+    }
+    assert!(nics.contains("x1000c0s5b0n0"), "{nics}");
 }

@@ -13,8 +13,8 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use rackboot::config;
-use rackboot::discovery::Discovery;
 use rackboot::discovery::creds::Sealer;
+use rackboot::discovery::{Discovery, FirmwareImage};
 use rackboot::store::Store;
 use serde_json::json;
 
@@ -198,17 +198,19 @@ async fn hostile_bmcs_fail_alone_and_leave_no_half_written_inventory() {
     assert!(r.iter().all(|t| !t.ok && t.error.is_some()), "{r:?}");
 }
 
-/// A BMC with an UpdateService: SimpleUpdate starts a task that runs for a few polls, then the
-/// BIOS version changes. rackboot polls the task to the end and records the new version.
-#[tokio::test]
-async fn firmware_update_polls_the_task_and_records_the_new_version() {
+#[derive(Default)]
+struct Fw {
+    image_uri: Option<String>,
+    /// What a multipart push delivered: UpdateParameters JSON, the file, Content-Length.
+    pushed: Option<(serde_json::Value, Vec<u8>, Option<String>)>,
+    polls: u32,
+    bios: String,
+}
+
+/// A BMC with an UpdateService (SimpleUpdate, or only MultipartHttpPushUri): the update starts a
+/// task that runs for a few polls, then the BIOS version changes.
+async fn firmware_bmc(push_only: bool) -> (String, std::sync::Arc<std::sync::Mutex<Fw>>) {
     use std::sync::{Arc, Mutex};
-    #[derive(Default)]
-    struct Fw {
-        image_uri: Option<String>,
-        polls: u32,
-        bios: String,
-    }
     let fw = Arc::new(Mutex::new(Fw {
         bios: "1.0.0".into(),
         ..Default::default()
@@ -237,20 +239,54 @@ async fn firmware_update_polls_the_task_and_records_the_new_version() {
         )
     };
     let nic = || async { axum::Json(json!({"MACAddress": "02:00:00:00:09:01"})) };
-    let us = || async {
-        axum::Json(json!({"Actions": {"#UpdateService.SimpleUpdate": {
-            "target": "/redfish/v1/UpdateService/Actions/UpdateService.SimpleUpdate"}}}))
+    let us = move || async move {
+        if push_only {
+            axum::Json(json!({"MultipartHttpPushUri": "/redfish/v1/UpdateService/upload"}))
+        } else {
+            axum::Json(json!({"Actions": {"#UpdateService.SimpleUpdate": {
+                "target": "/redfish/v1/UpdateService/Actions/UpdateService.SimpleUpdate"}}}))
+        }
+    };
+    let accepted = || {
+        (
+            StatusCode::ACCEPTED,
+            [("location", "/redfish/v1/TaskService/Tasks/7")],
+            axum::Json(json!({"@odata.id": "/redfish/v1/TaskService/Tasks/7"})),
+        )
     };
     let f = fw.clone();
     let simple = move |axum::Json(body): axum::Json<serde_json::Value>| {
         let f = f.clone();
         async move {
             f.lock().unwrap().image_uri = body["ImageURI"].as_str().map(str::to_owned);
-            (
-                StatusCode::ACCEPTED,
-                [("location", "/redfish/v1/TaskService/Tasks/7")],
-                axum::Json(json!({"@odata.id": "/redfish/v1/TaskService/Tasks/7"})),
-            )
+            accepted()
+        }
+    };
+    let f = fw.clone();
+    let upload = move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+        let f = f.clone();
+        async move {
+            let ct = headers["content-type"].to_str().unwrap().to_owned();
+            let boundary = ct.split("boundary=").nth(1).unwrap().to_owned();
+            let text = body.to_vec();
+            let find = |hay: &[u8], needle: &[u8], from: usize| {
+                hay[from..]
+                    .windows(needle.len())
+                    .position(|w| w == needle)
+                    .map(|p| p + from)
+            };
+            let part = |name: &str| {
+                let h = find(&text, format!("name=\"{name}\"").as_bytes(), 0).unwrap();
+                let start = find(&text, b"\r\n\r\n", h).unwrap() + 4;
+                let end = find(&text, format!("\r\n--{boundary}").as_bytes(), start).unwrap();
+                text[start..end].to_vec()
+            };
+            let params = serde_json::from_slice(&part("UpdateParameters")).unwrap();
+            let len = headers
+                .get("content-length")
+                .map(|v| v.to_str().unwrap().to_owned());
+            f.lock().unwrap().pushed = Some((params, part("UpdateFile"), len));
+            accepted()
         }
     };
     let f = fw.clone();
@@ -280,9 +316,29 @@ async fn firmware_update_polls_the_task_and_records_the_new_version() {
             "/redfish/v1/UpdateService/Actions/UpdateService.SimpleUpdate",
             axum::routing::post(simple),
         )
+        .route(
+            "/redfish/v1/UpdateService/upload",
+            axum::routing::post(upload).layer(axum::extract::DefaultBodyLimit::max(64 << 20)),
+        )
         .route("/redfish/v1/TaskService/Tasks/7", get(task));
     let addr = serve(app).await;
+    (format!("http://{addr}"), fw)
+}
 
+fn image(name: &str, data: Vec<u8>, push: bool) -> FirmwareImage {
+    FirmwareImage {
+        name: name.into(),
+        uri: format!("http://192.0.2.1/images/{name}"),
+        data: data.into(),
+        push,
+    }
+}
+
+/// SimpleUpdate with rackboot's image URL; the task is polled to the end and the new version
+/// recorded.
+#[tokio::test]
+async fn firmware_update_polls_the_task_and_records_the_new_version() {
+    let (bmc, fw) = firmware_bmc(false).await;
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let d = Discovery::new(
@@ -290,7 +346,7 @@ async fn firmware_update_polls_the_task_and_records_the_new_version() {
         Sealer::open(dir.path()).unwrap(),
         config::Discovery::default(),
     );
-    let r = d.discover(&[format!("http://{addr}")], false).await;
+    let r = d.discover(&[bmc], false).await;
     assert!(r[0].ok, "{r:?}");
     let node = r[0].nodes[0].xname.clone();
     let before = d.firmware_list().await.unwrap();
@@ -298,7 +354,7 @@ async fn firmware_update_polls_the_task_and_records_the_new_version() {
     let res = d
         .firmware_update(
             std::slice::from_ref(&node),
-            "http://192.0.2.1/images/bios-1.1".into(),
+            image("bios-1.1", b"not sent".to_vec(), false),
             None,
         )
         .await;
@@ -312,6 +368,7 @@ async fn firmware_update_polls_the_task_and_records_the_new_version() {
         fw.lock().unwrap().image_uri.as_deref(),
         Some("http://192.0.2.1/images/bios-1.1")
     );
+    assert!(fw.lock().unwrap().pushed.is_none(), "fetched, not pushed");
     assert!(
         fw.lock().unwrap().polls >= 3,
         "the task was polled to the end"
@@ -322,14 +379,63 @@ async fn firmware_update_polls_the_task_and_records_the_new_version() {
         Some("1.1.0"),
         "new version recorded"
     );
+    // Asking for a push where the BMC has no MultipartHttpPushUri is a clear error.
+    let res = d
+        .firmware_update(std::slice::from_ref(&node), image("b", vec![1], true), None)
+        .await;
+    assert!(
+        !res[0].ok
+            && res[0]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("MultipartHttpPushUri"),
+        "{res:?}"
+    );
     // A node rackboot has no BMC for fails alone.
     let res = d
-        .firmware_update(&["x1000c0s9b0n0".into()], "http://x/images/y".into(), None)
+        .firmware_update(&["x1000c0s9b0n0".into()], image("y", vec![], false), None)
         .await;
     assert!(
         !res[0].ok && res[0].error.as_deref().unwrap().contains("no BMC"),
         "{res:?}"
     );
+}
+
+/// A BMC that only takes pushed images gets the image as multipart/form-data: the
+/// UpdateParameters part names the node, the file arrives byte for byte, with a Content-Length.
+#[tokio::test]
+async fn firmware_is_pushed_where_the_bmc_only_accepts_multipart() {
+    let (bmc, fw) = firmware_bmc(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let d = Discovery::new(
+        store.clone(),
+        Sealer::open(dir.path()).unwrap(),
+        config::Discovery::default(),
+    );
+    let r = d.discover(&[bmc], false).await;
+    assert!(r[0].ok, "{r:?}");
+    let node = r[0].nodes[0].xname.clone();
+    // 3 MiB with every byte value, CRLFs and a fake boundary line inside.
+    let mut data: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
+    data.extend_from_slice(b"\r\n--rackboot-0000\r\n");
+    let res = d
+        .firmware_update(
+            std::slice::from_ref(&node),
+            image("bios-1.1.bin", data.clone(), false),
+            None,
+        )
+        .await;
+    assert!(res[0].ok, "{res:?}");
+    assert_eq!(res[0].power.as_deref(), Some("1.1.0"));
+    let g = fw.lock().unwrap();
+    let (params, file, len) = g.pushed.clone().expect("the image was pushed");
+    assert_eq!(params["Targets"], json!(["/redfish/v1/Systems/1"]));
+    assert_eq!(file.len(), data.len());
+    assert!(file == data, "the file arrived byte for byte");
+    assert!(len.is_some(), "sent with a Content-Length, not chunked");
+    assert!(g.polls >= 3, "the task was polled to the end");
 }
 
 /// A blade-style BMC: its system has no EthernetInterfaces, the NICs are under the chassis's
@@ -346,7 +452,9 @@ fn blade(slot: u32, mac_base: u8) -> Router {
             "Systems/B" => json!({"Id": "B", "PowerState": "On",
                                   "Links": {"Chassis": [{"@odata.id": chassis}]}}),
             // Two chassis: the system's own link must be followed, not a guess.
-            "Chassis" => json!({"Members": [{"@odata.id": chassis}, {"@odata.id": "/redfish/v1/Chassis/Enclosure"}]}),
+            "Chassis" => {
+                json!({"Members": [{"@odata.id": chassis}, {"@odata.id": "/redfish/v1/Chassis/Enclosure"}]})
+            }
             "Chassis/Blade" => json!({
                 "Location": {"PartLocation": {"LocationType": "Slot", "LocationOrdinalValue": slot, "ServiceLabel": format!("Blade {slot}")}},
                 "NetworkAdapters": {"@odata.id": format!("{chassis}/NetworkAdapters")}}),
@@ -354,12 +462,20 @@ fn blade(slot: u32, mac_base: u8) -> Router {
             "Chassis/Blade/NetworkAdapters/NIC1" => json!({
                 "NetworkDeviceFunctions": {"@odata.id": format!("{adapter}/NetworkDeviceFunctions")},
                 "Ports": {"@odata.id": format!("{adapter}/Ports")}}),
-            "Chassis/Blade/NetworkAdapters/NIC1/NetworkDeviceFunctions" => json!({"Members": [{"@odata.id": format!("{adapter}/NetworkDeviceFunctions/1")}]}),
-            "Chassis/Blade/NetworkAdapters/NIC1/NetworkDeviceFunctions/1" => json!({"Ethernet": {"MACAddress": format!("02:00:00:01:{mac_base:02X}:01")}}),
-            "Chassis/Blade/NetworkAdapters/NIC1/Ports" => json!({"Members": [{"@odata.id": format!("{adapter}/Ports/1")}]}),
+            "Chassis/Blade/NetworkAdapters/NIC1/NetworkDeviceFunctions" => {
+                json!({"Members": [{"@odata.id": format!("{adapter}/NetworkDeviceFunctions/1")}]})
+            }
+            "Chassis/Blade/NetworkAdapters/NIC1/NetworkDeviceFunctions/1" => {
+                json!({"Ethernet": {"MACAddress": format!("02:00:00:01:{mac_base:02X}:01")}})
+            }
+            "Chassis/Blade/NetworkAdapters/NIC1/Ports" => {
+                json!({"Members": [{"@odata.id": format!("{adapter}/Ports/1")}]})
+            }
             // The same MAC again (must not be doubled) and a second one.
-            "Chassis/Blade/NetworkAdapters/NIC1/Ports/1" => json!({"Ethernet": {"AssociatedMACAddresses": [
-                format!("02:00:00:01:{mac_base:02x}:01"), format!("02-00-00-01-{mac_base:02x}-02"), "not a mac"]}}),
+            "Chassis/Blade/NetworkAdapters/NIC1/Ports/1" => {
+                json!({"Ethernet": {"AssociatedMACAddresses": [
+                format!("02:00:00:01:{mac_base:02x}:01"), format!("02-00-00-01-{mac_base:02x}-02"), "not a mac"]}})
+            }
             "Managers" => json!({"Members": [{"@odata.id": "/redfish/v1/Managers/BMC"}]}),
             "Managers/BMC" => json!({"FirmwareVersion": "2.1",
                 "SerialConsole": {"ServiceEnabled": true, "ConnectTypesSupported": ["SSH", "IPMI"]}}),

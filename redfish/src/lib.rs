@@ -251,6 +251,37 @@ impl Bmc {
         self.json_and_location(path, resp).await
     }
 
+    /// `POST path` as `multipart/form-data` (the Redfish `MultipartHttpPushUri` form): an
+    /// `UpdateParameters` JSON part and an `UpdateFile` part carrying `file`, sent without
+    /// copying it and with an explicit Content-Length (some BMCs refuse chunked uploads).
+    pub async fn post_multipart(
+        &self,
+        path: &str,
+        params: &Value,
+        file_name: &str,
+        file: bytes::Bytes,
+    ) -> Result<(Value, Option<String>), Error> {
+        let url = self.url(path);
+        let (head, tail, boundary) = multipart_frame(params, file_name);
+        let len = head.len() + file.len() + tail.len();
+        let resp = self
+            .send_authed(|h| {
+                let parts = [head.clone(), file.clone(), tail.clone()]
+                    .map(Ok::<bytes::Bytes, std::io::Error>);
+                h.post(&url)
+                    .header(
+                        "content-type",
+                        format!("multipart/form-data; boundary={boundary}"),
+                    )
+                    .header("content-length", len)
+                    .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                        parts,
+                    )))
+            })
+            .await?;
+        self.json_and_location(path, resp).await
+    }
+
     /// `PATCH path` with a JSON body.
     pub async fn patch(&self, path: &str, body: &Value) -> Result<Value, Error> {
         let url = self.url(path);
@@ -403,4 +434,34 @@ impl Bmc {
         }
         Error::Other(self.base.clone(), text)
     }
+}
+
+/// The bytes before and after the file in a two-part `multipart/form-data` body, and the
+/// boundary (128 random bits: it will not occur inside an image by chance).
+fn multipart_frame(params: &Value, file_name: &str) -> (bytes::Bytes, bytes::Bytes, String) {
+    let mut nonce = [0u8; 16];
+    let _ = aws_lc_rs::rand::fill(&mut nonce);
+    let boundary = format!("rackboot-{}", hex::encode(nonce));
+    // A quote or line break in the name would break the header; firmware names need neither.
+    let name: String = file_name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let head = format!(
+        "--{boundary}\r\n\
+         Content-Disposition: form-data; name=\"UpdateParameters\"\r\n\
+         Content-Type: application/json\r\n\r\n\
+         {params}\r\n\
+         --{boundary}\r\n\
+         Content-Disposition: form-data; name=\"UpdateFile\"; filename=\"{name}\"\r\n\
+         Content-Type: application/octet-stream\r\n\r\n"
+    );
+    let tail = format!("\r\n--{boundary}--\r\n");
+    (head.into(), tail.into(), boundary)
 }

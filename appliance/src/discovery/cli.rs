@@ -64,6 +64,10 @@ pub enum FirmwareCommand {
         /// Redfish URI to update (default: the node's ComputerSystem).
         #[arg(long)]
         target: Option<String>,
+        /// Upload the image to the BMC (multipart, MultipartHttpPushUri) even when it could
+        /// fetch it from rackboot with SimpleUpdate. Without SimpleUpdate, pushing is automatic.
+        #[arg(long)]
+        push: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -97,6 +101,7 @@ pub async fn firmware(cmd: FirmwareCommand) -> anyhow::Result<()> {
             xnames,
             image,
             target,
+            push,
             client,
         } => {
             let api = ApiClient::new(&client)?;
@@ -111,6 +116,7 @@ pub async fn firmware(cmd: FirmwareCommand) -> anyhow::Result<()> {
                         xnames,
                         image,
                         target,
+                        push,
                     },
                 )
                 .await?

@@ -907,6 +907,17 @@ impl Discovery {
     }
 }
 
+/// The image a firmware update sends: its URL on rackboot (for SimpleUpdate) and its bytes
+/// (for a multipart push; a read-only mapping, not a copy).
+#[derive(Debug, Clone)]
+pub struct FirmwareImage {
+    pub name: String,
+    pub uri: String,
+    pub data: bytes::Bytes,
+    /// Push even when the BMC also offers SimpleUpdate.
+    pub push: bool,
+}
+
 /// A node's firmware as last read.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FirmwareRow {
@@ -962,17 +973,19 @@ impl Discovery {
         Ok(rows)
     }
 
-    /// `UpdateService.SimpleUpdate` with `image_uri` (rackboot's own `/images/NAME`) for each
-    /// node, polls the resulting Task to the end, re-reads the BIOS version and records it.
+    /// Updates each node's firmware: `UpdateService.SimpleUpdate` pointing the BMC at
+    /// rackboot's own `/images/NAME`, or, where the BMC only offers it (or `push` asks), a
+    /// multipart push of the image to `MultipartHttpPushUri`. The resulting Task is polled to
+    /// the end, then the BIOS version is re-read and recorded.
     pub async fn firmware_update(
         &self,
         xnames: &[String],
-        image_uri: String,
+        image: FirmwareImage,
         target: Option<String>,
     ) -> Vec<NodeResult> {
         self.each(xnames, move |me, x| {
-            let (image_uri, target) = (image_uri.clone(), target.clone());
-            async move { me.firmware_one(&x, &image_uri, target).await }
+            let (image, target) = (image.clone(), target.clone());
+            async move { me.firmware_one(&x, &image, target).await }
         })
         .await
     }
@@ -980,7 +993,7 @@ impl Discovery {
     async fn firmware_one(
         &self,
         xname: &str,
-        image_uri: &str,
+        image: &FirmwareImage,
         target: Option<String>,
     ) -> Result<(Option<String>, String), String> {
         let (base, uri, _) = self.locate(xname).await?;
@@ -991,20 +1004,36 @@ impl Discovery {
                 .link("UpdateService")
                 .ok_or("the BMC has no UpdateService")?;
             let us = bmc.get(&us_path).await.map_err(|e| e.to_string())?;
-            let Some(action) = us.at("/Actions/#UpdateService.SimpleUpdate/target") else {
-                return Err(if us.str("MultipartHttpPushUri").is_some() {
-                    "the BMC only offers a multipart push (MultipartHttpPushUri), which rackboot does not do yet".to_owned()
-                } else {
-                    "the BMC's UpdateService has no SimpleUpdate".to_owned()
-                });
-            };
+            let simple = us.at("/Actions/#UpdateService.SimpleUpdate/target");
+            let push = us.str("MultipartHttpPushUri");
+            let targets = [target.clone().unwrap_or_else(|| uri.clone())];
             let before = bmc.get(&uri).await.ok().and_then(|s| s.str("BiosVersion"));
-            let body = json!({
-                "ImageURI": image_uri,
-                "TransferProtocol": "HTTP",
-                "Targets": [target.clone().unwrap_or_else(|| uri.clone())],
-            });
-            let (answer, location) = bmc.post(&action, &body).await.map_err(|e| e.to_string())?;
+            let (answer, location) = match (simple.filter(|_| !image.push), push) {
+                (Some(action), _) => {
+                    let body = json!({
+                        "ImageURI": image.uri,
+                        "TransferProtocol": "HTTP",
+                        "Targets": targets,
+                    });
+                    bmc.post(&action, &body).await.map_err(|e| e.to_string())?
+                }
+                (_, Some(push_uri)) => {
+                    tracing::info!(node = %xname, uri = %push_uri, bytes = image.data.len(), "firmware: multipart push");
+                    let params = json!({
+                        "Targets": targets,
+                        "@Redfish.OperationApplyTime": "Immediate",
+                    });
+                    bmc.post_multipart(&push_uri, &params, &image.name, image.data.clone())
+                        .await
+                        .map_err(|e| e.to_string())?
+                }
+                (None, None) if image.push => {
+                    return Err("--push asked for a multipart push, but the BMC has no MultipartHttpPushUri".to_owned());
+                }
+                (None, None) => {
+                    return Err("the BMC's UpdateService offers neither SimpleUpdate nor MultipartHttpPushUri".to_owned());
+                }
+            };
             let task = location.or_else(|| redfish::odata_id(&answer));
             let mut state = "no task (completed at once)".to_owned();
             if let Some(task) = task {

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use serde::{Deserialize, Serialize};
 
-use super::{Discovery, NodeResult, PowerAction, TargetResult};
+use super::{Discovery, FirmwareImage, NodeResult, PowerAction, TargetResult};
 use crate::http::{Json, Problem};
 use crate::inventory::xname;
 
@@ -49,6 +49,9 @@ pub struct FirmwareRequest {
     /// Redfish URI to update; default: the node's ComputerSystem.
     #[serde(default)]
     pub target: Option<String>,
+    /// Push the image (multipart, `MultipartHttpPushUri`) even where SimpleUpdate is offered.
+    #[serde(default)]
+    pub push: bool,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -108,11 +111,17 @@ async fn firmware_update(
             req.image
         ))
     })?;
-    let uri = format!("{}/images/{}", c.base_url, rec.name);
+    let blob = c.images.mapped(&rec).await?;
+    let image = FirmwareImage {
+        uri: format!("{}/images/{}", c.base_url, rec.name),
+        name: rec.name,
+        data: bytes::Bytes::from_owner(blob),
+        push: req.push,
+    };
     Ok(Json(NodeResults {
         results: c
             .discovery
-            .firmware_update(&req.xnames, uri, req.target)
+            .firmware_update(&req.xnames, image, req.target)
             .await,
     }))
 }

@@ -142,7 +142,8 @@ fn relay_sub_options_are_found_and_truncation_is_refused() {
     assert_eq!(relay_sub_option(&[], 1), None);
     // Parsed out of a whole request.
     let mut opts = heapless::Vec::<u8, 64>::new();
-    opts.extend_from_slice(&[53, 1, 3, 82, raw.len() as u8]).unwrap();
+    opts.extend_from_slice(&[53, 1, 3, 82, raw.len() as u8])
+        .unwrap();
     opts.extend_from_slice(&raw).unwrap();
     opts.push(255).unwrap();
     let req = Request::parse(&client_msg([2, 0, 0, 0, 0, 1], &opts)).unwrap();

@@ -160,6 +160,42 @@ impl ApiClient {
         json_body(resp, path).await
     }
 
+    /// POST JSON and read a streamed `application/x-ndjson` answer, handing each line's JSON
+    /// to `on_line`; returns the last line.
+    pub async fn post_ndjson(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+        mut on_line: impl FnMut(&serde_json::Value),
+    ) -> anyhow::Result<serde_json::Value> {
+        use futures_util::StreamExt;
+        let req = self
+            .request(reqwest::Method::POST, path)
+            .header(reqwest::header::ACCEPT, "application/x-ndjson")
+            .json(body);
+        let resp = self.send(req).await?;
+        let mut stream = resp.bytes_stream();
+        let mut buf: Vec<u8> = Vec::new();
+        let mut last = None;
+        while let Some(chunk) = stream.next().await {
+            buf.extend_from_slice(
+                &chunk.with_context(|| format!("reading the answer to POST {path}"))?,
+            );
+            while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=nl).collect();
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                let v: serde_json::Value = serde_json::from_slice(&line).with_context(|| {
+                    format!("rackboot's answer to POST {path} is not line-delimited JSON")
+                })?;
+                on_line(&v);
+                last = Some(v);
+            }
+        }
+        last.with_context(|| format!("rackboot's answer to POST {path} was empty"))
+    }
+
     async fn with_body(
         &self,
         method: reqwest::Method,

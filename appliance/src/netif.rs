@@ -54,6 +54,16 @@ pub fn ipv4_of(name: &str) -> anyhow::Result<InterfaceAddr> {
     )
 }
 
+/// Every IPv4 address of this host (empty if the list cannot be read).
+pub fn local_ipv4s() -> Vec<Ipv4Addr> {
+    nix::ifaddrs::getifaddrs()
+        .map(|list| {
+            list.filter_map(|ifa| ifa.address?.as_sockaddr_in().map(|a| a.ip()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A non-blocking UDP socket bound to `bind` on device `iface` (SO_BINDTODEVICE), with
 /// SO_REUSEADDR and optionally SO_BROADCAST, ready for tokio.
 pub fn udp_socket(

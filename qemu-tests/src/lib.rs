@@ -316,6 +316,17 @@ impl Rackboot {
         path: &str,
         body: Option<&str>,
     ) -> anyhow::Result<(u16, String)> {
+        self.http_with(method, path, body, &[])
+    }
+
+    /// [`Rackboot::http`] with extra request headers (`"Accept: …"`).
+    pub fn http_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &[&str],
+    ) -> anyhow::Result<(u16, String)> {
         let mut c = Command::new("ip");
         c.args([
             "netns",
@@ -332,6 +343,9 @@ impl Rackboot {
         ]);
         if !self.token.is_empty() {
             c.args(["-H", &format!("Authorization: Bearer {}", self.token)]);
+        }
+        for h in headers {
+            c.args(["-H", h]);
         }
         if let Some(b) = body {
             c.args(["-H", "Content-Type: application/json", "--data-binary", b]);
@@ -620,7 +634,8 @@ pub struct FakeBmc {
 }
 
 impl FakeBmc {
-    /// Starts a BMC at `ip` (added to br0) emulating `systems` = (uuid, name, NIC MAC).
+    /// Starts a BMC at `ip` (added to br0 when `ns` has one; a client namespace brings its own
+    /// address) emulating `systems` = (uuid, name, NIC MAC).
     pub fn start(
         ns: &Netns,
         bin: &Path,

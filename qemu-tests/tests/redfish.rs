@@ -65,8 +65,13 @@ fn discovered_node_boots_and_is_power_controlled() {
     let rb = Rackboot::start_with_env(&ns, &[("RACKBOOT_DISCOVERY__NODE_IP_BASE", "192.0.2.100")])
         .unwrap();
     rb.import_node_images().unwrap();
+    // The BMC is another host on the rack segment (a scan skips rackboot's own addresses).
+    let bmc_ns = ns.add_client_ns().unwrap();
+    bmc_ns
+        .ip(&["addr", "add", "192.0.2.201/24", "dev", "vc"])
+        .unwrap();
     let mut bmc = FakeBmc::start(
-        &ns,
+        &bmc_ns,
         &sushy,
         "192.0.2.201",
         &[(UUID, "node1", MAC)],
@@ -395,4 +400,35 @@ fn a_vendor_mockup_blade_is_discovered_through_its_network_adapters() {
         assert!(nics.contains(mac), "{mac} missing: {nics}");
     }
     assert!(nics.contains("x1000c0s5b0n0"), "{nics}");
+
+    // Streamed: progress lines while it runs (the CLI draws its bar from them), then results.
+    let (code, text) = rb
+        .http_with(
+            "POST",
+            "/rackboot/v1/discovery",
+            Some(r#"{"targets": ["192.0.2.224/28", "http://192.0.2.230:8000"]}"#),
+            &["Accept: application/x-ndjson"],
+        )
+        .unwrap();
+    assert_eq!(code, 200, "{text}");
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.len() >= 2, "progress came before the results: {text}");
+    let last = lines.last().unwrap();
+    assert_eq!(
+        last["progress"],
+        // 14 hosts in the /28, minus 192.0.2.230: an address of rackboot's own namespace (its
+        // :80 is rackboot itself), which a scan skips.
+        serde_json::json!({"addresses": 13, "probed": 13, "bmcs": 1, "crawled": 1, "failed": 0}),
+        "{text}"
+    );
+    let results = last["results"].as_array().unwrap();
+    assert!(
+        results
+            .iter()
+            .any(|r| r["ok"] == true && r["bmc"] == "x1000c0s5b0"),
+        "re-discovered in place: {text}"
+    );
 }

@@ -1,6 +1,6 @@
 //! `rackboot discover`, `rackboot power`, `rackboot reprovision`, `rackboot bmc …`.
 
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -188,11 +188,24 @@ pub async fn discover(args: DiscoverArgs) -> anyhow::Result<()> {
         targets: args.targets,
         insecure: args.insecure,
     };
+    // A progress bar on a terminal; nothing extra in scripts and logs.
+    let tty = std::io::stderr().is_terminal() && !args.client.json();
     let resp = api
-        .post("/rackboot/v1/discovery", &body)
-        .await?
-        .context("rackboot sent no discovery results")?;
-    let resp: DiscoverResponse = serde_json::from_value(resp)?;
+        .post_ndjson("/rackboot/v1/discovery", &body, |line| {
+            if let Some(p) = line
+                .get("progress")
+                .and_then(|p| serde_json::from_value::<super::Progress>(p.clone()).ok())
+                && tty
+            {
+                eprint!("\r\x1b[K{}", progress_line(&p));
+            }
+        })
+        .await?;
+    if tty {
+        eprintln!();
+    }
+    let resp: DiscoverResponse =
+        serde_json::from_value(resp).context("rackboot sent no discovery results")?;
     if args.client.json() {
         print_json(&resp);
     } else {
@@ -316,4 +329,63 @@ fn encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// One line of discovery progress: a bar over the probe stage (or the crawl stage once every
+/// address is probed) and the counts.
+pub fn progress_line(p: &super::Progress) -> String {
+    const WIDTH: usize = 24;
+    let (stage, done, of) = if p.probed < p.addresses {
+        ("probing", p.probed, p.addresses)
+    } else {
+        ("crawling", p.crawled, p.bmcs)
+    };
+    let filled = (done * WIDTH).checked_div(of).unwrap_or(WIDTH).min(WIDTH);
+    let mut line = format!(
+        "{stage:<8} [{}{}] {done}/{of}",
+        "#".repeat(filled),
+        ".".repeat(WIDTH - filled)
+    );
+    if p.addresses > 0 {
+        line.push_str(&format!(" · probed {}/{}", p.probed, p.addresses));
+    }
+    line.push_str(&format!(" · BMCs {} · crawled {}", p.bmcs, p.crawled));
+    if p.failed > 0 {
+        line.push_str(&format!(" ({} failed)", p.failed));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discovery::Progress;
+
+    #[test]
+    fn progress_line_follows_the_stage() {
+        let probing = Progress {
+            addresses: 4094,
+            probed: 1024,
+            bmcs: 3,
+            ..Default::default()
+        };
+        assert_eq!(
+            progress_line(&probing),
+            "probing  [######..................] 1024/4094 · probed 1024/4094 · BMCs 3 · crawled 0"
+        );
+        let crawling = Progress {
+            addresses: 16,
+            probed: 16,
+            bmcs: 4,
+            crawled: 2,
+            failed: 1,
+        };
+        assert_eq!(
+            progress_line(&crawling),
+            "crawling [############............] 2/4 · probed 16/16 · BMCs 4 · crawled 2 (1 failed)"
+        );
+        // URL targets only, nothing to do yet: no division by zero, a full bar.
+        let empty = Progress::default();
+        assert!(progress_line(&empty).contains("[########################] 0/0"));
+    }
 }

@@ -207,6 +207,17 @@ impl Discovery {
 
     /// Discovers every target; one result per target (per BMC found, for ranges).
     pub async fn discover(&self, targets: &[String], insecure: bool) -> Vec<TargetResult> {
+        let (progress, _) = tokio::sync::watch::channel(Progress::default());
+        self.discover_watched(targets, insecure, &progress).await
+    }
+
+    /// [`Discovery::discover`], counting its progress into `progress` as it goes.
+    pub async fn discover_watched(
+        &self,
+        targets: &[String],
+        insecure: bool,
+        progress: &tokio::sync::watch::Sender<Progress>,
+    ) -> Vec<TargetResult> {
         let mut bases: Vec<(String, String)> = Vec::new(); // (target, base URL)
         let mut results = Vec::new();
         let mut probe: Vec<(String, Ipv4Addr)> = Vec::new();
@@ -244,6 +255,20 @@ impl Discovery {
             }
         }
         // Probe: many at once, short timeouts; a silent /20 takes about one timeout.
+        // rackboot's own addresses answer on :80 but are no BMC: a subnet scan skips them.
+        let own = crate::netif::local_ipv4s();
+        let before = probe.len();
+        probe.retain(|(t, ip)| !own.contains(ip) || t.parse::<Ipv4Addr>().is_ok());
+        if probe.len() < before {
+            tracing::debug!(
+                skipped = before - probe.len(),
+                "scan skips rackboot's own addresses"
+            );
+        }
+        progress.send_modify(|p| {
+            p.addresses = probe.len();
+            p.bmcs = bases.len();
+        });
         // Two sockets per probe; leave room for everything else rackboot has open.
         let fd_room = crate::serve::open_files_limit().map_or(usize::MAX, |l| {
             usize::try_from(l.saturating_sub(512) / 2).unwrap_or(usize::MAX)
@@ -283,7 +308,12 @@ impl Discovery {
         }
         let mut single_missing: BTreeMap<String, bool> = BTreeMap::new();
         while let Some(r) = probes.join_next().await {
-            if let Ok(Some(found)) = r {
+            let found = r.ok().flatten();
+            progress.send_modify(|p| {
+                p.probed += 1;
+                p.bmcs += usize::from(found.is_some());
+            });
+            if let Some(found) = found {
                 single_missing.insert(found.0.clone(), false);
                 bases.push(found);
             }
@@ -312,6 +342,10 @@ impl Discovery {
         }
         while let Some(r) = crawls.join_next().await {
             let Ok((target, base, r)) = r else { continue };
+            progress.send_modify(|p| {
+                p.crawled += 1;
+                p.failed += usize::from(r.is_err());
+            });
             results.push(match r {
                 Ok((bmc, nodes)) => TargetResult {
                     target,
@@ -916,6 +950,19 @@ pub struct FirmwareImage {
     pub data: bytes::Bytes,
     /// Push even when the BMC also offers SimpleUpdate.
     pub push: bool,
+}
+
+/// How far a discovery run is: addresses probed, BMCs found and crawled.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Progress {
+    /// Addresses to probe (IPs and CIDR hosts; URL targets are not probed).
+    pub addresses: usize,
+    pub probed: usize,
+    /// BMCs to crawl: URL targets plus addresses that answered.
+    pub bmcs: usize,
+    pub crawled: usize,
+    /// Crawls that failed (wrong password, garbage, timeouts, …).
+    pub failed: usize,
 }
 
 /// A node's firmware as last read.

@@ -134,10 +134,16 @@ pub fn power_router(d: Discovery) -> Router {
         .with_state(d)
 }
 
+/// Media type of the streamed discovery answer: one JSON object per line, `{"progress": …}`
+/// while it runs, then `{"results": […]}`.
+pub const NDJSON: &str = "application/x-ndjson";
+
 async fn discover(
     State(d): State<Discovery>,
+    headers: axum::http::HeaderMap,
     Json(req): Json<DiscoverRequest>,
-) -> Result<Json<DiscoverResponse>, Problem> {
+) -> Result<axum::response::Response, Problem> {
+    use axum::response::IntoResponse;
     if req.targets.is_empty() {
         return Err(Problem::bad_request(
             "targets is empty: give URLs, IPv4 addresses or CIDRs",
@@ -146,9 +152,55 @@ async fn discover(
     if req.targets.len() > 4096 {
         return Err(Problem::bad_request("at most 4096 targets per request"));
     }
-    Ok(Json(DiscoverResponse {
-        results: d.discover(&req.targets, req.insecure).await,
-    }))
+    let streamed = headers
+        .get_all(axum::http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains(NDJSON));
+    if !streamed {
+        return Ok(Json(DiscoverResponse {
+            results: d.discover(&req.targets, req.insecure).await,
+        })
+        .into_response());
+    }
+    let (progress_tx, progress) = tokio::sync::watch::channel(super::Progress::default());
+    let (lines_tx, lines) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
+    tokio::spawn(async move {
+        let run = d.discover_watched(&req.targets, req.insecure, &progress_tx);
+        tokio::pin!(run);
+        let line = |v: serde_json::Value| bytes::Bytes::from(format!("{v}\n"));
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut last = None;
+        let results = loop {
+            tokio::select! {
+                r = &mut run => break r,
+                _ = tick.tick() => {
+                    let p = *progress.borrow();
+                    if last != Some(p) {
+                        last = Some(p);
+                        // Never wait for a slow reader; a client that went away stops
+                        // nothing either: the run still lands in the inventory.
+                        let _ = lines_tx.try_send(line(serde_json::json!({"progress": p})));
+                    }
+                }
+            }
+        };
+        let p = *progress.borrow();
+        let _ = lines_tx
+            .send(line(serde_json::json!({"progress": p, "results": results})))
+            .await;
+    });
+    let body = futures_util::stream::unfold(lines, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+    });
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, NDJSON)],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response())
 }
 
 async fn list_credentials(State(d): State<Discovery>) -> Result<Json<serde_json::Value>, Problem> {

@@ -359,7 +359,8 @@ async fn firmware_update_polls_the_task_and_records_the_new_version() {
         )
         .await;
     assert!(res[0].ok, "{res:?}");
-    assert_eq!(res[0].power.as_deref(), Some("1.1.0"));
+    assert_eq!(res[0].bios_version.as_deref(), Some("1.1.0"));
+    assert_eq!(res[0].power, None);
     assert!(
         res[0].detail.as_deref().unwrap().contains("1.0.0 -> 1.1.0"),
         "{res:?}"
@@ -428,7 +429,8 @@ async fn firmware_is_pushed_where_the_bmc_only_accepts_multipart() {
         )
         .await;
     assert!(res[0].ok, "{res:?}");
-    assert_eq!(res[0].power.as_deref(), Some("1.1.0"));
+    assert_eq!(res[0].bios_version.as_deref(), Some("1.1.0"));
+    assert_eq!(res[0].power, None);
     let g = fw.lock().unwrap();
     let (params, file, len) = g.pushed.clone().expect("the image was pushed");
     assert_eq!(params["Targets"], json!(["/redfish/v1/Systems/1"]));

@@ -213,7 +213,7 @@ fn discovered_node_boots_and_is_power_controlled() {
     );
 
     // Firmware: the rack's versions are listed; sushy's fake driver has no firmware versions
-    // (only its libvirt driver does), so an update there is a clean per-node error.
+    // (its libvirt driver does: see redfish_firmware.rs), so an update there is a clean per-node error.
     let (ok, out) = cli(&ns, &rb, &["firmware", "list"], None);
     assert!(ok && out.contains("x1000c0s0b0n0"), "{out}");
     let (ok, out) = cli(

@@ -36,12 +36,24 @@ pub const PACKAGES: &[(&str, &str)] = &[
         "python3-venv",
         "a virtualenv for the PyPI test peers (sushy-tools)",
     ),
+    (
+        "libvirt-daemon",
+        "libvirtd (qemu driver) holding the defined, never started domains behind \
+         sushy-emulator's libvirt driver (firmware versions)",
+    ),
+    (
+        "python3-libvirt",
+        "libvirt's Python binding for sushy-emulator's libvirt driver (linked into build/venv)",
+    ),
 ];
+
+/// Where Debian's python3-libvirt puts its modules.
+const DIST_PACKAGES: &str = "/usr/lib/python3/dist-packages";
 
 /// PyPI test peers, installed into `build/venv`.
 pub const PYPI: &[(&str, &str)] = &[(
     "sushy-tools",
-    "Redfish BMC emulator (sushy-emulator --fake) for discovery and power tests",
+    "Redfish BMC emulator (sushy-emulator: fake driver for discovery and power, libvirt driver for firmware)",
 )];
 
 pub fn install() -> anyhow::Result<()> {
@@ -86,10 +98,51 @@ pub fn install() -> anyhow::Result<()> {
             .args(["install", "-q", "--disable-pip-version-check"])
             .args(PYPI.iter().map(|(p, _)| *p)))?;
     }
+    link_libvirt_binding(&venv)?;
     if !have("cargo-fuzz") {
         eprintln!("installing cargo-fuzz");
         run(Command::new("cargo").args(["install", "--locked", "cargo-fuzz"]))?;
     }
     let _ = output(Command::new("rustup").args(["toolchain", "list"]));
+    Ok(())
+}
+
+/// Makes Debian's libvirt binding importable in the venv: symlinks of its modules only (no
+/// `--system-site-packages`, so the venv sees nothing else of the system's). Skipped when the
+/// venv already imports `libvirt`.
+fn link_libvirt_binding(venv: &std::path::Path) -> anyhow::Result<()> {
+    let py = venv.join("bin/python3");
+    let imports = |py: &std::path::Path| {
+        Command::new(py)
+            .args(["-c", "import libvirt"])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if imports(&py) {
+        return Ok(());
+    }
+    let site = output(Command::new(&py).args([
+        "-c",
+        "import sysconfig; print(sysconfig.get_path('purelib'))",
+    ]))?;
+    let site = std::path::PathBuf::from(site.trim());
+    eprintln!("linking python3-libvirt into {}", site.display());
+    for entry in std::fs::read_dir(DIST_PACKAGES)? {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if name.starts_with("libvirt") && (name.ends_with(".py") || name.ends_with(".so")) {
+            let link = site.join(name);
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(&path, &link)?;
+        }
+    }
+    if !imports(&py) {
+        anyhow::bail!(
+            "build/venv cannot import libvirt after linking python3-libvirt from {DIST_PACKAGES}"
+        );
+    }
     Ok(())
 }

@@ -165,7 +165,10 @@ fn print_node_results(r: &NodeResults, json: bool) -> anyhow::Result<()> {
                 vec![
                     n.xname.clone(),
                     if n.ok { "ok".into() } else { "FAILED".into() },
-                    n.power.clone().unwrap_or_default(),
+                    n.power
+                        .clone()
+                        .or_else(|| n.bios_version.clone())
+                        .unwrap_or_default(),
                     n.error
                         .clone()
                         .or_else(|| n.detail.clone())
@@ -173,7 +176,12 @@ fn print_node_results(r: &NodeResults, json: bool) -> anyhow::Result<()> {
                 ]
             })
             .collect();
-        print_table(&["NODE", "RESULT", "POWER", "DETAIL"], &rows);
+        let what = if r.results.iter().any(|n| n.bios_version.is_some()) {
+            "BIOS"
+        } else {
+            "POWER"
+        };
+        print_table(&["NODE", "RESULT", what, "DETAIL"], &rows);
     }
     if r.results.iter().any(|n| !n.ok) {
         anyhow::bail!("some nodes failed (see above)");

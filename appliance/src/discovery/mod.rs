@@ -120,6 +120,9 @@ pub struct NodeResult {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub power: Option<String>,
+    /// The BIOS version read back after a firmware update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bios_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -748,6 +751,7 @@ impl Discovery {
                     xname,
                     ok: true,
                     power,
+                    bios_version: None,
                     detail: Some(detail),
                     error: None,
                 },
@@ -755,6 +759,7 @@ impl Discovery {
                     xname,
                     ok: false,
                     power: None,
+                    bios_version: None,
                     detail: None,
                     error: Some(e),
                 },
@@ -1030,11 +1035,17 @@ impl Discovery {
         image: FirmwareImage,
         target: Option<String>,
     ) -> Vec<NodeResult> {
-        self.each(xnames, move |me, x| {
-            let (image, target) = (image.clone(), target.clone());
-            async move { me.firmware_one(&x, &image, target).await }
-        })
-        .await
+        let mut out = self
+            .each(xnames, move |me, x| {
+                let (image, target) = (image.clone(), target.clone());
+                async move { me.firmware_one(&x, &image, target).await }
+            })
+            .await;
+        // `each` carries one value per node; for firmware it is the new version, not power.
+        for r in &mut out {
+            r.bios_version = r.power.take();
+        }
+        out
     }
 
     async fn firmware_one(

@@ -72,6 +72,19 @@ pub enum Command {
     /// Firmware versions and updates through the BMCs' UpdateService.
     #[command(subcommand)]
     Firmware(crate::discovery::cli::FirmwareCommand),
+    /// The rack CA: show it, or replace it with an intermediate signed elsewhere.
+    #[command(subcommand)]
+    Ca(crate::identity::cli::CaCommand),
+    /// Node certificates: list, revoke, approve pending enrollments, audit.
+    #[command(subcommand)]
+    Cert(crate::identity::cli::CertCommand),
+    /// Secrets served over mTLS to one node or to a group's nodes.
+    #[command(subcommand)]
+    Secret(crate::identity::cli::SecretCommand),
+    /// Node side: enroll for a certificate with the join token from the kernel command line,
+    /// renew it, fetch secrets over mTLS.
+    #[command(subcommand)]
+    Agent(crate::identity::agent::AgentCommand),
 }
 
 /// Sets up `tracing` for the whole process. Logs go to stderr; stdout is for command output.
@@ -106,5 +119,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reprovision(args) => crate::discovery::cli::reprovision(args).await,
         Command::Bmc(cmd) => crate::discovery::cli::bmc(cmd).await,
         Command::Firmware(cmd) => crate::discovery::cli::firmware(cmd).await,
+        Command::Ca(cmd) => crate::identity::cli::ca(cmd).await,
+        Command::Cert(cmd) => crate::identity::cli::cert(cmd).await,
+        Command::Secret(cmd) => crate::identity::cli::secret(cmd).await,
+        Command::Agent(cmd) => crate::identity::agent::run(cmd).await,
     }
 }

@@ -35,6 +35,58 @@ pub struct Config {
     pub timeline: Timeline,
     pub cloud_init: CloudInit,
     pub discovery: Discovery,
+    pub identity: Identity,
+}
+
+/// How an enrollment with a valid join token is decided.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EnrollPolicy {
+    /// The token is enough: the certificate is issued at once.
+    #[default]
+    Token,
+    /// The request waits for `rackboot cert approve ID`.
+    Approval,
+}
+
+/// Machine identity: the rack CA, node certificates, secrets.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Identity {
+    /// Off: no CA, no HTTPS listener, no join tokens on kernel command lines.
+    pub enabled: bool,
+    /// Trust domain in node certificates: `spiffe://<cluster>/node/<xname>`.
+    pub cluster: String,
+    /// HTTPS listener (enrollment and the mTLS routes).
+    pub listen: std::net::SocketAddr,
+    /// Extra names for the HTTPS certificate (the interface address and hostname are always in).
+    pub names: Vec<String>,
+    pub policy: EnrollPolicy,
+    /// Per SMD group: { "login" = "approval" } (a group's policy wins over `policy`).
+    pub group_policy: std::collections::BTreeMap<String, EnrollPolicy>,
+    #[serde(with = "humantime_serde_compat")]
+    pub token_ttl: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub cert_lifetime: Duration,
+    /// The HTTPS certificate's lifetime; it is renewed when a third of it is left.
+    #[serde(with = "humantime_serde_compat")]
+    pub server_cert_lifetime: Duration,
+}
+
+impl Default for Identity {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            cluster: "rack".into(),
+            listen: std::net::SocketAddr::from(([0, 0, 0, 0], 443)),
+            names: Vec::new(),
+            policy: EnrollPolicy::Token,
+            group_policy: Default::default(),
+            token_ttl: Duration::from_secs(900),
+            cert_lifetime: Duration::from_secs(86_400),
+            server_cert_lifetime: Duration::from_secs(30 * 86_400),
+        }
+    }
 }
 
 /// How BMC certificates are checked when no `ca_bundle` is set.
@@ -338,6 +390,20 @@ impl Config {
         }
         if self.boot.max_retries == 0 {
             bail!("boot.max_retries must be at least 1");
+        }
+        let c = &self.identity.cluster;
+        if c.is_empty()
+            || c.len() > 200
+            || !c
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        {
+            bail!(
+                "identity.cluster {c:?}: use letters, digits, '.' and '-' (a SPIFFE trust domain)"
+            );
+        }
+        if self.identity.cert_lifetime < Duration::from_secs(1) {
+            bail!("identity.cert_lifetime must be at least 1s");
         }
         if self.discovery.xname_rules.is_empty() {
             bail!("discovery.xname_rules is empty: list at least \"sequential\"");

@@ -11,6 +11,7 @@ pub mod config;
 pub mod dhcp;
 pub mod discovery;
 pub mod http;
+pub mod identity;
 pub mod images;
 pub mod inventory;
 pub mod ipxe;

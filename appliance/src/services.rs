@@ -87,6 +87,24 @@ pub async fn start(
     let discovery =
         crate::discovery::Discovery::new(store.clone(), sealer, settings.config.discovery.clone());
     let on_lease = discovery.spawn_auto(&mut tasks, shutdown.clone())?;
+    let identity = if settings.config.identity.enabled {
+        Some(
+            crate::identity::Identity::open(
+                data_dir,
+                store.clone(),
+                settings.config.identity.clone(),
+                timeline.clone(),
+            )
+            .with_context(|| {
+                format!(
+                    "cannot open the rack CA in {} (--data-dir; or set identity.enabled = false)",
+                    data_dir.display()
+                )
+            })?,
+        )
+    } else {
+        None
+    };
 
     let dhcp = dhcp_config(settings)?;
     let pool_size: i64 = dhcp
@@ -133,6 +151,7 @@ pub async fn start(
         fallback_base: settings.base_url(),
         max_retries: boot.max_retries,
         timeline: timeline.clone(),
+        identity: identity.clone().map(|id| (id, https_url(settings))),
     };
     let observe = Observe {
         metrics,
@@ -142,6 +161,7 @@ pub async fn start(
         cloud_init: settings.config.cloud_init.clone(),
         base: settings.base_url(),
         discovery,
+        identity: identity.clone(),
     };
     let app = http_app(&authn, ipxe, images, store, boot_ctx, observe);
     let listener = tokio::net::TcpListener::bind(settings.http_listen)
@@ -161,7 +181,86 @@ pub async fn start(
             tracing::error!(error = %err, "HTTP service failed");
         }
     });
+    if let Some(id) = identity {
+        spawn_https(&mut tasks, settings, id, shutdown).await?;
+    }
     Ok(Services { tasks })
+}
+
+/// `https://<advertised address>[:port]`: what nodes enroll at.
+fn https_url(settings: &Settings) -> String {
+    match settings.config.identity.listen.port() {
+        443 => format!("https://{}", settings.advertise),
+        p => format!("https://{}:{p}", settings.advertise),
+    }
+}
+
+/// The HTTPS listener: enrollment and the mTLS routes, with a certificate from the rack CA
+/// (the interface and advertised addresses, the hostname and `identity.names` as SANs), renewed
+/// when a third of its lifetime is left.
+async fn spawn_https(
+    tasks: &mut JoinSet<()>,
+    settings: &Settings,
+    id: crate::identity::Identity,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let cfg = &settings.config.identity;
+    let mut names = vec![settings.advertise.to_string()];
+    if settings.iface.addr != settings.advertise {
+        names.push(settings.iface.addr.to_string());
+    }
+    if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let h = h.trim().to_owned();
+        if !h.is_empty()
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
+        {
+            names.push(h);
+        }
+    }
+    names.extend(cfg.names.iter().cloned());
+    id.server_config(&names)
+        .context("cannot issue the HTTPS certificate from the rack CA")?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen for HTTPS on {} (identity.listen; or identity.enabled = false)",
+                cfg.listen
+            )
+        })?;
+    let app = Router::new()
+        .merge(crate::identity::routes::public_router(id.clone()))
+        .merge(crate::identity::routes::https_router(id.clone()))
+        .fallback(crate::http::problem::not_found_fallback);
+    let source: http::server::TlsSource = {
+        let (id, names) = (id.clone(), names.clone());
+        Arc::new(move || id.server_config(&names).ok())
+    };
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        let served =
+            http::server::serve_tls(listener, app, HttpLimits::default(), source, async move {
+                stop.cancelled().await
+            });
+        if let Err(err) = served.await {
+            tracing::error!(error = %err, "HTTPS service failed");
+        }
+    });
+    let every = cfg.server_cert_lifetime / 3;
+    tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(every) => {}
+            }
+            if let Err(e) = id.renew_server_cert(&names) {
+                tracing::error!(error = %e, "could not renew the HTTPS certificate; the old one stays");
+            }
+        }
+    });
+    tracing::info!(listen = %cfg.listen, "HTTPS (enrollment, mTLS) listening");
+    Ok(())
 }
 
 /// The whole HTTP surface. Boot-path routes (firmware and nodes call them) are open; every
@@ -205,7 +304,13 @@ fn http_app(
         open = open.merge(auth::jwks_router(issuer));
     }
     let guard = |area: &'static str| auth::require(authn.clone(), area);
-    let admin = Router::new()
+    let mut admin = Router::new();
+    if let Some(id) = &obs.identity {
+        open = open.merge(crate::identity::routes::public_router(id.clone()));
+        admin =
+            admin.merge(crate::identity::routes::admin_router(id.clone()).layer(guard("identity")));
+    }
+    let admin = admin
         .merge(images::admin_router(images.clone()).layer(guard("images")))
         .merge(crate::inventory::router(store.clone()).layer(guard("inventory")))
         .merge(crate::boot::admin_router(store.clone()).layer(guard("boot")))
@@ -247,6 +352,7 @@ struct Observe {
     cloud_init: config::CloudInit,
     base: String,
     discovery: crate::discovery::Discovery,
+    identity: Option<crate::identity::Identity>,
 }
 
 /// Counts every request by route class and status, with its time to response headers.

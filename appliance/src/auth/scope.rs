@@ -14,6 +14,7 @@ pub const AREAS: &[&str] = &[
     "discovery",
     "power",
     "firmware",
+    "identity",
 ];
 
 /// Whether `s` is a scope rackboot knows (minting refuses anything else, so typos fail early).

@@ -27,6 +27,9 @@ pub struct BootScriptContext {
     /// Bound of the retry chain.
     pub max_retries: u32,
     pub timeline: crate::timeline::Timeline,
+    /// When set, a known node's kernel command line gets a join token, the CA fingerprint and
+    /// this HTTPS URL (`rackboot.join=`, `rackboot.ca=`, `rackboot.url=`).
+    pub identity: Option<(crate::identity::Identity, String)>,
 }
 
 /// `/boot/v1/bootparameters` (no auth inside: `serve` wraps it with the `boot` scope).
@@ -285,6 +288,12 @@ async fn bootscript(
                 stage = "bootscript",
                 "boot script served"
             );
+            let params = match (&ctx.identity, known, &name) {
+                (Some((id, url)), true, Some(x)) => {
+                    identity_params(&ctx.store, id, url, x, &bp.params).await
+                }
+                _ => bp.params.clone(),
+            };
             script::node(&script::NodeScript {
                 base: &base,
                 mac: mac.as_deref(),
@@ -292,7 +301,7 @@ async fn bootscript(
                 nid: if known { nid } else { None },
                 kernel: &bp.kernel,
                 initrd: &bp.initrd,
-                params: &bp.params,
+                params: &params,
                 retry,
                 max_retries: ctx.max_retries,
             })
@@ -327,4 +336,37 @@ async fn bootscript(
         }
     };
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
+}
+
+/// `params` plus a fresh join token for `xname` bound to its inventory address, the CA
+/// fingerprint and the HTTPS URL. A node with no inventory address gets none (logged): a
+/// token must be bound to the address the node will enroll from.
+async fn identity_params(
+    store: &Store,
+    id: &crate::identity::Identity,
+    url: &str,
+    xname: &str,
+    params: &str,
+) -> String {
+    let ip = match store.node_info(xname.to_owned()).await {
+        Ok(Some(n)) => n.interfaces.iter().find_map(|(_, ip)| *ip),
+        _ => None,
+    };
+    let Some(ip) = ip else {
+        tracing::info!(
+            xname,
+            "no inventory address: no join token on its command line"
+        );
+        return params.to_owned();
+    };
+    match id.mint_join_token(xname, ip).await {
+        Ok(token) => format!(
+            "{params} rackboot.join={token} rackboot.ca={} rackboot.url={url}",
+            id.ca().fingerprint()
+        ),
+        Err(e) => {
+            tracing::error!(xname, error = %e, "could not mint a join token");
+            params.to_owned()
+        }
+    }
 }

@@ -20,18 +20,22 @@ impl std::fmt::Debug for Sealer {
 impl Sealer {
     /// Loads the key from `data_dir`, creating it (0600) if there is none.
     pub fn open(data_dir: &Path) -> anyhow::Result<Sealer> {
-        let path = data_dir.join("bmc-credentials.key");
-        let bytes = match std::fs::read(&path) {
+        Self::open_file(&data_dir.join("bmc-credentials.key"), "BMC credentials")
+    }
+
+    /// Loads the key at `path` (for sealing `what`), creating it (0600) if there is none.
+    pub fn open_file(path: &Path, what: &str) -> anyhow::Result<Sealer> {
+        let bytes = match std::fs::read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut key = [0u8; 32];
                 aws_lc_rs::rand::fill(&mut key)
-                    .map_err(|_| anyhow::anyhow!("no randomness for the BMC credentials key"))?;
+                    .map_err(|_| anyhow::anyhow!("no randomness for the {what} key"))?;
                 let mut f = std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .mode(0o600)
-                    .open(&path)?;
+                    .open(path)?;
                 f.write_all(&key)?;
                 f.sync_all()?;
                 key.to_vec()
@@ -72,7 +76,7 @@ impl Sealer {
             .open_in_place(nonce, Aad::from(target.as_bytes()), &mut data)
             .map_err(|_| {
                 anyhow::anyhow!(
-                    "credentials for {target} do not decrypt (key changed or data corrupt)"
+                    "sealed data for {target} does not decrypt (key changed or data corrupt)"
                 )
             })?;
         Ok(String::from_utf8(plain.to_vec())?)

@@ -89,6 +89,17 @@ impl HttpLimits {
     }
 }
 
+/// The client certificate (DER) a TLS peer presented, verified by the listener's rustls config;
+/// in the request extensions of HTTPS requests that had one.
+#[derive(Debug, Clone)]
+pub struct PeerCertificate(pub Vec<u8>);
+
+/// Where an HTTPS listener gets its current rustls config (certificates are renewed).
+pub type TlsSource = Arc<dyn Fn() -> Option<Arc<rustls::ServerConfig>> + Send + Sync>;
+
+/// How long a client may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves `app` on `listener` until `shutdown` resolves, then drains in-flight requests for up
 /// to `limits.shutdown_grace`. Handlers can read the peer address as
 /// `ConnectInfo<SocketAddr>` (cloud-init identifies nodes by source IP).
@@ -96,6 +107,28 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: HttpLimits,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    serve_with(listener, app, limits, None, shutdown).await
+}
+
+/// [`serve`] over TLS: each connection's handshake runs in its own task with a timeout, and a
+/// verified client certificate is passed on as [`PeerCertificate`].
+pub async fn serve_tls(
+    listener: TcpListener,
+    app: Router,
+    limits: HttpLimits,
+    tls: TlsSource,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    serve_with(listener, app, limits, Some(tls), shutdown).await
+}
+
+async fn serve_with(
+    listener: TcpListener,
+    app: Router,
+    limits: HttpLimits,
+    tls: Option<TlsSource>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let limits = Arc::new(limits);
@@ -135,27 +168,32 @@ pub async fn serve(
         while conns.try_join_next().is_some() {}
         let _ = stream.set_nodelay(true);
         let (app, limits, builder) = (app.clone(), limits.clone(), builder.clone());
-        let mut stop = stop_rx.clone();
+        let stop = stop_rx.clone();
+        let tls_config = tls.as_ref().map(|t| t());
         conns.spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                handle(app.clone(), limits.clone(), peer, req)
-            });
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            let mut conn = std::pin::pin!(conn);
-            let done = tokio::select! {
-                r = conn.as_mut() => Some(r),
-                _ = stop.wait_for(|s| *s) => None,
-            };
-            let result = match done {
-                Some(r) => r,
-                None => {
-                    // Finish the request in flight, then close (no new requests on it).
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+            match tls_config {
+                None => drive(&builder, stream, app, limits, peer, None, stop).await,
+                Some(None) => {
+                    tracing::warn!(%peer, "HTTPS: no server certificate yet; connection closed")
                 }
-            };
-            if let Err(err) = result {
-                tracing::debug!(%peer, error = %err, "HTTP connection ended with an error");
+                Some(Some(cfg)) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let cert = tls
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .map(|c| PeerCertificate(c.to_vec()));
+                            drive(&builder, tls, app, limits, peer, cert, stop).await;
+                        }
+                        Ok(Err(err)) => {
+                            tracing::info!(%peer, error = %err, "TLS handshake refused");
+                        }
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
             }
             drop(permit);
         });
@@ -179,14 +217,53 @@ pub async fn serve(
     Ok(())
 }
 
+/// Serves HTTP/1.1 on one connection until it ends or shutdown; then finishes the request in
+/// flight.
+async fn drive<S>(
+    builder: &hyper::server::conn::http1::Builder,
+    stream: S,
+    app: Router,
+    limits: Arc<HttpLimits>,
+    peer: SocketAddr,
+    cert: Option<PeerCertificate>,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        handle(app.clone(), limits.clone(), peer, cert.clone(), req)
+    });
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    let done = tokio::select! {
+        r = conn.as_mut() => Some(r),
+        _ = stop.wait_for(|s| *s) => None,
+    };
+    let result = match done {
+        Some(r) => r,
+        None => {
+            // Finish the request in flight, then close (no new requests on it).
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(err) = result {
+        tracing::debug!(%peer, error = %err, "HTTP connection ended with an error");
+    }
+}
+
 async fn handle(
     app: Router,
     limits: Arc<HttpLimits>,
     peer: SocketAddr,
+    cert: Option<PeerCertificate>,
     req: Request<Incoming>,
 ) -> Result<Response, Infallible> {
     let (mut parts, body) = req.into_parts();
     parts.extensions.insert(ConnectInfo(peer));
+    if let Some(c) = cert {
+        parts.extensions.insert(c);
+    }
     if limits.is_streaming(parts.uri.path()) {
         let req = Request::from_parts(parts, Body::new(body));
         return app.oneshot(req).await;

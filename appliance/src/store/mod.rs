@@ -12,6 +12,7 @@
 mod bmc;
 mod bss;
 mod cloudinit;
+mod identity;
 mod images;
 mod leases;
 mod schema;
@@ -27,6 +28,7 @@ use tokio::sync::{oneshot, watch};
 
 pub use bss::{BootParameters, BootSelector, CloudInit};
 pub use cloudinit::{CiKind, NodeInfo};
+pub use identity::{Audit, AuditRow, CertRow, EnrollRequest, JoinToken, SecretScope};
 pub use images::ImageRecord;
 pub use leases::{LeaseRecord, LeaseRecordKind};
 pub use smd::{

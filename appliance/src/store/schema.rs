@@ -115,6 +115,61 @@ const MIGRATIONS: &[&str] = &[
         seen_ms INTEGER NOT NULL
     );
     "#,
+    // 7: machine identity: join tokens (hashed), issued certificates, enrollment requests
+    // waiting for approval, node secrets (sealed by the caller), and an append-only audit.
+    r#"
+    CREATE TABLE join_tokens (
+        hash TEXT PRIMARY KEY,
+        xname TEXT NOT NULL,
+        ip TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        used_ms INTEGER
+    );
+    CREATE INDEX join_tokens_expires ON join_tokens(expires_ms);
+    CREATE TABLE certs (
+        serial TEXT PRIMARY KEY,
+        xname TEXT NOT NULL,
+        not_before_ms INTEGER NOT NULL,
+        not_after_ms INTEGER NOT NULL,
+        issued_ms INTEGER NOT NULL,
+        pem TEXT NOT NULL,
+        revoked_ms INTEGER,
+        reason TEXT
+    );
+    CREATE INDEX certs_xname ON certs(xname);
+    CREATE TABLE enroll_requests (
+        id TEXT PRIMARY KEY,
+        xname TEXT NOT NULL,
+        ip TEXT NOT NULL,
+        csr TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        serial TEXT
+    );
+    CREATE TABLE secrets (
+        name TEXT NOT NULL,
+        scope_kind TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        sealed BLOB NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        PRIMARY KEY (name, scope_kind, scope)
+    );
+    CREATE TABLE identity_audit (
+        id INTEGER PRIMARY KEY,
+        ts_ms INTEGER NOT NULL,
+        xname TEXT,
+        action TEXT NOT NULL,
+        serial TEXT,
+        ok INTEGER NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX identity_audit_xname ON identity_audit(xname, id);
+    CREATE TRIGGER identity_audit_no_update BEFORE UPDATE ON identity_audit
+        BEGIN SELECT RAISE(ABORT, 'identity_audit is append-only'); END;
+    CREATE TRIGGER identity_audit_no_delete BEFORE DELETE ON identity_audit
+        BEGIN SELECT RAISE(ABORT, 'identity_audit is append-only'); END;
+    "#,
 ];
 
 /// Brings `conn` to the latest schema; refuses a database from a newer rackboot.

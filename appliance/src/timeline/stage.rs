@@ -23,6 +23,9 @@ pub const CLOUD_INIT_USER_DATA: &str = "cloud_init_user_data";
 pub const CLOUD_INIT_VENDOR_DATA: &str = "cloud_init_vendor_data";
 pub const CLOUD_INIT_ERROR: &str = "cloud_init_error";
 pub const PHONE_HOME: &str = "phone_home";
+pub const IDENTITY_ENROLLED: &str = "identity_enrolled";
+pub const IDENTITY_RENEWED: &str = "identity_renewed";
+pub const IDENTITY_REFUSED: &str = "identity_refused";
 
 /// Every stage, in boot order (for tables and docs).
 pub const ALL: &[&str] = &[
@@ -48,6 +51,9 @@ pub const ALL: &[&str] = &[
     CLOUD_INIT_USER_DATA,
     CLOUD_INIT_VENDOR_DATA,
     CLOUD_INIT_ERROR,
+    IDENTITY_ENROLLED,
+    IDENTITY_RENEWED,
+    IDENTITY_REFUSED,
     PHONE_HOME,
 ];
 
@@ -63,6 +69,7 @@ pub fn rank(stage: &str) -> u8 {
         CLOUD_INIT_META_DATA | CLOUD_INIT_USER_DATA | CLOUD_INIT_VENDOR_DATA | CLOUD_INIT_ERROR => {
             7
         }
+        IDENTITY_ENROLLED | IDENTITY_RENEWED | IDENTITY_REFUSED => 7,
         PHONE_HOME => 8,
         _ => 9,
     }

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use qemu_tests::{Netns, Rackboot, preflight, rackboot_bin};
+use qemu_tests::{Firmware, Netns, Qemu, Rackboot, agent_initrd, preflight, rackboot_bin};
 use serde_json::Value;
 
 const A: (&str, &str, &str) = ("x1000c0s0b0n0", "52:54:00:cc:00:01", "192.0.2.50");
@@ -572,4 +572,103 @@ fn expired_certificates_are_refused_and_approval_waits_for_an_admin() {
     );
     let (ok, out) = agent(&["agent", "secret", "s"]);
     assert!(ok && out == "v", "approved certificate works: {out}");
+}
+
+/// A real node: it PXE-boots, its initramfs runs `rackboot agent enroll` with the token from its
+/// kernel command line, fetches its secret over mTLS and prints it; `openssl verify` accepts the
+/// certificate it printed, and its timeline shows `identity_enrolled`.
+#[test]
+fn a_booting_node_enrolls_and_fetches_its_secret_over_mtls() {
+    if !preflight(true) {
+        return;
+    }
+    const NODE: (&str, &str, &str) = ("x1000c0s4b0n0", "52:54:00:aa:04:01", "192.0.2.54");
+    let mut ns = Netns::new("idq").unwrap();
+    let rb = Rackboot::start(&ns).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    rb.import_node_images().unwrap();
+    rb.import_image("initrd.img", &agent_initrd(w).unwrap())
+        .unwrap();
+    rb.register_node(NODE.0, 4, NODE.1, NODE.2).unwrap();
+    let (ok, out) = rb_cli(
+        &ns,
+        &rb,
+        &["secret", "set", "--node", NODE.0, "node-secret"],
+        Some("s3cr3t-for-n4"),
+    );
+    assert!(ok, "{out}");
+    let mut vm = Qemu::start(&mut ns, Firmware::SeaBiosIpxe, NODE.1).unwrap();
+    if let Err(e) = vm.wait_for("RACKBOOT-SECRET", Duration::from_secs(400)) {
+        panic!(
+            "{e}\n--- console ---\n{}\n--- log ---\n{}",
+            vm.console(),
+            rb.log_text()
+        );
+    }
+    let console = vm.console();
+    assert!(console.contains("RACKBOOT-ENROLLED"), "{console}");
+    assert!(
+        console.contains("RACKBOOT-SECRET s3cr3t-for-n4"),
+        "{console}\n{}",
+        rb.log_text()
+    );
+    // The certificate the node printed verifies against the rack CA.
+    let pem: String = console
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .skip_while(|l| !l.contains("RACKBOOT-CERT-BEGIN"))
+        .skip(1)
+        .take_while(|l| !l.contains("RACKBOOT-CERT-END"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let leaf = pem
+        .split_inclusive("-----END CERTIFICATE-----\n")
+        .next()
+        .unwrap();
+    std::fs::write(w.join("leaf.pem"), leaf).unwrap();
+    let (ok, ca) = rb_cli(&ns, &rb, &["ca", "show", "--pem"], None);
+    assert!(ok, "{ca}");
+    std::fs::write(w.join("ca.pem"), ca).unwrap();
+    let v = openssl(
+        w,
+        &[
+            "verify",
+            "-purpose",
+            "sslclient",
+            "-CAfile",
+            "ca.pem",
+            "leaf.pem",
+        ],
+    );
+    assert!(v.contains("leaf.pem: OK"), "{v}");
+    let subject = openssl(
+        w,
+        &[
+            "x509",
+            "-in",
+            "leaf.pem",
+            "-noout",
+            "-ext",
+            "subjectAltName",
+        ],
+    );
+    assert!(
+        subject.contains("spiffe://rack/node/x1000c0s4b0n0"),
+        "{subject}"
+    );
+    let (_, tl) = rb
+        .http(
+            "GET",
+            &format!("/rackboot/v1/nodes/{}/timeline", NODE.0),
+            None,
+        )
+        .unwrap();
+    assert!(tl.contains("identity_enrolled"), "{tl}");
+    let a = audit(&rb, NODE.0);
+    assert!(
+        a.iter()
+            .any(|e| e["action"] == "secret-read" && e["ok"] == true),
+        "{a:?}"
+    );
 }

@@ -3,6 +3,8 @@
 //!
 //! These are measurements, not tests: nothing here fails on a slow number.
 
+mod redfish;
+
 use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
@@ -108,9 +110,44 @@ pub fn run_bench() -> anyhow::Result<()> {
         peer_boot,
         rb_boot / peer_boot.max(0.001)
     );
+    crate::stage("Redfish discovery: a silent /20, crawls of 64/128/256 fixture BMCs");
+    let section = redfish::section(&root, &bin).unwrap_or_else(|e| {
+        eprintln!("redfish bench failed: {e:#}");
+        format!("{}\n\n**failed**: {e:#}\n", redfish::HEADING)
+    });
+    let _ = write!(report, "\n{section}");
     let path = root.join("docs/benchmarks.md");
     std::fs::write(&path, report)?;
     eprintln!("\nwrote {}", path.display());
+    Ok(())
+}
+
+/// `cargo xtask bench redfish`: only the discovery benchmark; prints its section and replaces
+/// (or appends) the `## Redfish discovery` section of docs/benchmarks.md, leaving the rest.
+pub fn run_redfish_only() -> anyhow::Result<()> {
+    let root = crate::root();
+    crate::stage("build (release)");
+    run(Command::new(env!("CARGO")).current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "appliance",
+        "--bin",
+        "rackboot",
+    ]))?;
+    let section = redfish::section(&root, &root.join("target/release/rackboot"))?;
+    println!("{section}");
+    let path = root.join("docs/benchmarks.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    std::fs::write(
+        &path,
+        redfish::replace_section(&old, redfish::HEADING, &section),
+    )?;
+    eprintln!(
+        "\nupdated the {} section of {}",
+        redfish::HEADING,
+        path.display()
+    );
     Ok(())
 }
 

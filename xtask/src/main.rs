@@ -2,7 +2,8 @@
 //!
 //! - `demo`  — install what it needs, boot one QEMU node from rackboot in a netns, show what happened
 //! - `test`  — install the test dependencies, build, run the whole suite (QEMU e2e included)
-//! - `bench` — benchmarks (criterion + peer comparisons), written to docs/benchmarks.md
+//! - `bench` — benchmarks (criterion + peer comparisons, Redfish discovery), written to
+//!   docs/benchmarks.md; `bench http|boot|redfish` run one part
 //! - `deps`, `image node` — the individual steps
 
 mod bench;
@@ -29,8 +30,9 @@ fn main() {
             None => bench::run_bench(),
             Some("http") => bench::run_http_only(),
             Some("boot") => bench::run_boot_only(),
+            Some("redfish") => bench::run_redfish_only(),
             Some(other) => Err(anyhow::anyhow!(
-                "unknown bench {other:?}; known: http, boot"
+                "unknown bench {other:?}; known: http, boot, redfish"
             )),
         },
         Some("capture-vectors") => vectors::capture(),
@@ -43,6 +45,7 @@ fn main() {
                  bench       run the benchmarks and write docs/benchmarks.md\n  \
                  bench http  only the wrk comparison with nginx (prints, writes nothing)\n  \
                  bench boot  only the QEMU boot-time comparison with dnsmasq + nginx (prints)\n  \
+                 bench redfish  only Redfish discovery (silent /20, 64/128/256 fixture BMCs); updates its section of docs/benchmarks.md\n  \
                  deps        install the Debian packages and tools the tests need\n  \
                  image node  build the QEMU node kernel + initramfs into build/node/\n  \
                  capture-vectors  record real firmware DHCP messages into pxe-core/tests/vectors/"

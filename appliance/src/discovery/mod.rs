@@ -338,8 +338,14 @@ impl Discovery {
         for (target, base) in bases {
             let (me, gate) = (self.clone(), gate.clone());
             crawls.spawn(async move {
-                let _permit = gate.acquire_owned().await;
-                let r = me.discover_one(&base, insecure).await;
+                // The slot is for talking to BMCs; the inventory write queues without it.
+                let permit = gate.acquire_owned().await;
+                let crawl = me.crawl(&base, insecure).await;
+                drop(permit);
+                let r = match crawl {
+                    Ok(c) => me.record(c).await,
+                    Err(e) => Err(e),
+                };
                 (target, base, r)
             });
         }
@@ -371,15 +377,6 @@ impl Discovery {
         }
         results.sort_by(|a, b| a.target.cmp(&b.target));
         results
-    }
-
-    async fn discover_one(
-        &self,
-        base: &str,
-        insecure: bool,
-    ) -> Result<(String, Vec<NodeFound>), String> {
-        let crawl = self.crawl(base, insecure).await?;
-        self.record(crawl).await
     }
 
     async fn crawl(&self, base: &str, insecure: bool) -> Result<Crawl, String> {
@@ -495,41 +492,42 @@ impl Discovery {
     /// Writes one crawl into the inventory (one transaction).
     async fn record(&self, c: Crawl) -> Result<(String, Vec<NodeFound>), String> {
         let _serial = self.apply.lock().await;
-        let endpoints = self
+        // Indexed lookups, not the whole inventory: one BMC's write must not cost more as the
+        // rack fills up.
+        let names = self
             .store
-            .list_redfish_endpoints()
+            .discovery_names(c.host.clone(), Vec::new())
             .await
             .map_err(|e| e.to_string())?;
-        let existing = endpoints.iter().find(|e| {
-            ["FQDN", "IPAddress", "Hostname"]
-                .iter()
-                .any(|k| e.extra.get(*k).and_then(Value::as_str) == Some(c.host.as_str()))
-        });
-        let (bmc_x, rule) = match existing {
-            Some(e) => (e.id.clone(), "existing"),
+        let (bmc_x, rule) = match names.existing {
+            Some(id) => (id, "existing"),
             None => {
                 let port = self
                     .store
                     .bmc_relay_port(c.host.clone())
                     .await
                     .map_err(|e| e.to_string())?;
-                self.name_bmc(&c, port.as_ref(), &endpoints)?
+                self.name_bmc(&c, port.as_ref(), &names.endpoint_ids)?
             }
         };
-        let comps = self
+        let node_xnames: Vec<String> = (0..c.systems.len())
+            .map(|i| format!("{bmc_x}n{i}"))
+            .collect();
+        let nids = self
             .store
-            .list_components()
+            .discovery_names(c.host.clone(), node_xnames)
             .await
-            .map_err(|e| e.to_string())?;
-        let mut next_nid = comps.iter().filter_map(|c| c.nid).max().unwrap_or(0) + 1;
+            .map_err(|e| e.to_string())?
+            .node_nids;
+        let mut next_nid = names.max_nid.unwrap_or(0) + 1;
         let mut components = vec![component(&bmc_x, "NodeBMC", None, None)];
         let mut interfaces = Vec::new();
         let mut found = Vec::new();
         let mut systems_doc = Vec::new();
         for (i, s) in c.systems.iter().enumerate() {
             let node_x = format!("{bmc_x}n{i}");
-            let nid = match comps.iter().find(|k| k.id == node_x).and_then(|k| k.nid) {
-                Some(n) => n,
+            let nid = match nids.get(&node_x) {
+                Some(n) => *n,
                 None => {
                     let n = next_nid;
                     next_nid += 1;
@@ -630,9 +628,9 @@ impl Discovery {
         &self,
         c: &Crawl,
         port: Option<&(String, String)>,
-        endpoints: &[RedfishEndpoint],
+        endpoint_ids: &std::collections::HashSet<String>,
     ) -> Result<(String, &'static str), String> {
-        let free = |x: &str| !endpoints.iter().any(|e| e.id == x);
+        let free = |x: &str| !endpoint_ids.contains(x);
         let slot = |n: u32| format!("{}c{}s{n}b0", self.cfg.cabinet, self.cfg.chassis);
         for rule in &self.cfg.xname_rules {
             let (name, candidate) = match rule {

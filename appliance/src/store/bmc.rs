@@ -111,4 +111,57 @@ impl Store {
         })
         .await
     }
+
+    /// What naming one discovered BMC needs, without decoding the inventory: the xname of the
+    /// endpoint already at `host` (by IPAddress, FQDN or Hostname), every endpoint ID, the
+    /// highest NID, and the NIDs of `nodes` that exist.
+    pub async fn discovery_names(
+        &self,
+        host: String,
+        nodes: Vec<String>,
+    ) -> Result<DiscoveryNames, StoreError> {
+        self.read(move |c| {
+            let existing = c
+                .query_row(
+                    "SELECT id FROM redfish_endpoints WHERE json_extract(doc, '$.IPAddress') = ?1
+                     OR json_extract(doc, '$.FQDN') = ?1 OR json_extract(doc, '$.Hostname') = ?1
+                     ORDER BY id LIMIT 1",
+                    [&host],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let mut st = c.prepare("SELECT id FROM redfish_endpoints")?;
+            let endpoint_ids = st
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<std::collections::HashSet<String>, _>>()?;
+            let max_nid: Option<i64> =
+                c.query_row("SELECT MAX(nid) FROM components", [], |r| r.get(0))?;
+            let mut node_nids = std::collections::HashMap::new();
+            let mut st = c.prepare("SELECT nid FROM components WHERE id = ?1")?;
+            for n in nodes {
+                if let Some(Some(nid)) = st
+                    .query_row([&n], |r| r.get::<_, Option<i64>>(0))
+                    .optional()?
+                {
+                    node_nids.insert(n, nid);
+                }
+            }
+            Ok(DiscoveryNames {
+                existing,
+                endpoint_ids,
+                max_nid,
+                node_nids,
+            })
+        })
+        .await
+    }
+}
+
+/// See [`Store::discovery_names`].
+#[derive(Debug, Clone, Default)]
+pub struct DiscoveryNames {
+    pub existing: Option<String>,
+    pub endpoint_ids: std::collections::HashSet<String>,
+    pub max_nid: Option<i64>,
+    pub node_nids: std::collections::HashMap<String, i64>,
 }

@@ -26,6 +26,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, Transaction};
 use tokio::sync::{oneshot, watch};
 
+pub use bmc::DiscoveryNames;
 pub use bss::{BootParameters, BootSelector, CloudInit};
 pub use cloudinit::{CiKind, NodeInfo};
 pub use identity::{Audit, AuditRow, CertRow, EnrollRequest, JoinToken, SecretScope};

@@ -572,6 +572,30 @@ fn expired_certificates_are_refused_and_approval_waits_for_an_admin() {
     );
     let (ok, out) = agent(&["agent", "secret", "s"]);
     assert!(ok && out == "v", "approved certificate works: {out}");
+
+    // The renewal daemon keeps a 3 s certificate alive: it renews two thirds of the way in.
+    let cmdline_path = w.join("cmdline");
+    let mut daemon = node
+        .cmd(&bin)
+        .args(["agent", "renew", "--daemon", "--cmdline"])
+        .arg(&cmdline_path)
+        .arg("--dir")
+        .arg(&id_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(8));
+    let (ok, out) = agent(&["agent", "secret", "s"]);
+    let _ = daemon.kill();
+    let log = daemon.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&log.stderr);
+    assert!(ok && out == "v", "still valid after 8 s: {out}\n{log}");
+    let renewals = audit(&rb, A.0)
+        .iter()
+        .filter(|a| a["action"] == "renew" && a["ok"] == true)
+        .count();
+    assert!(renewals >= 2, "{renewals} renewals\n{log}");
 }
 
 /// A real node: it PXE-boots, its initramfs runs `rackboot agent enroll` with the token from its

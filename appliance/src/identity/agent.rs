@@ -9,7 +9,7 @@
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
@@ -217,21 +217,58 @@ fn identity_pem(dir: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(pem)
 }
 
-/// When the certificate in `dir` should be renewed: two thirds into its lifetime.
-fn renew_at(dir: &Path) -> anyhow::Result<std::time::SystemTime> {
-    let pem = std::fs::read_to_string(dir.join("cert.pem"))?;
+/// When the certificate in `dir` should be renewed: two thirds of the way from when it was
+/// stored (cert.pem's mtime; `not_before` is backdated for clock skew) to `not_after`; and
+/// `not_after` itself.
+fn renew_at(dir: &Path) -> anyhow::Result<(SystemTime, SystemTime)> {
+    use x509_parser::prelude::FromDer;
+    let path = dir.join("cert.pem");
+    let pem = std::fs::read_to_string(&path)?;
     let first = pem_certs(&pem)?
         .into_iter()
         .next()
         .context("no certificate")?;
-    let (_, c) = <x509_parser::certificate::X509Certificate<'_> as x509_parser::prelude::FromDer<
-        '_,
-        _,
-    >>::from_der(&first)
-    .map_err(|e| anyhow::anyhow!("cert.pem does not parse: {e}"))?;
-    let nb = u64::try_from(c.validity().not_before.timestamp()).unwrap_or(0);
-    let na = u64::try_from(c.validity().not_after.timestamp()).unwrap_or(0);
-    Ok(std::time::UNIX_EPOCH + Duration::from_secs(nb + na.saturating_sub(nb) * 2 / 3))
+    let (_, c) = x509_parser::certificate::X509Certificate::from_der(&first)
+        .map_err(|e| anyhow::anyhow!("cert.pem does not parse: {e}"))?;
+    let na = UNIX_EPOCH
+        + Duration::from_secs(u64::try_from(c.validity().not_after.timestamp()).unwrap_or(0));
+    let got = std::fs::metadata(&path)?.modified()?;
+    let life = na.duration_since(got).unwrap_or_default();
+    Ok((got + life * 2 / 3, na))
+}
+
+/// One renewal: a new key and CSR, sent over mTLS with the current certificate.
+async fn renew_once(n: &Node) -> anyhow::Result<()> {
+    let http = client(&n.ca, Some(&identity_pem(&n.dir)?))?;
+    let who: serde_json::Value = http
+        .get(format!("{}/identity/v1/node/whoami", n.url))
+        .send()
+        .await?
+        .error_for_status()
+        .context("rackboot refused this node's certificate")?
+        .json()
+        .await?;
+    let xname = who
+        .get("xname")
+        .and_then(|x| x.as_str())
+        .context("whoami: no xname")?
+        .to_owned();
+    let (key, csr) = new_csr(&xname)?;
+    let e = answer(
+        http.post(format!("{}/identity/v1/node/renew", n.url))
+            .json(&serde_json::json!({"csr": csr}))
+            .send()
+            .await?,
+        "renewal",
+    )
+    .await?;
+    store(&n.dir, &key, &e.chain.context("no certificate")?, &n.ca)?;
+    eprintln!(
+        "renewed {xname}: certificate {} until {}",
+        e.serial.unwrap_or_default(),
+        e.not_after.unwrap_or_default()
+    );
+    Ok(())
 }
 
 pub async fn run(cmd: AgentCommand) -> anyhow::Result<()> {
@@ -292,49 +329,33 @@ pub async fn run(cmd: AgentCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        AgentCommand::Renew { args, daemon } => loop {
+        AgentCommand::Renew { args, daemon } => {
             let n = load(&args)?;
-            if daemon {
-                let at = renew_at(&n.dir)?;
-                if let Ok(left) = at.duration_since(std::time::SystemTime::now()) {
+            if !daemon {
+                return renew_once(&n).await;
+            }
+            loop {
+                let (at, expires) = renew_at(&n.dir)?;
+                if let Ok(left) = at.duration_since(SystemTime::now()) {
                     tokio::time::sleep(left).await;
                 }
+                // Retry until the certificate expires; after that only a new boot (a new join
+                // token) or an administrator can help.
+                while let Err(e) = renew_once(&n).await {
+                    let left = expires
+                        .duration_since(SystemTime::now())
+                        .unwrap_or_default();
+                    if left.is_zero() {
+                        bail!("the certificate expired before it could be renewed: {e:#}");
+                    }
+                    eprintln!("renewal failed ({e:#}); retrying");
+                    tokio::time::sleep(
+                        (left / 10).clamp(Duration::from_millis(500), Duration::from_secs(60)),
+                    )
+                    .await;
+                }
             }
-            let xname = {
-                let http = client(&n.ca, Some(&identity_pem(&n.dir)?))?;
-                let who: serde_json::Value = http
-                    .get(format!("{}/identity/v1/node/whoami", n.url))
-                    .send()
-                    .await?
-                    .error_for_status()
-                    .context("rackboot refused this node's certificate")?
-                    .json()
-                    .await?;
-                who.get("xname")
-                    .and_then(|x| x.as_str())
-                    .context("whoami: no xname")?
-                    .to_owned()
-            };
-            let (key, csr) = new_csr(&xname)?;
-            let http = client(&n.ca, Some(&identity_pem(&n.dir)?))?;
-            let e = answer(
-                http.post(format!("{}/identity/v1/node/renew", n.url))
-                    .json(&serde_json::json!({"csr": csr}))
-                    .send()
-                    .await?,
-                "renewal",
-            )
-            .await?;
-            store(&n.dir, &key, &e.chain.context("no certificate")?, &n.ca)?;
-            eprintln!(
-                "renewed {xname}: certificate {} until {}",
-                e.serial.unwrap_or_default(),
-                e.not_after.unwrap_or_default()
-            );
-            if !daemon {
-                return Ok(());
-            }
-        },
+        }
         AgentCommand::Secret { name, args } => {
             let n = load(&args)?;
             let http = client(&n.ca, Some(&identity_pem(&n.dir)?))?;

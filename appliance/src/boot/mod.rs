@@ -288,11 +288,9 @@ async fn bootscript(
                 stage = "bootscript",
                 "boot script served"
             );
-            let params = match (&ctx.identity, known, &name) {
-                (Some((id, url)), true, Some(x)) => {
-                    identity_params(&ctx.store, id, url, x, &bp.params).await
-                }
-                _ => bp.params.clone(),
+            let extra = match (&ctx.identity, known, &name) {
+                (Some((id, url)), true, Some(x)) => identity_params(&ctx.store, id, url, x).await,
+                _ => String::new(),
             };
             script::node(&script::NodeScript {
                 base: &base,
@@ -301,7 +299,8 @@ async fn bootscript(
                 nid: if known { nid } else { None },
                 kernel: &bp.kernel,
                 initrd: &bp.initrd,
-                params: &params,
+                params: &bp.params,
+                extra: &extra,
                 retry,
                 max_retries: ctx.max_retries,
             })
@@ -338,15 +337,14 @@ async fn bootscript(
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
 }
 
-/// `params` plus a fresh join token for `xname` bound to its inventory address, the CA
-/// fingerprint and the HTTPS URL. A node with no inventory address gets none (logged): a
+/// A fresh join token for `xname` bound to its inventory address, the CA fingerprint and the
+/// HTTPS URL, as kernel parameters. A node with no inventory address gets none (logged): a
 /// token must be bound to the address the node will enroll from.
 async fn identity_params(
     store: &Store,
     id: &crate::identity::Identity,
     url: &str,
     xname: &str,
-    params: &str,
 ) -> String {
     let ip = match store.node_info(xname.to_owned()).await {
         Ok(Some(n)) => n.interfaces.iter().find_map(|(_, ip)| *ip),
@@ -357,16 +355,16 @@ async fn identity_params(
             xname,
             "no inventory address: no join token on its command line"
         );
-        return params.to_owned();
+        return String::new();
     };
     match id.mint_join_token(xname, ip).await {
         Ok(token) => format!(
-            "{params} rackboot.join={token} rackboot.ca={} rackboot.url={url}",
+            "rackboot.join={token} rackboot.ca={} rackboot.url={url}",
             id.ca().fingerprint()
         ),
         Err(e) => {
             tracing::error!(xname, error = %e, "could not mint a join token");
-            params.to_owned()
+            String::new()
         }
     }
 }

@@ -16,6 +16,8 @@ pub struct NodeScript<'a> {
     pub kernel: &'a str,
     pub initrd: &'a str,
     pub params: &'a str,
+    /// Appended after everything else (machine identity: `rackboot.join=…`).
+    pub extra: &'a str,
     pub retry: u32,
     pub max_retries: u32,
 }
@@ -48,6 +50,10 @@ pub fn node(s: &NodeScript<'_>) -> String {
     }
     if let Some(x) = s.xname {
         add("ds", &format!("nocloud;s={}/cloud-init/{x}/", s.base));
+    }
+    if !s.extra.trim().is_empty() {
+        params.push(' ');
+        params.push_str(s.extra.trim());
     }
     let mut out = String::from("#!ipxe\n");
     let _ = writeln!(
@@ -149,6 +155,7 @@ mod tests {
             kernel: "http://192.0.2.1/images/vmlinuz",
             initrd: "http://192.0.2.1/images/initrd.img",
             params,
+            extra: "",
             retry,
             max_retries: 3,
         }

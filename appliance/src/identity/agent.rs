@@ -301,16 +301,20 @@ pub async fn run(cmd: AgentCommand) -> anyhow::Result<()> {
             )
             .await?;
             let deadline = std::time::Instant::now() + wait;
+            let mut told = false;
             while e.state == "pending" {
                 let id = e.request.clone().context("pending without a request id")?;
-                eprintln!("enrollment {id} waits for `rackboot cert approve {id}`");
+                if !told {
+                    eprintln!("enrollment {id} waits for `rackboot cert approve {id}`");
+                    told = true;
+                }
                 if std::time::Instant::now() > deadline {
                     bail!(
                         "enrollment {id} was not approved within {}",
                         humantime::format_duration(wait)
                     );
                 }
-                tokio::time::sleep(Duration::from_secs(3)).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
                 e = answer(
                     http.get(format!("{url}/identity/v1/enroll/{id}"))
                         .send()

@@ -341,6 +341,47 @@ fn nodes_enroll_fetch_secrets_over_mtls_and_every_abuse_is_refused() {
     };
     let me = whoami("curl-cert.pem", "k.pem");
     assert!(me.contains(A.0) && me.ends_with("200"), "{me}");
+    // The node reports boot events and phones home with its certificate.
+    let post = |path: &str, body: &str| {
+        let out = node
+            .cmd("curl")
+            .args(["-s", "-m", "10", "--cacert"])
+            .arg(w.join("ca.pem"))
+            .arg("--cert")
+            .arg(w.join("curl-cert.pem"))
+            .arg("--key")
+            .arg(w.join("k.pem"))
+            .args([
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                body,
+            ])
+            .args(["-w", "\n%{http_code}", &format!("https://192.0.2.1{path}")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let r = post(
+        "/identity/v1/node/events",
+        r#"{"stage":"cloud_init_user_data","detail":{"src":"node"}}"#,
+    );
+    assert!(r.ends_with("204"), "{r}");
+    let r = post("/identity/v1/node/events", r#"{"stage":"made_up"}"#);
+    assert!(r.ends_with("400"), "{r}");
+    let r = post("/identity/v1/node/phone-home", "{}");
+    assert!(r.ends_with("204"), "{r}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, tl) = rb
+            .http("GET", &format!("/rackboot/v1/nodes/{}/timeline", A.0), None)
+            .unwrap();
+        if tl.contains("phone_home") && tl.contains("\"via\":\"mtls\"") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{tl}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // A client certificate from a foreign CA: the handshake is refused.
     openssl(
@@ -491,6 +532,7 @@ fn renewal_expiry_and_approval() {
         &ns,
         &[
             ("RACKBOOT_IDENTITY__CERT_LIFETIME", "6s"),
+            ("RACKBOOT_IDENTITY__SERVER_CERT_LIFETIME", "6s"),
             (
                 "RACKBOOT_IDENTITY__GROUP_POLICY",
                 r#"{ "login" = "approval" }"#,
@@ -546,6 +588,26 @@ fn renewal_expiry_and_approval() {
         .filter(|a| a["action"] == "renew" && a["ok"] == true)
         .count();
     assert!(renewals >= 2, "{renewals} renewals\n{log}");
+
+    // The HTTPS certificate renews itself too (every third of its 6 s lifetime).
+    let server_serial = || {
+        let out = node
+            .cmd("sh")
+            .args([
+                "-c",
+                "openssl s_client -connect 192.0.2.1:443 </dev/null 2>/dev/null | openssl x509 -noout -serial",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let first = server_serial();
+    std::thread::sleep(Duration::from_secs(3));
+    let second = server_serial();
+    assert!(
+        first.starts_with("serial=") && first != second,
+        "{first} / {second}"
+    );
 
     // Without the daemon the certificate expires: no secrets, no renewal.
     std::thread::sleep(Duration::from_secs(7));

@@ -88,6 +88,7 @@ pub fn https_router(id: Identity) -> Router {
             get(node_user_data),
         )
         .route("/identity/v1/node/phone-home", post(node_phone_home))
+        .route("/identity/v1/node/events", post(node_event))
         .layer(axum::middleware::from_fn_with_state(
             id.clone(),
             require_node_cert,
@@ -250,6 +251,46 @@ async fn node_phone_home(
         serde_json::json!({"via": "mtls", "serial": node.serial}),
     );
     StatusCode::NO_CONTENT
+}
+
+#[derive(Debug, Deserialize)]
+struct NodeEvent {
+    stage: String,
+    #[serde(default = "yes")]
+    ok: bool,
+    #[serde(default)]
+    detail: serde_json::Value,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A boot event the node reports itself (any timeline stage), authenticated by its certificate.
+async fn node_event(
+    State(id): State<Identity>,
+    axum::Extension(node): axum::Extension<NodeIdentity>,
+    Json(e): Json<NodeEvent>,
+) -> Result<StatusCode, Problem> {
+    let Some(st) = stage::ALL.iter().find(|s| **s == e.stage) else {
+        return Err(Problem::bad_request(format!(
+            "unknown stage {:?}; known: {}",
+            e.stage,
+            stage::ALL.join(", ")
+        )));
+    };
+    if e.detail.to_string().len() > 4096 {
+        return Err(Problem::payload_too_large(
+            "detail is at most 4 KiB of JSON",
+        ));
+    }
+    id.inner.timeline.record(
+        Subject::Xname(node.xname.clone()),
+        st,
+        e.ok,
+        serde_json::json!({"via": "mtls", "serial": node.serial, "detail": e.detail}),
+    );
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn ca_info(State(id): State<Identity>) -> Result<Json<super::ca::CaInfo>, Problem> {

@@ -85,6 +85,8 @@ pub enum Command {
     /// renew it, fetch secrets over mTLS.
     #[command(subcommand)]
     Agent(crate::identity::agent::AgentCommand),
+    /// Federation with the upstream OpenCHAMI API: reachable, last pull, outbox depth.
+    Upstream(crate::federation::cli::UpstreamArgs),
 }
 
 /// Sets up `tracing` for the whole process. Logs go to stderr; stdout is for command output.
@@ -123,5 +125,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cert(cmd) => crate::identity::cli::cert(cmd).await,
         Command::Secret(cmd) => crate::identity::cli::secret(cmd).await,
         Command::Agent(cmd) => crate::identity::agent::run(cmd).await,
+        Command::Upstream(args) => crate::federation::cli::run(args).await,
     }
 }

@@ -36,6 +36,73 @@ pub struct Config {
     pub cloud_init: CloudInit,
     pub discovery: Discovery,
     pub identity: Identity,
+    pub upstream: Option<Upstream>,
+}
+
+/// Federation with an upstream OpenCHAMI management API (SMD, BSS).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// SMD base URL (…/hsm/v2 is appended), e.g. "https://demo.openchami.cluster:8443".
+    pub smd: String,
+    /// BSS base URL (…/boot/v1 is appended); default: the SMD URL.
+    #[serde(default)]
+    pub bss: Option<String>,
+    /// The rack's scope: components whose xname starts with this (e.g. "x1000c0")…
+    #[serde(default)]
+    pub xname_prefix: Option<String>,
+    /// …or the members of this upstream SMD group.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Bearer token file, re-read when it changes (e.g. written by a tokensmith sidecar).
+    #[serde(default)]
+    pub token_file: Option<std::path::PathBuf>,
+    /// OAuth2 client credentials instead of a token file.
+    #[serde(default)]
+    pub oauth2: Option<OAuth2>,
+    /// Client certificate and key (PEM) for mTLS to the upstream.
+    #[serde(default)]
+    pub client_cert: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub client_key: Option<std::path::PathBuf>,
+    /// PEM CA bundle for the upstream's certificate (default: the system roots).
+    #[serde(default)]
+    pub ca_bundle: Option<std::path::PathBuf>,
+    #[serde(default = "default_sync_interval", with = "humantime_serde_compat")]
+    pub interval: Duration,
+    #[serde(default = "default_upstream_timeout", with = "humantime_serde_compat")]
+    pub timeout: Duration,
+    /// How long a bootscript request for an unknown MAC waits for the upstream.
+    #[serde(default = "default_lookup_deadline", with = "humantime_serde_compat")]
+    pub lookup_deadline: Duration,
+    /// Keep objects created here (not upstream) next to the upstream's.
+    #[serde(default = "yes")]
+    pub allow_local: bool,
+}
+
+fn default_sync_interval() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_upstream_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_lookup_deadline() -> Duration {
+    Duration::from_secs(2)
+}
+fn yes() -> bool {
+    true
+}
+
+/// OAuth2 client-credentials grant.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OAuth2 {
+    pub token_url: String,
+    pub client_id: String,
+    /// File holding the client secret (never the secret itself in the config).
+    pub client_secret_file: std::path::PathBuf,
+    #[serde(default)]
+    pub scope: Option<String>,
 }
 
 /// How an enrollment with a valid join token is decided.
@@ -404,6 +471,22 @@ impl Config {
         }
         if self.identity.cert_lifetime < Duration::from_secs(1) {
             bail!("identity.cert_lifetime must be at least 1s");
+        }
+        if let Some(u) = &self.upstream {
+            if u.xname_prefix.is_some() == u.group.is_some() {
+                bail!(
+                    "upstream: set exactly one of xname_prefix (e.g. \"x1000c0\") or group (an SMD group label)"
+                );
+            }
+            if !(u.smd.starts_with("http://") || u.smd.starts_with("https://")) {
+                bail!("upstream.smd {:?} is not an http(s) URL", u.smd);
+            }
+            if u.token_file.is_some() && u.oauth2.is_some() {
+                bail!("upstream: use token_file or oauth2, not both");
+            }
+            if u.interval < Duration::from_millis(100) {
+                bail!("upstream.interval must be at least 100ms");
+            }
         }
         if self.discovery.xname_rules.is_empty() {
             bail!("discovery.xname_rules is empty: list at least \"sequential\"");

@@ -10,6 +10,7 @@ pub mod cloudinit;
 pub mod config;
 pub mod dhcp;
 pub mod discovery;
+pub mod federation;
 pub mod http;
 pub mod identity;
 pub mod images;

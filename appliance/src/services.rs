@@ -87,6 +87,16 @@ pub async fn start(
     let discovery =
         crate::discovery::Discovery::new(store.clone(), sealer, settings.config.discovery.clone());
     let on_lease = discovery.spawn_auto(&mut tasks, shutdown.clone())?;
+    let upstream = match &settings.config.upstream {
+        Some(cfg) => {
+            let f = crate::federation::Federation::new(cfg.clone(), store.clone())
+                .context("cannot set up the upstream ([upstream] in --config)")?;
+            f.spawn(&mut tasks, shutdown.clone());
+            tracing::info!(smd = %cfg.smd, "federated with an upstream");
+            Some(f)
+        }
+        None => None,
+    };
     let identity = if settings.config.identity.enabled {
         Some(
             crate::identity::Identity::open(
@@ -152,6 +162,7 @@ pub async fn start(
         max_retries: boot.max_retries,
         timeline: timeline.clone(),
         identity: identity.clone().map(|id| (id, https_url(settings))),
+        upstream: upstream.clone(),
     };
     let observe = Observe {
         metrics,
@@ -162,6 +173,7 @@ pub async fn start(
         base: settings.base_url(),
         discovery,
         identity: identity.clone(),
+        upstream,
     };
     let app = http_app(&authn, ipxe, images, store, boot_ctx, observe);
     let listener = tokio::net::TcpListener::bind(settings.http_listen)
@@ -332,7 +344,8 @@ fn http_app(
         .merge(
             crate::timeline::routes::router(store, obs.timeline.clone(), obs.stuck_after)
                 .layer(guard("status")),
-        );
+        )
+        .merge(crate::federation::router(obs.upstream.clone()).layer(guard("status")));
     let metrics = obs.metrics;
     Router::new()
         .merge(open)
@@ -353,6 +366,7 @@ struct Observe {
     base: String,
     discovery: crate::discovery::Discovery,
     identity: Option<crate::identity::Identity>,
+    upstream: Option<crate::federation::Federation>,
 }
 
 /// Counts every request by route class and status, with its time to response headers.

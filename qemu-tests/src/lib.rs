@@ -226,12 +226,53 @@ impl Rackboot {
 
     /// Starts a given rackboot binary (benchmarks use the release build).
     pub fn start_with(ns: &Netns, bin: &Path) -> anyhow::Result<Rackboot> {
-        Self::start_in(ns, bin, tempfile::tempdir()?, &[])
+        Self::start_in(ns, bin, tempfile::tempdir()?, &[], ns.addr.clone())
     }
 
     /// Starts rackboot with `RACKBOOT_*` settings (e.g. `("RACKBOOT_DHCP__MODE", "proxy")`).
     pub fn start_with_env(ns: &Netns, env: &[(&str, &str)]) -> anyhow::Result<Rackboot> {
-        Self::start_in(ns, &rackboot_bin()?, tempfile::tempdir()?, env)
+        Self::start_in(
+            ns,
+            &rackboot_bin()?,
+            tempfile::tempdir()?,
+            env,
+            ns.addr.clone(),
+        )
+    }
+
+    /// Starts rackboot with its HTTP API on `addr` ("192.0.2.1:8080"; set the matching
+    /// `RACKBOOT_HTTP_LISTEN` in `env`), e.g. a second rackboot as another's upstream.
+    pub fn start_with_env_at(
+        ns: &Netns,
+        env: &[(&str, &str)],
+        addr: &str,
+    ) -> anyhow::Result<Rackboot> {
+        Self::start_in(
+            ns,
+            &rackboot_bin()?,
+            tempfile::tempdir()?,
+            env,
+            addr.to_owned(),
+        )
+    }
+
+    /// SIGKILLs the server (no clean shutdown); the data dir stays.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGKILLs the server (if running) and starts a new one on the same data dir and address,
+    /// with `env`.
+    pub fn kill9_and_restart_env(
+        mut self,
+        ns: &Netns,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Rackboot> {
+        self.kill();
+        let data_dir = std::mem::replace(&mut self.data_dir, tempfile::tempdir()?);
+        let addr = self.addr.clone();
+        Self::start_in(ns, &rackboot_bin()?, data_dir, env, addr)
     }
 
     /// SIGKILLs the server (no clean shutdown) and starts a new one on the same data dir.
@@ -239,7 +280,7 @@ impl Rackboot {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let data_dir = std::mem::replace(&mut self.data_dir, tempfile::tempdir()?);
-        Self::start_in(ns, &rackboot_bin()?, data_dir, &[])
+        Self::start_in(ns, &rackboot_bin()?, data_dir, &[], ns.addr.clone())
     }
 
     fn start_in(
@@ -247,6 +288,7 @@ impl Rackboot {
         bin: &Path,
         data_dir: tempfile::TempDir,
         env: &[(&str, &str)],
+        addr: String,
     ) -> anyhow::Result<Rackboot> {
         let log = data_dir.path().join("rackboot.log");
         let logf = fs::OpenOptions::new()
@@ -268,7 +310,7 @@ impl Rackboot {
             log,
             child,
             ns: ns.name.clone(),
-            addr: ns.addr.clone(),
+            addr,
             token: String::new(),
         };
         let deadline = Instant::now() + Duration::from_secs(60);

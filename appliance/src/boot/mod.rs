@@ -30,6 +30,8 @@ pub struct BootScriptContext {
     /// When set, a known node's kernel command line gets a join token, the CA fingerprint and
     /// this HTTPS URL (`rackboot.join=`, `rackboot.ca=`, `rackboot.url=`).
     pub identity: Option<(crate::identity::Identity, String)>,
+    /// When set, an unknown MAC is looked up upstream before the unknown-node script.
+    pub upstream: Option<crate::federation::Federation>,
 }
 
 /// `/boot/v1/bootparameters` (no auth inside: `serve` wraps it with the `boot` scope).
@@ -245,6 +247,21 @@ async fn bootscript(
         .store
         .boot_parameters_for(mac.clone(), name.clone(), nid)
         .await?;
+    if bp.is_none()
+        && let (Some(up), Some(m)) = (&ctx.upstream, &mac)
+        && up.lookup_mac(m).await
+    {
+        if let Ok(parsed) = m.parse::<pxe_core::MacAddr>()
+            && let Some((x, n)) = ctx.store.node_for_mac(parsed).await?
+        {
+            name = name.or(Some(x));
+            nid = nid.or(n);
+        }
+        bp = ctx
+            .store
+            .boot_parameters_for(mac.clone(), name.clone(), nid)
+            .await?;
+    }
     let mut known = true;
     if bp.is_none()
         && let Some(a) = &arch

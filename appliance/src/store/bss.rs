@@ -222,7 +222,7 @@ fn matching_ids(c: &rusqlite::Connection, sel: &BootSelector) -> Result<Vec<i64>
     Ok(ids)
 }
 
-fn insert(tx: &Transaction<'_>, bp: &BootParameters) -> Result<(), StoreError> {
+pub(super) fn insert(tx: &Transaction<'_>, bp: &BootParameters) -> Result<(), StoreError> {
     tx.execute(
         "INSERT INTO boot_parameters (doc) VALUES (?1)",
         [serde_json::to_string(&bp.body())?],
@@ -237,7 +237,7 @@ fn insert(tx: &Transaction<'_>, bp: &BootParameters) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn remove_keys(tx: &Transaction<'_>, sel: &BootSelector) -> Result<usize, StoreError> {
+pub(super) fn remove_keys(tx: &Transaction<'_>, sel: &BootSelector) -> Result<usize, StoreError> {
     let mut removed = 0;
     for (kind, key) in sel.keys() {
         removed += tx.execute(
@@ -252,7 +252,7 @@ fn remove_keys(tx: &Transaction<'_>, sel: &BootSelector) -> Result<usize, StoreE
     Ok(removed)
 }
 
-fn load(c: &rusqlite::Connection, id: i64) -> Result<BootParameters, StoreError> {
+pub(super) fn load(c: &rusqlite::Connection, id: i64) -> Result<BootParameters, StoreError> {
     let doc: String = c.query_row("SELECT doc FROM boot_parameters WHERE id = ?1", [id], |r| {
         r.get(0)
     })?;

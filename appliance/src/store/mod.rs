@@ -18,6 +18,7 @@ mod leases;
 mod schema;
 mod smd;
 mod timeline;
+mod upstream;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
@@ -36,6 +37,7 @@ pub use smd::{
     Component, EthernetInterface, Group, GroupMembers, IpAddressEntry, RedfishEndpoint, Reservation,
 };
 pub use timeline::{BootEvent, NodeStatusRow};
+pub use upstream::{ApplyStats, OutboxItem, UpstreamSnapshot};
 
 /// Store errors. `Conflict`/`NotFound`/`Invalid` carry a message a person can act on.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +78,9 @@ struct Inner {
     jobs: Mutex<mpsc::Sender<Job>>,
     readers: Mutex<Vec<Connection>>,
     inventory: watch::Sender<u64>,
+    /// Set when an upstream is configured: RedfishEndpoint writes also queue a push in the
+    /// outbox, in the same transaction.
+    push_upstream: std::sync::atomic::AtomicBool,
 }
 
 /// Most writes committed in one transaction.
@@ -113,6 +118,7 @@ impl Store {
                 jobs: Mutex::new(tx),
                 readers: Mutex::new(Vec::new()),
                 inventory,
+                push_upstream: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }

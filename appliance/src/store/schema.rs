@@ -170,6 +170,18 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER identity_audit_no_delete BEFORE DELETE ON identity_audit
         BEGIN SELECT RAISE(ABORT, 'identity_audit is append-only'); END;
     "#,
+    // 8: federation: what waits to be pushed upstream, in order.
+    r#"
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT
+    );
+    "#,
 ];
 
 /// Brings `conn` to the latest schema; refuses a database from a newer rackboot.

@@ -126,12 +126,21 @@ impl Store {
         comps: Vec<Component>,
         interfaces: Vec<EthernetInterface>,
     ) -> Result<(), StoreError> {
+        let push = self.pushes_upstream();
         self.write_inventory(move |tx| {
             tx.execute(
                 "INSERT INTO redfish_endpoints (id, doc) VALUES (?1, ?2)
                  ON CONFLICT(id) DO UPDATE SET doc = excluded.doc",
                 params![endpoint.id, serde_json::to_string(&endpoint)?],
             )?;
+            if push {
+                super::upstream::enqueue(
+                    tx,
+                    "RedfishEndpoint",
+                    &endpoint.id,
+                    &serde_json::to_value(&endpoint)?,
+                )?;
+            }
             for c in &comps {
                 tx.execute(
                     "INSERT INTO components (id, nid, doc) VALUES (?1, ?2, ?3)
@@ -225,8 +234,12 @@ impl Store {
         ep: RedfishEndpoint,
         replace: bool,
     ) -> Result<(), StoreError> {
+        let push = self.pushes_upstream();
         self.write_inventory(move |tx| {
             let doc = serde_json::to_string(&ep)?;
+            if push {
+                super::upstream::enqueue(tx, "RedfishEndpoint", &ep.id, &serde_json::to_value(&ep)?)?;
+            }
             if replace {
                 tx.execute(
                     "INSERT INTO redfish_endpoints (id, doc) VALUES (?1, ?2) ON CONFLICT(id) DO UPDATE SET doc = excluded.doc",

@@ -134,6 +134,9 @@ pub async fn start(
                 metrics: metrics.clone(),
                 timeline: timeline.clone(),
                 on_lease: on_lease.clone(),
+                on_unknown: upstream
+                    .as_ref()
+                    .map(crate::federation::Federation::unknown_lookup),
             },
             shutdown.clone(),
         )
@@ -151,6 +154,7 @@ pub async fn start(
                 metrics: metrics.clone(),
                 timeline: timeline.clone(),
                 on_lease: on_lease.clone(),
+                on_unknown: None,
             },
             shutdown.clone(),
         )?;
@@ -296,6 +300,7 @@ fn http_app(
         metrics: obs.metrics.clone(),
         timeline: obs.timeline.clone(),
         on_lease: None,
+        on_unknown: None,
     };
     let mut open = Router::new()
         .merge(ipxe.router())

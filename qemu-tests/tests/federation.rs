@@ -18,6 +18,7 @@ const UP: &str = "192.0.2.1:8080";
 const N0: (&str, &str, &str) = ("x1000c0s0b0n0", "52:54:00:dd:00:01", "192.0.2.60");
 const N1: (&str, &str, &str) = ("x1000c0s1b0n0", "52:54:00:dd:00:02", "192.0.2.61");
 const N2: (&str, &str, &str) = ("x1000c0s2b0n0", "52:54:00:dd:00:03", "192.0.2.62");
+const N3: (&str, &str, &str) = ("x1000c0s3b0n0", "52:54:00:dd:00:04", "192.0.2.63");
 const OTHER: (&str, &str, &str) = ("x2000c0s0b0n0", "52:54:00:dd:00:09", "192.0.2.69");
 
 fn up_env() -> Vec<(&'static str, &'static str)> {
@@ -140,6 +141,32 @@ fn a_federated_rack_mirrors_its_scope_boots_through_an_outage_and_pushes_exactly
         "on-demand lookup: {script}\n{}",
         down.log_text()
     );
+
+    // The same for DHCP: an unknown client's first DISCOVER waits for the upstream lookup and
+    // gets the node's static address, not one from the pool.
+    up.register_node(N3.0, 14, N3.1, N3.2).unwrap();
+    let client = ns.add_client_ns().unwrap();
+    client.ip(&["link", "set", "vc", "address", N3.1]).unwrap();
+    let script = work.path().join("udhcpc.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\n[ \"$1\" = bound ] && echo \"LEASE $ip\"\nexit 0\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = client
+        .cmd("udhcpc")
+        .args(["-i", "vc", "-n", "-q", "-t", "1", "-T", "5", "-s"])
+        .arg(&script)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.contains(&format!("LEASE {}", N3.2)),
+        "{out}\n{}",
+        down.log_text()
+    );
+    drop(client);
 
     // Phase 2: periodic sync (kill -9 and restart with a 1 s interval: nothing is lost).
     let down = down.kill9_and_restart_env(&ns, &env("1s")).unwrap();

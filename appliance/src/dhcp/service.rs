@@ -29,6 +29,9 @@ use crate::timeline::{Leased, Observers, Subject, Timeline, stage};
 
 /// Datagrams waiting for the engine before the oldest are dropped.
 const QUEUE_DEPTH: usize = 8192;
+/// A client's DISCOVER is held for an upstream lookup at most once in this long.
+const DEFER_AGAIN_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Largest datagram read (DHCP over Ethernet fits in 1500; relays may add a little).
 const MAX_DATAGRAM: usize = 4096;
 
@@ -51,6 +54,7 @@ pub async fn spawn(
         metrics,
         timeline,
         on_lease,
+        on_unknown,
     } = obs;
     let sock = Arc::new(DhcpSocket::bind(iface, port)?);
     let local_ip = crate::netif::ipv4_of(iface)?.addr;
@@ -208,6 +212,9 @@ pub async fn spawn(
     // Engine.
     {
         let (sock, queue, stop) = (sock.clone(), queue.clone(), shutdown.clone());
+        // Unknown clients whose DISCOVER was held for an upstream lookup, and when.
+        let mut deferred: std::collections::HashMap<MacAddr, std::time::Instant> =
+            std::collections::HashMap::new();
         tasks.spawn(async move {
             let mut out = vec![0u8; 1500];
             let mut seen_generation = 0;
@@ -217,6 +224,36 @@ pub async fn spawn(
                     item = queue.pop() => item,
                 };
                 let current = view.read().unwrap_or_else(|p| p.into_inner()).clone();
+                // Federated: a DISCOVER from a client the inventory does not know waits (off
+                // this loop) for an upstream lookup, then goes round again, so a node the
+                // upstream knows gets its static lease on its very first DISCOVER.
+                if let Some(lookup) = &on_unknown
+                    && let Ok(req) = pxe_core::dhcp::wire::Request::parse(&bytes)
+                    && req.message_type == MessageType::Discover
+                    && current.get(&req.mac).is_none()
+                {
+                    let now = std::time::Instant::now();
+                    deferred.retain(|_, t| now.duration_since(*t) < DEFER_AGAIN_AFTER);
+                    if let std::collections::hash_map::Entry::Vacant(slot) = deferred.entry(req.mac) {
+                        slot.insert(now);
+                        let (lookup, queue, generation) = (lookup.clone(), queue.clone(), generation.clone());
+                        let mac = req.mac;
+                        let before = generation.load(std::sync::atomic::Ordering::Acquire);
+                        tokio::spawn(async move {
+                            if lookup(mac).await {
+                                // Let the inventory refresher publish the new reservation.
+                                let until = std::time::Instant::now() + std::time::Duration::from_secs(1);
+                                while generation.load(std::sync::atomic::Ordering::Acquire) == before
+                                    && std::time::Instant::now() < until
+                                {
+                                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                                }
+                            }
+                            let _ = queue.push((src, bytes));
+                        });
+                        continue;
+                    }
+                }
                 let g = generation.load(std::sync::atomic::Ordering::Acquire);
                 if g != seen_generation {
                     server.inventory_changed(&ViewRef(&current));

@@ -612,6 +612,15 @@ impl Federation {
         });
     }
 
+    /// For the DHCP service: looks an unknown client up upstream (within the lookup deadline).
+    pub fn unknown_lookup(&self) -> crate::timeline::UnknownLookup {
+        let me = self.clone();
+        Arc::new(move |mac: pxe_core::MacAddr| {
+            let me = me.clone();
+            Box::pin(async move { me.lookup_mac(&mac.to_string().to_ascii_lowercase()).await })
+        })
+    }
+
     /// Wakes the deliverer (something was queued).
     pub fn wake(&self) {
         self.inner.wake.notify_one();

@@ -44,13 +44,32 @@ struct Pending {
 }
 
 /// What a service reports to: metrics and the boot timeline.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Observers {
     pub metrics: Arc<Metrics>,
     pub timeline: Timeline,
     /// Told about every address DHCP hands out (BMC auto-discovery listens here).
     pub on_lease: Option<LeaseHook>,
+    /// Asked about DHCP clients the inventory does not know (federation looks them up
+    /// upstream); true if the inventory now has the client.
+    pub on_unknown: Option<UnknownLookup>,
 }
+
+impl std::fmt::Debug for Observers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Observers")
+            .field("on_lease", &self.on_lease)
+            .field("on_unknown", &self.on_unknown.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// See [`Observers::on_unknown`].
+pub type UnknownLookup = Arc<
+    dyn Fn(pxe_core::MacAddr) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// Addresses ACKed inside `first..=last` are sent to `tx` (never blocks; full = skipped).
 #[derive(Debug, Clone)]

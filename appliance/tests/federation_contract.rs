@@ -1,0 +1,310 @@
+//! Contract tests: rackboot's upstream client against fixtures written from OpenCHAMI's SMD and
+//! BSS API definitions (smd api/swagger_v2.yaml, bss: bare arrays, 404 for "no match", RFC 7807
+//! errors). The fixture answers exactly as those services do, including their quirks, and
+//! records every request so the requests are held to the same shapes.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::IntoResponse;
+use rackboot::config::Upstream;
+use rackboot::federation::Federation;
+use rackboot::store::{RedfishEndpoint, Store};
+use serde_json::{Value, json};
+
+#[derive(Default)]
+struct Seen {
+    /// (method, path?query, authorization header, body)
+    requests: Vec<(String, String, String, String)>,
+    endpoints: Vec<String>,
+}
+
+fn problem(status: StatusCode, detail: &str) -> axum::response::Response {
+    (
+        status,
+        [("content-type", "application/problem+json")],
+        json!({"type": "about:blank", "title": status.canonical_reason(), "status": status.as_u16(), "detail": detail}).to_string(),
+    )
+        .into_response()
+}
+
+/// SMD + BSS as OpenCHAMI serves them.
+fn openchami(seen: Arc<Mutex<Seen>>, empty_bss: bool) -> Router {
+    Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+        let seen = seen.clone();
+        async move {
+            let auth = headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            let pq = uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+            seen.lock().unwrap().requests.push((
+                method.to_string(),
+                pq.clone(),
+                auth.clone(),
+                String::from_utf8_lossy(&body).into_owned(),
+            ));
+            if auth != "Bearer upstream-token" {
+                return problem(StatusCode::UNAUTHORIZED, "missing or invalid token");
+            }
+            let path = uri.path();
+            let query = uri.query().unwrap_or("");
+            match (method.as_str(), path) {
+                ("GET", "/hsm/v2/State/Components") => {
+                    let all = json!([
+                        {"ID": "x1000c0s0b0n0", "Type": "Node", "State": "Ready", "Flag": "OK", "Enabled": true,
+                         "Role": "Compute", "NID": 1, "NetType": "Sling", "Arch": "X86", "Class": "River"},
+                        {"ID": "x1000c0s0b0", "Type": "NodeBMC", "State": "Ready", "Flag": "OK", "Enabled": true,
+                         "NetType": "Sling", "Arch": "X86", "Class": "River"},
+                        {"ID": "x1001c0s0b0n0", "Type": "Node", "State": "Ready", "Flag": "OK", "Enabled": true,
+                         "Role": "Compute", "NID": 2, "NetType": "Sling", "Arch": "X86", "Class": "River"},
+                    ]);
+                    let list: Vec<Value> = all
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .filter(|c| match query.strip_prefix("id=") {
+                            Some(id) => c["ID"] == id,
+                            None => true,
+                        })
+                        .cloned()
+                        .collect();
+                    axum::Json(json!({"Components": list})).into_response()
+                }
+                ("GET", "/hsm/v2/Inventory/EthernetInterfaces") => {
+                    let all = json!([
+                        {"ID": "a4bf0138ee60", "Description": "", "MACAddress": "A4:BF:01:38:EE:60",
+                         "LastUpdate": "2025-01-01T00:00:00.000000Z", "ComponentID": "x1000c0s0b0n0", "Type": "Node",
+                         "IPAddresses": [{"IPAddress": "10.20.0.1", "Network": ""}]},
+                        {"ID": "a4bf0138ee61", "Description": "", "MACAddress": "a4:bf:01:38:ee:61",
+                         "LastUpdate": "2025-01-01T00:00:00.000000Z", "ComponentID": "x1001c0s0b0n0", "Type": "Node",
+                         "IPAddresses": [{"IPAddress": "10.20.0.2", "Network": ""}]},
+                    ]);
+                    let list: Vec<Value> = all
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .filter(|e| match query.strip_prefix("MACAddress=") {
+                            Some(m) => e["MACAddress"].as_str().unwrap().eq_ignore_ascii_case(m),
+                            None => true,
+                        })
+                        .cloned()
+                        .collect();
+                    // SMD answers an empty filter result with an empty array, not 404.
+                    axum::Json(Value::Array(list)).into_response()
+                }
+                ("GET", "/hsm/v2/groups") => axum::Json(json!([
+                    {"label": "compute", "description": "", "tags": [], "exclusiveGroup": "",
+                     "members": {"ids": ["x1000c0s0b0n0", "x1001c0s0b0n0"]}}
+                ]))
+                .into_response(),
+                ("GET", "/boot/v1/bootparameters") if empty_bss => {
+                    // BSS's quirk: "nothing" is a 404, the same as "unknown".
+                    problem(StatusCode::NOT_FOUND, "Not Found")
+                }
+                ("GET", "/boot/v1/bootparameters") => axum::Json(json!([
+                    {"macs": ["a4:bf:01:38:ee:60"], "kernel": "http://s3/kernel", "initrd": "http://s3/initrd",
+                     "params": "console=ttyS0", "cloud-init": {"meta-data": null, "user-data": null, "phone-home": null}},
+                    {"hosts": ["x1001c0s0b0n0"], "kernel": "http://s3/other", "initrd": "", "params": ""},
+                ]))
+                .into_response(),
+                ("POST", "/hsm/v2/Inventory/RedfishEndpoints") => {
+                    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    let id = v["ID"].as_str().unwrap_or("").to_owned();
+                    let mut s = seen.lock().unwrap();
+                    if s.endpoints.contains(&id) {
+                        return problem(StatusCode::CONFLICT, &format!("operation would conflict with an existing resource {id}"));
+                    }
+                    s.endpoints.push(id);
+                    (StatusCode::CREATED, axum::Json(json!([{"URI": "/hsm/v2/Inventory/RedfishEndpoints/x"}]))).into_response()
+                }
+                ("PUT", p) if p.starts_with("/hsm/v2/Inventory/RedfishEndpoints/") => {
+                    axum::Json(serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null)).into_response()
+                }
+                _ => problem(StatusCode::NOT_FOUND, "no such route"),
+            }
+        }
+    })
+}
+
+async fn serve(app: Router) -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(l, app.into_make_service()).await;
+    });
+    format!("http://{addr}")
+}
+
+fn upstream(url: &str, token_file: std::path::PathBuf) -> Upstream {
+    Upstream {
+        smd: url.into(),
+        bss: None,
+        xname_prefix: Some("x1000c0".into()),
+        group: None,
+        token_file: Some(token_file),
+        oauth2: None,
+        client_cert: None,
+        client_key: None,
+        ca_bundle: None,
+        interval: Duration::from_secs(3600),
+        timeout: Duration::from_secs(5),
+        lookup_deadline: Duration::from_secs(2),
+        allow_local: true,
+    }
+}
+
+#[tokio::test]
+async fn pull_lookup_and_push_follow_openchami_shapes() {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let url = serve(openchami(seen.clone(), false)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "upstream-token\n").unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let fed = Federation::new(upstream(&url, token.clone()), store.clone()).unwrap();
+
+    // Pull: wrapped Components, bare EthernetInterfaces (an uppercase MAC), groups, BSS.
+    let stats = fed.pull().await.unwrap();
+    assert!(stats.written > 0, "{stats:?}");
+    let comps = store.list_components().await.unwrap();
+    let ids: Vec<&str> = comps.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        vec!["x1000c0s0b0", "x1000c0s0b0n0"],
+        "scope x1000c0 only"
+    );
+    assert_eq!(comps[1].extra["NetType"], "Sling", "unknown fields survive");
+    let eis = store.list_ethernet_interfaces().await.unwrap();
+    assert_eq!(eis.len(), 1);
+    assert_eq!(
+        eis[0].mac_address, "a4:bf:01:38:ee:60",
+        "MACs stored lowercase"
+    );
+    let bp = store
+        .boot_parameters_for(Some("a4:bf:01:38:ee:60".into()), None, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(bp.kernel, "http://s3/kernel");
+    let groups = store.list_groups().await.unwrap();
+    assert_eq!(
+        groups[0].members.ids,
+        vec!["x1000c0s0b0n0"],
+        "members outside scope dropped"
+    );
+    // A second pull of the same data writes nothing.
+    let again = fed.pull().await.unwrap();
+    assert_eq!(again.written + again.deleted, 0, "{again:?}");
+
+    // The requests: the paths OpenCHAMI serves, every one with the bearer token.
+    {
+        let s = seen.lock().unwrap();
+        let paths: Vec<&str> = s.requests.iter().map(|r| r.1.as_str()).collect();
+        for want in [
+            "/hsm/v2/State/Components",
+            "/hsm/v2/Inventory/EthernetInterfaces",
+            "/hsm/v2/groups",
+            "/boot/v1/bootparameters",
+        ] {
+            assert!(paths.contains(&want), "{want} not requested: {paths:?}");
+        }
+        assert!(s.requests.iter().all(|r| r.2 == "Bearer upstream-token"));
+    }
+
+    // On-demand lookup uses SMD's own filters; out of scope stays out.
+    assert!(!fed.lookup_mac("a4:bf:01:38:ee:61").await);
+    {
+        let s = seen.lock().unwrap();
+        assert!(
+            s.requests
+                .iter()
+                .any(|r| r.1 == "/hsm/v2/Inventory/EthernetInterfaces?MACAddress=a4:bf:01:38:ee:61"),
+            "{:?}",
+            s.requests
+        );
+    }
+    assert_eq!(store.list_components().await.unwrap().len(), 2);
+
+    // Push: magellan's POST form; a conflict becomes a PUT of the same object.
+    for fqdn in ["10.1.0.5", "10.1.0.55"] {
+        store
+            .put_redfish_endpoint(
+                RedfishEndpoint {
+                    id: "x1000c0s5b0".into(),
+                    extra: serde_json::from_value(json!({
+                        "FQDN": fqdn, "User": "root", "MACRequired": false, "MACAddr": "",
+                        "Systems": [], "Managers": [], "SchemaVersion": 1
+                    }))
+                    .unwrap(),
+                },
+                true,
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(fed.drain().await.unwrap(), 2);
+    {
+        let s = seen.lock().unwrap();
+        let pushes: Vec<(&str, &str)> = s
+            .requests
+            .iter()
+            .filter(|r| r.1.starts_with("/hsm/v2/Inventory/RedfishEndpoints"))
+            .map(|r| (r.0.as_str(), r.1.as_str()))
+            .collect();
+        assert_eq!(
+            pushes,
+            vec![
+                ("POST", "/hsm/v2/Inventory/RedfishEndpoints"),
+                ("POST", "/hsm/v2/Inventory/RedfishEndpoints"),
+                ("PUT", "/hsm/v2/Inventory/RedfishEndpoints/x1000c0s5b0"),
+            ]
+        );
+        let last: Value = serde_json::from_str(&s.requests.last().unwrap().3).unwrap();
+        assert_eq!(last["ID"], "x1000c0s5b0");
+        assert_eq!(
+            last["FQDN"], "10.1.0.55",
+            "the later write is the one that lands"
+        );
+        assert_eq!(last["SchemaVersion"], 1);
+    }
+    assert_eq!(store.outbox_depth().await.unwrap().0, 0);
+
+    // A refused token is an error that says what to do, and the outbox keeps its items.
+    std::fs::write(&token, "stale").unwrap();
+    let e = fed.pull().await.unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("401") && msg.contains("upstream.token_file"),
+        "{msg}"
+    );
+    let status = fed.status().await.unwrap();
+    assert!(status.last_error.unwrap().contains("expired or revoked"));
+}
+
+/// BSS's "empty is 404" quirk is an empty list, not an error (and not a reason to delete
+/// everything: the components still come through).
+#[tokio::test]
+async fn an_empty_bss_is_a_404_and_means_nothing_to_boot() {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let url = serve(openchami(seen, true)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "upstream-token").unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let fed = Federation::new(upstream(&url, token), store.clone()).unwrap();
+    fed.pull().await.unwrap();
+    assert_eq!(store.list_components().await.unwrap().len(), 2);
+    assert!(
+        store
+            .boot_parameters_for(Some("a4:bf:01:38:ee:60".into()), None, None)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}

@@ -75,7 +75,8 @@ pub struct Upstream {
     /// How long a bootscript request for an unknown MAC waits for the upstream.
     #[serde(default = "default_lookup_deadline", with = "humantime_serde_compat")]
     pub lookup_deadline: Duration,
-    /// Keep objects created here (not upstream) next to the upstream's.
+    /// Also accept inventory and boot changes made here (kept as `local` next to the upstream's).
+    /// false: the API refuses them with 409; RedfishEndpoints stay writable (they are pushed).
     #[serde(default = "yes")]
     pub allow_local: bool,
 }

@@ -327,10 +327,20 @@ fn http_app(
         admin =
             admin.merge(crate::identity::routes::admin_router(id.clone()).layer(guard("identity")));
     }
+    // A federated rack with `allow_local = false` takes inventory and boot changes only from
+    // its upstream (RedfishEndpoints stay writable: they are pushed up).
+    let read_only = obs.upstream.as_ref().is_some_and(|u| !u.allows_local());
+    let mirror = move |r: Router| {
+        if read_only {
+            r.layer(axum::middleware::from_fn(refuse_local_writes))
+        } else {
+            r
+        }
+    };
     let admin = admin
         .merge(images::admin_router(images.clone()).layer(guard("images")))
-        .merge(crate::inventory::router(store.clone()).layer(guard("inventory")))
-        .merge(crate::boot::admin_router(store.clone()).layer(guard("boot")))
+        .merge(mirror(crate::inventory::router(store.clone())).layer(guard("inventory")))
+        .merge(mirror(crate::boot::admin_router(store.clone())).layer(guard("boot")))
         .merge(crate::dhcp::api::router(store.clone()).layer(guard("dhcp")))
         .merge(crate::cloudinit::routes::admin_router(ci).layer(guard("cloud-init")))
         .merge(
@@ -359,6 +369,26 @@ fn http_app(
         .layer(axum::middleware::from_fn(move |req, next| {
             count_request(metrics.clone(), req, next)
         }))
+}
+
+/// Refuses writes to upstream-mirrored inventory and boot data (`upstream.allow_local = false`).
+async fn refuse_local_writes(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let path = req.uri().path();
+    let write = !matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    if write && !path.starts_with("/hsm/v2/Inventory/RedfishEndpoints") {
+        return crate::http::Problem::conflict(
+            "this rack mirrors its upstream (upstream.allow_local = false): make the change upstream",
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// What the HTTP surface reports to, and the settings of its observing routes.

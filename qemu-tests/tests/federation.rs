@@ -281,6 +281,28 @@ fn a_federated_rack_mirrors_its_scope_boots_through_an_outage_and_pushes_exactly
     wait_until("recovery with the new token", 15, || {
         json(&down, "/rackboot/v1/upstream")["last_error"].is_null()
     });
+    // allow_local = false: the rack takes inventory changes only from upstream.
+    let mut strict = env("1s");
+    strict.push(("RACKBOOT_UPSTREAM__ALLOW_LOCAL", "false"));
+    let down = down.kill9_and_restart_env(&ns, &strict).unwrap();
+    let (code, body) = down
+        .http(
+            "POST",
+            "/hsm/v2/State/Components",
+            Some(r#"{"Components":[{"ID":"x1000c0s9b0n0","Type":"Node"}]}"#),
+        )
+        .unwrap();
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("make the change upstream"), "{body}");
+    let (code, body) = down
+        .http(
+            "POST",
+            "/hsm/v2/Inventory/RedfishEndpoints",
+            Some(&endpoint("x1000c0s7b0", "10.1.0.7")),
+        )
+        .unwrap();
+    assert_eq!(code, 201, "discoveries still land and go up: {body}");
+
     // The CLI shows the same.
     let out = ns
         .cmd(rackboot_bin().unwrap().to_str().unwrap())

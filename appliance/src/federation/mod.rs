@@ -621,6 +621,11 @@ impl Federation {
         })
     }
 
+    /// Whether inventory and boot data may also be created here (`upstream.allow_local`).
+    pub fn allows_local(&self) -> bool {
+        self.inner.cfg.allow_local
+    }
+
     /// Wakes the deliverer (something was queued).
     pub fn wake(&self) {
         self.inner.wake.notify_one();

@@ -123,6 +123,9 @@ fn openchami(seen: Arc<Mutex<Seen>>, empty_bss: bool) -> Router {
                     s.endpoints.push(id);
                     (StatusCode::CREATED, axum::Json(json!([{"URI": "/hsm/v2/Inventory/RedfishEndpoints/x"}]))).into_response()
                 }
+                ("PATCH", "/hsm/v2/State/Components/x1000c0s0b0n0/StateData") => {
+                    StatusCode::NO_CONTENT.into_response()
+                }
                 ("PUT", p) if p.starts_with("/hsm/v2/Inventory/RedfishEndpoints/") => {
                     axum::Json(serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null)).into_response()
                 }
@@ -274,6 +277,28 @@ async fn pull_lookup_and_push_follow_openchami_shapes() {
         assert_eq!(last["SchemaVersion"], 1);
     }
     assert_eq!(store.outbox_depth().await.unwrap().0, 0);
+    // A node's state (it phoned home): SMD's StateData PATCH.
+    store
+        .outbox_push(
+            "ComponentState",
+            "x1000c0s0b0n0".into(),
+            json!({"State": "Ready", "Flag": "OK"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(fed.drain().await.unwrap(), 1);
+    {
+        let s = seen.lock().unwrap();
+        let r = s.requests.last().unwrap();
+        assert_eq!(
+            (r.0.as_str(), r.1.as_str()),
+            ("PATCH", "/hsm/v2/State/Components/x1000c0s0b0n0/StateData")
+        );
+        assert_eq!(
+            serde_json::from_str::<Value>(&r.3).unwrap(),
+            json!({"State": "Ready", "Flag": "OK"})
+        );
+    }
 
     // A refused token is an error that says what to do, and the outbox keeps its items.
     std::fs::write(&token, "stale").unwrap();

@@ -209,6 +209,16 @@ fn a_federated_rack_mirrors_its_scope_boots_through_an_outage_and_pushes_exactly
         .0 == 200
     });
 
+    // N0 is Off upstream; when it boots and phones home, the rack pushes Ready.
+    let (code, _) = up
+        .http(
+            "PATCH",
+            &format!("/hsm/v2/State/Components/{}/StateData", N0.0),
+            Some(r#"{"State":"Off"}"#),
+        )
+        .unwrap();
+    assert_eq!(code, 204);
+
     // Outage: the upstream dies.
     let mut up = up;
     up.kill();
@@ -234,7 +244,7 @@ fn a_federated_rack_mirrors_its_scope_boots_through_an_outage_and_pushes_exactly
     assert!(s["last_error"].is_string(), "{s}");
     // A node whose data is cached boots exactly as before.
     let mut vm = Qemu::start(&mut ns, Firmware::SeaBiosIpxe, N0.1).unwrap();
-    if let Err(e) = vm.wait_for("RACKBOOT-NODE-UP", Duration::from_secs(300)) {
+    if let Err(e) = vm.wait_for("RACKBOOT-PHONED-HOME", Duration::from_secs(300)) {
         panic!("{e}\n{}\n{}", vm.console(), down.log_text());
     }
     assert!(
@@ -266,6 +276,11 @@ fn a_federated_rack_mirrors_its_scope_boots_through_an_outage_and_pushes_exactly
     assert_eq!(sorted, vec!["x1000c0s4b0", "x1000c0s5b0", "x1000c0s6b0"]);
     let s6 = json(&up, "/hsm/v2/Inventory/RedfishEndpoints/x1000c0s6b0");
     assert_eq!(s6["FQDN"], "10.1.0.66", "order kept: {s6}");
+    let n0 = json(&up, &format!("/hsm/v2/State/Components/{}", N0.0));
+    assert_eq!(
+        n0["State"], "Ready",
+        "the phone-home reached the upstream: {n0}"
+    );
 
     // A refused token is reported with what to do; a replaced token file is picked up.
     std::fs::write(&token_file, "not-a-token").unwrap();

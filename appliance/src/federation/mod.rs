@@ -526,6 +526,20 @@ impl Federation {
                     body.chars().take(200).collect::<String>()
                 )
             }
+            "ComponentState" => {
+                let url = self.smd(&format!("/State/Components/{}/StateData", item.key));
+                let resp = self.send(|h| h.patch(&url).json(&item.body)).await?;
+                let status = resp.status();
+                if status.is_success() {
+                    return Ok(());
+                }
+                if status == reqwest::StatusCode::NOT_FOUND {
+                    // Not a component the upstream knows: nothing to update, nothing to retry.
+                    tracing::warn!(xname = %item.key, "upstream has no such component; state not pushed");
+                    return Ok(());
+                }
+                bail!("PATCH {url}: {status}")
+            }
             other => {
                 tracing::error!(kind = other, "outbox item of an unknown kind dropped");
                 Ok(())

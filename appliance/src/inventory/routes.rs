@@ -42,6 +42,10 @@ pub fn router(store: Store) -> Router {
                 .delete(delete_component),
         )
         .route(
+            "/hsm/v2/State/Components/{id}/StateData",
+            axum::routing::patch(patch_state_data),
+        )
+        .route(
             "/hsm/v2/Inventory/EthernetInterfaces",
             get(list_interfaces).post(post_interface),
         )
@@ -177,6 +181,49 @@ async fn put_component(
         )));
     }
     s.put_components(vec![check_component(c)?]).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct StateData {
+    #[serde(rename = "State")]
+    state: String,
+    #[serde(rename = "Flag", default)]
+    flag: Option<String>,
+}
+
+/// SMD's `PATCH /State/Components/{xname}/StateData`: a component's State (and Flag).
+async fn patch_state_data(
+    State(s): State<Store>,
+    Path(id): Path<String>,
+    Json(d): Json<StateData>,
+) -> Result<StatusCode, Problem> {
+    const STATES: &[&str] = &[
+        "Unknown",
+        "Empty",
+        "Populated",
+        "Off",
+        "On",
+        "Standby",
+        "Halt",
+        "Ready",
+    ];
+    if !STATES.contains(&d.state.as_str()) {
+        return Err(Problem::bad_request(format!(
+            "State {:?} is not one of {}",
+            d.state,
+            STATES.join(", ")
+        )));
+    }
+    let mut c = s
+        .get_component(id.clone())
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("no component {id}")))?;
+    c.state = Some(d.state);
+    if let Some(f) = d.flag {
+        c.flag = Some(f);
+    }
+    s.put_components(vec![c]).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

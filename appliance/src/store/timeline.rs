@@ -49,6 +49,7 @@ impl Store {
         keep_boots: i64,
         starts_boot: fn(&str, &str) -> bool,
     ) -> Result<Vec<BootEvent>, StoreError> {
+        let push = self.pushes_upstream();
         self.write(move |tx| {
             let mut out = Vec::with_capacity(events.len());
             for mut e in events {
@@ -87,6 +88,19 @@ impl Store {
                 ])?;
                 tx.prepare_cached("DELETE FROM boot_events WHERE mac = ?1 AND boot <= ?2")?
                     .execute(params![e.mac, e.boot - keep_boots])?;
+                // Federated: a node that phoned home is Ready; the upstream hears it.
+                if push
+                    && e.ok
+                    && e.stage == "phone_home"
+                    && let Some(x) = &e.xname
+                {
+                    super::upstream::enqueue(
+                        tx,
+                        "ComponentState",
+                        x,
+                        &serde_json::json!({"State": "Ready", "Flag": "OK"}),
+                    )?;
+                }
                 out.push(e);
             }
             Ok(out)

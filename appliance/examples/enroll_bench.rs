@@ -18,8 +18,10 @@
 //! is from the start of its request to its whole answer.
 //!
 //! Prints one JSON object on stdout: total, ok, failed, first_error, concurrency, wall_s,
-//! enroll_per_s, latency_ms {p50, p90, p99, max, mean}, client_cpu_s and (with `--server-pid`)
-//! server_cpu_s, the server's user + system CPU time during the timed part. After the clock
+//! enroll_per_s, latency_ms {p50, p90, p99, max, mean}, over_1s (latencies of a second or
+//! more), client_cpu_s, (with `--server-pid`) server_cpu_s, the server's user + system CPU
+//! time during the timed part, and machine_cpu_s, the busy CPU time of the whole machine
+//! (every process) in that time, with cpus, the number of CPUs. After the clock
 //! stops every certificate is checked to be for the key its node sent. Exits non-zero if any
 //! enrollment failed.
 
@@ -164,6 +166,28 @@ fn process_cpu_s(pid: u32) -> anyhow::Result<f64> {
     Ok((ticks(11)? + ticks(12)?) / 100.0)
 }
 
+/// Busy CPU seconds of the whole machine so far (every process; `/proc/stat` less idle and
+/// iowait), and the number of CPUs.
+fn machine_cpu_s() -> anyhow::Result<(f64, usize)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let mut lines = stat.lines();
+    let first = lines.next().context("empty /proc/stat")?;
+    let ticks: Vec<u64> = first
+        .split_whitespace()
+        .skip(1)
+        .map(|t| t.parse().unwrap_or(0))
+        .collect();
+    let total: u64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    let cpus = lines
+        .filter(|l| {
+            l.strip_prefix("cpu")
+                .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+        })
+        .count();
+    Ok((total.saturating_sub(idle) as f64 / 100.0, cpus))
+}
+
 fn own_cpu_s() -> anyhow::Result<f64> {
     use nix::sys::resource::{UsageWho, getrusage};
     let u = getrusage(UsageWho::RUSAGE_SELF)?;
@@ -255,6 +279,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let server_before = args.server_pid.map(process_cpu_s).transpose()?;
     let client_before = own_cpu_s()?;
+    let (machine_before, cpus) = machine_cpu_s()?;
     let started = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..args.concurrency.min(total) {
@@ -280,6 +305,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let wall = started.elapsed().as_secs_f64();
     let client_cpu = own_cpu_s()? - client_before;
+    let machine_cpu = machine_cpu_s()?.0 - machine_before;
     let server_cpu = match (args.server_pid, server_before) {
         (Some(pid), Some(before)) => Some(process_cpu_s(pid)? - before),
         _ => None,
@@ -311,8 +337,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "max": lat.last().copied().unwrap_or(0.0),
             "mean": mean,
         },
+        "over_1s": lat.iter().filter(|l| **l >= 1000.0).count(),
         "client_cpu_s": client_cpu,
         "server_cpu_s": server_cpu,
+        "machine_cpu_s": machine_cpu,
+        "cpus": cpus,
     });
     println!("{report}");
     if let Some(e) = failed.first() {

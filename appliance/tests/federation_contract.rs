@@ -300,6 +300,12 @@ async fn pull_lookup_and_push_follow_openchami_shapes() {
         );
     }
 
+    assert_eq!(
+        fed.status().await.unwrap().pushed,
+        3,
+        "each delivery counted once"
+    );
+
     // A refused token is an error that says what to do, and the outbox keeps its items.
     std::fs::write(&token, "stale").unwrap();
     let e = fed.pull().await.unwrap_err();

@@ -567,13 +567,15 @@ impl Federation {
                 }
             }
             sent += done.len();
+            let batch = u64::try_from(done.len()).unwrap_or(0);
             if !done.is_empty() {
                 self.inner.store.outbox_done(done).await?;
             }
-            {
-                let mut s = self.inner.status.lock().unwrap_or_else(|p| p.into_inner());
-                s.pushed += u64::try_from(sent).unwrap_or(0);
-            }
+            self.inner
+                .status
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pushed += batch;
             if let Some((id, e)) = failed {
                 self.inner.store.outbox_failed(id, format!("{e:#}")).await?;
                 return Err(e);

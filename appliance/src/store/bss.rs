@@ -222,7 +222,8 @@ fn matching_ids(c: &rusqlite::Connection, sel: &BootSelector) -> Result<Vec<i64>
     Ok(ids)
 }
 
-pub(super) fn insert(tx: &Transaction<'_>, bp: &BootParameters) -> Result<(), StoreError> {
+/// Inserts a row and its keys; the row's id.
+pub(super) fn insert_row(tx: &Transaction<'_>, bp: &BootParameters) -> Result<i64, StoreError> {
     tx.execute(
         "INSERT INTO boot_parameters (doc) VALUES (?1)",
         [serde_json::to_string(&bp.body())?],
@@ -234,7 +235,11 @@ pub(super) fn insert(tx: &Transaction<'_>, bp: &BootParameters) -> Result<(), St
             params![kind, key, id],
         )?;
     }
-    Ok(())
+    Ok(id)
+}
+
+fn insert(tx: &Transaction<'_>, bp: &BootParameters) -> Result<(), StoreError> {
+    insert_row(tx, bp).map(|_| ())
 }
 
 pub(super) fn remove_keys(tx: &Transaction<'_>, sel: &BootSelector) -> Result<usize, StoreError> {

@@ -265,10 +265,10 @@ impl Store {
                 }
                 for bp in bps {
                     bss::remove_keys(tx, &bp.selector())?;
-                    bss::insert(tx, bp)?;
+                    let id = bss::insert_row(tx, bp)?;
                     tx.execute(
                         "UPDATE boot_parameters SET owner = 'upstream' WHERE id = ?1",
-                        [tx.last_insert_rowid()],
+                        [id],
                     )?;
                 }
             }

@@ -3,6 +3,8 @@
 //!
 //! These are measurements, not tests: nothing here fails on a slow number.
 
+mod federation;
+mod identity;
 mod redfish;
 
 use std::fmt::Write as _;
@@ -116,6 +118,22 @@ pub fn run_bench() -> anyhow::Result<()> {
         format!("{}\n\n**failed**: {e:#}\n", redfish::HEADING)
     });
     let _ = write!(report, "\n{section}");
+    crate::stage(
+        "Identity: 4,000 node enrollments (200 in flight) against openssl's ECDSA P-256 rate",
+    );
+    let section = identity::section(&root, &bin).unwrap_or_else(|e| {
+        eprintln!("identity bench failed: {e:#}");
+        format!("{}\n\n**failed**: {e:#}\n", identity::HEADING)
+    });
+    let _ = write!(report, "\n{section}");
+    crate::stage(
+        "Federation: first sync of a 10,000-node upstream scoped to 64 nodes, steady state, outbox drain",
+    );
+    let section = federation::section(&root, &bin).unwrap_or_else(|e| {
+        eprintln!("federation bench failed: {e:#}");
+        format!("{}\n\n**failed**: {e:#}\n", federation::HEADING)
+    });
+    let _ = write!(report, "\n{section}");
     let path = root.join("docs/benchmarks.md");
     std::fs::write(&path, report)?;
     eprintln!("\nwrote {}", path.display());
@@ -146,6 +164,64 @@ pub fn run_redfish_only() -> anyhow::Result<()> {
     eprintln!(
         "\nupdated the {} section of {}",
         redfish::HEADING,
+        path.display()
+    );
+    Ok(())
+}
+
+/// `cargo xtask bench identity`: only the enrollment benchmark; prints its section and
+/// replaces (or appends) the `## Identity: enrollment` section of docs/benchmarks.md.
+pub fn run_identity_only() -> anyhow::Result<()> {
+    let root = crate::root();
+    crate::stage("build (release)");
+    run(Command::new(env!("CARGO")).current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "appliance",
+        "--bin",
+        "rackboot",
+    ]))?;
+    let section = identity::section(&root, &root.join("target/release/rackboot"))?;
+    println!("{section}");
+    let path = root.join("docs/benchmarks.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    std::fs::write(
+        &path,
+        redfish::replace_section(&old, identity::HEADING, &section),
+    )?;
+    eprintln!(
+        "\nupdated the {} section of {}",
+        identity::HEADING,
+        path.display()
+    );
+    Ok(())
+}
+
+/// `cargo xtask bench federation`: only the federation benchmark; prints its section and
+/// replaces (or appends) the `## Federation` section of docs/benchmarks.md.
+pub fn run_federation_only() -> anyhow::Result<()> {
+    let root = crate::root();
+    crate::stage("build (release)");
+    run(Command::new(env!("CARGO")).current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "appliance",
+        "--bin",
+        "rackboot",
+    ]))?;
+    let section = federation::section(&root, &root.join("target/release/rackboot"))?;
+    println!("{section}");
+    let path = root.join("docs/benchmarks.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    std::fs::write(
+        &path,
+        redfish::replace_section(&old, federation::HEADING, &section),
+    )?;
+    eprintln!(
+        "\nupdated the {} section of {}",
+        federation::HEADING,
         path.display()
     );
     Ok(())

@@ -2,8 +2,9 @@
 //!
 //! - `demo`  — install what it needs, boot one QEMU node from rackboot in a netns, show what happened
 //! - `test`  — install the test dependencies, build, run the whole suite (QEMU e2e included)
-//! - `bench` — benchmarks (criterion + peer comparisons, Redfish discovery), written to
-//!   docs/benchmarks.md; `bench http|boot|redfish` run one part
+//! - `bench` — benchmarks (criterion + peer comparisons, Redfish discovery, identity
+//!   enrollment), written to docs/benchmarks.md; `bench http|boot|redfish|identity|federation`
+//!   run one part
 //! - `deps`, `image node` — the individual steps
 
 mod bench;
@@ -31,8 +32,10 @@ fn main() {
             Some("http") => bench::run_http_only(),
             Some("boot") => bench::run_boot_only(),
             Some("redfish") => bench::run_redfish_only(),
+            Some("identity") => bench::run_identity_only(),
+            Some("federation") => bench::run_federation_only(),
             Some(other) => Err(anyhow::anyhow!(
-                "unknown bench {other:?}; known: http, boot, redfish"
+                "unknown bench {other:?}; known: http, boot, redfish, identity, federation"
             )),
         },
         Some("capture-vectors") => vectors::capture(),
@@ -46,6 +49,8 @@ fn main() {
                  bench http  only the wrk comparison with nginx (prints, writes nothing)\n  \
                  bench boot  only the QEMU boot-time comparison with dnsmasq + nginx (prints)\n  \
                  bench redfish  only Redfish discovery (silent /20, 64/128/256 fixture BMCs); updates its section of docs/benchmarks.md\n  \
+                 bench identity  only node enrollment (4,000 nodes, 200 in flight, vs openssl ECDSA P-256 sign/s); updates its section of docs/benchmarks.md\n  \
+                 bench federation  only federation (first sync of 10,000 nodes scoped to 64, steady state, 10,000-event outbox drain); updates its section of docs/benchmarks.md\n  \
                  deps        install the Debian packages and tools the tests need\n  \
                  image node  build the QEMU node kernel + initramfs into build/node/\n  \
                  capture-vectors  record real firmware DHCP messages into pxe-core/tests/vectors/"

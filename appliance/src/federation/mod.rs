@@ -609,13 +609,14 @@ impl Federation {
                             tracing::info!(pushed = n, "outbox drained to the upstream");
                         }
                         backoff = Duration::from_millis(500);
-                        me.inner.cfg.interval
+                        // A cheap look at the outbox each second: a new push goes up at once.
+                        me.inner.cfg.interval.min(Duration::from_secs(1))
                     }
                     Err(e) => {
                         tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "outbox delivery failed; keeping it");
                         me.set_error(&e, false);
                         let w = backoff;
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
                         w
                     }
                 };

@@ -369,9 +369,8 @@ async fn post_endpoint(
     for ep in &eps {
         check_endpoint(ep)?;
     }
-    for ep in eps {
-        s.put_redfish_endpoint(ep, false).await?;
-    }
+    // One transaction: all or nothing.
+    s.insert_redfish_endpoints(eps).await?;
     Ok(StatusCode::CREATED)
 }
 

@@ -256,6 +256,40 @@ impl Store {
         .await
     }
 
+    /// Inserts several endpoints in one transaction: one that exists already is a conflict and
+    /// nothing is written (SMD's bulk POST).
+    pub async fn insert_redfish_endpoints(
+        &self,
+        eps: Vec<RedfishEndpoint>,
+    ) -> Result<(), StoreError> {
+        let push = self.pushes_upstream();
+        self.write_inventory(move |tx| {
+            for ep in &eps {
+                let doc = serde_json::to_string(ep)?;
+                let n = tx.execute(
+                    "INSERT OR IGNORE INTO redfish_endpoints (id, doc) VALUES (?1, ?2)",
+                    params![ep.id, doc],
+                )?;
+                if n == 0 {
+                    return Err(StoreError::Conflict(format!(
+                        "RedfishEndpoint {} already exists",
+                        ep.id
+                    )));
+                }
+                if push {
+                    super::upstream::enqueue(
+                        tx,
+                        "RedfishEndpoint",
+                        &ep.id,
+                        &serde_json::to_value(ep)?,
+                    )?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
     pub async fn get_redfish_endpoint(
         &self,
         id: String,

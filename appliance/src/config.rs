@@ -48,6 +48,9 @@ pub struct Upstream {
     /// BSS base URL (…/boot/v1 is appended); default: the SMD URL.
     #[serde(default)]
     pub bss: Option<String>,
+    /// cloud-init base URL (…/cloud-init/admin/… is appended); default: the SMD URL.
+    #[serde(default)]
+    pub cloud_init: Option<String>,
     /// The rack's scope: components whose xname starts with this (e.g. "x1000c0")…
     #[serde(default)]
     pub xname_prefix: Option<String>,

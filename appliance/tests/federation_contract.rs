@@ -148,6 +148,7 @@ fn upstream(url: &str, token_file: std::path::PathBuf) -> Upstream {
     Upstream {
         smd: url.into(),
         bss: None,
+        cloud_init: None,
         xname_prefix: Some("x1000c0".into()),
         group: None,
         token_file: Some(token_file),

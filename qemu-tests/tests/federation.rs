@@ -93,6 +93,20 @@ fn a_federated_rack_mirrors_its_scope_boots_through_an_outage_and_pushes_exactly
         )
         .unwrap();
     assert!(code == 201 || code == 200);
+    // cloud-init data upstream: a group's (for an SMD group of the rack) and a node's.
+    for (path, body) in [
+        (
+            "/cloud-init/admin/groups/compute",
+            r#"{"name":"compute","meta-data":{"role":"compute"}}"#,
+        ),
+        (
+            "/cloud-init/admin/instance-info/x1000c0s0b0n0",
+            r#"{"meta-data":{"rack":"x1000c0"}}"#,
+        ),
+    ] {
+        let (code, body) = up.http("PUT", path, Some(body)).unwrap();
+        assert!((200..300).contains(&code), "{path}: {code} {body}");
+    }
     let work = tempfile::tempdir().unwrap();
     let token_file = work.path().join("upstream.token");
     std::fs::write(&token_file, mint(&up, "30m")).unwrap();
@@ -123,6 +137,10 @@ fn a_federated_rack_mirrors_its_scope_boots_through_an_outage_and_pushes_exactly
         groups.contains(N0.0) && !groups.contains(OTHER.0),
         "{groups}"
     );
+    let ci = json(&down, "/cloud-init/admin/groups/compute").to_string();
+    assert!(ci.contains("\"role\":\"compute\""), "{ci}");
+    let ci = json(&down, &format!("/cloud-init/admin/instance-info/{}", N0.0)).to_string();
+    assert!(ci.contains("x1000c0"), "{ci}");
     let status = json(&down, "/rackboot/v1/upstream");
     assert_eq!(status["reachable"], true, "{status}");
     assert_eq!(status["upstream_owned"]["components"], 2, "{status}");

@@ -45,7 +45,7 @@ pub struct CiContext {
     pub fallback_base: String,
 }
 
-const DEFAULTS_KEY: &str = "cluster";
+pub const DEFAULTS_KEY: &str = "cluster";
 
 impl From<CiError> for Problem {
     fn from(e: CiError) -> Self {

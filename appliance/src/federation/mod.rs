@@ -436,13 +436,89 @@ impl Federation {
                 return Err(e);
             }
         };
-        let stats = self.inner.store.apply_upstream(snap, true).await?;
+        let nodes: Vec<String> = snap
+            .components
+            .iter()
+            .filter(|c| c.kind.as_deref() == Some("Node"))
+            .map(|c| c.id.clone())
+            .collect();
+        let labels: Vec<String> = snap.groups.iter().map(|g| g.label.clone()).collect();
+        let mut stats = self.inner.store.apply_upstream(snap, true).await?;
+        match self.pull_cloud_init(&nodes, &labels).await {
+            Ok((written, unchanged)) => {
+                stats.written += written;
+                stats.unchanged += unchanged;
+            }
+            Err(e) => {
+                self.set_error(&e, true);
+                return Err(e);
+            }
+        }
         let mut s = self.inner.status.lock().unwrap_or_else(|p| p.into_inner());
         s.reachable = true;
         s.last_pull = Some(rfc3339_now());
         s.last_pull_stats = Some(stats);
         s.last_error = None;
         Ok(stats)
+    }
+
+    fn cloud_init_url(&self, path: &str) -> String {
+        let base = self
+            .inner
+            .cfg
+            .cloud_init
+            .as_deref()
+            .unwrap_or(&self.inner.cfg.smd);
+        format!("{}/cloud-init/admin{path}", base.trim_end_matches('/'))
+    }
+
+    /// cloud-init data for the rack: the cluster defaults, the groups of the rack's SMD groups,
+    /// and each in-scope node's instance-info; written only where it changed. An upstream
+    /// without a cloud-init service (404) has nothing to give. (written, unchanged)
+    async fn pull_cloud_init(
+        &self,
+        nodes: &[String],
+        labels: &[String],
+    ) -> anyhow::Result<(usize, usize)> {
+        use crate::store::CiKind;
+        let mut want: Vec<(CiKind, String, Value)> = Vec::new();
+        if let Some(d) = self
+            .get_json(&self.cloud_init_url("/cluster-defaults"))
+            .await?
+        {
+            want.push((
+                CiKind::Defaults,
+                crate::cloudinit::routes::DEFAULTS_KEY.to_owned(),
+                d,
+            ));
+        }
+        if let Some(v) = self.get_json(&self.cloud_init_url("/groups")).await? {
+            for g in list(v, "groups") {
+                if let Some(name) = g.get("name").and_then(Value::as_str)
+                    && labels.iter().any(|l| l == name)
+                {
+                    want.push((CiKind::Group, name.to_owned(), g.clone()));
+                }
+            }
+        }
+        for x in nodes {
+            if let Some(d) = self
+                .get_json(&self.cloud_init_url(&format!("/instance-info/{x}")))
+                .await?
+            {
+                want.push((CiKind::Node, x.clone(), d));
+            }
+        }
+        let (mut written, mut unchanged) = (0, 0);
+        for (kind, key, doc) in want {
+            if self.inner.store.get_cloud_init(kind, key.clone()).await? == Some(doc.clone()) {
+                unchanged += 1;
+            } else {
+                self.inner.store.put_cloud_init(kind, key, doc).await?;
+                written += 1;
+            }
+        }
+        Ok((written, unchanged))
     }
 
     /// On demand: asks the upstream about `mac` (within the lookup deadline) and stores what

@@ -123,7 +123,8 @@ fn openchami(seen: Arc<Mutex<Seen>>, empty_bss: bool) -> Router {
                     s.endpoints.push(id);
                     (StatusCode::CREATED, axum::Json(json!([{"URI": "/hsm/v2/Inventory/RedfishEndpoints/x"}]))).into_response()
                 }
-                ("PATCH", "/hsm/v2/State/Components/x1000c0s0b0n0/StateData") => {
+                ("PATCH", "/hsm/v2/State/Components/x1000c0s0b0n0/StateData")
+                | ("PATCH", "/hsm/v2/State/Components/x1000c0s0b0n0/FlagOnly") => {
                     StatusCode::NO_CONTENT.into_response()
                 }
                 ("PUT", p) if p.starts_with("/hsm/v2/Inventory/RedfishEndpoints/") => {
@@ -301,9 +302,31 @@ async fn pull_lookup_and_push_follow_openchami_shapes() {
         );
     }
 
+    // A failed boot: SMD's FlagOnly PATCH.
+    store
+        .outbox_push(
+            "ComponentFlag",
+            "x1000c0s0b0n0".into(),
+            json!({"Flag": "Alert"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(fed.drain().await.unwrap(), 1);
+    {
+        let s = seen.lock().unwrap();
+        let r = s.requests.last().unwrap();
+        assert_eq!(
+            (r.0.as_str(), r.1.as_str(), r.3.as_str()),
+            (
+                "PATCH",
+                "/hsm/v2/State/Components/x1000c0s0b0n0/FlagOnly",
+                r#"{"Flag":"Alert"}"#
+            )
+        );
+    }
     assert_eq!(
         fed.status().await.unwrap().pushed,
-        3,
+        4,
         "each delivery counted once"
     );
 

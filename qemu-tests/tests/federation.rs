@@ -227,6 +227,19 @@ fn a_federated_rack_mirrors_its_scope_boots_through_an_outage_and_pushes_exactly
         .0 == 200
     });
 
+    // A boot that gives up (the retry chain's last script) flags the node Alert upstream.
+    let (code, _) = down
+        .http(
+            "GET",
+            &format!("/boot/v1/bootscript?mac={}&retry=10", N1.1),
+            None,
+        )
+        .unwrap();
+    assert_eq!(code, 200);
+    wait_until("the Alert flag upstream", 15, || {
+        json(&up, &format!("/hsm/v2/State/Components/{}", N1.0))["Flag"] == "Alert"
+    });
+
     // N0 is Off upstream; when it boots and phones home, the rack pushes Ready.
     let (code, _) = up
         .http(

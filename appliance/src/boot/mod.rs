@@ -295,6 +295,10 @@ async fn bootscript(
                         "error".into(),
                         format!("the node is retrying its boot (attempt {retry})").into(),
                     );
+                    // The script served now reboots the node instead of chaining again.
+                    if retry >= ctx.max_retries {
+                        o.insert("gave_up".into(), true.into());
+                    }
                 }
                 ctx.timeline.record(who, st, ok, detail);
             }

@@ -616,6 +616,19 @@ impl Federation {
                 }
                 bail!("PATCH {url}: {status}")
             }
+            "ComponentFlag" => {
+                let url = self.smd(&format!("/State/Components/{}/FlagOnly", item.key));
+                let resp = self.send(|h| h.patch(&url).json(&item.body)).await?;
+                let status = resp.status();
+                if status.is_success() {
+                    return Ok(());
+                }
+                if status == reqwest::StatusCode::NOT_FOUND {
+                    tracing::warn!(xname = %item.key, "upstream has no such component; flag not pushed");
+                    return Ok(());
+                }
+                bail!("PATCH {url}: {status}")
+            }
             other => {
                 tracing::error!(kind = other, "outbox item of an unknown kind dropped");
                 Ok(())

@@ -46,6 +46,10 @@ pub fn router(store: Store) -> Router {
             axum::routing::patch(patch_state_data),
         )
         .route(
+            "/hsm/v2/State/Components/{id}/FlagOnly",
+            axum::routing::patch(patch_flag_only),
+        )
+        .route(
             "/hsm/v2/Inventory/EthernetInterfaces",
             get(list_interfaces).post(post_interface),
         )
@@ -223,6 +227,36 @@ async fn patch_state_data(
     if let Some(f) = d.flag {
         c.flag = Some(f);
     }
+    s.put_components(vec![c]).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct FlagOnly {
+    #[serde(rename = "Flag")]
+    flag: String,
+}
+
+/// SMD's `PATCH /State/Components/{xname}/FlagOnly`: a component's Flag (OK, Warning, Alert,
+/// Locked).
+async fn patch_flag_only(
+    State(s): State<Store>,
+    Path(id): Path<String>,
+    Json(d): Json<FlagOnly>,
+) -> Result<StatusCode, Problem> {
+    const FLAGS: &[&str] = &["OK", "Warning", "Alert", "Locked", "Unknown"];
+    if !FLAGS.contains(&d.flag.as_str()) {
+        return Err(Problem::bad_request(format!(
+            "Flag {:?} is not one of {}",
+            d.flag,
+            FLAGS.join(", ")
+        )));
+    }
+    let mut c = s
+        .get_component(id.clone())
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("no component {id}")))?;
+    c.flag = Some(d.flag);
     s.put_components(vec![c]).await?;
     Ok(StatusCode::NO_CONTENT)
 }

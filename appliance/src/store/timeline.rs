@@ -88,18 +88,30 @@ impl Store {
                 ])?;
                 tx.prepare_cached("DELETE FROM boot_events WHERE mac = ?1 AND boot <= ?2")?
                     .execute(params![e.mac, e.boot - keep_boots])?;
-                // Federated: a node that phoned home is Ready; the upstream hears it.
-                if push
-                    && e.ok
-                    && e.stage == "phone_home"
-                    && let Some(x) = &e.xname
-                {
-                    super::upstream::enqueue(
-                        tx,
-                        "ComponentState",
-                        x,
-                        &serde_json::json!({"State": "Ready", "Flag": "OK"}),
-                    )?;
+                // Federated: a node that phoned home is Ready; one whose boot failed (its
+                // image, TFTP or cloud-init stage, or the boot script's retry chain gave up) is
+                // flagged Alert. The upstream hears both.
+                if push && let Some(x) = &e.xname {
+                    let gave_up = e.stage == "bootscript_retry"
+                        && e.detail.get("gave_up").and_then(serde_json::Value::as_bool) == Some(true);
+                    if e.ok && e.stage == "phone_home" {
+                        super::upstream::enqueue(
+                            tx,
+                            "ComponentState",
+                            x,
+                            &serde_json::json!({"State": "Ready", "Flag": "OK"}),
+                        )?;
+                    } else if !e.ok
+                        && (matches!(e.stage.as_str(), "image_error" | "tftp_error" | "cloud_init_error")
+                            || gave_up)
+                    {
+                        super::upstream::enqueue(
+                            tx,
+                            "ComponentFlag",
+                            x,
+                            &serde_json::json!({"Flag": "Alert"}),
+                        )?;
+                    }
                 }
                 out.push(e);
             }

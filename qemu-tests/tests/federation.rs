@@ -11,7 +11,9 @@
 
 use std::time::{Duration, Instant};
 
-use qemu_tests::{Firmware, Netns, Qemu, Rackboot, preflight, rackboot_bin};
+use qemu_tests::{
+    FakeBmc, Firmware, Netns, Qemu, Rackboot, preflight, preflight_sushy, rackboot_bin,
+};
 use serde_json::Value;
 
 const UP: &str = "192.0.2.1:8080";
@@ -76,6 +78,9 @@ fn a_federated_rack_mirrors_its_scope_boots_through_an_outage_and_pushes_exactly
     if !preflight(true) {
         return;
     }
+    let Some(sushy) = preflight_sushy() else {
+        return;
+    };
     let mut ns = Netns::new("fed").unwrap();
     let up = Rackboot::start_with_env_at(&ns, &up_env(), UP).unwrap();
     for (i, n) in [N0, N1, OTHER].iter().enumerate() {
@@ -117,6 +122,12 @@ fn a_federated_rack_mirrors_its_scope_boots_through_an_outage_and_pushes_exactly
             ("RACKBOOT_UPSTREAM__XNAME_PREFIX", "x1000c0"),
             ("RACKBOOT_UPSTREAM__TOKEN_FILE", token_path.as_str()),
             ("RACKBOOT_UPSTREAM__INTERVAL", interval),
+            // A BMC discovered here gets its xname from the map (the sequential rule would
+            // pick a slot the upstream's nodes already use).
+            (
+                "RACKBOOT_DISCOVERY__XNAMES",
+                r#"{ "192.0.2.210" = "x1000c0s9b0" }"#,
+            ),
         ]
     };
 
@@ -270,8 +281,57 @@ fn a_federated_rack_mirrors_its_scope_boots_through_an_outage_and_pushes_exactly
             .unwrap();
         assert!((200..300).contains(&code), "{code} {body}");
     }
+    // A BMC discovered during the outage: its RedfishEndpoint waits in the outbox too.
+    let bmc_ns = ns.add_client_ns().unwrap();
+    bmc_ns
+        .ip(&["addr", "add", "192.0.2.210/24", "dev", "vc"])
+        .unwrap();
+    let _bmc = FakeBmc::start(
+        &bmc_ns,
+        &sushy,
+        "192.0.2.210",
+        &[(
+            "1b4e28ba-2fa1-11d2-883f-0016d3cca427",
+            "fednode",
+            "52:54:00:dd:00:0a",
+        )],
+        "admin",
+        "pw",
+    )
+    .unwrap();
+    let cli = |rb: &Rackboot, args: &[&str], input: Option<&str>| {
+        use std::io::Write;
+        let mut child = ns
+            .cmd(rackboot_bin().unwrap().to_str().unwrap())
+            .args(args)
+            .env("RACKBOOT_URL", "http://192.0.2.1")
+            .env("RACKBOOT_DATA_DIR", rb.data_dir.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(i) = input {
+            child.stdin.take().unwrap().write_all(i.as_bytes()).unwrap();
+        }
+        drop(child.stdin.take());
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = cli(
+        &down,
+        &["bmc", "creds-set", "--username", "admin"],
+        Some("pw\n"),
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&down, &["discover", "https://192.0.2.210"], None);
+    assert!(ok && out.contains("x1000c0s9b0"), "{out}");
     let s = json(&down, "/rackboot/v1/upstream");
-    assert!(s["outbox_depth"].as_i64() >= Some(3), "{s}");
+    assert!(s["outbox_depth"].as_i64() >= Some(4), "{s}");
     assert!(s["last_error"].is_string(), "{s}");
     // A node whose data is cached boots exactly as before.
     let mut vm = Qemu::start(&mut ns, Firmware::SeaBiosIpxe, N0.1).unwrap();
@@ -304,7 +364,15 @@ fn a_federated_rack_mirrors_its_scope_boots_through_an_outage_and_pushes_exactly
     sorted.sort_unstable();
     sorted.dedup();
     assert_eq!(sorted.len(), ids.len(), "duplicates upstream: {ids:?}");
-    assert_eq!(sorted, vec!["x1000c0s4b0", "x1000c0s5b0", "x1000c0s6b0"]);
+    assert_eq!(
+        sorted,
+        vec!["x1000c0s4b0", "x1000c0s5b0", "x1000c0s6b0", "x1000c0s9b0"]
+    );
+    let s9 = json(&up, "/hsm/v2/Inventory/RedfishEndpoints/x1000c0s9b0").to_string();
+    assert!(
+        s9.contains("52:54:00:dd:00:0a"),
+        "the discovery's systems went up: {s9}"
+    );
     let s6 = json(&up, "/hsm/v2/Inventory/RedfishEndpoints/x1000c0s6b0");
     assert_eq!(s6["FQDN"], "10.1.0.66", "order kept: {s6}");
     let n0 = json(&up, &format!("/hsm/v2/State/Components/{}", N0.0));

@@ -1309,3 +1309,45 @@ impl Rackboot {
         Ok(())
     }
 }
+
+/// Runs `prog args` in `ns` with `env`, feeding `stdin`: (success, stdout then stderr).
+pub fn run_in(
+    ns: &Netns,
+    prog: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: Option<&str>,
+) -> anyhow::Result<(bool, String)> {
+    use std::io::Write;
+    let mut child = ns
+        .cmd(prog)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let (Some(s), Some(mut i)) = (stdin, child.stdin.take()) {
+        i.write_all(s.as_bytes())?;
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    ))
+}
+
+impl Rackboot {
+    /// The `rackboot` CLI against this server, from inside `ns` (its API on port 80 of the
+    /// namespace address, a token minted from its data dir): (success, stdout then stderr).
+    pub fn cli(&self, ns: &Netns, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+        let bin = rackboot_bin().expect("rackboot binary");
+        let dd = self.data_dir.path().to_string_lossy().into_owned();
+        let env = [
+            ("RACKBOOT_URL", "http://192.0.2.1"),
+            ("RACKBOOT_DATA_DIR", dd.as_str()),
+        ];
+        run_in(ns, &bin.to_string_lossy(), args, &env, stdin).expect("run the rackboot CLI")
+    }
+}

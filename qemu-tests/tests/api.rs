@@ -4,18 +4,7 @@
 use qemu_tests::{Netns, Rackboot, preflight, rackboot_bin};
 
 fn cli(ns: &Netns, rb: &Rackboot, args: &[&str]) -> (bool, String) {
-    let bin = rackboot_bin().unwrap();
-    let out = ns
-        .cmd(bin.to_str().unwrap())
-        .args(args)
-        .env("RACKBOOT_URL", "http://192.0.2.1")
-        .env("RACKBOOT_DATA_DIR", rb.data_dir.path())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
+    rb.cli(ns, args, None)
 }
 
 #[test]

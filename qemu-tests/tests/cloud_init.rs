@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use qemu_tests::{Firmware, Netns, Qemu, Rackboot, preflight, rackboot_bin};
+use qemu_tests::{Firmware, Netns, Qemu, Rackboot, preflight};
 use serde_json::{Value, json};
 
 const XNAME: &str = "x1000c0s3b0n0";
@@ -15,17 +15,7 @@ const MAC: &str = "52:54:00:aa:03:01";
 const IP: &str = "192.0.2.53";
 
 fn cli(ns: &Netns, rb: &Rackboot, args: &[&str]) -> (bool, String) {
-    let out = ns
-        .cmd(rackboot_bin().unwrap().to_str().unwrap())
-        .args(args)
-        .env("RACKBOOT_URL", "http://192.0.2.1")
-        .env("RACKBOOT_DATA_DIR", rb.data_dir.path())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
+    rb.cli(ns, args, None)
 }
 
 /// The text the node printed between `RACKBOOT-CI-BEGIN doc` and `RACKBOOT-CI-END doc`.

@@ -299,29 +299,7 @@ fn a_federated_rack_mirrors_its_scope_boots_through_an_outage_and_pushes_exactly
         "pw",
     )
     .unwrap();
-    let cli = |rb: &Rackboot, args: &[&str], input: Option<&str>| {
-        use std::io::Write;
-        let mut child = ns
-            .cmd(rackboot_bin().unwrap().to_str().unwrap())
-            .args(args)
-            .env("RACKBOOT_URL", "http://192.0.2.1")
-            .env("RACKBOOT_DATA_DIR", rb.data_dir.path())
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        if let Some(i) = input {
-            child.stdin.take().unwrap().write_all(i.as_bytes()).unwrap();
-        }
-        drop(child.stdin.take());
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
-    };
+    let cli = |rb: &Rackboot, args: &[&str], input: Option<&str>| rb.cli(&ns, args, input);
     let (ok, out) = cli(
         &down,
         &["bmc", "creds-set", "--username", "admin"],

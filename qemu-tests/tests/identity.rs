@@ -6,7 +6,6 @@
 //! an expired one. CA key, secrets and audit survive `kill -9`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -19,44 +18,11 @@ const B: (&str, &str, &str) = ("x1000c0s0b0n1", "52:54:00:cc:00:02", "192.0.2.51
 
 /// Runs `prog args` in `ns` (stdin from `input`): (success, stdout + stderr).
 fn run(ns: &Netns, prog: &str, args: &[&str], input: Option<&str>) -> (bool, String) {
-    run_env(ns, prog, args, &[], input)
-}
-
-fn run_env(
-    ns: &Netns,
-    prog: &str,
-    args: &[&str],
-    env: &[(&str, &str)],
-    input: Option<&str>,
-) -> (bool, String) {
-    let mut child = ns
-        .cmd(prog)
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(s) = input {
-        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
-    }
-    drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
+    qemu_tests::run_in(ns, prog, args, &[], input).unwrap()
 }
 
 fn rb_cli(ns: &Netns, rb: &Rackboot, args: &[&str], input: Option<&str>) -> (bool, String) {
-    let bin = rackboot_bin().unwrap();
-    let dd = rb.data_dir.path().to_str().unwrap().to_owned();
-    let env = [
-        ("RACKBOOT_URL", "http://192.0.2.1"),
-        ("RACKBOOT_DATA_DIR", dd.as_str()),
-    ];
-    run_env(ns, bin.to_str().unwrap(), args, &env, input)
+    rb.cli(ns, args, input)
 }
 
 /// The kernel command line a node's boot script gives it.

@@ -4,12 +4,10 @@
 //! reprovisioning change the emulated system, and a re-keyed BMC is refused (pinning).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 use qemu_tests::{
     FakeBmc, Firmware, Netns, Qemu, Rackboot, SERVER, StaticBmc, field, preflight, preflight_sushy,
-    rackboot_bin,
 };
 use serde_json::Value;
 
@@ -17,25 +15,7 @@ const UUID: &str = "9f3c8a2e-1b2d-4c5e-8f70-0a1b2c3d4e5f";
 const MAC: &str = "52:54:00:aa:05:01";
 
 fn cli(ns: &Netns, rb: &Rackboot, args: &[&str], stdin: Option<&str>) -> (bool, String) {
-    let mut child = ns
-        .cmd(rackboot_bin().unwrap().to_str().unwrap())
-        .args(args)
-        .env("RACKBOOT_URL", "http://192.0.2.1")
-        .env("RACKBOOT_DATA_DIR", rb.data_dir.path())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(s) = stdin {
-        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
-    }
-    drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
+    rb.cli(ns, args, stdin)
 }
 
 fn power_state(bmc: &FakeBmc) -> String {

@@ -5,11 +5,8 @@
 //! update` must complete the BMC's task and record the version the BMC then reports.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use std::io::Write;
-
 use qemu_tests::{
     LibvirtBmc, Netns, Rackboot, SERVER, preflight, preflight_libvirt, preflight_sushy,
-    rackboot_bin,
 };
 use serde_json::Value;
 
@@ -19,25 +16,7 @@ const BMC_IP: &str = "192.0.2.202";
 const NODE: &str = "x1000c0s0b0n0";
 
 fn cli(ns: &Netns, rb: &Rackboot, args: &[&str], stdin: Option<&str>) -> (bool, String) {
-    let mut child = ns
-        .cmd(rackboot_bin().unwrap().to_str().unwrap())
-        .args(args)
-        .env("RACKBOOT_URL", format!("http://{SERVER}"))
-        .env("RACKBOOT_DATA_DIR", rb.data_dir.path())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(s) = stdin {
-        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
-    }
-    drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
+    rb.cli(ns, args, stdin)
 }
 
 /// The first JSON document in a CLI's output (stdout comes first; stderr's notes follow it).

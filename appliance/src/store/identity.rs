@@ -97,6 +97,18 @@ fn cert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CertRow> {
     })
 }
 
+fn request_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EnrollRequest> {
+    Ok(EnrollRequest {
+        id: r.get(0)?,
+        xname: r.get(1)?,
+        ip: r.get(2)?,
+        csr: r.get(3)?,
+        created_ms: r.get(4)?,
+        state: r.get(5)?,
+        serial: r.get(6)?,
+    })
+}
+
 const CERT_COLS: &str =
     "serial, xname, not_before_ms, not_after_ms, issued_ms, pem, revoked_ms, reason";
 
@@ -290,17 +302,7 @@ impl Store {
             Ok(c.query_row(
                 "SELECT id, xname, ip, csr, created_ms, state, serial FROM enroll_requests WHERE id = ?1",
                 [id],
-                |r| {
-                    Ok(EnrollRequest {
-                        id: r.get(0)?,
-                        xname: r.get(1)?,
-                        ip: r.get(2)?,
-                        csr: r.get(3)?,
-                        created_ms: r.get(4)?,
-                        state: r.get(5)?,
-                        serial: r.get(6)?,
-                    })
-                },
+                request_row,
             )
             .optional()?)
         })
@@ -312,17 +314,7 @@ impl Store {
             let mut st = c.prepare(
                 "SELECT id, xname, ip, csr, created_ms, state, serial FROM enroll_requests ORDER BY created_ms",
             )?;
-            let rows = st.query_map([], |r| {
-                Ok(EnrollRequest {
-                    id: r.get(0)?,
-                    xname: r.get(1)?,
-                    ip: r.get(2)?,
-                    csr: r.get(3)?,
-                    created_ms: r.get(4)?,
-                    state: r.get(5)?,
-                    serial: r.get(6)?,
-                })
-            })?;
+            let rows = st.query_map([], request_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await

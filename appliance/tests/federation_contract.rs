@@ -363,3 +363,168 @@ async fn an_empty_bss_is_a_404_and_means_nothing_to_boot() {
             .is_none()
     );
 }
+
+/// OAuth2 client credentials: the token endpoint gets a form POST with the client's id and
+/// secret; the token is reused for its lifetime, then fetched again.
+#[tokio::test]
+async fn oauth2_client_credentials_are_fetched_reused_and_refreshed() {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let issued = Arc::new(Mutex::new(Vec::<String>::new()));
+    let issued2 = issued.clone();
+    let token = axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+        let issued = issued2.clone();
+        async move {
+            let form = String::from_utf8_lossy(&body).into_owned();
+            let ct = headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            if ct != "application/x-www-form-urlencoded"
+                || !form.contains("grant_type=client_credentials")
+                || !form.contains("client_id=rack-x1000c0")
+                || !form.contains("client_secret=s%26cret")
+            {
+                return problem(StatusCode::BAD_REQUEST, &format!("bad form {ct} {form}"));
+            }
+            issued.lock().unwrap().push(form);
+            axum::Json(
+                json!({"access_token": "upstream-token", "token_type": "Bearer", "expires_in": 1}),
+            )
+            .into_response()
+        }
+    });
+    let app = Router::new()
+        .route("/oauth2/token", token)
+        .merge(openchami(seen.clone(), false));
+    let url = serve(app).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret"), "s&cret\n").unwrap();
+    let mut cfg = upstream(&url, dir.path().join("unused"));
+    cfg.token_file = None;
+    cfg.oauth2 = Some(rackboot::config::OAuth2 {
+        token_url: format!("{url}/oauth2/token"),
+        client_id: "rack-x1000c0".into(),
+        client_secret_file: dir.path().join("secret"),
+        scope: None,
+    });
+    let store = Store::open(dir.path()).unwrap();
+    let fed = Federation::new(cfg, store.clone()).unwrap();
+    fed.pull().await.unwrap();
+    assert_eq!(
+        issued.lock().unwrap().len(),
+        1,
+        "one token for the whole pull"
+    );
+    assert_eq!(store.list_components().await.unwrap().len(), 2);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    fed.pull().await.unwrap();
+    assert_eq!(
+        issued.lock().unwrap().len(),
+        2,
+        "fetched again after expires_in"
+    );
+    assert!(
+        seen.lock()
+            .unwrap()
+            .requests
+            .iter()
+            .all(|r| r.2 == "Bearer upstream-token")
+    );
+}
+
+/// mTLS to the upstream: the client certificate from `client_cert`/`client_key` is presented,
+/// and `ca_bundle` is the only trust for the upstream's certificate.
+#[tokio::test]
+async fn mtls_to_the_upstream_presents_the_client_certificate() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    use rackboot::http::server::{HttpLimits, PeerCertificate, TlsSource, serve_tls};
+    // A CA, a server certificate for 127.0.0.1 and a client certificate, all from rcgen.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_der(ca_cert.der(), ca_key).unwrap();
+    let leaf = |names: Vec<String>, eku: rcgen::ExtendedKeyUsagePurpose| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(names).unwrap();
+        p.extended_key_usages = vec![eku];
+        let cert = p.signed_by(&key, &issuer).unwrap();
+        (cert, key)
+    };
+    let (server_cert, server_key) = leaf(
+        vec!["127.0.0.1".into()],
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let (client_cert, client_key) = leaf(
+        vec!["rack-x1000c0".into()],
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca_cert.der().clone()).unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+        .build()
+        .unwrap();
+    let server_cfg = Arc::new(
+        rustls::ServerConfig::builder()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                vec![server_cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
+            )
+            .unwrap(),
+    );
+    let source: TlsSource = Arc::new(move || Some(server_cfg.clone()));
+    // The fixture: OpenCHAMI's shapes, and the client certificate must have come through.
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let certs = Arc::new(Mutex::new(0usize));
+    let certs2 = certs.clone();
+    let app = openchami(seen, false).layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let certs = certs2.clone();
+            async move {
+                if req.extensions().get::<PeerCertificate>().is_some() {
+                    *certs.lock().unwrap() += 1;
+                }
+                next.run(req).await
+            }
+        },
+    ));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(serve_tls(
+        l,
+        app,
+        HttpLimits::default(),
+        source,
+        std::future::pending(),
+    ));
+
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let mut cfg = upstream(
+        &format!("https://{addr}"),
+        write("token", "upstream-token".into()),
+    );
+    cfg.ca_bundle = Some(write("ca.pem", ca_cert.pem()));
+    cfg.client_cert = Some(write("client.pem", client_cert.pem()));
+    cfg.client_key = Some(write("client.key", client_key.serialize_pem()));
+    let store = Store::open(dir.path()).unwrap();
+    let fed = Federation::new(cfg.clone(), store.clone()).unwrap();
+    fed.pull().await.unwrap();
+    assert!(
+        *certs.lock().unwrap() >= 4,
+        "every request carried the client certificate"
+    );
+    assert_eq!(store.list_components().await.unwrap().len(), 2);
+    // Without the client certificate the upstream refuses the handshake: a clear error.
+    cfg.client_cert = None;
+    cfg.client_key = None;
+    let bare = Federation::new(cfg, Store::open(&dir.path().join("b")).unwrap()).unwrap();
+    assert!(bare.pull().await.is_err());
+}

@@ -140,91 +140,44 @@ pub fn run_bench() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `cargo xtask bench redfish`: only the discovery benchmark; prints its section and replaces
-/// (or appends) the `## Redfish discovery` section of docs/benchmarks.md, leaving the rest.
+/// Builds the release binary, runs one benchmark section, prints it, and replaces (or
+/// appends) its `heading` section of docs/benchmarks.md, leaving the rest.
+fn run_section_only(
+    heading: &str,
+    section: fn(&Path, &Path) -> anyhow::Result<String>,
+) -> anyhow::Result<()> {
+    let root = crate::root();
+    crate::stage("build (release)");
+    run(Command::new(env!("CARGO")).current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "appliance",
+        "--bin",
+        "rackboot",
+    ]))?;
+    let text = section(&root, &root.join("target/release/rackboot"))?;
+    println!("{text}");
+    let path = root.join("docs/benchmarks.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    std::fs::write(&path, redfish::replace_section(&old, heading, &text))?;
+    eprintln!("\nupdated the {heading} section of {}", path.display());
+    Ok(())
+}
+
+/// `cargo xtask bench redfish`: only the discovery benchmark.
 pub fn run_redfish_only() -> anyhow::Result<()> {
-    let root = crate::root();
-    crate::stage("build (release)");
-    run(Command::new(env!("CARGO")).current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "appliance",
-        "--bin",
-        "rackboot",
-    ]))?;
-    let section = redfish::section(&root, &root.join("target/release/rackboot"))?;
-    println!("{section}");
-    let path = root.join("docs/benchmarks.md");
-    let old = std::fs::read_to_string(&path).unwrap_or_default();
-    std::fs::write(
-        &path,
-        redfish::replace_section(&old, redfish::HEADING, &section),
-    )?;
-    eprintln!(
-        "\nupdated the {} section of {}",
-        redfish::HEADING,
-        path.display()
-    );
-    Ok(())
+    run_section_only(redfish::HEADING, redfish::section)
 }
 
-/// `cargo xtask bench identity`: only the enrollment benchmark; prints its section and
-/// replaces (or appends) the `## Identity: enrollment` section of docs/benchmarks.md.
+/// `cargo xtask bench identity`: only the enrollment benchmark.
 pub fn run_identity_only() -> anyhow::Result<()> {
-    let root = crate::root();
-    crate::stage("build (release)");
-    run(Command::new(env!("CARGO")).current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "appliance",
-        "--bin",
-        "rackboot",
-    ]))?;
-    let section = identity::section(&root, &root.join("target/release/rackboot"))?;
-    println!("{section}");
-    let path = root.join("docs/benchmarks.md");
-    let old = std::fs::read_to_string(&path).unwrap_or_default();
-    std::fs::write(
-        &path,
-        redfish::replace_section(&old, identity::HEADING, &section),
-    )?;
-    eprintln!(
-        "\nupdated the {} section of {}",
-        identity::HEADING,
-        path.display()
-    );
-    Ok(())
+    run_section_only(identity::HEADING, identity::section)
 }
 
-/// `cargo xtask bench federation`: only the federation benchmark; prints its section and
-/// replaces (or appends) the `## Federation` section of docs/benchmarks.md.
+/// `cargo xtask bench federation`: only the federation benchmark.
 pub fn run_federation_only() -> anyhow::Result<()> {
-    let root = crate::root();
-    crate::stage("build (release)");
-    run(Command::new(env!("CARGO")).current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "appliance",
-        "--bin",
-        "rackboot",
-    ]))?;
-    let section = federation::section(&root, &root.join("target/release/rackboot"))?;
-    println!("{section}");
-    let path = root.join("docs/benchmarks.md");
-    let old = std::fs::read_to_string(&path).unwrap_or_default();
-    std::fs::write(
-        &path,
-        redfish::replace_section(&old, federation::HEADING, &section),
-    )?;
-    eprintln!(
-        "\nupdated the {} section of {}",
-        federation::HEADING,
-        path.display()
-    );
-    Ok(())
+    run_section_only(federation::HEADING, federation::section)
 }
 
 fn machine() -> String {

@@ -4,7 +4,10 @@
 //! [`parse_request`] on an RRQ, resolves the file with [`normalize_path`], creates a
 //! [`Session`], then loops: send what [`Session::poll_transmit`] yields, feed datagrams from the
 //! client's TID to [`Session::handle`], and call [`Session::handle_timeout`] at
-//! [`Session::poll_timeout`], until [`Session::state`] is no longer `Running`.
+//! [`Session::poll_timeout`], until [`Session::state`] is no longer `Running`. Before creating a
+//! session it asks its [`Transfers`] table whether the RRQ starts a transfer at all: a
+//! retransmitted RRQ from the client TID of an active transfer is ignored (the rules and why are
+//! in [`transfers`]). Any ERROR the client sends to a session's TID ends that session at once.
 //!
 //! Blocks are numbered absolutely inside the session (u64) and wrap to u16 on the wire, so files
 //! of more than 65,535 blocks work (block-number rollover). Only a timeout, or an ACK showing a
@@ -12,9 +15,11 @@
 //! Apprentice bug, RFC 1123 §4.2.3.1).
 
 mod path;
+pub mod transfers;
 mod wire;
 
 pub use path::{PathError, normalize_path};
+pub use transfers::{Admit, TransferId, Transfers};
 pub use wire::{
     ErrorCode, Opcode, Request, RequestError, TftpOptions, error_packet, parse_request,
 };

@@ -295,11 +295,16 @@ impl Rackboot {
             .create(true)
             .append(true)
             .open(&log)?;
+        // `RACKBOOT_IPXE_DIR` in `env` replaces Debian's iPXE directory (the flag would win).
+        let ipxe_dir = env
+            .iter()
+            .find(|(k, _)| *k == "RACKBOOT_IPXE_DIR")
+            .map_or("/usr/lib/ipxe", |(_, v)| *v);
         let child = ns
             .cmd(bin.to_str().context("binary path")?)
             .args(["serve", "--interface", "br0", "--data-dir"])
             .arg(data_dir.path())
-            .args(["--ipxe-dir", "/usr/lib/ipxe"])
+            .args(["--ipxe-dir", ipxe_dir])
             .env("RACKBOOT_LOG", "info,rackboot=debug")
             .envs(env.iter().copied())
             .stdout(Stdio::null())

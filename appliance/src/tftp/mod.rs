@@ -3,16 +3,24 @@
 //!
 //! Requests arrive on :69; every transfer gets its own socket (its TID, RFC 1350 §4) and task.
 //! Unknown files are answered with ERROR 1 at once: iPXE asks for `autoexec.ipxe` on every boot.
+//!
+//! Whether an RRQ starts a transfer is `pxe_core::tftp::Transfers`' decision (the rules, and why
+//! a retransmitted RRQ is ignored rather than answered, are documented there): the listener keeps
+//! one table of the active transfers, keyed by the client's address and port and bounded by
+//! [`MAX_SESSIONS`]. Each transfer task owns a [`Registered`] guard that takes its entry out of
+//! the table however the task ends. An ERROR from the client on a transfer's socket (ERROR 5 from
+//! a client that does not know that TID, or a cancel) ends the transfer at once.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant as StdInstant;
 
-use pxe_core::tftp::{self, ErrorCode, Session, SessionConfig, State};
+use pxe_core::tftp::{
+    self, Admit, ErrorCode, Session, SessionConfig, State, TransferId, Transfers,
+};
 use pxe_core::{Duration, Instant};
 use tokio::net::UdpSocket;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +30,27 @@ use crate::timeline::{Observers, Subject, stage};
 
 /// Concurrent transfers; more get "server busy" so firmware retries instead of timing out.
 const MAX_SESSIONS: usize = 512;
+
+/// The active transfers; each holds the token that stops it when its client moves on.
+type Table = Transfers<CancellationToken, MAX_SESSIONS>;
+
+/// A transfer's place in the table, released when the transfer task ends, whichever way.
+struct Registered {
+    table: Arc<Mutex<Table>>,
+    id: TransferId,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        // A transfer that was replaced is no longer ours to remove: `finish` checks the id.
+        lock(&self.table).finish(self.id);
+    }
+}
+
+fn lock(table: &Mutex<Table>) -> MutexGuard<'_, Table> {
+    // The table is consistent after every call (no panics inside), so a poisoned lock is usable.
+    table.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// Starts TFTP on `iface`:`port`, serving `root`.
 pub fn spawn(
@@ -46,7 +75,7 @@ pub fn spawn(
     let iface = iface.to_owned();
     let clock = StdInstant::now();
     tasks.spawn(async move {
-        let limit = Arc::new(Semaphore::new(MAX_SESSIONS));
+        let table: Arc<Mutex<Table>> = Arc::new(Mutex::new(Transfers::new()));
         let mut buf = vec![0u8; 2048];
         let mut out = [0u8; 600];
         loop {
@@ -89,6 +118,40 @@ pub fn spawn(
                     continue;
                 }
             };
+            let stop = shutdown.child_token();
+            let admitted = lock(&table).admit(peer, name.as_bytes(), stop.clone());
+            let id = match admitted {
+                Admit::Start(id) => id,
+                Admit::Duplicate(_) => {
+                    tracing::debug!(%peer, file = %name, "TFTP: retransmitted read request ignored; its transfer is running");
+                    obs.metrics.tftp_done("duplicate", 0, 0);
+                    continue;
+                }
+                Admit::Replaced { id, old } => {
+                    tracing::debug!(%peer, file = %name, "TFTP: client asked for another file; its running transfer is abandoned");
+                    old.cancel();
+                    id
+                }
+                // Busy, and any decision added later: the client retries.
+                _ => {
+                    tracing::warn!(%peer, "TFTP: too many transfers; asking the client to retry");
+                    reply_error(
+                        &sock,
+                        peer,
+                        ErrorCode::NotDefined,
+                        "server busy, retry",
+                        &mut out,
+                        &obs,
+                        &name,
+                    )
+                    .await;
+                    continue;
+                }
+            };
+            let entry = Registered {
+                table: table.clone(),
+                id,
+            };
             let Some(path) = root.resolve(&name) else {
                 tracing::debug!(%peer, file = %name, "TFTP: file not found");
                 reply_error(
@@ -96,20 +159,6 @@ pub fn spawn(
                     peer,
                     ErrorCode::FileNotFound,
                     "file not found",
-                    &mut out,
-                    &obs,
-                    &name,
-                )
-                .await;
-                continue;
-            };
-            let Ok(permit) = limit.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, "TFTP: too many transfers; asking the client to retry");
-                reply_error(
-                    &sock,
-                    peer,
-                    ErrorCode::NotDefined,
-                    "server busy, retry",
                     &mut out,
                     &obs,
                     &name,
@@ -137,15 +186,19 @@ pub fn spawn(
                 };
             let options = req.options;
             let iface = iface.clone();
-            let stop = shutdown.clone();
+            let shutdown = shutdown.clone();
             let obs = obs.clone();
             tokio::spawn(async move {
-                let _permit = permit;
+                let _entry = entry;
                 let req = tftp::Request {
                     filename: name.as_bytes(),
                     options,
                 };
-                transfer(&iface, local_ip, peer, &name, &req, file, clock, &obs, stop).await;
+                let end = transfer(&iface, local_ip, peer, &name, &req, file, clock, &obs, &stop).await;
+                if end == End::Stopped && !shutdown.is_cancelled() {
+                    tracing::debug!(%peer, file = %name, "TFTP transfer abandoned: the client asked for another file");
+                    obs.metrics.tftp_done("abandoned", 0, 0);
+                }
             });
         }
     });
@@ -184,6 +237,15 @@ impl tftp::FileSource for File {
     }
 }
 
+/// How a transfer task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Done, failed or timed out (already logged and counted).
+    Ended,
+    /// Its token was cancelled: shutdown, or the client asked for another file.
+    Stopped,
+}
+
 fn now(clock: StdInstant) -> Instant {
     Instant::from_millis(u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX))
 }
@@ -198,13 +260,14 @@ async fn transfer(
     (file, size): (std::fs::File, u64),
     clock: StdInstant,
     obs: &Observers,
-    stop: CancellationToken,
-) {
+    stop: &CancellationToken,
+) -> End {
     let sock = match netif::udp_socket(Some(iface), SocketAddrV4::new(local_ip, 0), false) {
         Ok(s) => s,
         Err(err) => {
             tracing::error!(error = %err, "TFTP: cannot open a transfer socket");
-            return;
+            obs.metrics.tftp_done("failed", 0, 0);
+            return End::Ended;
         }
     };
     let started = StdInstant::now();
@@ -238,7 +301,7 @@ async fn transfer(
                     true,
                     serde_json::json!({ "file": name, "bytes": bytes, "duration_ms": duration_ms, "retransmits": retransmits }),
                 );
-                return;
+                return End::Ended;
             }
             State::Failed(why) => {
                 tracing::warn!(%peer, file = name, reason = ?why, stage = "tftp_error", "TFTP transfer failed");
@@ -249,16 +312,16 @@ async fn transfer(
                     false,
                     serde_json::json!({ "file": name, "error": format!("{why:?}") }),
                 );
-                return;
+                return End::Ended;
             }
-            _ => return,
+            _ => return End::Ended,
         }
         let wait = session
             .poll_timeout()
             .map(|t| t.saturating_duration_since(now(clock)))
             .unwrap_or(Duration::from_secs(30));
         tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => return End::Stopped,
             () = tokio::time::sleep(wait.into()) => session.handle_timeout(now(clock)),
             r = sock.recv_from(&mut inbuf) => match r {
                 Ok((n, SocketAddr::V4(from))) if from == peer => session.handle(now(clock), inbuf.get(..n).unwrap_or(&[])),

@@ -45,16 +45,66 @@ pub const PACKAGES: &[(&str, &str)] = &[
         "python3-libvirt",
         "libvirt's Python binding for sushy-emulator's libvirt driver (linked into build/venv)",
     ),
+    // The appliance image (`cargo xtask image appliance`, buildroot/README.md) and its tests.
+    (
+        "build-essential",
+        "Buildroot: make and Debian's gcc 12 (the offline external toolchain)",
+    ),
+    ("rsync", "Buildroot"),
+    ("bc", "Buildroot"),
+    ("file", "Buildroot"),
+    ("unzip", "Buildroot"),
+    ("patch", "Buildroot"),
+    ("wget", "Buildroot's dependency check"),
+    (
+        "autoconf",
+        "bootstrapping Debian's patchelf source for host-patchelf",
+    ),
+    (
+        "automake",
+        "bootstrapping Debian's patchelf source for host-patchelf",
+    ),
+    (
+        "squashfs-tools",
+        "the appliance's read-only root (mksquashfs)",
+    ),
+    (
+        "cryptsetup-bin",
+        "dm-verity hash trees (veritysetup), also in the appliance's initramfs",
+    ),
+    (
+        "libcap2-bin",
+        "setcap: rackboot's file capability in the appliance root",
+    ),
+    (
+        "systemd-boot-efi",
+        "the EFI stub the appliance's UKI is built on",
+    ),
+    ("sbsigntool", "signing the appliance's UKI for Secure Boot"),
+    ("gdisk", "the appliance's GPT disk image (sgdisk)"),
+    ("dosfstools", "the appliance's EFI system partition"),
+    ("mtools", "writing files into the appliance's ESP"),
+    (
+        "e2fsprogs",
+        "mke2fs/resize2fs copied into the offline appliance image",
+    ),
+    ("nmap", "port scan of the appliance from the rack network"),
 ];
 
 /// Where Debian's python3-libvirt puts its modules.
 const DIST_PACKAGES: &str = "/usr/lib/python3/dist-packages";
 
 /// PyPI test peers, installed into `build/venv`.
-pub const PYPI: &[(&str, &str)] = &[(
-    "sushy-tools",
-    "Redfish BMC emulator (sushy-emulator: fake driver for discovery and power, libvirt driver for firmware)",
-)];
+pub const PYPI: &[(&str, &str)] = &[
+    (
+        "sushy-tools",
+        "Redfish BMC emulator (sushy-emulator: fake driver for discovery and power, libvirt driver for firmware)",
+    ),
+    (
+        "virt-firmware",
+        "virt-fw-vars: enrols the appliance's Secure Boot keys into OVMF variable stores",
+    ),
+];
 
 pub fn install() -> anyhow::Result<()> {
     crate::stage("dependencies");
@@ -88,7 +138,7 @@ pub fn install() -> anyhow::Result<()> {
             .status();
     }
     let venv = crate::root().join("build/venv");
-    if !venv.join("bin/sushy-emulator").exists() {
+    if !venv.join("bin/sushy-emulator").exists() || !venv.join("bin/virt-fw-vars").exists() {
         eprintln!("installing PyPI test peers into {}", venv.display());
         run(Command::new("/usr/bin/python3")
             .arg("-m")

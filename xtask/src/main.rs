@@ -5,8 +5,9 @@
 //! - `bench` — benchmarks (criterion + peer comparisons, Redfish discovery, identity
 //!   enrollment), written to docs/benchmarks.md; `bench http|boot|redfish|identity|federation`
 //!   run one part
-//! - `deps`, `image node` — the individual steps
+//! - `deps`, `image node`, `image appliance` — the individual steps
 
+mod appliance;
 mod bench;
 mod demo;
 mod deps;
@@ -23,7 +24,10 @@ fn main() {
         Some("deps") => deps::install(),
         Some("image") => match args.get(1).map(String::as_str) {
             Some("node") | None => image::node().map(|_| ()),
-            Some(other) => Err(anyhow::anyhow!("unknown image {other:?}; known: node")),
+            Some("appliance") => appliance::appliance().map(|_| ()),
+            Some(other) => Err(anyhow::anyhow!(
+                "unknown image {other:?}; known: node, appliance"
+            )),
         },
         Some("test") => test::run_all(),
         Some("demo") => demo::run_demo(),
@@ -53,6 +57,7 @@ fn main() {
                  bench federation  only federation (first sync of 10,000 nodes scoped to 64, steady state, 10,000-event outbox drain); updates its section of docs/benchmarks.md\n  \
                  deps        install the Debian packages and tools the tests need\n  \
                  image node  build the QEMU node kernel + initramfs into build/node/\n  \
+                 image appliance  build the Buildroot appliance disk image (offline variant) into build/appliance/\n  \
                  capture-vectors  record real firmware DHCP messages into pxe-core/tests/vectors/"
             );
             std::process::exit(2);

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Buildroot post-build: finishes output/target as the appliance's read-only root.
+#   - the rackboot user (no login shell, no password) and the root account locked;
+#   - /etc/shadow points into /run, where boot writes it (a maintenance password from
+#     rackboot.toml, or none);
+#   - iPXE binaries rackboot serves, from RACKBOOT_IPXE_SRC (default: Debian's /usr/lib/ipxe);
+#   - RACKBOOT_HOST_TOOLS (offline build only): host binaries copied with their shared libraries,
+#     standing in for Buildroot packages whose sources cannot be fetched offline (e2fsprogs);
+#   - mount points, and nothing a root needs only to build or to log in remotely.
+set -euo pipefail
+target=$1
+
+# Users. The root fs is made in post-image from this tree, without Buildroot's makeusers
+# (which runs under host-fakeroot), so the account lines are written here.
+grep -q '^rackboot:' "$target/etc/group" || echo 'rackboot:x:900:' >>"$target/etc/group"
+grep -q '^rackboot:' "$target/etc/passwd" ||
+	echo 'rackboot:x:900:900:rackboot:/data/rackboot:/bin/false' >>"$target/etc/passwd"
+if [ ! -L "$target/etc/shadow" ]; then
+	sed -e 's/^root:[^:]*:/root:*:/' "$target/etc/shadow" >"$target/etc/shadow.base"
+	grep -q '^rackboot:' "$target/etc/shadow.base" || echo 'rackboot:!:19000:0:99999:7:::' >>"$target/etc/shadow.base"
+	chmod 0600 "$target/etc/shadow.base"
+	rm -f "$target/etc/shadow"
+	ln -s ../run/rackboot/shadow "$target/etc/shadow"
+fi
+
+mkdir -p "$target/data" "$target/boot" "$target/usr/share/rackboot/ipxe"
+ipxe_src=${RACKBOOT_IPXE_SRC:-/usr/lib/ipxe}
+for f in undionly.kpxe snponly.efi ipxe.efi; do
+	if [ -e "$ipxe_src/$f" ]; then
+		install -m 0644 "$ipxe_src/$f" "$target/usr/share/rackboot/ipxe/$f"
+	else
+		echo "post-build: no $ipxe_src/$f (Debian package ipxe, or set RACKBOOT_IPXE_SRC)" >&2
+		exit 1
+	fi
+done
+
+# Offline stand-ins: each binary and the shared libraries it loads (same glibc as the sysroot).
+for bin in ${RACKBOOT_HOST_TOOLS:-}; do
+	install -D -m 0755 "$bin" "$target/usr/sbin/$(basename "$bin")"
+	ldd "$bin" | awk '/=> \// { print $3 }' | while read -r lib; do
+		name=$(basename "$lib")
+		[ -e "$target/lib/$name" ] || [ -e "$target/usr/lib/$name" ] || install -m 0755 "$lib" "$target/usr/lib/$name"
+	done
+done
+if [ -e "$target/usr/sbin/mke2fs" ] && [ ! -e "$target/usr/sbin/mkfs.ext4" ]; then
+	ln -s mke2fs "$target/usr/sbin/mkfs.ext4"
+fi
+
+# Not in an appliance: ifupdown's network script (S20network configures the NICs from
+# rackboot.toml), the skeleton's login-oriented profile pieces, headers and static libraries.
+rm -f "$target/etc/init.d/S40network" "$target/etc/network/interfaces"
+rm -rf "$target/usr/include" "$target/usr/share/man" "$target/usr/share/doc"
+find "$target" -name '*.a' -delete

@@ -1,0 +1,53 @@
+################################################################################
+#
+# rackboot
+#
+################################################################################
+
+# The package is the rackboot workspace this BR2_EXTERNAL tree lives in, built by the build
+# machine's cargo with Buildroot's cross compiler as linker and C compiler (aws-lc-sys and the
+# bundled SQLite compile C). Buildroot's own Rust infrastructure (cargo-package) would need a
+# vendored dependency tree; calling cargo directly keeps the workspace's lock file and registry.
+RACKBOOT_VERSION = $(shell sed -n 's/^version = "\(.*\)"/\1/p' $(BR2_EXTERNAL_RACKBOOT_PATH)/../Cargo.toml | head -n1)
+RACKBOOT_SITE = $(realpath $(BR2_EXTERNAL_RACKBOOT_PATH)/..)
+RACKBOOT_SITE_METHOD = local
+RACKBOOT_LICENSE = MIT or Apache-2.0
+# A local site is rsynced like an override source directory: leave out build outputs (gigabytes).
+RACKBOOT_OVERRIDE_SRCDIR_RSYNC_EXCLUSIONS = \
+	--exclude /target --exclude /build --exclude /.git \
+	--exclude /fuzz/target --exclude /fuzz/corpus --exclude /fuzz/artifacts
+
+RACKBOOT_CARGO ?= cargo
+# Kept outside the package's build directory, so `rackboot-rebuild` (which rsyncs the sources
+# again) recompiles only what changed. Override it to share one cache between output dirs.
+RACKBOOT_CARGO_TARGET_DIR ?= $(BUILD_DIR)/rackboot-cargo-target
+
+ifeq ($(BR2_x86_64),y)
+RACKBOOT_RUST_TARGET = x86_64-unknown-linux-gnu
+RACKBOOT_RUST_TARGET_ENV = X86_64_UNKNOWN_LINUX_GNU
+else
+RACKBOOT_RUST_TARGET = aarch64-unknown-linux-gnu
+RACKBOOT_RUST_TARGET_ENV = AARCH64_UNKNOWN_LINUX_GNU
+endif
+
+RACKBOOT_CARGO_ENV = \
+	CARGO_TARGET_DIR="$(RACKBOOT_CARGO_TARGET_DIR)" \
+	CARGO_TARGET_$(RACKBOOT_RUST_TARGET_ENV)_LINKER="$(TARGET_CC)" \
+	CC_$(subst -,_,$(RACKBOOT_RUST_TARGET))="$(TARGET_CC)" \
+	CXX_$(subst -,_,$(RACKBOOT_RUST_TARGET))="$(TARGET_CXX)" \
+	AR_$(subst -,_,$(RACKBOOT_RUST_TARGET))="$(TARGET_AR)" \
+	CARGO_PROFILE_RELEASE_STRIP=symbols
+
+define RACKBOOT_BUILD_CMDS
+	cd $(@D) && $(TARGET_MAKE_ENV) $(RACKBOOT_CARGO_ENV) \
+		$(RACKBOOT_CARGO) build --release \
+		-p appliance --bin rackboot --target $(RACKBOOT_RUST_TARGET)
+endef
+
+define RACKBOOT_INSTALL_TARGET_CMDS
+	$(INSTALL) -D -m 0755 \
+		$(RACKBOOT_CARGO_TARGET_DIR)/$(RACKBOOT_RUST_TARGET)/release/rackboot \
+		$(TARGET_DIR)/usr/bin/rackboot
+endef
+
+$(eval $(generic-package))

@@ -1,0 +1,349 @@
+//! `cargo xtask image appliance`: the Buildroot appliance image, offline variant, into
+//! build/appliance/.
+//!
+//! Inputs, from the environment (`.ci/run` points them at `../shared/buildroot/`):
+//! - `RACKBOOT_BUILDROOT_TARBALL`: the Buildroot release tarball; without it the pinned release
+//!   is downloaded from buildroot.org, as on any connected machine;
+//! - `RACKBOOT_BUILDROOT_DL`: a download cache to seed Buildroot's `BR2_DL_DIR` with (copied:
+//!   the given directory may be read-only);
+//! - `RACKBOOT_BUILDROOT_SRC`: Debian source tarballs of host-tar and host-patchelf, used through
+//!   `local.mk` overrides because Buildroot's pinned ones cannot be fetched offline;
+//! - `RACKBOOT_CACHE`: where the Buildroot tree, its output, the cargo target directory of the
+//!   appliance's rackboot build and the Secure Boot test keys live (default
+//!   `/var/cache/rackboot`), outside the clone so warm builds only redo what changed.
+//!
+//! The Buildroot output directory is keyed by a hash of the tarball and of the parts of
+//! `buildroot/` that change what Buildroot compiles (defconfigs, package, busybox fragment,
+//! toolchain script). Overlay, init and image scripts are reapplied by every `make`, and the
+//! rackboot package is rebuilt on every run (cargo recompiles only what changed).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+use crate::run::{output, run};
+
+/// The Buildroot release the tree is written for.
+pub const BUILDROOT_VERSION: &str = "2026.05.1";
+const OFFLINE_DEFCONFIG: &str = "rackboot_x86_64_offline_defconfig";
+const PRODUCTION_DEFCONFIG: &str = "rackboot_x86_64_defconfig";
+
+/// Builds the image; returns build/appliance/.
+pub fn appliance() -> anyhow::Result<PathBuf> {
+    crate::stage("appliance image (Buildroot, offline variant)");
+    let started = std::time::Instant::now();
+    let root = crate::root();
+    let cache = cache_dir();
+    fs::create_dir_all(&cache)?;
+    let tarball = buildroot_tarball(&cache)?;
+    let key = cache_key(&root, &tarball)?;
+    let work = cache.join(format!("buildroot-{key}"));
+    let tree = work.join(format!("buildroot-{BUILDROOT_VERSION}"));
+    let out = work.join("out");
+    let dl = work.join("dl");
+    fs::create_dir_all(&out)?;
+    fs::create_dir_all(&dl)?;
+    eprintln!("buildroot cache: {}", work.display());
+
+    if !tree.join("Makefile").exists() {
+        run(Command::new("tar")
+            .arg("-xf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&work))?;
+    }
+    if let Ok(seed) = std::env::var("RACKBOOT_BUILDROOT_DL") {
+        // `cp -rn`: the seed is read-only and Buildroot must be able to add to its copy.
+        run(Command::new("cp")
+            .arg("-rn")
+            .arg(format!("{seed}/."))
+            .arg(&dl))?;
+        run(Command::new("chmod").arg("-R").arg("u+w").arg(&dl))?;
+    }
+    write_local_mk(&work, &out)?;
+    let toolchain = out.join("debian-toolchain");
+    if !toolchain.join("bin/x86_64-linux-gnu-gcc").exists() {
+        run(
+            Command::new(root.join("buildroot/board/rackboot/offline/debian-toolchain.sh"))
+                .arg(&toolchain),
+        )?;
+    }
+    let kernel = debian_kernel(&cache)?;
+
+    let make = |args: &[&str]| -> anyhow::Result<()> {
+        let mut c = Command::new("make");
+        c.current_dir(&tree)
+            .arg(format!("O={}", out.display()))
+            .args(args)
+            .env("FORCE_UNSAFE_CONFIGURE", "1")
+            .env("BR2_DL_DIR", &dl)
+            .env("RACKBOOT_KERNEL_ROOT", &kernel)
+            .env("RACKBOOT_SB_DIR", cache.join("secureboot-keys"))
+            .env(
+                "RACKBOOT_HOST_TOOLS",
+                "/sbin/mke2fs /sbin/e2fsck /sbin/resize2fs",
+            )
+            .env("RACKBOOT_CARGO_TARGET_DIR", cache.join("cargo-target"))
+            // Set by `cargo xtask`; they would point the inner cargo at this workspace's paths.
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("CARGO_MANIFEST_DIR")
+            .env_remove("CARGO_PKG_NAME");
+        run(&mut c)
+    };
+    if !out.join(".config").exists() {
+        make(&[
+            &format!("BR2_EXTERNAL={}", root.join("buildroot").display()),
+            OFFLINE_DEFCONFIG,
+        ])?;
+    }
+    // rackboot's sources are the working tree: rsync them again and let cargo decide.
+    make(&["rackboot-rebuild"])?;
+    make(&[])?;
+
+    let images = out.join("images");
+    let dest = root.join("build/appliance");
+    let _ = fs::remove_dir_all(&dest);
+    fs::create_dir_all(dest.join("secureboot"))?;
+    for f in [
+        "rackboot-appliance.img",
+        "rackboot-a.efi",
+        "rackboot-a.unsigned.efi",
+        "root.img",
+        "initramfs.cpio.gz",
+        "cmdline",
+        "appliance.env",
+    ] {
+        fs::copy(images.join(f), dest.join(f))
+            .with_context(|| format!("no {f} in {}", images.display()))?;
+    }
+    for f in ["PK.crt", "KEK.crt", "db.crt", "owner.guid"] {
+        fs::copy(
+            images.join("secureboot").join(f),
+            dest.join("secureboot").join(f),
+        )?;
+    }
+    eprintln!(
+        "built {} in {}s",
+        dest.display(),
+        started.elapsed().as_secs()
+    );
+    eprintln!("{}", fs::read_to_string(dest.join("appliance.env"))?);
+    Ok(dest)
+}
+
+/// `make show-info` on the production defconfig, in a throwaway output directory, and a check
+/// that Kconfig kept every line of it (a renamed or dropped option would otherwise vanish
+/// silently). Keeps the connected-machine recipe from rotting; downloads nothing.
+pub fn check_production_recipe() -> anyhow::Result<()> {
+    crate::stage("appliance: production defconfig (show-info)");
+    let root = crate::root();
+    let cache = cache_dir();
+    let tarball = buildroot_tarball(&cache)?;
+    let key = cache_key(&root, &tarball)?;
+    let work = cache.join(format!("buildroot-{key}"));
+    let tree = work.join(format!("buildroot-{BUILDROOT_VERSION}"));
+    if !tree.join("Makefile").exists() {
+        fs::create_dir_all(&work)?;
+        run(Command::new("tar")
+            .arg("-xf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&work))?;
+    }
+    let out = tempfile::tempdir()?;
+    let make = |args: &[&str]| {
+        output(
+            Command::new("make")
+                .current_dir(&tree)
+                .arg(format!("O={}", out.path().display()))
+                .args(args)
+                .env("FORCE_UNSAFE_CONFIGURE", "1"),
+        )
+    };
+    make(&[
+        &format!("BR2_EXTERNAL={}", root.join("buildroot").display()),
+        PRODUCTION_DEFCONFIG,
+    ])?;
+    let info = make(&["show-info"])?;
+    let parsed: serde_json::Value =
+        serde_json::from_str(&info).context("make show-info printed no JSON")?;
+    for pkg in ["rackboot", "linux", "cryptsetup", "nftables", "busybox"] {
+        if parsed.get(pkg).is_none() {
+            bail!("the production defconfig does not build {pkg}");
+        }
+    }
+    let config = fs::read_to_string(out.path().join(".config"))?;
+    let defconfig = fs::read_to_string(root.join("buildroot/configs").join(PRODUCTION_DEFCONFIG))?;
+    for line in defconfig.lines().filter(|l| l.starts_with("BR2_")) {
+        if !config.lines().any(|c| c == line) {
+            bail!(
+                "Kconfig dropped `{line}` of {PRODUCTION_DEFCONFIG}: renamed or unmet dependency"
+            );
+        }
+    }
+    eprintln!(
+        "production defconfig resolves ({} packages)",
+        parsed.as_object().map_or(0, |o| o.len())
+    );
+    Ok(())
+}
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("RACKBOOT_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/rackboot"))
+}
+
+/// The Buildroot tarball: `$RACKBOOT_BUILDROOT_TARBALL`, or the release downloaded once into
+/// the cache.
+fn buildroot_tarball(cache: &Path) -> anyhow::Result<PathBuf> {
+    if let Some(t) = std::env::var_os("RACKBOOT_BUILDROOT_TARBALL") {
+        let t = PathBuf::from(t);
+        if !t.exists() {
+            bail!("RACKBOOT_BUILDROOT_TARBALL={} does not exist", t.display());
+        }
+        return Ok(t);
+    }
+    let name = format!("buildroot-{BUILDROOT_VERSION}.tar.xz");
+    let dest = cache.join(&name);
+    if !dest.exists() {
+        let partial = cache.join(format!("{name}.part"));
+        run(Command::new("curl")
+            .args(["-fL", "--retry", "3", "-o"])
+            .arg(&partial)
+            .arg(format!("https://buildroot.org/downloads/{name}")))
+        .context("downloading Buildroot (set RACKBOOT_BUILDROOT_TARBALL on an offline machine)")?;
+        fs::rename(&partial, &dest)?;
+    }
+    Ok(dest)
+}
+
+/// A short hash of the tarball and of what in buildroot/ changes Buildroot's own builds.
+fn cache_key(root: &Path, tarball: &Path) -> anyhow::Result<String> {
+    let br = root.join("buildroot");
+    let mut inputs = vec![tarball.to_path_buf()];
+    for dir in ["configs", "package/rackboot", "board/rackboot/offline"] {
+        let mut files: Vec<PathBuf> = fs::read_dir(br.join(dir))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.is_file())
+            .collect();
+        files.sort();
+        inputs.extend(files);
+    }
+    inputs.extend(
+        [
+            "external.desc",
+            "Config.in",
+            "external.mk",
+            "board/rackboot/busybox.fragment",
+        ]
+        .iter()
+        .map(|f| br.join(f)),
+    );
+    let mut cmd = Command::new("sha256sum");
+    cmd.args(&inputs);
+    let sums = output(&mut cmd)?;
+    // Hash the per-file hashes without their absolute paths, so clones at other paths share.
+    let lines: String = sums
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut child = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write;
+        stdin.write_all(lines.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    let hex = String::from_utf8_lossy(&out.stdout);
+    Ok(hex.chars().take(16).collect())
+}
+
+/// `local.mk` in the output directory: host-tar and host-patchelf from Debian's sources when
+/// `RACKBOOT_BUILDROOT_SRC` is set (without it, Buildroot downloads its pinned ones).
+fn write_local_mk(work: &Path, out: &Path) -> anyhow::Result<()> {
+    let Ok(src) = std::env::var("RACKBOOT_BUILDROOT_SRC") else {
+        let _ = fs::remove_file(out.join("local.mk"));
+        return Ok(());
+    };
+    let dir = work.join("src");
+    fs::create_dir_all(&dir)?;
+    let mut mk = String::new();
+    for (var, prefix) in [
+        ("HOST_TAR_OVERRIDE_SRCDIR", "tar_"),
+        ("HOST_PATCHELF_OVERRIDE_SRCDIR", "patchelf_"),
+    ] {
+        let tarball = fs::read_dir(&src)
+            .with_context(|| format!("RACKBOOT_BUILDROOT_SRC={src}"))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+            })
+            .with_context(|| format!("no {prefix}*.orig.tar.* in {src}"))?;
+        let stem = prefix.trim_end_matches('_');
+        let unpacked = dir.join(stem);
+        if !unpacked.join("configure").exists() {
+            let _ = fs::remove_dir_all(&unpacked);
+            fs::create_dir_all(&unpacked)?;
+            run(Command::new("tar")
+                .arg("-xf")
+                .arg(&tarball)
+                .arg("-C")
+                .arg(&unpacked)
+                .arg("--strip-components=1"))?;
+            if unpacked.join("bootstrap.sh").exists() && !unpacked.join("configure").exists() {
+                // patchelf's orig tarball is a git snapshot: autotools make its configure.
+                run(Command::new("./bootstrap.sh").current_dir(&unpacked))?;
+            }
+        }
+        mk.push_str(&format!("{var} = {}\n", unpacked.display()));
+    }
+    fs::write(out.join("local.mk"), mk)?;
+    Ok(())
+}
+
+/// Debian's kernel (the package behind linux-image-amd64), unpacked once into the cache.
+fn debian_kernel(cache: &Path) -> anyhow::Result<PathBuf> {
+    let deps = output(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))?;
+    let pkg = deps
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .find(|p| p.starts_with("linux-image-"))
+        .context("apt-cache depends linux-image-amd64 names no kernel package (apt-get update?)")?
+        .to_owned();
+    let dir = cache.join(format!("kernel-{pkg}"));
+    let unpacked = dir.join("root");
+    if unpacked.join("boot").exists() {
+        return Ok(unpacked);
+    }
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir)?;
+    if run(Command::new("apt-get")
+        .args(["download", &pkg])
+        .current_dir(&dir))
+    .is_err()
+    {
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        run(Command::new("apt-get")
+            .args(["download", &pkg])
+            .current_dir(&dir))?;
+    }
+    let deb = fs::read_dir(&dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download produced no .deb")?;
+    let tmp = dir.join("root.tmp");
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp))?;
+    fs::rename(&tmp, &unpacked)?;
+    let _ = fs::remove_file(&deb);
+    Ok(unpacked)
+}

@@ -12,12 +12,18 @@
 
 pub mod model;
 mod tls;
+mod transport;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use base64::Engine as _;
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, LOCATION};
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full, StreamBody};
 use serde_json::Value;
+use transport::{Reply, Transport, TransportError};
 
 pub use model::{Res, odata_id};
 pub use tls::TlsPolicy;
@@ -102,7 +108,7 @@ enum Auth {
 /// A connection to one BMC.
 pub struct Bmc {
     base: String,
-    http: reqwest::Client,
+    http: Transport,
     creds: Option<Credentials>,
     auth: Auth,
     limits: Limits,
@@ -134,13 +140,8 @@ impl Bmc {
         };
         let config = tls::client_config(&tls, seen_cert.clone(), &base)
             .map_err(|e| Error::Tls(base.clone(), e))?;
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls(config)
-            .connect_timeout(limits.connect_timeout)
-            .timeout(limits.request_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| Error::Other(base.clone(), e.to_string()))?;
+        // hyper's client follows no redirects: a BMC answer is taken as it comes.
+        let http = Transport::new(config, limits.connect_timeout);
         Ok(Bmc {
             base,
             http,
@@ -193,19 +194,19 @@ impl Bmc {
                 .pointer("/Links/Sessions")
                 .and_then(odata_id)
                 .unwrap_or_else(|| "/redfish/v1/SessionService/Sessions".into());
-            let url = self.url(&url);
             let body = serde_json::json!({ "UserName": c.username, "Password": c.password });
-            let resp = self.send(|h| h.post(&url).json(&body)).await?;
-            if resp.status().is_success()
+            let req = Req::json(Method::POST, self.url(&url), &body);
+            let resp = self.send(&req, false).await?;
+            if resp.status.is_success()
                 && let Some(token) = resp
-                    .headers()
+                    .headers
                     .get("x-auth-token")
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned)
             {
                 let location = resp
-                    .headers()
-                    .get("location")
+                    .headers
+                    .get(LOCATION)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned);
                 self.auth = Auth::Session { token, location };
@@ -232,8 +233,8 @@ impl Bmc {
             ..
         } = &self.auth
         {
-            let url = self.url(loc);
-            let _ = self.send_authed(|h| h.delete(&url)).await;
+            let req = Req::empty(Method::DELETE, self.url(loc));
+            let _ = self.send(&req, true).await;
         }
         self.auth = Auth::None;
     }
@@ -246,9 +247,10 @@ impl Bmc {
     /// `POST path` with a JSON body; the answer's JSON (or `Null` when empty) and its
     /// `Location` header.
     pub async fn post(&self, path: &str, body: &Value) -> Result<(Value, Option<String>), Error> {
-        let url = self.url(path);
-        let resp = self.send_authed(|h| h.post(&url).json(body)).await?;
-        self.json_and_location(path, resp).await
+        let resp = self
+            .send(&Req::json(Method::POST, self.url(path), body), true)
+            .await?;
+        self.json_and_location(path, resp)
     }
 
     /// `POST path` as `multipart/form-data` (the Redfish `MultipartHttpPushUri` form): an
@@ -261,32 +263,23 @@ impl Bmc {
         file_name: &str,
         file: bytes::Bytes,
     ) -> Result<(Value, Option<String>), Error> {
-        let url = self.url(path);
         let (head, tail, boundary) = multipart_frame(params, file_name);
-        let len = head.len() + file.len() + tail.len();
-        let resp = self
-            .send_authed(|h| {
-                let parts = [head.clone(), file.clone(), tail.clone()]
-                    .map(Ok::<bytes::Bytes, std::io::Error>);
-                h.post(&url)
-                    .header(
-                        "content-type",
-                        format!("multipart/form-data; boundary={boundary}"),
-                    )
-                    .header("content-length", len)
-                    .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-                        parts,
-                    )))
-            })
-            .await?;
-        self.json_and_location(path, resp).await
+        let req = Req {
+            method: Method::POST,
+            url: self.url(path),
+            content_type: Some(format!("multipart/form-data; boundary={boundary}")),
+            body: Payload::Parts([head, file, tail]),
+        };
+        let resp = self.send(&req, true).await?;
+        self.json_and_location(path, resp)
     }
 
     /// `PATCH path` with a JSON body.
     pub async fn patch(&self, path: &str, body: &Value) -> Result<Value, Error> {
-        let url = self.url(path);
-        let resp = self.send_authed(|h| h.patch(&url).json(body)).await?;
-        Ok(self.json_and_location(path, resp).await?.0)
+        let resp = self
+            .send(&Req::json(Method::PATCH, self.url(path), body), true)
+            .await?;
+        Ok(self.json_and_location(path, resp)?.0)
     }
 
     fn url(&self, path: &str) -> String {
@@ -300,27 +293,20 @@ impl Bmc {
     }
 
     async fn get_raw(&self, path: &str, authed: bool) -> Result<Value, Error> {
-        let url = self.url(path);
-        let resp = if authed {
-            self.send_authed(|h| h.get(&url)).await?
-        } else {
-            self.send(|h| h.get(&url)).await?
-        };
-        Ok(self.json_and_location(path, resp).await?.0)
+        let resp = self
+            .send(&Req::empty(Method::GET, self.url(path)), authed)
+            .await?;
+        Ok(self.json_and_location(path, resp)?.0)
     }
 
-    async fn json_and_location(
-        &self,
-        path: &str,
-        resp: reqwest::Response,
-    ) -> Result<(Value, Option<String>), Error> {
-        let status = resp.status().as_u16();
+    fn json_and_location(&self, path: &str, resp: Reply) -> Result<(Value, Option<String>), Error> {
+        let status = resp.status.as_u16();
         let location = resp
-            .headers()
-            .get("location")
+            .headers
+            .get(LOCATION)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let body = self.read_bounded(resp).await?;
+        let body = resp.body;
         let what = format!("{}{path}", self.base);
         match status {
             200..=299 => {}
@@ -337,6 +323,31 @@ impl Bmc {
                 return Err(Error::Status(what, status, msg));
             }
         }
+        if resp.unterminated {
+            // No close_notify and no length: only a whole JSON object or array (every Redfish
+            // resource and action answer is one) proves the body was not cut short on the way
+            // (RFC 8446 §6.1). An empty or partial body is refused, not read as "nothing".
+            return match serde_json::from_slice::<Value>(&body) {
+                Ok(v) if v.is_object() || v.is_array() => {
+                    tracing::debug!(
+                        bmc = %self.base,
+                        path,
+                        "close-delimited answer ended without TLS close_notify; accepted as a complete JSON document"
+                    );
+                    Ok((v, location))
+                }
+                Ok(_) => Err(Error::BadJson(
+                    what,
+                    "the connection closed without TLS close_notify after a body that is not a JSON object".into(),
+                )),
+                Err(e) => Err(Error::BadJson(
+                    what,
+                    format!(
+                        "the connection closed without TLS close_notify and the body is incomplete or not JSON ({e})"
+                    ),
+                )),
+            };
+        }
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok((Value::Null, location));
         }
@@ -345,60 +356,63 @@ impl Bmc {
             .map_err(|e| Error::BadJson(what, e.to_string()))
     }
 
-    async fn read_bounded(&self, resp: reqwest::Response) -> Result<Vec<u8>, Error> {
-        if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
-            return Err(Error::TooLarge(self.base.clone()));
-        }
-        let mut out = Vec::new();
-        let mut stream = resp.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| self.classify(&e))?;
-            if out.len() + chunk.len() > MAX_BODY {
-                return Err(Error::TooLarge(self.base.clone()));
+    /// The credentials header for an authenticated request, if any.
+    fn auth_header(&self) -> Option<(http::HeaderName, HeaderValue)> {
+        let (name, value) = match (&self.auth, &self.creds) {
+            (Auth::Session { token, .. }, _) => {
+                (http::HeaderName::from_static("x-auth-token"), token.clone())
             }
-            out.extend_from_slice(&chunk);
-        }
-        Ok(out)
+            (Auth::Basic, Some(c)) | (Auth::None, Some(c)) => {
+                let raw = format!("{}:{}", c.username, c.password);
+                (
+                    AUTHORIZATION,
+                    format!(
+                        "Basic {}",
+                        base64::engine::general_purpose::STANDARD.encode(raw)
+                    ),
+                )
+            }
+            _ => return None,
+        };
+        // A token or password with bytes a header cannot carry is sent as nothing; the BMC
+        // then answers 401 and the operator sees an authentication error.
+        let mut value = HeaderValue::from_str(&value).ok()?;
+        value.set_sensitive(true);
+        Some((name, value))
     }
 
-    async fn send_authed(
-        &self,
-        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
-    ) -> Result<reqwest::Response, Error> {
-        self.send(|h| {
-            let rb = build(h);
-            match (&self.auth, &self.creds) {
-                (Auth::Session { token, .. }, _) => rb.header("X-Auth-Token", token),
-                (Auth::Basic, Some(c)) | (Auth::None, Some(c)) => {
-                    rb.basic_auth(&c.username, Some(&c.password))
-                }
-                _ => rb,
-            }
-        })
-        .await
-    }
-
-    /// Sends with retries on connection errors and 5xx, backing off between attempts.
-    async fn send(
-        &self,
-        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
-    ) -> Result<reqwest::Response, Error> {
+    /// Sends with retries on connection errors and 5xx, backing off between attempts. An
+    /// answer that started but broke off is not retried: the BMC may have acted on it.
+    async fn send(&self, req: &Req, authed: bool) -> Result<Reply, Error> {
+        let auth = if authed { self.auth_header() } else { None };
         let mut delay = self.limits.backoff;
         let mut last = None;
         for attempt in 1..=self.limits.attempts.max(1) {
-            match build(&self.http).send().await {
-                Ok(r) if r.status().is_server_error() && attempt < self.limits.attempts => {
+            let request = req.build(auth.clone()).map_err(|e| self.classify(&e))?;
+            let result = tokio::time::timeout(
+                self.limits.request_timeout,
+                self.http.request(request, MAX_BODY),
+            )
+            .await
+            .unwrap_or(Err(TransportError::Timeout));
+            match result {
+                Ok(r) if r.status.is_server_error() && attempt < self.limits.attempts => {
                     last = Some(Error::Status(
                         self.base.clone(),
-                        r.status().as_u16(),
+                        r.status.as_u16(),
                         "server error".into(),
                     ));
                 }
                 Ok(r) => return Ok(r),
                 Err(e) => {
                     let err = self.classify(&e);
-                    // A changed certificate or bad credentials will not get better.
-                    if matches!(err, Error::PinMismatch(..) | Error::Tls(..)) {
+                    // A changed certificate will not get better; a broken-off answer or an
+                    // oversized one is not worth repeating.
+                    if matches!(
+                        err,
+                        Error::PinMismatch(..) | Error::Tls(..) | Error::TooLarge(..)
+                    ) || matches!(e, TransportError::Body(_) | TransportError::Url(..))
+                    {
                         return Err(err);
                     }
                     last = Some(err);
@@ -412,33 +426,129 @@ impl Bmc {
         Err(last.unwrap_or_else(|| Error::Other(self.base.clone(), "no attempt made".into())))
     }
 
-    fn classify(&self, e: &reqwest::Error) -> Error {
+    fn classify(&self, e: &TransportError) -> Error {
         let mut text = e.to_string();
+        let mut timed_out = matches!(e, TransportError::Timeout);
         let mut source = std::error::Error::source(e);
         while let Some(s) = source {
             text.push_str(": ");
             text.push_str(&s.to_string());
+            timed_out |= s
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
             source = s.source();
         }
         if text.contains(tls::PIN_MISMATCH) {
             return Error::PinMismatch(self.base.clone(), self.pinned.clone().unwrap_or_default());
         }
-        if e.is_timeout() {
+        if timed_out {
             return Error::Timeout(self.base.clone());
         }
-        if text.contains("certificate") || text.contains("InvalidCertificate") {
-            return Error::Tls(self.base.clone(), text);
-        }
-        if e.is_connect() {
-            return Error::Connect(self.base.clone(), text);
+        match e {
+            TransportError::TooLarge(_) => return Error::TooLarge(self.base.clone()),
+            TransportError::Http(h) if h.is_connect() => {
+                if text.contains("certificate") || text.contains("InvalidCertificate") {
+                    return Error::Tls(self.base.clone(), text);
+                }
+                return Error::Connect(self.base.clone(), text);
+            }
+            _ => {}
         }
         Error::Other(self.base.clone(), text)
     }
 }
 
+/// One request, rebuilt for every attempt.
+struct Req {
+    method: Method,
+    url: String,
+    content_type: Option<String>,
+    body: Payload,
+}
+
+enum Payload {
+    Empty,
+    Bytes(Bytes),
+    /// Sent one after the other without copying (a firmware image can be large), with an
+    /// explicit Content-Length: some BMCs refuse chunked uploads.
+    Parts([Bytes; 3]),
+}
+
+impl Req {
+    fn empty(method: Method, url: String) -> Req {
+        Req {
+            method,
+            url,
+            content_type: None,
+            body: Payload::Empty,
+        }
+    }
+
+    fn json(method: Method, url: String, body: &Value) -> Req {
+        Req {
+            method,
+            url,
+            content_type: Some("application/json".into()),
+            body: Payload::Bytes(Bytes::from(body.to_string())),
+        }
+    }
+
+    fn build(
+        &self,
+        auth: Option<(http::HeaderName, HeaderValue)>,
+    ) -> Result<Request<transport::Body>, TransportError> {
+        let uri = http::Uri::try_from(escape_url(&self.url))
+            .map_err(|e| TransportError::Url(self.url.clone(), e.to_string()))?;
+        let mut b = Request::builder().method(self.method.clone()).uri(uri);
+        if let Some((name, value)) = auth {
+            b = b.header(name, value);
+        }
+        if let Some(ct) = &self.content_type {
+            b = b.header(CONTENT_TYPE, ct);
+        }
+        let body = match &self.body {
+            Payload::Empty => Full::new(Bytes::new())
+                .map_err(|never| match never {})
+                .boxed(),
+            Payload::Bytes(bytes) => Full::new(bytes.clone())
+                .map_err(|never| match never {})
+                .boxed(),
+            Payload::Parts(parts) => {
+                let len: usize = parts.iter().map(Bytes::len).sum();
+                b = b.header(CONTENT_LENGTH, len);
+                let frames = parts
+                    .clone()
+                    .map(|p| Ok::<_, std::io::Error>(http_body::Frame::data(p)));
+                StreamBody::new(futures_util::stream::iter(frames)).boxed()
+            }
+        };
+        b.body(body)
+            .map_err(|e| TransportError::Url(self.url.clone(), e.to_string()))
+    }
+}
+
+/// Percent-encodes what a URI may not carry (spaces, quotes, non-ASCII): BMCs put such
+/// characters in `@odata.id`s now and then.
+fn escape_url(url: &str) -> String {
+    let mut out = String::with_capacity(url.len());
+    for b in url.bytes() {
+        if b.is_ascii_graphic()
+            && !matches!(
+                b,
+                b'"' | b'<' | b'>' | b'\\' | b'^' | b'`' | b'{' | b'|' | b'}'
+            )
+        {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// The bytes before and after the file in a two-part `multipart/form-data` body, and the
 /// boundary (128 random bits: it will not occur inside an image by chance).
-fn multipart_frame(params: &Value, file_name: &str) -> (bytes::Bytes, bytes::Bytes, String) {
+fn multipart_frame(params: &Value, file_name: &str) -> (Bytes, Bytes, String) {
     let mut nonce = [0u8; 16];
     let _ = aws_lc_rs::rand::fill(&mut nonce);
     let boundary = format!("rackboot-{}", hex::encode(nonce));

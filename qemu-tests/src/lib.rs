@@ -837,43 +837,107 @@ impl Drop for FakeBmc {
     }
 }
 
-/// A Redfish mockup served by sushy-tools' `sushy-static` (plain HTTP on port 8000, since
-/// rackboot holds :80 in the namespace; no auth; POSTs answer 204): a vendor's tree, read-only.
+/// A Redfish mockup served by sushy-tools' `sushy-static`: a vendor's tree, read-only, no
+/// auth, POSTs answer 204. Plain HTTP on port 8000 (rackboot holds :80 in its namespace), or
+/// HTTPS with its own self-signed certificate ([`StaticBmc::start_tls`]), where it answers like
+/// many real BMCs: `HTTP/1.0`, no Content-Length, and a TCP close without TLS close_notify.
 pub struct StaticBmc {
     child: Child,
     pub ip: String,
+    /// `http://<ip>:8000` or `https://<ip>:<port>`.
+    pub url: String,
     log: tempfile::NamedTempFile,
+    /// The certificate and key (HTTPS only).
+    tls: Option<tempfile::TempDir>,
 }
 
 impl StaticBmc {
-    /// Serves the mockup `dir` (`<dir>/index.json` is `/redfish/v1/`) at `ip` (added to br0).
+    /// Serves the mockup `dir` (`<dir>/index.json` is `/redfish/v1/`) over plain HTTP at
+    /// `ip`:8000 (added to br0 when `ns` has one; a client namespace brings its own address).
     pub fn start(
         ns: &Netns,
         sushy_emulator: &Path,
         ip: &str,
         dir: &Path,
     ) -> anyhow::Result<StaticBmc> {
+        Self::spawn(ns, sushy_emulator, ip, dir, 8000, None)
+    }
+
+    /// The same over HTTPS on `port`, with a fresh self-signed certificate for `ip`.
+    pub fn start_tls(
+        ns: &Netns,
+        sushy_emulator: &Path,
+        ip: &str,
+        dir: &Path,
+        port: u16,
+    ) -> anyhow::Result<StaticBmc> {
+        let certs = tempfile::tempdir()?;
+        sh(Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args(["-subj", "/CN=static-bmc", "-addext"])
+            .arg(format!("subjectAltName=IP:{ip}"))
+            .arg("-keyout")
+            .arg(certs.path().join("key.pem"))
+            .arg("-out")
+            .arg(certs.path().join("cert.pem"))
+            .stderr(Stdio::null()))?;
+        Self::spawn(ns, sushy_emulator, ip, dir, port, Some(certs))
+    }
+
+    /// SHA-256 (lowercase hex) of the certificate's DER, as a pin records it (HTTPS only).
+    pub fn cert_sha256(&self) -> anyhow::Result<String> {
+        let Some(certs) = &self.tls else {
+            bail!("{} serves plain HTTP", self.url);
+        };
+        let out = Command::new("openssl")
+            .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+            .arg(certs.path().join("cert.pem"))
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let Some((_, hex)) = text.trim().split_once('=') else {
+            bail!("openssl x509 -fingerprint: {text}");
+        };
+        Ok(hex.replace(':', "").to_ascii_lowercase())
+    }
+
+    fn spawn(
+        ns: &Netns,
+        sushy_emulator: &Path,
+        ip: &str,
+        dir: &Path,
+        port: u16,
+        tls: Option<tempfile::TempDir>,
+    ) -> anyhow::Result<StaticBmc> {
         let _ = ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "br0"]);
         let log = tempfile::NamedTempFile::new()?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns.name])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns.name])
             .arg(sushy_emulator.with_file_name("sushy-static"))
-            .args(["-i", ip, "-p", "8000", "-m"])
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(log.reopen()?)
-            .spawn()?;
+            .args(["-i", ip, "-p", &port.to_string(), "-m"])
+            .arg(dir);
+        if let Some(certs) = &tls {
+            cmd.arg("--ssl-certificate")
+                .arg(certs.path().join("cert.pem"))
+                .arg("--ssl-key")
+                .arg(certs.path().join("key.pem"));
+        }
+        let child = cmd.stdout(Stdio::null()).stderr(log.reopen()?).spawn()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let mut bmc = StaticBmc {
             child,
             ip: ip.to_owned(),
+            url: format!("{scheme}://{ip}:{port}"),
             log,
+            tls,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let out = Command::new("ip")
-                .args(["netns", "exec", &ns.name, "curl", "-s", "-o", "/dev/null"])
+                .args(["netns", "exec", &ns.name, "curl", "-sk", "-o", "/dev/null"])
                 .args(["-w", "%{http_code}"])
-                .arg(format!("http://{ip}:8000/redfish/v1/"))
+                .arg(format!("{}/redfish/v1/", bmc.url))
                 .output()?;
             if String::from_utf8_lossy(&out.stdout) == "200" {
                 return Ok(bmc);

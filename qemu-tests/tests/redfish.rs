@@ -412,3 +412,142 @@ fn a_vendor_mockup_blade_is_discovered_through_its_network_adapters() {
         "re-discovered in place: {text}"
     );
 }
+
+/// The blade mockup served by sushy-static over HTTPS with its own self-signed certificate
+/// (issue 11). sushy-static answers as many BMCs do: `HTTP/1.0`, no Content-Length, the body
+/// ended by a TCP close without TLS close_notify. A scan finds it on 443 and discovers it as
+/// completely as over plain HTTP; its certificate is pinned, a second discovery goes through
+/// the pin, and a re-keyed BMC is refused.
+#[test]
+fn a_vendor_mockup_over_https_closing_without_close_notify_is_discovered_and_pinned() {
+    if !preflight(false) {
+        return;
+    }
+    let Some(sushy) = preflight_sushy() else {
+        return;
+    };
+    let ns = Netns::new("rft").unwrap();
+    let rb = Rackboot::start(&ns).unwrap();
+    let (ok, out) = cli(
+        &ns,
+        &rb,
+        &["bmc", "creds-set", "--username", "admin"],
+        Some("pw\n"),
+    );
+    assert!(ok, "{out}");
+    let bmc_ns = ns.add_client_ns().unwrap();
+    bmc_ns
+        .ip(&["addr", "add", "192.0.2.201/24", "dev", "vc"])
+        .unwrap();
+    let mockup = qemu_tests::root().join("qemu-tests/fixtures/redfish-blade");
+    let bmc = StaticBmc::start_tls(&bmc_ns, &sushy, "192.0.2.201", &mockup, 443).unwrap();
+
+    // The peer really answers that way: a close-delimited HTTP/1.0 body and no close_notify
+    // (OpenSSL 3 reports the bare TCP close as "unexpected eof while reading").
+    let head = bmc_ns
+        .cmd("curl")
+        .args(["-sk", "-o", "/dev/null", "-D", "-"])
+        .arg("https://192.0.2.201/redfish/v1/")
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&head.stdout).to_ascii_lowercase();
+    assert!(
+        head.starts_with("http/1.0 200") && !head.contains("content-length"),
+        "{head}"
+    );
+    let mut s_client = bmc_ns
+        .cmd("openssl")
+        .args([
+            "s_client",
+            "-quiet",
+            "-ign_eof",
+            "-connect",
+            "192.0.2.201:443",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = s_client.stdin.take().unwrap();
+        stdin
+            .write_all(b"GET /redfish/v1/ HTTP/1.0\r\nHost: 192.0.2.201\r\n\r\n")
+            .unwrap();
+        // stdin stays open (-ign_eof): s_client ends when the server closes.
+        let out = s_client.wait_with_output().unwrap();
+        drop(stdin);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("unexpected eof"), "{stderr}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("RedfishVersion"),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
+    // A scan finds it on 443 and crawls it completely.
+    let (ok, out) = cli(
+        &ns,
+        &rb,
+        &["discover", "192.0.2.200/29", "-o", "json"],
+        None,
+    );
+    assert!(ok, "{out}\n{}", rb.log_text());
+    let (_, eps) = rb
+        .http("GET", "/hsm/v2/Inventory/RedfishEndpoints", None)
+        .unwrap();
+    let eps: Value = serde_json::from_str(&eps).unwrap();
+    assert_eq!(
+        eps["RedfishEndpoints"].as_array().map(Vec::len),
+        Some(1),
+        "{eps}"
+    );
+    let ep = &eps["RedfishEndpoints"][0];
+    assert_eq!(ep["ID"], "x1000c0s5b0", "the slot from Location: {ep}");
+    assert_eq!(ep["FQDN"], "192.0.2.201", "{ep}");
+    assert_eq!(ep["MACAddr"], "52:54:00:aa:06:ff", "{ep}");
+    assert_eq!(
+        ep["Managers"][0]["GraphicalConsole"]["ConnectTypesSupported"][0], "KVMIP",
+        "{ep}"
+    );
+    let sys = &ep["Systems"][0];
+    assert_eq!(sys["MACsFrom"], "NetworkAdapters", "{ep}");
+    assert_eq!(sys["SerialNumber"], "BL-0005", "{ep}");
+    let (_, nics) = rb
+        .http("GET", "/hsm/v2/Inventory/EthernetInterfaces", None)
+        .unwrap();
+    for mac in ["52:54:00:aa:06:01", "52:54:00:aa:06:02"] {
+        assert!(nics.contains(mac), "{mac} missing: {nics}");
+    }
+    assert!(nics.contains("x1000c0s5b0n0"), "{nics}");
+    // Pinned: the pin is this certificate's.
+    assert_eq!(
+        ep["TLS"]["sha256"].as_str(),
+        Some(bmc.cert_sha256().unwrap().as_str()),
+        "{ep}"
+    );
+
+    // A second discovery goes through the pin and updates in place.
+    let (ok, out) = cli(&ns, &rb, &["discover", "https://192.0.2.201"], None);
+    assert!(ok, "{out}\n{}", rb.log_text());
+    let (_, eps) = rb
+        .http("GET", "/hsm/v2/Inventory/RedfishEndpoints", None)
+        .unwrap();
+    assert_eq!(eps.matches("\"ID\"").count(), 1, "{eps}");
+    let (_, nics) = rb
+        .http("GET", "/hsm/v2/Inventory/EthernetInterfaces", None)
+        .unwrap();
+    assert_eq!(nics.matches("52:54:00:aa:06:01").count(), 1, "{nics}");
+
+    // Re-keyed (a new certificate at the same address): refused by the pin.
+    drop(bmc);
+    let _bmc = StaticBmc::start_tls(&bmc_ns, &sushy, "192.0.2.201", &mockup, 443).unwrap();
+    // (`discover` reports per-BMC failures in its table and still exits 0.)
+    let (_, out) = cli(&ns, &rb, &["discover", "https://192.0.2.201"], None);
+    assert!(
+        out.contains("certificate changed") && out.contains("1 failed"),
+        "{out}"
+    );
+}

@@ -427,7 +427,12 @@ fn a_vendor_mockup_over_https_closing_without_close_notify_is_discovered_and_pin
         return;
     };
     let ns = Netns::new("rft").unwrap();
-    let rb = Rackboot::start(&ns).unwrap();
+    // redfish=debug: the log shows that the missing close_notify was met and tolerated.
+    let rb = Rackboot::start_with_env(
+        &ns,
+        &[("RACKBOOT_LOG", "info,rackboot=debug,redfish=debug")],
+    )
+    .unwrap();
     let (ok, out) = cli(
         &ns,
         &rb,
@@ -522,6 +527,11 @@ fn a_vendor_mockup_over_https_closing_without_close_notify_is_discovered_and_pin
         assert!(nics.contains(mac), "{mac} missing: {nics}");
     }
     assert!(nics.contains("x1000c0s5b0n0"), "{nics}");
+    assert!(
+        rb.log_text().contains("without close_notify"),
+        "the crawl met the TCP close without close_notify: {}",
+        rb.log_text()
+    );
     // Pinned: the pin is this certificate's.
     assert_eq!(
         ep["TLS"]["sha256"].as_str(),

@@ -108,11 +108,11 @@ impl Transport {
                 out.extend_from_slice(&data);
             }
         }
-        // RFC 9112 §6.3: with neither Content-Length nor Transfer-Encoding (and a status that
-        // has a body) the body runs to the close; hyper framed everything else itself.
-        let close_delimited = !parts.headers.contains_key(CONTENT_LENGTH)
-            && !parts.headers.contains_key(TRANSFER_ENCODING)
-            && !matches!(parts.status.as_u16(), 100..=199 | 204 | 304);
+        // RFC 9112 §6.3: a body framed by Content-Length or by chunked coding (rules 4–6) has an
+        // end hyper checked; any other body (rules 4 and 8) runs to the close. 1xx, 204 and 304
+        // answers have no body at all (rule 1).
+        let framed = parts.headers.contains_key(CONTENT_LENGTH) || is_chunked(&parts.headers);
+        let close_delimited = !framed && !matches!(parts.status.as_u16(), 100..=199 | 204 | 304);
         let unterminated = close_delimited
             && parts
                 .extensions
@@ -125,6 +125,18 @@ impl Transport {
             unterminated,
         })
     }
+}
+
+/// Whether the last transfer coding is `chunked` (RFC 9112 §6.3 rule 4: otherwise the body
+/// runs to the close).
+fn is_chunked(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
 }
 
 /// Set once the connection's TLS stream ended with a TCP close and no close_notify; handed to

@@ -180,6 +180,18 @@ async fn close_delimited_empty_body_without_close_notify_is_an_error() {
 }
 
 #[tokio::test]
+async fn a_transfer_coding_other_than_chunked_is_read_to_the_close_and_held_to_json() {
+    // RFC 9112 §6.3 rule 4: the body runs to the close, so the same proof is needed.
+    let (base, _) = serve(fixed(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: identity\r\n\r\n"
+            .to_owned(),
+    ))
+    .await;
+    let err = bmc(&base).get("/redfish/v1/Systems/1").await.unwrap_err();
+    assert!(matches!(err, Error::BadJson(..)), "{err}");
+}
+
+#[tokio::test]
 async fn a_body_cut_short_inside_its_content_length_is_an_error() {
     // The whole document is there and parses, but fewer bytes than announced arrived: only
     // the framing can tell, and it must.

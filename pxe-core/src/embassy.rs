@@ -18,17 +18,24 @@
 //! ```
 //!
 //! TFTP transfers run one at a time from a second socket bound to an ephemeral port (the
-//! transfer ID of RFC 1350), with windowing (RFC 7440) keeping a single transfer fast.
+//! transfer ID of RFC 1350), with windowing (RFC 7440) keeping a single transfer fast. Port 69
+//! stays read during a transfer so that a [`tftp::Queue`] can drop clients' retransmitted RRQs
+//! instead of letting each become a whole transfer later (issue 20).
 
 use core::convert::Infallible;
+use core::future::{Future, poll_fn};
 use core::net::{Ipv4Addr, SocketAddrV4};
+use core::pin::pin;
+use core::task::Poll;
 
-use embassy_net::udp::{BindError, PacketMetadata, UdpSocket};
+use embassy_net::udp::{BindError, PacketMetadata, RecvError, UdpSocket};
 use embassy_net::{IpAddress, IpEndpoint, Stack};
 
 use crate::dhcp::pool::AddressPool;
 use crate::dhcp::server::{self, DhcpServer, Drop, Inventory, LeaseChange, RxInfo};
-use crate::tftp::{self, ErrorCode, FileSource, RequestError, Session, SessionConfig, State};
+use crate::tftp::{
+    self, Arrival, ErrorCode, FileSource, Queue, RequestError, Session, SessionConfig, State,
+};
 use crate::{Duration, Instant};
 
 /// Largest DHCP or TFTP datagram handled (Ethernet MTU minus IP and UDP headers).
@@ -149,10 +156,22 @@ pub trait Files {
 
 /// Serves read-only TFTP on port 69 of `stack`, one transfer at a time, until a socket fails
 /// to bind. `listen` receives requests; `transfer` carries each transfer from its own port.
-pub async fn serve_tftp<F, const M1: usize, const B1: usize, const M2: usize, const B2: usize>(
+///
+/// Requests that arrive during a transfer are decided by `queue` (see [`tftp::queue`]): a
+/// client's retransmitted RRQ, for the running transfer or one that waits, starts nothing;
+/// others wait their turn (up to `W - 1` of them), and past that get "server busy".
+pub async fn serve_tftp<
+    F,
+    const M1: usize,
+    const B1: usize,
+    const M2: usize,
+    const B2: usize,
+    const W: usize,
+>(
     stack: Stack<'_>,
     listen: &mut UdpBuffers<M1, B1>,
     transfer: &mut UdpBuffers<M2, B2>,
+    queue: &mut Queue<W>,
     files: &mut F,
     config: &SessionConfig,
 ) -> Result<Infallible, BindError>
@@ -163,81 +182,180 @@ where
     socket.bind(69)?;
     let mut rx = [0u8; MAX_DATAGRAM];
     let mut tx = [0u8; MAX_DATAGRAM];
+    let mut req = [0u8; MAX_DATAGRAM];
     let mut path_buf = [0u8; 256];
+    // A request already admitted as the running one (replacing the transfer that just ended).
+    let mut replacing: Option<(SocketAddrV4, usize)> = None;
     loop {
-        let Ok((n, meta)) = socket.recv_from(&mut rx).await else {
-            continue;
+        let (client, n) = match replacing.take().or_else(|| queue.next(&mut req)) {
+            Some(admitted) => admitted,
+            None => {
+                let Ok((n, meta)) = socket.recv_from(&mut req).await else {
+                    continue;
+                };
+                let Some(client) = v4_endpoint(meta.endpoint) else {
+                    continue;
+                };
+                match on_request(
+                    &socket,
+                    queue,
+                    client,
+                    req.get(..n).unwrap_or_default(),
+                    &mut tx,
+                )
+                .await
+                {
+                    Some(Arrival::Start) => (client, n),
+                    _ => continue,
+                }
+            }
         };
-        let client = meta.endpoint;
-        let refuse = |code: ErrorCode, msg: &str, tx: &mut [u8]| tftp::error_packet(code, msg, tx);
-        let req = match tftp::parse_request(rx.get(..n).unwrap_or_default()) {
-            Ok(req) => req,
-            Err(RequestError::NotARequest) => continue,
-            Err(e) => {
-                let (code, msg) = e.code();
-                let len = refuse(code, msg, &mut tx);
+        // Admitted: from here every way out calls `queue.finish()`, unless a request replaces it.
+        // Admitted requests were parsed on arrival, so only the file can be missing here.
+        let opened = tftp::parse_request(req.get(..n).unwrap_or_default())
+            .ok()
+            .and_then(|r| Some((r, tftp::normalize_path(r.filename, &mut path_buf).ok()?)))
+            .map(|(r, path)| (r.options, files.open(path)));
+        let (options, (mut file, size)) = match opened {
+            Some((options, Some(opened))) => (options, opened),
+            _ => {
+                queue.finish();
+                let len = tftp::error_packet(ErrorCode::FileNotFound, "file not found", &mut tx);
                 let _ = socket
-                    .send_to(tx.get(..len).unwrap_or_default(), client)
+                    .send_to(tx.get(..len).unwrap_or_default(), endpoint(client))
                     .await;
                 continue;
             }
         };
-        let Ok(path) = tftp::normalize_path(req.filename, &mut path_buf) else {
-            let len = refuse(ErrorCode::AccessViolation, "invalid path", &mut tx);
-            let _ = socket
-                .send_to(tx.get(..len).unwrap_or_default(), client)
-                .await;
-            continue;
+        // The session reads only the options; the name's bytes stay in `req`, which the transfer
+        // loop reuses for requests arriving meanwhile.
+        let request = tftp::Request {
+            filename: &[],
+            options,
         };
-        let Some((mut file, size)) = files.open(path) else {
-            let len = refuse(ErrorCode::FileNotFound, "file not found", &mut tx);
-            let _ = socket
-                .send_to(tx.get(..len).unwrap_or_default(), client)
-                .await;
-            continue;
-        };
-        let mut session = Session::new(now(), &req, size, config);
+        let mut session = Session::new(now(), &request, size, config);
         let mut data = transfer.socket(stack);
         data.bind(0)?;
-        run_transfer(&data, client, &mut session, &mut file, &mut rx, &mut tx).await;
+        let end = run_transfer(
+            &data,
+            &socket,
+            queue,
+            client,
+            &mut session,
+            &mut file,
+            &mut rx,
+            &mut req,
+            &mut tx,
+        )
+        .await;
+        match end {
+            Some(next) => replacing = Some(next),
+            None => queue.finish(),
+        }
     }
 }
 
-/// Drives one transfer to its end (done, failed or timed out).
-async fn run_transfer(
+/// Parses, checks and admits a datagram that arrived on port 69, answering the requests refused
+/// (`None`, as for datagrams that are no request).
+async fn on_request<const W: usize>(
     socket: &UdpSocket<'_>,
-    client: IpEndpoint,
+    queue: &mut Queue<W>,
+    client: SocketAddrV4,
+    datagram: &[u8],
+    tx: &mut [u8],
+) -> Option<Arrival> {
+    let mut path_buf = [0u8; 256];
+    let refusal = match tftp::parse_request(datagram) {
+        Ok(req) => match tftp::normalize_path(req.filename, &mut path_buf) {
+            Ok(path) => match queue.arrive(client, path.as_bytes(), datagram) {
+                Arrival::Busy => (ErrorCode::NotDefined, "server busy, retry"),
+                decided => return Some(decided),
+            },
+            Err(_) => (ErrorCode::AccessViolation, "invalid path"),
+        },
+        Err(RequestError::NotARequest) => return None,
+        Err(e) => e.code(),
+    };
+    let len = tftp::error_packet(refusal.0, refusal.1, tx);
+    let _ = socket
+        .send_to(tx.get(..len).unwrap_or_default(), endpoint(client))
+        .await;
+    None
+}
+
+/// What woke the transfer loop.
+enum Event {
+    /// A datagram on the transfer's socket.
+    Transfer(Result<(usize, IpEndpoint), RecvError>),
+    /// A datagram on port 69.
+    Request(Result<(usize, IpEndpoint), RecvError>),
+    /// The session's timer.
+    Timeout,
+}
+
+/// Drives one transfer to its end (done, failed or timed out) while deciding the requests that
+/// arrive meanwhile. Returns the client and length of a request (in `req`) that replaces the
+/// transfer: its client asked for another file.
+#[allow(clippy::too_many_arguments)]
+async fn run_transfer<const W: usize>(
+    socket: &UdpSocket<'_>,
+    listen: &UdpSocket<'_>,
+    queue: &mut Queue<W>,
+    client: SocketAddrV4,
     session: &mut Session,
     file: &mut impl FileSource,
     rx: &mut [u8],
+    req: &mut [u8],
     tx: &mut [u8],
-) {
+) -> Option<(SocketAddrV4, usize)> {
+    let peer = endpoint(client);
     loop {
         while let Some(len) = session.poll_transmit(now(), file, tx) {
             let _ = socket
-                .send_to(tx.get(..len).unwrap_or_default(), client)
+                .send_to(tx.get(..len).unwrap_or_default(), peer)
                 .await;
         }
         if session.state() != State::Running {
-            return;
+            return None;
         }
         let wait = session.poll_timeout().map_or(Duration::from_secs(5), |t| {
             t.saturating_duration_since(now())
         });
-        let timeout = embassy_time::Duration::from_millis(wait.millis());
-        match embassy_time::with_timeout(timeout, socket.recv_from(rx)).await {
-            Ok(Ok((n, meta))) if meta.endpoint == client => {
+        let mut timer = pin!(embassy_time::Timer::after_millis(wait.millis()));
+        let event = poll_fn(|cx| {
+            if let Poll::Ready(r) = socket.poll_recv_from(rx, cx) {
+                return Poll::Ready(Event::Transfer(r.map(|(n, m)| (n, m.endpoint))));
+            }
+            if let Poll::Ready(r) = listen.poll_recv_from(req, cx) {
+                return Poll::Ready(Event::Request(r.map(|(n, m)| (n, m.endpoint))));
+            }
+            timer.as_mut().poll(cx).map(|()| Event::Timeout)
+        })
+        .await;
+        match event {
+            Event::Transfer(Ok((n, from))) if from == peer => {
                 session.handle(now(), rx.get(..n).unwrap_or_default());
             }
-            Ok(Ok((_, meta))) => {
+            Event::Transfer(Ok((_, from))) => {
                 // RFC 1350: a packet from another TID gets an ERROR; the transfer goes on.
                 let len = tftp::error_packet(ErrorCode::UnknownTid, "unknown TID", tx);
                 let _ = socket
-                    .send_to(tx.get(..len).unwrap_or_default(), meta.endpoint)
+                    .send_to(tx.get(..len).unwrap_or_default(), from)
                     .await;
             }
-            Ok(Err(_)) => {}
-            Err(_) => session.handle_timeout(now()),
+            Event::Request(Ok((n, from))) => {
+                let Some(from) = v4_endpoint(from) else {
+                    continue;
+                };
+                let datagram = req.get(..n).unwrap_or_default();
+                if on_request(listen, queue, from, datagram, tx).await
+                    == Some(Arrival::ReplacesRunning)
+                {
+                    return Some((from, n));
+                }
+            }
+            Event::Transfer(Err(_)) | Event::Request(Err(_)) => {}
+            Event::Timeout => session.handle_timeout(now()),
         }
     }
 }

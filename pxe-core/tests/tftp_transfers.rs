@@ -7,8 +7,10 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use proptest::prelude::*;
 use pxe_core::Instant;
+use pxe_core::tftp::queue::MAX_WAITING_RRQ;
 use pxe_core::tftp::{
-    Admit, Failure, Session, SessionConfig, State, TransferId, Transfers, parse_request,
+    Admit, Arrival, Failure, Queue, Session, SessionConfig, State, TransferId, Transfers,
+    parse_request,
 };
 
 fn client(last: u8, port: u16) -> SocketAddrV4 {
@@ -220,4 +222,87 @@ fn any_error_ends_the_session_even_before_the_oack_is_acked() {
                 .is_none()
         );
     }
+}
+
+fn rrq(name: &str) -> Vec<u8> {
+    let mut v = b"\0\x01".to_vec();
+    v.extend_from_slice(name.as_bytes());
+    v.extend_from_slice(b"\0octet\0blksize\x001468\0");
+    v
+}
+
+/// The one-at-a-time driver's queue (embassy): retransmissions of the running request and of
+/// waiting ones never become transfers; waiting requests start in order.
+#[test]
+fn queue_runs_one_at_a_time_and_drops_retransmissions() {
+    let mut q: Queue<3> = Queue::new();
+    let (a, b, c, d) = (
+        client(1, 2000),
+        client(2, 2000),
+        client(3, 2000),
+        client(4, 2000),
+    );
+    assert_eq!(q.arrive(a, b"f", &rrq("f")), Arrival::Start);
+    assert_eq!(q.arrive(a, b"f", &rrq("f")), Arrival::Duplicate);
+    assert_eq!(q.arrive(b, b"f", &rrq("f")), Arrival::Queued);
+    assert_eq!(
+        q.arrive(b, b"f", &rrq("f")),
+        Arrival::Duplicate,
+        "waiting requests too"
+    );
+    assert_eq!(q.arrive(c, b"g", &rrq("g")), Arrival::Queued);
+    assert_eq!(q.arrive(d, b"f", &rrq("f")), Arrival::Busy, "3 in all");
+    assert_eq!(q.waiting(), 2);
+    let mut buf = [0u8; 1472];
+    assert_eq!(q.next(&mut buf), None, "a transfer is running");
+    q.finish();
+    let (who, n) = q.next(&mut buf).unwrap();
+    assert_eq!((who, &buf[..n]), (b, &rrq("f")[..]));
+    assert!(q.is_running());
+    assert_eq!(q.arrive(b, b"f", &rrq("f")), Arrival::Duplicate);
+    q.finish();
+    let (who, n) = q.next(&mut buf).unwrap();
+    assert_eq!((who, &buf[..n]), (c, &rrq("g")[..]));
+    q.finish();
+    assert_eq!(q.next(&mut buf), None);
+    assert!(!q.is_running());
+    // Every entry left: the first client asking again is a new transfer.
+    assert_eq!(q.arrive(a, b"f", &rrq("f")), Arrival::Start);
+    assert_eq!(q.arrive(d, b"f", &rrq("f")), Arrival::Queued);
+}
+
+#[test]
+fn queue_another_file_replaces_the_running_or_waiting_request() {
+    let mut q: Queue<3> = Queue::new();
+    let (a, b) = (client(1, 2000), client(2, 2000));
+    assert_eq!(q.arrive(a, b"f", &rrq("f")), Arrival::Start);
+    assert_eq!(q.arrive(b, b"f", &rrq("f")), Arrival::Queued);
+    // The waiting client changes its mind: its request is replaced in place.
+    assert_eq!(q.arrive(b, b"g", &rrq("g")), Arrival::Queued);
+    assert_eq!(q.waiting(), 1);
+    // The running client asks for another file: the driver ends the transfer and starts this.
+    assert_eq!(q.arrive(a, b"h", &rrq("h")), Arrival::ReplacesRunning);
+    assert_eq!(q.arrive(a, b"h", &rrq("h")), Arrival::Duplicate);
+    q.finish();
+    let mut buf = [0u8; 1472];
+    let (who, n) = q.next(&mut buf).unwrap();
+    assert_eq!((who, &buf[..n]), (b, &rrq("g")[..]));
+    q.finish();
+    // Nothing leaked: three clients fit again.
+    for i in 10..13 {
+        assert_ne!(q.arrive(client(i, 1), b"f", &rrq("f")), Arrival::Busy);
+    }
+}
+
+#[test]
+fn queue_refuses_a_request_too_long_to_keep_without_leaking_its_slot() {
+    let mut q: Queue<2> = Queue::new();
+    assert_eq!(q.arrive(client(1, 1), b"f", &rrq("f")), Arrival::Start);
+    let long = rrq(&"x".repeat(MAX_WAITING_RRQ));
+    assert_eq!(q.arrive(client(2, 1), b"x", &long), Arrival::Busy);
+    assert_eq!(q.arrive(client(3, 1), b"f", &rrq("f")), Arrival::Queued);
+    // The same client's long request for another file drops its waiting one too.
+    assert_eq!(q.arrive(client(3, 1), b"x", &long), Arrival::Busy);
+    assert_eq!(q.waiting(), 0);
+    assert_eq!(q.arrive(client(4, 1), b"f", &rrq("f")), Arrival::Queued);
 }

@@ -15,10 +15,12 @@
 //! Apprentice bug, RFC 1123 §4.2.3.1).
 
 mod path;
+pub mod queue;
 pub mod transfers;
 mod wire;
 
 pub use path::{PathError, normalize_path};
+pub use queue::{Arrival, Queue};
 pub use transfers::{Admit, TransferId, Transfers};
 pub use wire::{
     ErrorCode, Opcode, Request, RequestError, TftpOptions, error_packet, parse_request,

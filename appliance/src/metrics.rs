@@ -138,7 +138,7 @@ impl Metrics {
         );
         registry.register(
             "tftp_transfers",
-            "TFTP transfers ended, by outcome",
+            "TFTP read requests by how they ended: complete, failed, abandoned (the client asked for another file), refused, duplicate (a retransmitted RRQ of a running transfer)",
             m.tftp_transfers.clone(),
         );
         registry.register("tftp_bytes", "TFTP file bytes sent", m.tftp_bytes.clone());

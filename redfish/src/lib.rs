@@ -338,7 +338,7 @@ impl Bmc {
                 }
                 Ok(_) => Err(Error::BadJson(
                     what,
-                    "the connection closed without TLS close_notify after a body that is not a JSON object".into(),
+                    "the connection closed without TLS close_notify after a body that is not a JSON object or array".into(),
                 )),
                 Err(e) => Err(Error::BadJson(
                     what,

@@ -44,10 +44,11 @@ pub(crate) enum TransportError {
     Timeout,
     #[error("bad URL {0}: {1}")]
     Url(String, String),
-    #[error("{0}")]
+    /// The cause chain (connect, TLS, protocol) follows as the error's sources.
+    #[error("request failed")]
     Http(#[from] hyper_util::client::legacy::Error),
-    #[error("reading the body: {0}")]
-    Body(hyper::Error),
+    #[error("reading the body")]
+    Body(#[source] hyper::Error),
     #[error("response larger than {0} bytes")]
     TooLarge(usize),
 }

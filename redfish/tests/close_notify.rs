@@ -139,6 +139,12 @@ fn http10(status: &str, extra: &str, body: &str) -> Vec<u8> {
     format!("HTTP/1.0 {status}\r\nContent-Type: application/json\r\n{extra}\r\n{body}").into_bytes()
 }
 
+/// hyper's framing refused the body: the stream ended before the length or the chunks did.
+fn is_early_eof(err: &Error) -> bool {
+    matches!(err, Error::Other(_, m) if m.contains("reading the body")
+        && (m.contains("end of file before message length") || m.contains("unexpected EOF")))
+}
+
 fn fixed(answer: String) -> Handler {
     Arc::new(move |_: &Seen| answer.clone().into_bytes())
 }
@@ -201,10 +207,7 @@ async fn a_body_cut_short_inside_its_content_length_is_an_error() {
     );
     let (base, _) = serve(fixed(answer)).await;
     let err = bmc(&base).get("/redfish/v1/Systems/1").await.unwrap_err();
-    assert!(
-        matches!(&err, Error::Other(_, m) if m.contains("body")),
-        "{err}"
-    );
+    assert!(is_early_eof(&err), "{err}");
     // Control: the same answer with the right length is read, though no close_notify follows.
     let answer = format!(
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{DOC}",
@@ -224,10 +227,7 @@ async fn a_chunked_body_that_stops_mid_chunk_is_an_error() {
     );
     let (base, _) = serve(fixed(answer)).await;
     let err = bmc(&base).get("/redfish/v1/Systems/1").await.unwrap_err();
-    assert!(
-        matches!(&err, Error::Other(_, m) if m.contains("body")),
-        "{err}"
-    );
+    assert!(is_early_eof(&err), "{err}");
     // Chunks complete but no last-chunk (`0\r\n\r\n`): still cut short.
     let answer = format!(
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{DOC}\r\n",
@@ -235,10 +235,7 @@ async fn a_chunked_body_that_stops_mid_chunk_is_an_error() {
     );
     let (base, _) = serve(fixed(answer)).await;
     let err = bmc(&base).get("/redfish/v1/Systems/1").await.unwrap_err();
-    assert!(
-        matches!(&err, Error::Other(_, m) if m.contains("body")),
-        "{err}"
-    );
+    assert!(is_early_eof(&err), "{err}");
     // Control: the same chunks with their last-chunk are read.
     let answer = format!(
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{DOC}\r\n0\r\n\r\n",
@@ -375,4 +372,24 @@ async fn sessions_gets_actions_and_pushes_work_against_such_a_bmc() {
             .unwrap()
             .starts_with("multipart/form-data; boundary=")
     );
+}
+
+/// The transport's failures still reach the operator as the same errors: a refused
+/// connection, a certificate other than the pinned one.
+#[tokio::test]
+async fn refused_connections_and_pin_mismatches_keep_their_errors() {
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let err = bmc(&format!("https://127.0.0.1:{port}"))
+        .get("/redfish/v1/")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Connect(..)), "{err}");
+    assert!(err.to_string().contains("refused"), "{err}");
+
+    let (base, _) = serve(Arc::new(|_: &Seen| http10("200 OK", "", DOC))).await;
+    let pinned = Bmc::new(&base, TlsPolicy::Pin(Some("00".repeat(32))), None, limits()).unwrap();
+    let err = pinned.get("/redfish/v1/").await.unwrap_err();
+    assert!(matches!(err, Error::PinMismatch(..)), "{err}");
 }

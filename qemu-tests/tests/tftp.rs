@@ -257,6 +257,94 @@ fn error_5_from_the_client_stops_that_tid() {
     );
 }
 
+/// A client that completes its transfer, then sends the same RRQ again from the same port (a
+/// retransmission delayed past the end of its transfer, which no server can tell from a new
+/// request). The new transfer's TID is unknown to the client: it answers ERROR 5, and that TID
+/// must stop at once rather than send the file a second time.
+const LATE_DUPLICATE_CLIENT: &str = r#"
+import json, socket, sys, time
+server, name, quiet = sys.argv[1], sys.argv[2], float(sys.argv[3])
+blksize = 1468
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 0))
+s.settimeout(30)
+rrq = b"\0\x01" + name.encode() + b"\0octet\0blksize\x001468\0"
+s.sendto(rrq, (server, 69))
+pkt, first = s.recvfrom(65536)
+assert pkt[1] == 6, pkt[:4]
+s.sendto(b"\0\x04\0\0", first)
+size, expect = 0, 1
+while True:
+    pkt, peer = s.recvfrom(65536)
+    assert peer == first and pkt[1] == 3, (peer, pkt[:4])
+    block = int.from_bytes(pkt[2:4], "big")
+    if block == expect:
+        size += len(pkt) - 4
+        expect += 1
+    s.sendto(b"\0\x04" + block.to_bytes(2, "big"), peer)
+    if len(pkt) - 4 < blksize:
+        break
+# The final ACK and this RRQ race inside the server: while the first transfer has not seen its
+# last ACK, the RRQ is its duplicate and is ignored, so retransmit it as a client does.
+s.settimeout(1)
+for _ in range(30):
+    s.sendto(rrq, (server, 69))
+    try:
+        pkt, second = s.recvfrom(65536)
+    except socket.timeout:
+        continue
+    if second != first:
+        break
+second_op = pkt[1]
+s.sendto(b"\0\x05\0\x05unknown transfer ID\0", second)
+after, end = [], time.monotonic() + quiet
+while True:
+    left = end - time.monotonic()
+    if left <= 0:
+        break
+    s.settimeout(left)
+    try:
+        pkt, peer = s.recvfrom(65536)
+    except socket.timeout:
+        break
+    after.append({"port": peer[1], "op": pkt[1]})
+print(json.dumps({"size": size, "first": first[1], "second": second[1], "second_op": second_op,
+                  "after_error": after}))
+"#;
+
+#[test]
+fn late_duplicate_after_the_transfer_is_stopped_by_error_5() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let blob = random_file(&dir.path().join("blob.bin"), 64 * 1024);
+    let (_ns, rb, client) = setup("tftplate", dir.path());
+    let quiet = (3 * SESSION_TIMEOUT_S).to_string();
+    let report = python(
+        &client,
+        LATE_DUPLICATE_CLIENT,
+        &[SERVER, "blob.bin", &quiet],
+    );
+    assert_eq!(report["size"], blob.len(), "{report}");
+    assert_ne!(report["first"], report["second"], "{report}");
+    let second = report["second"].as_u64().unwrap();
+    let from_second: Vec<_> = report["after_error"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["port"] == second)
+        .collect();
+    assert!(
+        from_second.is_empty(),
+        "the second TID must stop after ERROR 5: {report}\n{}",
+        rb.log_text()
+    );
+    wait_for_transfers(&rb, "complete", 1);
+    wait_for_transfers(&rb, "failed", 1);
+    assert_eq!(transfers(&rb, "complete"), 1, "{}", rb.log_text());
+}
+
 /// 20 storms of 50 parallel `curl --tftp-blksize 1468` downloads of a 1 MiB random file; every
 /// download must succeed byte-exact. Only correctness is asserted: the time belongs in the
 /// storm bench.

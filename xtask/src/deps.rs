@@ -16,6 +16,10 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("kea-dhcp4-server", "peer DHCP server for the benchmark"),
     ("tftp-hpa", "TFTP client peer"),
     ("curl", "HTTP/TFTP client peer"),
+    (
+        "python3",
+        "raw-socket TFTP clients in qemu-tests/tests/tftp.rs (source ports, ERROR 5)",
+    ),
     ("tcpdump", "packet captures"),
     ("iproute2", "network namespaces, TAP, veth"),
     ("cpio", "initramfs packing"),

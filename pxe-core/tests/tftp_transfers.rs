@@ -306,3 +306,81 @@ fn queue_refuses_a_request_too_long_to_keep_without_leaking_its_slot() {
     assert_eq!(q.waiting(), 0);
     assert_eq!(q.arrive(client(4, 1), b"f", &rrq("f")), Arrival::Queued);
 }
+
+#[derive(Debug, Clone)]
+enum QueueOp {
+    Arrive { client: u8, file: u8, long: bool },
+    FinishAndNext,
+}
+
+fn queue_op() -> impl Strategy<Value = QueueOp> {
+    prop_oneof![
+        3 => (0u8..5, 0u8..3, proptest::bool::weighted(0.1))
+            .prop_map(|(client, file, long)| QueueOp::Arrive { client, file, long }),
+        1 => Just(QueueOp::FinishAndNext),
+    ]
+}
+
+proptest! {
+    /// The one-at-a-time queue against a model: one running request, a FIFO of waiting ones,
+    /// at most `N` in all; a request equal to the running or a waiting one is a duplicate, and
+    /// requests start in arrival order with the bytes they arrived with.
+    #[test]
+    fn queue_matches_a_fifo_model(ops in proptest::collection::vec(queue_op(), 0..200)) {
+        const N: usize = 3;
+        let mut q: Queue<N> = Queue::new();
+        let mut running: Option<(SocketAddrV4, u8)> = None;
+        let mut waiting: Vec<(SocketAddrV4, u8, Vec<u8>)> = Vec::new();
+        let mut buf = [0u8; 1472];
+        for op in ops {
+            match op {
+                QueueOp::Arrive { client: c, file, long } => {
+                    let addr = client(c, 69);
+                    let name = if long { "l".repeat(MAX_WAITING_RRQ) } else { format!("f{file}") };
+                    let bytes = rrq(&name);
+                    let fits = bytes.len() <= MAX_WAITING_RRQ;
+                    let got = q.arrive(addr, &[b'f', file], &bytes);
+                    let want = if running == Some((addr, file))
+                        || waiting.iter().any(|w| w.0 == addr && w.1 == file)
+                    {
+                        Arrival::Duplicate
+                    } else if running.is_some_and(|r| r.0 == addr) {
+                        running = Some((addr, file));
+                        Arrival::ReplacesRunning
+                    } else if let Some(i) = waiting.iter().position(|w| w.0 == addr) {
+                        if fits {
+                            waiting[i] = (addr, file, bytes);
+                            Arrival::Queued
+                        } else {
+                            waiting.remove(i);
+                            Arrival::Busy
+                        }
+                    } else if usize::from(running.is_some()) + waiting.len() == N {
+                        Arrival::Busy
+                    } else if running.is_none() && waiting.is_empty() {
+                        running = Some((addr, file));
+                        Arrival::Start
+                    } else if fits {
+                        waiting.push((addr, file, bytes));
+                        Arrival::Queued
+                    } else {
+                        Arrival::Busy
+                    };
+                    prop_assert_eq!(got, want);
+                }
+                QueueOp::FinishAndNext => {
+                    q.finish();
+                    running = None;
+                    let got = q.next(&mut buf).map(|(c, n)| (c, buf[..n].to_vec()));
+                    let want = (!waiting.is_empty()).then(|| waiting.remove(0));
+                    if let Some((c, f, _)) = &want {
+                        running = Some((*c, *f));
+                    }
+                    prop_assert_eq!(got, want.map(|(c, _, b)| (c, b)));
+                }
+            }
+            prop_assert_eq!(q.is_running(), running.is_some());
+            prop_assert_eq!(q.waiting(), waiting.len());
+        }
+    }
+}

@@ -345,6 +345,81 @@ fn late_duplicate_after_the_transfer_is_stopped_by_error_5() {
     assert_eq!(transfers(&rb, "complete"), 1, "{}", rb.log_text());
 }
 
+/// A client that asks for one file, takes the OACK, then asks for another file from the same
+/// port (tftp-hpa's interactive client keeps one port for successive `get`s). It downloads the
+/// second file and keeps listening `quiet` seconds; reports what each TID sent after the switch.
+const SWITCH_FILE_CLIENT: &str = r#"
+import hashlib, json, socket, sys, time
+server, first_name, second_name, quiet = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+blksize = 1468
+def rrq(name):
+    return b"\0\x01" + name.encode() + b"\0octet\0blksize\x001468\0"
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 0))
+s.settimeout(30)
+s.sendto(rrq(first_name), (server, 69))
+pkt, old = s.recvfrom(65536)
+assert pkt[1] == 6, pkt[:4]
+s.sendto(rrq(second_name), (server, 69))
+new, data, expect, done, stray = None, bytearray(), 1, None, []
+while True:
+    if done is not None:
+        left = done + quiet - time.monotonic()
+        if left <= 0:
+            break
+        s.settimeout(left)
+    try:
+        pkt, peer = s.recvfrom(65536)
+    except socket.timeout:
+        break
+    if peer == old or (new is not None and peer != new):
+        stray.append({"port": peer[1], "op": pkt[1]})
+        continue
+    new = peer
+    if pkt[1] == 6:
+        s.sendto(b"\0\x04\0\0", peer)
+    elif pkt[1] == 3:
+        block = int.from_bytes(pkt[2:4], "big")
+        if block == expect & 0xFFFF:
+            data += pkt[4:]
+            expect += 1
+            if len(pkt) - 4 < blksize and done is None:
+                done = time.monotonic()
+        s.sendto(b"\0\x04" + ((expect - 1) & 0xFFFF).to_bytes(2, "big"), peer)
+print(json.dumps({"old": old[1], "new": new[1] if new else None, "bytes": len(data),
+                  "sha256": hashlib.sha256(data).hexdigest(), "stray": stray}))
+"#;
+
+#[test]
+fn another_file_from_the_same_port_abandons_the_running_transfer() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    random_file(&dir.path().join("first.bin"), 512 * 1024);
+    let second = random_file(&dir.path().join("second.bin"), 64 * 1024);
+    let (_ns, rb, client) = setup("tftpswitch", dir.path());
+    // 3× the session timeout after the second file: the abandoned transfer would have
+    // retransmitted its OACK by then.
+    let quiet = (3 * SESSION_TIMEOUT_S).to_string();
+    let report = python(
+        &client,
+        SWITCH_FILE_CLIENT,
+        &[SERVER, "first.bin", "second.bin", &quiet],
+    );
+    assert_eq!(report["bytes"], second.len(), "{report}\n{}", rb.log_text());
+    assert_eq!(report["sha256"], sha256_hex(&second, &client).as_str());
+    assert_ne!(report["old"], report["new"], "{report}");
+    assert!(
+        report["stray"].as_array().unwrap().is_empty(),
+        "the abandoned transfer must stop: {report}\n{}",
+        rb.log_text()
+    );
+    wait_for_transfers(&rb, "complete", 1);
+    wait_for_transfers(&rb, "abandoned", 1);
+    assert_eq!(transfers(&rb, "failed"), 0, "{}", rb.log_text());
+}
+
 /// 20 storms of 50 parallel `curl --tftp-blksize 1468` downloads of a 1 MiB random file; every
 /// download must succeed byte-exact. Only correctness is asserted: the time belongs in the
 /// storm bench.

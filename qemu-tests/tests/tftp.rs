@@ -1,6 +1,7 @@
 //! TFTP against the real `rackboot serve` (issue 20): a retransmitted RRQ gets no second
-//! transfer, an ERROR 5 from the client ends its transfer, and storms of curl downloads all come
-//! through byte-exact.
+//! transfer; an ERROR 5 from the client ends its transfer (also the new transfer a late
+//! duplicate starts); another file from the same client port abandons the running transfer; and
+//! storms of curl downloads all come through byte-exact.
 //!
 //! rackboot serves a directory the test fills (`RACKBOOT_IPXE_DIR`); clients run in a second
 //! namespace (192.0.2.10 on a veth into rackboot's bridge). The raw-socket clients are small

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Buildroot post-build: finishes output/target as the appliance's read-only root.
 #   - the rackboot user (no login shell, no password) and the root account locked;
-#   - /etc/shadow points into /run, where boot writes it (a maintenance password from
-#     rackboot.toml, or none);
+#   - /etc/shadow.base, from which boot writes /run/rackboot/shadow (a maintenance password
+#     from rackboot.toml, or none);
 #   - iPXE binaries rackboot serves, from RACKBOOT_IPXE_SRC (default: Debian's /usr/lib/ipxe);
+#   - the CA bundle rackboot's HTTPS clients need (RACKBOOT_CA_BUNDLE, default the host's);
 #   - RACKBOOT_HOST_TOOLS (offline build only): host binaries copied with their shared libraries,
 #     standing in for Buildroot packages whose sources cannot be fetched offline (e2fsprogs);
 #   - mount points, and nothing a root needs only to build or to log in remotely.
@@ -15,13 +16,11 @@ target=$1
 grep -q '^rackboot:' "$target/etc/group" || echo 'rackboot:x:900:' >>"$target/etc/group"
 grep -q '^rackboot:' "$target/etc/passwd" ||
 	echo 'rackboot:x:900:900:rackboot:/data/rackboot:/bin/false' >>"$target/etc/passwd"
-if [ ! -L "$target/etc/shadow" ]; then
-	sed -e 's/^root:[^:]*:/root:*:/' "$target/etc/shadow" >"$target/etc/shadow.base"
-	grep -q '^rackboot:' "$target/etc/shadow.base" || echo 'rackboot:!:19000:0:99999:7:::' >>"$target/etc/shadow.base"
-	chmod 0600 "$target/etc/shadow.base"
-	rm -f "$target/etc/shadow"
-	ln -s ../run/rackboot/shadow "$target/etc/shadow"
-fi
+# /etc/shadow stays a file here (Buildroot edits it on every `make`); post-image replaces it
+# in the image with a link into /run, and S11accounts writes /run/rackboot/shadow from this copy.
+sed -e 's/^root:[^:]*:/root:*:/' "$target/etc/shadow" >"$target/etc/shadow.base"
+grep -q '^rackboot:' "$target/etc/shadow.base" || echo 'rackboot:!:19000:0:99999:7:::' >>"$target/etc/shadow.base"
+chmod 0600 "$target/etc/shadow.base"
 
 mkdir -p "$target/data" "$target/boot" "$target/usr/share/rackboot/ipxe"
 ipxe_src=${RACKBOOT_IPXE_SRC:-/usr/lib/ipxe}
@@ -33,6 +32,14 @@ for f in undionly.kpxe snponly.efi ipxe.efi; do
 		exit 1
 	fi
 done
+
+# CA certificates: rackboot's HTTPS clients (upstream federation, external token issuers, Redfish
+# with a CA bundle) load the system's roots and refuse to start without any. The production
+# defconfig builds ca-certificates; the offline build copies the build host's bundle.
+if [ ! -e "$target/etc/ssl/certs/ca-certificates.crt" ]; then
+	install -D -m 0644 "${RACKBOOT_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}" \
+		"$target/etc/ssl/certs/ca-certificates.crt"
+fi
 
 # Offline stand-ins: each binary and the shared libraries it loads (same glibc as the sysroot).
 for bin in ${RACKBOOT_HOST_TOOLS:-}; do

@@ -75,6 +75,9 @@ rootfs=$work/rootfs
 mkdir -p "$rootfs"
 cp -a "$TARGET_DIR/." "$rootfs/"
 rm -f "$rootfs/THIS_IS_NOT_YOUR_ROOT_FILESYSTEM"
+# Accounts are locked in the image; S11accounts writes the real file at boot (post-build.sh).
+rm -f "$rootfs/etc/shadow"
+ln -s ../run/rackboot/shadow "$rootfs/etc/shadow"
 rm -rf "$rootfs/lib/modules"
 mods=$(grep -v '^#' "$TARGET_DIR/etc/modules" | grep -v '^$' | tr '\n' ' ')
 # shellcheck disable=SC2086
@@ -109,16 +112,21 @@ done
 verity_bin=$TARGET_DIR/usr/sbin/veritysetup
 [ -x "$verity_bin" ] || verity_bin=$(command -v veritysetup)
 install -m 0755 "$verity_bin" "$ird/sbin/veritysetup"
+# Shared libraries: the target's copy when it has one (the libc the binaries were built
+# against), else the build host's (the offline build's host veritysetup).
 for bin in "$ird/bin/busybox" "$ird/sbin/veritysetup"; do
-	ldd "$bin" 2>/dev/null | awk '/=> \// { print $3 } /^\t\/lib/ { print $1 }'
+	ldd "$bin" 2>/dev/null | awk '/=> \// { print $3 }'
 done | sort -u | while read -r lib; do
-	cp -L "$lib" "$ird/usr/lib/$(basename "$lib")"
+	name=$(basename "$lib")
+	for cand in "$TARGET_DIR/lib/$name" "$TARGET_DIR/usr/lib/$name" "$lib"; do
+		if [ -e "$cand" ]; then cp -L "$cand" "$ird/usr/lib/$name"; break; fi
+	done
 done
-ln -s usr/lib "$ird/lib/x86_64-linux-gnu"
-cp -L /lib64/ld-linux-x86-64.so.2 "$ird/lib64/" 2>/dev/null || cp -L "$TARGET_DIR/lib/ld-linux-x86-64.so.2" "$ird/lib64/"
-mkdir -p "$ird/etc"
-echo "/usr/lib" >"$ird/etc/ld.so.conf"
-ldconfig -r "$ird" 2>/dev/null || true
+if [ -e "$TARGET_DIR/lib/ld-linux-x86-64.so.2" ]; then
+	cp -L "$TARGET_DIR/lib/ld-linux-x86-64.so.2" "$ird/lib64/"
+else
+	cp -L /lib64/ld-linux-x86-64.so.2 "$ird/lib64/"
+fi
 copy_modules "$work/irdmods" virtio_pci virtio_blk virtio_scsi sd_mod ahci nvme dm_mod dm_verity squashfs \
 	| while read -r rel; do
 		mkdir -p "$ird/lib/modules/$(dirname "$rel")"
@@ -165,11 +173,11 @@ disk=$work/rackboot-appliance.img
 total_mb=$((1 + ESP_MB + 2 * ROOT_MB + DATA_MB + 1))
 rm -f "$disk"
 truncate -s "${total_mb}M" "$disk"
-sgdisk -q -o \
+sgdisk -o \
 	-n 1:2048:+${ESP_MB}M -t 1:ef00 -c 1:esp \
 	-n 2:0:+${ROOT_MB}M -t 2:4f68bce3-e8cd-4db1-96e7-fbcaf984b709 -c 2:root-a \
 	-n 3:0:+${ROOT_MB}M -t 3:4f68bce3-e8cd-4db1-96e7-fbcaf984b709 -c 3:root-b \
-	-n 4:0:0 -t 4:8300 -c 4:data "$disk"
+	-n 4:0:0 -t 4:8300 -c 4:data "$disk" >/dev/null
 start() { sgdisk -i "$1" "$disk" | awk '/^First sector:/ { print $3 }'; }
 dd if="$esp" of="$disk" bs=512 seek="$(start 1)" conv=notrunc,sparse status=none
 dd if="$work/root.img" of="$disk" bs=512 seek="$(start 2)" conv=notrunc,sparse status=none

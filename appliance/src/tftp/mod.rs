@@ -237,6 +237,22 @@ impl tftp::FileSource for File {
     }
 }
 
+/// A transfer's own socket (its TID, RFC 1350 §4): an ephemeral port on the rack interface.
+///
+/// Unlike `netif::udp_socket`, without SO_REUSEADDR: Linux lets an ephemeral bind of a
+/// reuse-address UDP socket return a port that another live reuse-address socket holds (two such
+/// sockets never conflict). Two transfers then share a port, the kernel hands one client's ACKs
+/// to the other transfer, which answers ERROR 5 — curl's "unknown transfer ID" (rc 72) in the
+/// storms of issue 20.
+fn transfer_socket(iface: &str, local_ip: Ipv4Addr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    sock.bind_device(Some(iface.as_bytes()))?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&SocketAddr::V4(SocketAddrV4::new(local_ip, 0)).into())?;
+    UdpSocket::from_std(sock.into())
+}
+
 /// How a transfer task ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
@@ -262,7 +278,7 @@ async fn transfer(
     obs: &Observers,
     stop: &CancellationToken,
 ) -> End {
-    let sock = match netif::udp_socket(Some(iface), SocketAddrV4::new(local_ip, 0), false) {
+    let sock = match transfer_socket(iface, local_ip) {
         Ok(s) => s,
         Err(err) => {
             tracing::error!(error = %err, "TFTP: cannot open a transfer socket");
@@ -334,5 +350,28 @@ async fn transfer(
                 Err(err) => tracing::debug!(error = %err, "TFTP: receive failed"),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Every live transfer socket has a port of its own (with SO_REUSEADDR, a few hundred
+    /// ephemeral binds reliably hand out some port twice).
+    #[tokio::test]
+    async fn live_transfer_sockets_never_share_a_port() {
+        let socks: Vec<UdpSocket> = (0..900)
+            .map(|_| transfer_socket("lo", Ipv4Addr::LOCALHOST).unwrap())
+            .collect();
+        let mut ports: Vec<u16> = socks
+            .iter()
+            .map(|s| s.local_addr().unwrap().port())
+            .collect();
+        ports.sort_unstable();
+        let before = ports.len();
+        ports.dedup();
+        assert_eq!(ports.len(), before, "two live transfers share a port");
     }
 }

@@ -96,6 +96,10 @@ pub fn init_logging(args: &LogArgs) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A log that cannot be written (its partition is full) must not stop rackboot: with
+        // this on, tracing-subscriber reports the failed write with eprintln!, which panics on
+        // the same full disk and kills whichever task was logging (docs/runbook-disk-full.md).
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match args.log_format {
         LogFormat::Text => builder.init(),

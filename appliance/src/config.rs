@@ -33,6 +33,7 @@ pub struct Config {
     pub boot: Boot,
     pub auth: Auth,
     pub timeline: Timeline,
+    pub store: StoreConfig,
     pub cloud_init: CloudInit,
     pub discovery: Discovery,
     pub identity: Identity,
@@ -264,6 +265,11 @@ pub struct Timeline {
     /// A node whose boot has not moved on for this long is flagged stuck, e.g. "5m".
     #[serde(with = "humantime_serde_compat")]
     pub stuck_after: Duration,
+    /// Events older than this are deleted (checked hourly), e.g. "30d".
+    #[serde(with = "humantime_serde_compat")]
+    pub max_age: Duration,
+    /// At most this many events are kept in all; the oldest go first.
+    pub max_events: u64,
 }
 
 impl Default for Timeline {
@@ -271,7 +277,79 @@ impl Default for Timeline {
         Self {
             boots_per_node: 5,
             stuck_after: Duration::from_secs(300),
+            max_age: Duration::from_secs(30 * 24 * 3600),
+            max_events: 500_000,
         }
+    }
+}
+
+/// The data partition (`[store]`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Bytes an image import must leave free on the data partition, e.g. "64MiB" or 67108864.
+    /// Default: 64 MiB or 5% of the partition, whichever is smaller.
+    pub min_free: Option<ByteSize>,
+}
+
+/// A byte count written as a number or as "<n>[KiB|MiB|GiB|TiB]".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("{s:?} is not a size (e.g. \"64MiB\")"))?;
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" | "K" | "k" => 1 << 10,
+            "MiB" | "M" => 1 << 20,
+            "GiB" | "G" => 1 << 30,
+            "TiB" | "T" => 1 << 40,
+            other => {
+                return Err(format!(
+                    "{s:?}: unknown unit {other:?} (use KiB, MiB, GiB or TiB)"
+                ));
+            }
+        };
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("{s:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a size in bytes, or a string like \"64MiB\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(n))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<ByteSize, E> {
+                u64::try_from(n)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom(format!("size {n} is negative")))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<ByteSize, E> {
+                s.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
     }
 }
 
@@ -501,6 +579,9 @@ impl Config {
         if self.timeline.boots_per_node == 0 {
             bail!("timeline.boots_per_node must be at least 1");
         }
+        if self.timeline.max_events == 0 {
+            bail!("timeline.max_events must be at least 1");
+        }
         Ok(())
     }
 }
@@ -684,6 +765,26 @@ router = "198.51.100.1"
         .unwrap();
         let err = format!("{:#}", Config::load(Some(&p), env(&[])).unwrap_err());
         assert!(err.contains("outside the subnet"), "{err}");
+    }
+
+    #[test]
+    fn store_min_free_takes_sizes_and_refuses_garbage() {
+        let c = Config::load(None, env(&[("RACKBOOT_STORE__MIN_FREE", "64MiB")])).unwrap();
+        assert_eq!(c.store.min_free, Some(ByteSize(64 << 20)));
+        let c = Config::load(None, env(&[("RACKBOOT_STORE__MIN_FREE", "1048576")])).unwrap();
+        assert_eq!(c.store.min_free, Some(ByteSize(1 << 20)));
+        assert_eq!("2 GiB".parse::<ByteSize>(), Ok(ByteSize(2 << 30)));
+        for bad in ["lots", "12 parsecs", "99999999999999999999TiB", "-1"] {
+            let err = format!(
+                "{:#}",
+                Config::load(None, env(&[("RACKBOOT_STORE__MIN_FREE", bad)])).unwrap_err()
+            );
+            assert!(
+                err.contains("min_free") || err.contains(bad),
+                "{bad}: {err}"
+            );
+        }
+        assert_eq!(Config::default().store.min_free, None);
     }
 
     #[test]

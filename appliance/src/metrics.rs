@@ -88,6 +88,9 @@ pub struct Metrics {
     stage_duration: HistFamily<StageLabel>,
     nodes_by_stage: Family<StageLabel, Gauge>,
     timeline_dropped: Counter,
+    dhcp_static_unrecorded: Counter,
+    store_state: Family<PoolLabel, Gauge>,
+    store_free_bytes: Gauge,
 }
 
 impl Default for Metrics {
@@ -114,6 +117,9 @@ impl Metrics {
             stage_duration: Family::new_with_constructor(stage_seconds),
             nodes_by_stage: Family::default(),
             timeline_dropped: Counter::default(),
+            dhcp_static_unrecorded: Counter::default(),
+            store_state: Family::default(),
+            store_free_bytes: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -181,6 +187,21 @@ impl Metrics {
             "timeline_dropped_events",
             "Boot events dropped because the timeline writer fell behind",
             m.timeline_dropped.clone(),
+        );
+        registry.register(
+            "dhcp_static_acks_unrecorded",
+            "Static (inventory) leases acknowledged although their record could not be stored",
+            m.dhcp_static_unrecorded.clone(),
+        );
+        registry.register(
+            "store_state",
+            "1 for the store's current state (ok, full, failing), 0 for the others",
+            m.store_state.clone(),
+        );
+        registry.register(
+            "store_free_bytes",
+            "Bytes free on the data partition",
+            m.store_free_bytes.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -253,6 +274,26 @@ impl Metrics {
 
     pub fn timeline_dropped(&self) {
         self.timeline_dropped.inc();
+    }
+
+    pub fn dhcp_static_unrecorded(&self) {
+        self.dhcp_static_unrecorded.inc();
+    }
+
+    /// Sets the store gauges (called at scrape time).
+    pub fn set_store(&self, h: &crate::store::StoreHealth) {
+        use crate::store::StoreState;
+        for st in [StoreState::Ok, StoreState::Full, StoreState::Failing] {
+            self.store_state
+                .get_or_create(&PoolLabel {
+                    state: st.as_str().to_owned(),
+                })
+                .set(i64::from(h.state == st));
+        }
+        self.store_free_bytes.set(
+            h.free_bytes
+                .map_or(-1, |f| i64::try_from(f).unwrap_or(i64::MAX)),
+        );
     }
 
     /// Sets the state gauges (called at scrape time).

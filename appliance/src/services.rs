@@ -60,6 +60,7 @@ pub async fn start(
             data_dir.display()
         )
     })?;
+    store.set_min_free(settings.config.store.min_free.map(|b| b.0));
     let images = ImageStore::open(store.clone(), data_dir)
         .await
         .with_context(|| {
@@ -75,6 +76,13 @@ pub async fn start(
         store.clone(),
         metrics.clone(),
         settings.config.timeline.boots_per_node,
+        shutdown.clone(),
+    );
+    Timeline::spawn_pruner(
+        &mut tasks,
+        store.clone(),
+        settings.config.timeline.max_age,
+        settings.config.timeline.max_events,
         shutdown.clone(),
     );
 
@@ -451,6 +459,7 @@ async fn metrics_page(
             }
         }
     }
+    metrics.set_store(&store.health());
     metrics.set_state(
         i64::try_from(active).unwrap_or(i64::MAX),
         pool_size,

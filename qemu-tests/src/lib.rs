@@ -291,6 +291,17 @@ impl Rackboot {
         addr: String,
     ) -> anyhow::Result<Rackboot> {
         let log = data_dir.path().join("rackboot.log");
+        Self::start_logged(ns, bin, data_dir, log, env, addr)
+    }
+
+    fn start_logged(
+        ns: &Netns,
+        bin: &Path,
+        data_dir: tempfile::TempDir,
+        log: PathBuf,
+        env: &[(&str, &str)],
+        addr: String,
+    ) -> anyhow::Result<Rackboot> {
         let logf = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -1418,5 +1429,18 @@ impl Rackboot {
             ("RACKBOOT_DATA_DIR", dd.as_str()),
         ];
         run_in(ns, &bin.to_string_lossy(), args, &env, stdin).expect("run the rackboot CLI")
+    }
+}
+
+impl Rackboot {
+    /// Starts rackboot on a data dir the test made (e.g. on a small filesystem), logging to
+    /// `log` (which may live elsewhere), with `env`.
+    pub fn start_in_dir(
+        ns: &Netns,
+        data_dir: tempfile::TempDir,
+        log: PathBuf,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Rackboot> {
+        Self::start_logged(ns, &rackboot_bin()?, data_dir, log, env, ns.addr.clone())
     }
 }

@@ -182,26 +182,50 @@ pub async fn spawn(
                     batch.push(p);
                 }
                 let durable = persist(&store, &batch).await;
-                match durable {
-                    Ok(()) => {
-                        for p in batch {
-                            if let Some((dst, bytes)) = p.reply {
-                                send(&sock, &bytes, dst).await;
-                                sent(&metrics, &timeline, &p.event);
-                                if let (Some(hook), Some(ip), Some(MessageType::Ack)) =
-                                    (&on_lease, p.event.ip, p.event.sent)
-                                {
-                                    hook.leased(Leased { ip, port: p.relay_port.clone() });
-                                }
-                            }
-                        }
+                if let Err(err) = &durable {
+                    // Not durable → a dynamic lease is not acknowledged: the client retries and
+                    // we try again (one address must never go to two clients). A static lease
+                    // is decided by the inventory, which no other client can be given, so it is
+                    // acknowledged anyway and its record is skipped (the next renewal writes
+                    // it): a full data partition must not stop the rack's own nodes booting.
+                    let withheld = batch.iter().filter(|p| !p.is_static()).count();
+                    match err {
+                        // The store logs once when the partition fills; not once per batch.
+                        crate::store::StoreError::Full { .. } => tracing::debug!(
+                            error = %err, withheld, acked_static = batch.len() - withheld,
+                            "DHCP: leases not stored; dynamic ACKs withheld"
+                        ),
+                        _ => tracing::error!(
+                            error = %err, withheld, acked_static = batch.len() - withheld,
+                            "DHCP: cannot store leases; dynamic ACKs withheld"
+                        ),
                     }
-                    Err(err) => {
-                        // Not durable → not acknowledged: the client retries and we try again.
-                        tracing::error!(error = %err, leases = batch.len(), "DHCP: cannot store leases; ACKs withheld");
-                        for p in &batch {
-                            metrics.dhcp_packet(p.event.received.as_str(), "dropped");
-                            metrics.dhcp_drop("store_error");
+                }
+                for p in batch {
+                    if durable.is_err() && !p.is_static() {
+                        metrics.dhcp_packet(p.event.received.as_str(), "dropped");
+                        metrics.dhcp_drop(
+                            if matches!(durable, Err(crate::store::StoreError::Full { .. })) {
+                                "store_full"
+                            } else {
+                                "store_error"
+                            },
+                        );
+                        continue;
+                    }
+                    if durable.is_err() {
+                        metrics.dhcp_static_unrecorded();
+                    }
+                    if let Some((dst, bytes)) = p.reply {
+                        send(&sock, &bytes, dst).await;
+                        sent(&metrics, &timeline, &p.event);
+                        if let (Some(hook), Some(ip), Some(MessageType::Ack)) =
+                            (&on_lease, p.event.ip, p.event.sent)
+                        {
+                            hook.leased(Leased {
+                                ip,
+                                port: p.relay_port.clone(),
+                            });
                         }
                     }
                 }
@@ -341,6 +365,17 @@ struct Pending {
     reply: Option<(SocketAddrV4, Vec<u8>)>,
     event: Event,
     relay_port: Option<(String, String)>,
+}
+
+impl Pending {
+    /// A lease whose address comes from an inventory reservation (safe to acknowledge even
+    /// when its record cannot be stored).
+    fn is_static(&self) -> bool {
+        match self.change {
+            LeaseChange::Bound(l) => l.kind == LeaseKind::Static,
+            _ => self.event.is_static,
+        }
+    }
 }
 
 async fn persist(store: &Store, batch: &[Pending]) -> Result<(), crate::store::StoreError> {

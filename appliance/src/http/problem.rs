@@ -56,6 +56,10 @@ impl Problem {
     pub fn payload_too_large(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, detail)
     }
+    /// 507: the data partition has no room for what the request would store.
+    pub fn insufficient_storage(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::INSUFFICIENT_STORAGE, detail)
+    }
     pub fn service_unavailable(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, detail)
     }
@@ -144,6 +148,11 @@ impl From<crate::store::StoreError> for Problem {
             StoreError::Conflict(m) => Problem::conflict(m),
             StoreError::NotFound(m) => Problem::not_found(m),
             StoreError::Invalid(m) => Problem::bad_request(m),
+            // RFC 4918 §11.5: the server cannot store what the request needs. Not logged per
+            // request: the store logs once when the partition fills.
+            e @ (StoreError::Full { .. } | StoreError::Headroom { .. }) => {
+                Problem::insufficient_storage(e.to_string())
+            }
             other => Problem::internal(other),
         }
     }

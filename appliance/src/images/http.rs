@@ -92,6 +92,7 @@ impl From<ImageError> for Problem {
             ImageError::DigestMismatch { .. } => Problem::unprocessable(err.to_string()),
             ImageError::Stream(_) => Problem::bad_request(err.to_string()),
             ImageError::Io { .. } | ImageError::Index(_) => Problem::internal(err),
+            ImageError::NoSpace(_) => Problem::insufficient_storage(err.to_string()),
         }
     }
 }

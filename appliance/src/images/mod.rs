@@ -36,6 +36,9 @@ pub const ADMIN_PREFIX: &str = "/rackboot/v1/images/";
 /// byte low when a rack pulls the same kernel at once.
 pub const CHUNK: usize = 256 * 1024;
 
+/// How often (in bytes written) an import re-checks the data partition's headroom.
+const HEADROOM_STEP: u64 = 4 * 1024 * 1024;
+
 /// Default largest image accepted (uploads and imports).
 pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 16 * 1024 * 1024 * 1024;
 
@@ -65,11 +68,17 @@ pub enum ImageError {
     },
     #[error("image index: {0}")]
     Index(String),
+    /// The data partition is full, or the image would eat into the headroom kept for leases.
+    #[error("{0}")]
+    NoSpace(StoreError),
 }
 
 impl From<StoreError> for ImageError {
     fn from(e: StoreError) -> Self {
-        Self::Index(e.to_string())
+        match e {
+            e @ (StoreError::Full { .. } | StoreError::Headroom { .. }) => Self::NoSpace(e),
+            e => Self::Index(e.to_string()),
+        }
     }
 }
 
@@ -403,6 +412,10 @@ impl ImageStore {
             .map_err(ImageError::io(format!("cannot create {}", tmp.display())))?;
         let mut ctx = digest::Context::new(&digest::SHA256);
         let mut size: u64 = 0;
+        // Checked before the first byte and then every HEADROOM_STEP: an import must leave
+        // `store.min_free` on the data partition for leases and inventory changes.
+        let mut checked_at: u64 = 0;
+        self.inner.index.check_headroom(0)?;
         let mut stream = std::pin::pin!(stream);
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| ImageError::Stream(e.to_string()))?;
@@ -410,18 +423,36 @@ impl ImageStore {
             if size > self.inner.max_bytes {
                 return Err(ImageError::TooLarge(self.inner.max_bytes));
             }
+            if size - checked_at >= HEADROOM_STEP {
+                // What was written is already off the free count.
+                self.inner.index.check_headroom(0)?;
+                checked_at = size;
+            }
             ctx.update(&chunk);
             out.write_all(&chunk)
                 .await
-                .map_err(ImageError::io("cannot write the image"))?;
+                .map_err(|e| self.write_error(e, "cannot write the image"))?;
         }
         out.flush()
             .await
-            .map_err(ImageError::io("cannot write the image"))?;
+            .map_err(|e| self.write_error(e, "cannot write the image"))?;
         out.sync_all()
             .await
-            .map_err(ImageError::io("cannot fsync the image"))?;
+            .map_err(|e| self.write_error(e, "cannot fsync the image"))?;
         Ok((hex::encode(ctx.finish().as_ref()), size))
+    }
+}
+
+impl ImageStore {
+    fn write_error(&self, e: std::io::Error, context: &str) -> ImageError {
+        if e.raw_os_error() == Some(nix::libc::ENOSPC) {
+            ImageError::NoSpace(self.inner.index.full_error())
+        } else {
+            ImageError::Io {
+                context: context.to_owned(),
+                source: e,
+            }
+        }
     }
 }
 

@@ -12,6 +12,7 @@
 mod bmc;
 mod bss;
 mod cloudinit;
+mod health;
 mod identity;
 mod images;
 mod leases;
@@ -30,6 +31,7 @@ use tokio::sync::{oneshot, watch};
 pub use bmc::DiscoveryNames;
 pub use bss::{BootParameters, BootSelector, CloudInit};
 pub use cloudinit::{CiKind, NodeInfo};
+pub use health::{StoreHealth, StoreState};
 pub use identity::{Audit, AuditRow, CertRow, EnrollRequest, JoinToken, SecretScope};
 pub use images::ImageRecord;
 pub use leases::{LeaseRecord, LeaseRecordKind};
@@ -54,12 +56,49 @@ pub enum StoreError {
     Json(#[from] serde_json::Error),
     #[error("cannot open the store at {path}: {reason}")]
     Open { path: PathBuf, reason: String },
+    /// The data partition has no room: nothing of this write was stored.
+    #[error(
+        "the data partition is full: {} has {free_bytes} bytes free, so the change was not stored; free space there (docs/runbook-disk-full.md)",
+        data_dir.display()
+    )]
+    Full { data_dir: PathBuf, free_bytes: u64 },
+    /// A write outside the database (an image import) would eat into the headroom kept free
+    /// so that leases and inventory changes can still be stored.
+    #[error(
+        "refused: {needed} more bytes would leave less than the {min_free} bytes kept free on the data partition ({} has {free_bytes} bytes free); free space or raise the partition size (docs/runbook-disk-full.md)",
+        data_dir.display()
+    )]
+    Headroom {
+        data_dir: PathBuf,
+        free_bytes: u64,
+        needed: u64,
+        min_free: u64,
+    },
+    /// The transaction holding this write did not commit (an I/O error): nothing was stored.
+    #[error("the store could not commit the change, so it was not stored: {0}")]
+    NotDurable(String),
     #[error("the store writer has stopped")]
     WriterGone,
 }
 
-type Completion = Box<dyn FnOnce(bool) + Send>;
-type Job = Box<dyn FnOnce(&Transaction<'_>) -> Completion + Send>;
+impl StoreError {
+    /// Whether SQLite said the disk is full (`SQLITE_FULL`).
+    fn is_disk_full(&self) -> bool {
+        matches!(self, StoreError::Sqlite(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull))
+    }
+}
+
+/// How a batch's transaction ended, told to every job in it.
+#[derive(Debug, Clone)]
+enum Commit {
+    Durable,
+    Full,
+    Failed(String),
+}
+
+type Completion = Box<dyn FnOnce(&Commit) + Send>;
+/// A queued write: runs in the batch's transaction and says whether it hit a full disk.
+type Job = Box<dyn FnOnce(&Transaction<'_>) -> (Completion, bool) + Send>;
 
 /// A handle to the store. Cheap to clone.
 #[derive(Clone)]
@@ -75,6 +114,7 @@ impl std::fmt::Debug for Store {
 
 struct Inner {
     path: PathBuf,
+    health: Arc<health::Health>,
     jobs: Mutex<mpsc::Sender<Job>>,
     readers: Mutex<Vec<Connection>>,
     inventory: watch::Sender<u64>,
@@ -107,14 +147,19 @@ impl Store {
             other => other,
         })?;
         let (tx, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("rackboot-store-writer".into())
-            .spawn(move || writer(conn, rx))
-            .map_err(|e| open_err(e.to_string()))?;
+        let health = Arc::new(health::Health::new(data_dir));
+        {
+            let health = health.clone();
+            std::thread::Builder::new()
+                .name("rackboot-store-writer".into())
+                .spawn(move || writer(conn, rx, &health))
+                .map_err(|e| open_err(e.to_string()))?;
+        }
         let (inventory, _) = watch::channel(0);
         Ok(Store {
             inner: Arc::new(Inner {
                 path,
+                health,
                 jobs: Mutex::new(tx),
                 readers: Mutex::new(Vec::new()),
                 inventory,
@@ -130,16 +175,21 @@ impl Store {
         F: FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
     {
         let (done, wait) = oneshot::channel::<Result<T, StoreError>>();
+        let health = self.inner.health.clone();
         let job: Job = Box::new(move |tx| {
             let result = run_in_savepoint(tx, f);
-            Box::new(move |committed| {
-                let result = match result {
-                    Ok(v) if committed => Ok(v),
-                    Ok(_) => Err(StoreError::WriterGone),
-                    Err(e) => Err(e),
+            let full = matches!(&result, Err(e) if e.is_disk_full());
+            let completion: Completion = Box::new(move |commit| {
+                let result = match (result, commit) {
+                    (Ok(v), Commit::Durable) => Ok(v),
+                    (Err(e), _) if e.is_disk_full() => Err(health.full_error()),
+                    (Err(e), _) => Err(e),
+                    (Ok(_), Commit::Full) => Err(health.full_error()),
+                    (Ok(_), Commit::Failed(why)) => Err(StoreError::NotDurable(why.clone())),
                 };
                 let _ = done.send(result);
-            })
+            });
+            (completion, full)
         });
         self.inner
             .jobs
@@ -207,6 +257,28 @@ impl Store {
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
+
+    /// Whether writes are being stored (ok, full, failing), and the data partition's free space.
+    pub fn health(&self) -> StoreHealth {
+        self.inner.health.snapshot()
+    }
+
+    /// Sets the headroom that image imports (and later backups) must leave free on the data
+    /// partition; `None` = the default (64 MiB or 5% of the partition, whichever is smaller).
+    pub fn set_min_free(&self, bytes: Option<u64>) {
+        self.inner.health.set_min_free(bytes);
+    }
+
+    /// The error for a write the data partition has no room for.
+    pub fn full_error(&self) -> StoreError {
+        self.inner.health.full_error()
+    }
+
+    /// Refuses (with [`StoreError::Headroom`]) a write of `more` bytes outside the database that
+    /// would leave less than the headroom free.
+    pub fn check_headroom(&self, more: u64) -> Result<(), StoreError> {
+        self.inner.health.check_headroom(more)
+    }
 }
 
 fn configure(conn: &Connection) -> Result<(), StoreError> {
@@ -235,8 +307,26 @@ fn run_in_savepoint<T>(
     }
 }
 
-fn writer(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
-    while let Ok(first) = jobs.recv() {
+fn writer(mut conn: Connection, jobs: mpsc::Receiver<Job>, health: &health::Health) {
+    loop {
+        // While writes fail, probe now and then so the state (and the log) says when space
+        // is back even if nothing else is written.
+        let first = if health.is_ok() {
+            match jobs.recv() {
+                Ok(j) => j,
+                Err(_) => return,
+            }
+        } else {
+            match jobs.recv_timeout(health::PROBE_EVERY) {
+                Ok(j) => j,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let probe = probe(&mut conn);
+                    health.record(&probe, false);
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match jobs.try_recv() {
@@ -247,25 +337,46 @@ fn writer(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
         let tx = match conn.transaction() {
             Ok(tx) => tx,
             Err(err) => {
-                tracing::error!(error = %err, "store: cannot begin a transaction");
-                for job in batch {
-                    // Run nothing; every caller learns the write did not happen.
-                    drop(job);
-                }
+                // Run nothing; every caller learns the write did not happen.
+                let commit = health.classify(&StoreError::Sqlite(err));
+                health.record(&commit, false);
+                drop(batch);
                 continue;
             }
         };
-        let completions: Vec<Completion> = batch.into_iter().map(|job| job(&tx)).collect();
-        let committed = match tx.commit() {
-            Ok(()) => true,
-            Err(err) => {
-                tracing::error!(error = %err, "store: commit failed; the batch is not durable");
-                false
-            }
+        let mut hit_full = false;
+        let completions: Vec<Completion> = batch
+            .into_iter()
+            .map(|job| {
+                let (c, full) = job(&tx);
+                hit_full |= full;
+                c
+            })
+            .collect();
+        let commit = match tx.commit() {
+            Ok(()) => Commit::Durable,
+            Err(err) => health.classify(&StoreError::Sqlite(err)),
         };
+        health.record(&commit, hit_full);
         for c in completions {
-            c(committed);
+            c(&commit);
         }
+    }
+}
+
+/// A write that stores nothing new: rewriting `user_version` dirties page 1, so the commit
+/// needs room in the WAL exactly as a real write does.
+fn probe(conn: &mut Connection) -> Commit {
+    let run = |conn: &mut Connection| -> Result<(), rusqlite::Error> {
+        let tx = conn.transaction()?;
+        let v: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        tx.pragma_update(None, "user_version", v)?;
+        tx.commit()
+    };
+    match run(conn) {
+        Ok(()) => Commit::Durable,
+        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) => Commit::Full,
+        Err(e) => Commit::Failed(e.to_string()),
     }
 }
 

@@ -120,6 +120,25 @@ impl Store {
         .await
     }
 
+    /// Deletes boot events older than `before_ms`, then the oldest beyond the newest
+    /// `max_events`; returns how many went.
+    pub async fn prune_boot_events(
+        &self,
+        before_ms: i64,
+        max_events: u64,
+    ) -> Result<usize, StoreError> {
+        let keep = i64::try_from(max_events).unwrap_or(i64::MAX);
+        self.write(move |tx| {
+            let old = tx.execute("DELETE FROM boot_events WHERE ts_ms < ?1", [before_ms])?;
+            let over = tx.execute(
+                "DELETE FROM boot_events WHERE id <= (SELECT id FROM boot_events ORDER BY id DESC LIMIT 1 OFFSET ?1)",
+                [keep],
+            )?;
+            Ok(old + over)
+        })
+        .await
+    }
+
     /// The client that holds (or last held) `ip`, from the lease table.
     pub async fn mac_for_ip(&self, ip: std::net::Ipv4Addr) -> Result<Option<String>, StoreError> {
         self.read(move |c| {

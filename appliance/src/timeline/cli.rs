@@ -6,6 +6,7 @@ use clap::Args;
 
 use super::routes::{NodeTimeline, RackStatus};
 use crate::client::{ApiClient, ClientArgs, format_table, print_json, print_table};
+use crate::store::{StoreHealth, StoreState};
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -74,6 +75,9 @@ pub fn status_table(s: &RackStatus, only_stuck: bool) -> String {
         }
     }
     let stuck = s.nodes.iter().filter(|n| n.stuck).count();
+    if let Some(h) = &s.store {
+        out.push_str(&store_line(h));
+    }
     let summary: Vec<String> = by_stage
         .iter()
         .map(|(st, c)| format!("{st}: {c}"))
@@ -87,11 +91,47 @@ pub fn status_table(s: &RackStatus, only_stuck: bool) -> String {
     out
 }
 
+/// One line on the store: "store: ok, 12.3 GiB free in /var/lib/rackboot".
+fn store_line(h: &StoreHealth) -> String {
+    let free = h
+        .free_bytes
+        .map_or_else(|| "unknown space".into(), |f| format!("{} free", bytes(f)));
+    let dir = h.data_dir.display();
+    match h.state {
+        StoreState::Ok => format!("\nstore: ok, {free} in {dir}"),
+        StoreState::Full => format!(
+            "\nstore: FULL, {free} in {dir}: dynamic leases, API changes and boot events are not stored (inventory nodes still boot); see docs/runbook-disk-full.md"
+        ),
+        StoreState::Failing => format!(
+            "\nstore: FAILING ({}), {free} in {dir}: see the rackboot log",
+            h.detail.as_deref().unwrap_or("commit failed")
+        ),
+    }
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS.get(u).unwrap_or(&"B"))
+    }
+}
+
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     let api = ApiClient::new(&args.client)?;
     loop {
-        let s: RackStatus = api.get("/rackboot/v1/status").await?;
+        let mut s: RackStatus = api.get("/rackboot/v1/status").await?;
         if args.client.json() {
+            if args.stuck {
+                s.nodes.retain(|n| n.stuck);
+            }
             print_json(&s);
         } else {
             if args.watch {

@@ -143,6 +143,7 @@ impl Timeline {
             metrics: metrics.clone(),
             dropped: Arc::new(AtomicU64::new(0)),
         };
+        let dropped = timeline.dropped.clone();
         tasks.spawn(async move {
             let mut last_ts: std::collections::HashMap<String, i64> = Default::default();
             loop {
@@ -174,6 +175,7 @@ impl Timeline {
                 if events.is_empty() {
                     continue;
                 }
+                let n_events = events.len();
                 match store
                     .record_boot_events(events, i64::from(boots_per_node), stage::starts_boot)
                     .await
@@ -194,12 +196,53 @@ impl Timeline {
                         }
                     }
                     Err(err) => {
-                        tracing::warn!(error = %err, "timeline: cannot store boot events");
+                        // Never blocks a boot: the events are counted as dropped. A full
+                        // partition is logged once by the store, not once per batch.
+                        for _ in 0..n_events {
+                            dropped.fetch_add(1, Ordering::Relaxed);
+                            metrics.timeline_dropped();
+                        }
+                        if matches!(err, crate::store::StoreError::Full { .. }) {
+                            tracing::debug!(error = %err, events = n_events, "timeline: boot events dropped");
+                        } else {
+                            tracing::warn!(error = %err, events = n_events, "timeline: cannot store boot events; dropped");
+                        }
                     }
                 }
             }
         });
         timeline
+    }
+
+    /// Starts the retention task: at start and then hourly, events older than `max_age` and
+    /// beyond the newest `max_events` are deleted (`boots_per_node` is kept on every write).
+    pub fn spawn_pruner(
+        tasks: &mut JoinSet<()>,
+        store: Store,
+        max_age: std::time::Duration,
+        max_events: u64,
+        shutdown: CancellationToken,
+    ) {
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                let age = i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
+                match store
+                    .prune_boot_events(now_ms().saturating_sub(age), max_events)
+                    .await
+                {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(pruned = n, "timeline: removed boot events past retention")
+                    }
+                    Err(err) => tracing::debug!(error = %err, "timeline: cannot prune boot events"),
+                }
+            }
+        });
     }
 
     /// Records that `subject` reached `stage` (never blocks).

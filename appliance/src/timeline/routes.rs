@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::{Timeline, stage};
 use crate::http::{Json, Problem};
 use crate::inventory::xname;
-use crate::store::{BootEvent, Store, now_ms};
+use crate::store::{BootEvent, Store, StoreHealth, now_ms};
 
 #[derive(Clone)]
 struct Ctx {
@@ -59,6 +59,9 @@ pub struct NodeStatus {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RackStatus {
     pub stuck_after_s: u64,
+    /// Whether the store is storing (ok, full, failing) and the data partition's free space.
+    #[serde(default)]
+    pub store: Option<StoreHealth>,
     pub nodes: Vec<NodeStatus>,
 }
 
@@ -112,6 +115,7 @@ pub async fn rack_status(store: &Store, stuck_after: Duration) -> Result<RackSta
     nodes.sort_by(|a, b| (&a.xname, &a.mac).cmp(&(&b.xname, &b.mac)));
     Ok(RackStatus {
         stuck_after_s: stuck_after.as_secs(),
+        store: Some(store.health()),
         nodes,
     })
 }

@@ -223,8 +223,11 @@ fn buildroot_tarball(cache: &Path) -> anyhow::Result<PathBuf> {
 /// A short hash of the tarball and of what in buildroot/ changes Buildroot's own builds.
 fn cache_key(root: &Path, tarball: &Path) -> anyhow::Result<String> {
     let br = root.join("buildroot");
-    let mut inputs = vec![tarball.to_path_buf()];
-    for dir in ["configs", "package/rackboot", "board/rackboot/offline"] {
+    let mut inputs = vec![
+        tarball.to_path_buf(),
+        br.join("configs").join(OFFLINE_DEFCONFIG),
+    ];
+    for dir in ["package/rackboot", "board/rackboot/offline"] {
         let mut files: Vec<PathBuf> = fs::read_dir(br.join(dir))?
             .filter_map(Result::ok)
             .map(|e| e.path())
@@ -346,4 +349,209 @@ fn debian_kernel(cache: &Path) -> anyhow::Result<PathBuf> {
     fs::rename(&tmp, &unpacked)?;
     let _ = fs::remove_file(&deb);
     Ok(unpacked)
+}
+
+/// `cargo xtask demo appliance`: boots the appliance image under OVMF Secure Boot in a network
+/// namespace (rack bridge + management bridge), registers a node through the admin API on the
+/// management network, PXE-boots it from the appliance and shows its timeline.
+pub fn demo() -> anyhow::Result<()> {
+    use qemu_tests::{Firmware, Netns, Qemu, field};
+    use std::time::{Duration, Instant};
+
+    crate::deps::install()?;
+    crate::image::node()?;
+    let image = appliance()?;
+    crate::stage("build the rackboot CLI (host side)");
+    run(Command::new(env!("CARGO"))
+        .current_dir(crate::root())
+        .args(["build", "-p", "appliance", "--bin", "rackboot"]))?;
+
+    crate::stage(
+        "network: rack bridge br0 (192.0.2.0/24), management bridge brm (198.51.100.0/24)",
+    );
+    let mut ns = Netns::with_address("demoappl", "192.0.2.254/24")?;
+    ns.ip(&["link", "add", "brm", "type", "bridge"])?;
+    ns.ip(&["addr", "add", "198.51.100.1/24", "dev", "brm"])?;
+    ns.ip(&["link", "set", "brm", "up"])?;
+    for (tap, bridge) in [("tapr", "br0"), ("tapm", "brm")] {
+        ns.ip(&["tuntap", "add", tap, "mode", "tap"])?;
+        ns.ip(&["link", "set", tap, "master", bridge])?;
+        ns.ip(&["link", "set", tap, "up"])?;
+    }
+
+    crate::stage(
+        "the appliance: a copy of build/appliance/rackboot-appliance.img, rackboot.toml on its ESP",
+    );
+    let dir = tempfile::tempdir()?;
+    let disk = dir.path().join("disk.img");
+    run(Command::new("cp")
+        .arg("--sparse=always")
+        .arg(image.join("rackboot-appliance.img"))
+        .arg(&disk))?;
+    let conf = dir.path().join("rackboot.toml");
+    fs::write(
+        &conf,
+        "[appliance]\nmanagement_interface = \"eth1\"\nmanagement_address = \"198.51.100.2/24\"\n",
+    )?;
+    run(Command::new("mcopy")
+        .args(["-o", "-i"])
+        .arg(format!("{}@@{}", disk.display(), 2048 * 512))
+        .arg(&conf)
+        .arg("::/rackboot.toml"))?;
+    let sb = image.join("secureboot");
+    let guid = fs::read_to_string(sb.join("owner.guid"))?.trim().to_owned();
+    let vars = dir.path().join("vars.fd");
+    run(
+        Command::new(crate::root().join("build/venv/bin/virt-fw-vars"))
+            .args(["-i", "/usr/share/OVMF/OVMF_VARS_4M.fd", "-o"])
+            .arg(&vars)
+            .arg("--set-pk")
+            .arg(&guid)
+            .arg(sb.join("PK.crt"))
+            .arg("--add-kek")
+            .arg(&guid)
+            .arg(sb.join("KEK.crt"))
+            .arg("--add-db")
+            .arg(&guid)
+            .arg(sb.join("db.crt"))
+            .arg("--secure-boot")
+            .stdout(std::process::Stdio::null()),
+    )?;
+    eprintln!("Secure Boot keys enrolled in the VM's UEFI variables (PK, KEK, db of this build)");
+
+    crate::stage("power on the appliance (OVMF Secure Boot, 256 MiB, TCG)");
+    let console = dir.path().join("console.log");
+    let mut qemu = ns.cmd("qemu-system-x86_64");
+    qemu.args([
+        "-accel",
+        "tcg",
+        "-m",
+        "256",
+        "-machine",
+        "q35,smm=on",
+        "-global",
+        "driver=cfi.pflash01,property=secure,value=on",
+        "-drive",
+        "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-no-reboot",
+        "-netdev",
+        "tap,id=rack,ifname=tapr,script=no,downscript=no",
+        "-device",
+        "virtio-net-pci,netdev=rack,addr=0x10,romfile=",
+        "-netdev",
+        "tap,id=mgmt,ifname=tapm,script=no,downscript=no",
+        "-device",
+        "virtio-net-pci,netdev=mgmt,addr=0x11,romfile=",
+    ]);
+    qemu.arg("-drive").arg(format!(
+        "if=pflash,format=raw,unit=1,file={}",
+        vars.display()
+    ));
+    qemu.arg("-drive")
+        .arg(format!("if=virtio,format=raw,file={}", disk.display()));
+    qemu.arg("-serial")
+        .arg(format!("file:{}", console.display()));
+    let mut vm = qemu
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let started = Instant::now();
+    let text = loop {
+        let text = String::from_utf8_lossy(&fs::read(&console).unwrap_or_default()).into_owned();
+        if text.contains("rackboot-appliance: ready") {
+            break text;
+        }
+        if vm.try_wait()?.is_some() || started.elapsed() > Duration::from_secs(600) {
+            let _ = vm.kill();
+            bail!("the appliance did not come up; console:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    eprintln!(
+        "ready after {:.0} s (power-on to rackboot answering, TCG)",
+        started.elapsed().as_secs_f64()
+    );
+    for line in text.lines() {
+        if line.contains("Secure boot enabled")
+            || line.contains("rackboot-appliance: report")
+            || line.contains("rackboot ready")
+        {
+            eprintln!("  console: {}", line.trim());
+        }
+    }
+    let token = text
+        .lines()
+        .find_map(|l| l.split("rackboot-appliance: admin token").nth(1))
+        .and_then(|rest| rest.rsplit(' ').next())
+        .map(|t| t.trim().to_owned())
+        .context("no admin token on the console")?;
+    eprintln!("  console: admin token printed once (used below over the management network)");
+
+    let api = |method: &str, path: &str, body: &[u8]| -> anyhow::Result<String> {
+        let tmp = tempfile::NamedTempFile::new()?;
+        fs::write(tmp.path(), body)?;
+        let mut c = ns.cmd("curl");
+        c.args(["-sf", "-m", "120", "-X", method, "-H"])
+            .arg(format!("Authorization: Bearer {token}"))
+            .arg("--data-binary")
+            .arg(format!("@{}", tmp.path().display()));
+        if body.first() == Some(&b'{') {
+            c.args(["-H", "Content-Type: application/json"]);
+        }
+        c.arg(format!("http://198.51.100.2{path}"));
+        output(&mut c).with_context(|| format!("{method} {path}"))
+    };
+    crate::stage(
+        "register a node and import its kernel/initrd through the admin API (management NIC)",
+    );
+    let (mac, ip, xname) = ("52:54:00:de:00:01", "192.0.2.50", "x1000c0s0b0n0");
+    for (name, file) in [
+        ("vmlinuz", "build/node/vmlinuz"),
+        ("initrd.img", "build/node/initrd.img"),
+    ] {
+        api(
+            "PUT",
+            &format!("/rackboot/v1/images/{name}"),
+            &fs::read(crate::root().join(file))?,
+        )?;
+    }
+    api("POST", "/hsm/v2/State/Components", format!(r#"{{"Components":[{{"ID":"{xname}","Type":"Node","State":"Ready","Enabled":true,"NID":1,"Arch":"X86","Role":"Compute"}}]}}"#).as_bytes())?;
+    api("POST", "/hsm/v2/Inventory/EthernetInterfaces", format!(r#"{{"MACAddress":"{mac}","IPAddresses":[{{"IPAddress":"{ip}"}}],"ComponentID":"{xname}","Type":"Node"}}"#).as_bytes())?;
+    api("PUT", "/boot/v1/bootparameters", format!(r#"{{"macs":["{mac}"],"kernel":"http://192.0.2.1/images/vmlinuz","initrd":"http://192.0.2.1/images/initrd.img","params":"console=ttyS0 quiet"}}"#).as_bytes())?;
+    eprintln!(
+        "node {xname}: MAC {mac} → {ip}; kernel and initrd on the appliance's data partition"
+    );
+
+    crate::stage(
+        "power on the node on the rack network (SeaBIOS + iPXE), PXE boot from the appliance",
+    );
+    let mut node = Qemu::start(&mut ns, Firmware::SeaBiosIpxe, mac)?;
+    let line = node.wait_for("RACKBOOT-NODE-UP", Duration::from_secs(600))?;
+    node.wait_for("RACKBOOT-PHONED-HOME", Duration::from_secs(120))?;
+    eprintln!("  node: {line}");
+
+    crate::stage(
+        "what the appliance saw: the node's boot timeline (rackboot timeline, over the management NIC)",
+    );
+    let bin = crate::root().join("target/debug/rackboot");
+    let out = ns
+        .cmd(bin.to_str().context("binary path")?)
+        .args(["timeline", xname])
+        .env("RACKBOOT_URL", "http://198.51.100.2")
+        .env("RACKBOOT_TOKEN", &token)
+        .output()?;
+    eprint!("{}", String::from_utf8_lossy(&out.stdout));
+    eprintln!(
+        "\nThe node booted from the appliance with its inventory address {} as {}.",
+        field(&line, "ip").unwrap_or("?"),
+        field(&line, "xname").unwrap_or("?")
+    );
+    let _ = vm.kill();
+    let _ = vm.wait();
+    Ok(())
 }

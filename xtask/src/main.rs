@@ -25,12 +25,17 @@ fn main() {
         Some("image") => match args.get(1).map(String::as_str) {
             Some("node") | None => image::node().map(|_| ()),
             Some("appliance") => appliance::appliance().map(|_| ()),
+            Some("appliance-recipe") => appliance::check_production_recipe(),
             Some(other) => Err(anyhow::anyhow!(
-                "unknown image {other:?}; known: node, appliance"
+                "unknown image {other:?}; known: node, appliance, appliance-recipe"
             )),
         },
         Some("test") => test::run_all(),
-        Some("demo") => demo::run_demo(),
+        Some("demo") => match args.get(1).map(String::as_str) {
+            None => demo::run_demo(),
+            Some("appliance") => appliance::demo(),
+            Some(other) => Err(anyhow::anyhow!("unknown demo {other:?}; known: appliance")),
+        },
         Some("bench") => match args.get(1).map(String::as_str) {
             None => bench::run_bench(),
             Some("http") => bench::run_http_only(),
@@ -48,6 +53,7 @@ fn main() {
                 "usage: cargo xtask <command>\n\n\
                  commands:\n  \
                  demo        install what is needed, then PXE-boot a QEMU node from rackboot and show it\n  \
+                 demo appliance  boot the appliance image under Secure Boot and PXE-boot a node from it\n  \
                  test        install test dependencies, build, run the whole suite (QEMU end-to-end included)\n  \
                  bench       run the benchmarks and write docs/benchmarks.md\n  \
                  bench http  only the wrk comparison with nginx (prints, writes nothing)\n  \
@@ -58,6 +64,7 @@ fn main() {
                  deps        install the Debian packages and tools the tests need\n  \
                  image node  build the QEMU node kernel + initramfs into build/node/\n  \
                  image appliance  build the Buildroot appliance disk image (offline variant) into build/appliance/\n  \
+                 image appliance-recipe  check the production defconfig with Buildroot (make show-info; downloads nothing)\n  \
                  capture-vectors  record real firmware DHCP messages into pxe-core/tests/vectors/"
             );
             std::process::exit(2);

@@ -7,6 +7,8 @@ use crate::run::{have, run};
 pub fn run_all() -> anyhow::Result<()> {
     crate::deps::install()?;
     crate::image::node()?;
+    crate::appliance::check_production_recipe()?;
+    crate::appliance::appliance()?;
     let root = crate::root();
     let cargo = || {
         let mut c = Command::new(env!("CARGO"));

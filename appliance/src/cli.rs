@@ -111,7 +111,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     // One TLS provider for the whole process (aws-lc-rs); rustls panics without a default.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match cli.command {
-        Command::Serve(args) => crate::serve::run(args).await,
+        Command::Serve(args) => crate::services::run(args).await,
         Command::Token(cmd) => crate::auth::cli::run(cmd).await,
         Command::Image(cmd) => crate::images::cli::run(cmd).await,
         Command::Node(cmd) => crate::inventory::cli::run(cmd).await,

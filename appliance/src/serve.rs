@@ -1,17 +1,10 @@
-//! `rackboot serve`: wires the store, DHCP, TFTP and HTTP services together.
-//!
-//! Start-up order matters for readiness: every listener is bound first (so a port conflict or a
-//! missing interface address fails fast with the flag to fix), then `ready` flips and
-//! `GET /boot/v1/service/status` starts answering 200.
+//! `rackboot serve`'s flags and the [`Settings`] they resolve to (flags > `RACKBOOT_*` env >
+//! `--config` TOML > defaults derived from the interface). `services` starts what they describe.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
-use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config, DhcpMode};
 use crate::netif::{self, InterfaceAddr};
@@ -104,72 +97,5 @@ impl Settings {
     /// The dynamic pool of the interface's own subnet.
     pub fn default_pool(&self) -> Option<(Ipv4Addr, Ipv4Addr)> {
         config::default_pool(self.iface.net)
-    }
-}
-
-pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let settings = Settings::resolve(args)?;
-    raise_open_files_limit();
-    let shutdown = CancellationToken::new();
-    let (ready_tx, ready_rx) = watch::channel(false);
-    let services = crate::services::start(&settings, ready_rx, shutdown.clone())
-        .await
-        .context("rackboot could not start")?;
-    let _ = ready_tx.send(true);
-    tracing::info!(
-        interface = %settings.iface.name,
-        ip = %settings.iface.addr,
-        subnet = %settings.iface.net,
-        http = %settings.http_listen,
-        data_dir = %settings.data_dir.display(),
-        "rackboot ready"
-    );
-    wait_for_signal().await;
-    tracing::info!("shutting down: no new requests; waiting for in-flight ones");
-    shutdown.cancel();
-    services.join(Duration::from_secs(10)).await;
-    tracing::info!("stopped");
-    Ok(())
-}
-
-/// Raises the soft open-files limit to the hard one: a boot storm holds many TFTP/HTTP sockets
-/// and a subnet scan opens two per probed address, and systemd's default soft limit (1024)
-/// would otherwise turn that into `EMFILE` errors.
-fn raise_open_files_limit() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => {
-            let want = hard.min(1 << 20);
-            match setrlimit(Resource::RLIMIT_NOFILE, want, hard) {
-                Ok(()) => tracing::debug!(from = soft, to = want, "raised the open-files limit"),
-                Err(e) => tracing::warn!(soft, error = %e, "could not raise the open-files limit"),
-            }
-        }
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "could not read the open-files limit"),
-    }
-}
-
-/// The open-files soft limit now in force (`None` if unknown or unlimited).
-pub fn open_files_limit() -> Option<u64> {
-    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        .ok()
-        .map(|(soft, _)| soft)
-        .filter(|s| *s != nix::sys::resource::RLIM_INFINITY)
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::warn!("cannot install signal handlers; stop with SIGKILL");
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
     }
 }

@@ -1,4 +1,8 @@
 //! Starts every listener of `rackboot serve` and keeps their tasks for shutdown.
+//!
+//! Start-up order matters for readiness: every listener is bound first (so a port conflict or a
+//! missing interface address fails fast with the flag to fix), then `ready` flips and
+//! `GET /boot/v1/service/status` starts answering 200.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -86,7 +90,7 @@ pub async fn start(
         shutdown.clone(),
     );
 
-    let sealer = crate::discovery::creds::Sealer::open(data_dir).with_context(|| {
+    let sealer = crate::seal::Sealer::open(data_dir).with_context(|| {
         format!(
             "cannot open the BMC credentials key in {} (--data-dir)",
             data_dir.display()
@@ -174,7 +178,9 @@ pub async fn start(
         max_retries: boot.max_retries,
         timeline: timeline.clone(),
         identity: identity.clone().map(|id| (id, https_url(settings))),
-        upstream: upstream.clone(),
+        upstream: upstream
+            .as_ref()
+            .map(crate::federation::Federation::unknown_lookup),
     };
     let observe = Observe {
         metrics,
@@ -198,7 +204,7 @@ pub async fn start(
         })?;
     let stop = shutdown.clone();
     tasks.spawn(async move {
-        let served = http::server::serve(listener, app, HttpLimits::default(), async move {
+        let served = http::server::serve(listener, app, http_limits(), async move {
             stop.cancelled().await
         });
         if let Err(err) = served.await {
@@ -263,10 +269,9 @@ async fn spawn_https(
     };
     let stop = shutdown.clone();
     tasks.spawn(async move {
-        let served =
-            http::server::serve_tls(listener, app, HttpLimits::default(), source, async move {
-                stop.cancelled().await
-            });
+        let served = http::server::serve_tls(listener, app, http_limits(), source, async move {
+            stop.cancelled().await
+        });
         if let Err(err) = served.await {
             tracing::error!(error = %err, "HTTPS service failed");
         }
@@ -476,6 +481,15 @@ async fn metrics_page(
         .into_response()
 }
 
+/// The HTTP limits of both listeners: image uploads stream (no body limit, no request timeout in
+/// the server loop; the upload handler enforces its own).
+fn http_limits() -> HttpLimits {
+    HttpLimits {
+        streaming_prefixes: vec![crate::images::ADMIN_PREFIX.to_owned()],
+        ..HttpLimits::default()
+    }
+}
+
 /// The DHCP engine configuration: the interface's own subnet (pool = upper half unless configured)
 /// plus every configured relay subnet.
 pub fn dhcp_config(settings: &Settings) -> anyhow::Result<ServerConfig> {
@@ -556,4 +570,47 @@ async fn openapi() -> impl axum::response::IntoResponse {
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         include_str!("../openapi.json"),
     )
+}
+
+/// `rackboot serve`: resolves the settings, starts everything, then serves until SIGTERM or
+/// SIGINT and shuts down gracefully.
+pub async fn run(args: crate::serve::ServeArgs) -> anyhow::Result<()> {
+    let settings = Settings::resolve(args)?;
+    crate::sys::raise_open_files_limit();
+    let shutdown = CancellationToken::new();
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let services = start(&settings, ready_rx, shutdown.clone())
+        .await
+        .context("rackboot could not start")?;
+    let _ = ready_tx.send(true);
+    tracing::info!(
+        interface = %settings.iface.name,
+        ip = %settings.iface.addr,
+        subnet = %settings.iface.net,
+        http = %settings.http_listen,
+        data_dir = %settings.data_dir.display(),
+        "rackboot ready"
+    );
+    wait_for_signal().await;
+    tracing::info!("shutting down: no new requests; waiting for in-flight ones");
+    shutdown.cancel();
+    services.join(Duration::from_secs(10)).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot install signal handlers; stop with SIGKILL");
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
 }

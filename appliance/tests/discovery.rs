@@ -13,8 +13,8 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use rackboot::config;
-use rackboot::discovery::creds::Sealer;
 use rackboot::discovery::{Discovery, FirmwareImage};
+use rackboot::seal::Sealer;
 use rackboot::store::Store;
 use serde_json::json;
 

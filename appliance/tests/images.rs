@@ -52,7 +52,11 @@ async fn start(app: Router) -> (String, tokio::sync::oneshot::Sender<()>) {
     tokio::spawn(serve(
         listener,
         app.fallback(not_found_fallback),
-        HttpLimits::default(),
+        // As `rackboot serve` does: uploads under the admin image prefix stream.
+        HttpLimits {
+            streaming_prefixes: vec![rackboot::images::ADMIN_PREFIX.to_owned()],
+            ..HttpLimits::default()
+        },
         async move {
             let _ = rx.await;
         },

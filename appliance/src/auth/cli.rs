@@ -71,7 +71,7 @@ pub async fn run(cmd: TokenCommand) -> anyhow::Result<()> {
         TokenCommand::Jwks { data_dir } => {
             let issuer = LocalIssuer::load_or_create(&data_dir)
                 .context("cannot load or create the local issuer key (--data-dir)")?;
-            crate::client::print_json(&issuer.jwks());
+            crate::output::print_json(&issuer.jwks());
             Ok(())
         }
     }

@@ -3,7 +3,8 @@
 use clap::Subcommand;
 use serde_json::json;
 
-use crate::client::{ApiClient, ClientArgs, print_json, print_table};
+use crate::client::{ApiClient, ClientArgs};
+use crate::output::{print_json, print_table};
 use crate::store::BootParameters;
 
 #[derive(Debug, Subcommand)]

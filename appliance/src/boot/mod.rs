@@ -31,7 +31,7 @@ pub struct BootScriptContext {
     /// this HTTPS URL (`rackboot.join=`, `rackboot.ca=`, `rackboot.url=`).
     pub identity: Option<(crate::identity::Identity, String)>,
     /// When set, an unknown MAC is looked up upstream before the unknown-node script.
-    pub upstream: Option<crate::federation::Federation>,
+    pub upstream: Option<crate::timeline::UnknownLookup>,
 }
 
 /// `/boot/v1/bootparameters` (no auth inside: `serve` wraps it with the `boot` scope).
@@ -191,24 +191,6 @@ async fn status(State(ctx): State<BootScriptContext>) -> Response {
     }
 }
 
-/// `http://<Host>` if the Host header is a plain host[:port], else the configured base.
-pub(crate) fn base_url(headers: &HeaderMap, fallback: &str) -> String {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
-    let ok = !host.is_empty()
-        && host.len() <= 255
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b".:-[]".contains(&b));
-    if ok {
-        format!("http://{host}")
-    } else {
-        fallback.to_owned()
-    }
-}
-
 async fn bootscript(
     State(ctx): State<BootScriptContext>,
     headers: HeaderMap,
@@ -235,7 +217,7 @@ async fn bootscript(
         .and_then(|r| r.parse::<u32>().ok())
         .unwrap_or(0);
     let arch = first("arch").filter(|a| a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
-    let base = base_url(&headers, &ctx.fallback_base);
+    let base = crate::http::base_url(&headers, &ctx.fallback_base);
     if let Some(m) = &mac
         && let Ok(parsed) = m.parse::<pxe_core::MacAddr>()
         && let Some((x, n)) = ctx.store.node_for_mac(parsed).await?
@@ -249,11 +231,10 @@ async fn bootscript(
         .await?;
     if bp.is_none()
         && let (Some(up), Some(m)) = (&ctx.upstream, &mac)
-        && up.lookup_mac(m).await
+        && let Ok(parsed) = m.parse::<pxe_core::MacAddr>()
+        && up(parsed).await
     {
-        if let Ok(parsed) = m.parse::<pxe_core::MacAddr>()
-            && let Some((x, n)) = ctx.store.node_for_mac(parsed).await?
-        {
+        if let Some((x, n)) = ctx.store.node_for_mac(parsed).await? {
             name = name.or(Some(x));
             nid = nid.or(n);
         }

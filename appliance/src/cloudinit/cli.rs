@@ -7,7 +7,8 @@ use clap::Subcommand;
 use serde_json::{Map, Value};
 
 use super::{CiFile, CiGroup, ClusterDefaults, Encoding, NodeData};
-use crate::client::{ApiClient, ClientArgs, print_json, print_table};
+use crate::client::{ApiClient, ClientArgs};
+use crate::output::{print_json, print_table};
 
 #[derive(Debug, Subcommand)]
 pub enum CloudInitCommand {

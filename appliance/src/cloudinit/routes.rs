@@ -31,7 +31,7 @@ use super::{
 };
 use crate::http::{Json, Problem};
 use crate::inventory::xname;
-use crate::store::{CiKind, Store};
+use crate::store::{CLOUD_INIT_DEFAULTS_KEY, CiKind, Store};
 use crate::timeline::{Subject, Timeline, stage};
 
 /// Shared by the cloud-init routes.
@@ -44,8 +44,6 @@ pub struct CiContext {
     /// `http://<advertised address>` when a request has no usable Host header.
     pub fallback_base: String,
 }
-
-pub const DEFAULTS_KEY: &str = "cluster";
 
 impl From<CiError> for Problem {
     fn from(e: CiError) -> Self {
@@ -115,7 +113,7 @@ pub async fn load(store: &Store, x: &str) -> Result<(Inputs, NodeVars), Problem>
         .await?
         .ok_or_else(|| Problem::not_found(format!("no node {x} in the inventory")))?;
     let defaults: ClusterDefaults = match store
-        .get_cloud_init(CiKind::Defaults, DEFAULTS_KEY.into())
+        .get_cloud_init(CiKind::Defaults, CLOUD_INIT_DEFAULTS_KEY.into())
         .await?
     {
         Some(v) => serde_json::from_value(v).map_err(Problem::internal)?,
@@ -163,7 +161,7 @@ async fn serve_doc(
     headers: &HeaderMap,
 ) -> Result<Response, Problem> {
     let (inp, vars) = load(&ctx.store, x).await?;
-    let base = crate::boot::base_url(headers, &ctx.fallback_base);
+    let base = crate::http::base_url(headers, &ctx.fallback_base);
     let (out, st) = match doc {
         "meta-data" => (
             Ok(to_yaml(&meta_data(&inp, &vars))),
@@ -351,7 +349,7 @@ fn unescape(s: &str) -> String {
 async fn get_defaults(State(ctx): State<CiContext>) -> Result<Json<Value>, Problem> {
     let doc = ctx
         .store
-        .get_cloud_init(CiKind::Defaults, DEFAULTS_KEY.into())
+        .get_cloud_init(CiKind::Defaults, CLOUD_INIT_DEFAULTS_KEY.into())
         .await?
         .unwrap_or_else(|| serde_json::to_value(ClusterDefaults::default()).unwrap_or_default());
     Ok(Json(doc))
@@ -364,7 +362,11 @@ async fn put_defaults(
     check(d.file.as_ref(), "cluster defaults")?;
     let doc = serde_json::to_value(&d).map_err(Problem::internal)?;
     ctx.store
-        .put_cloud_init(CiKind::Defaults, DEFAULTS_KEY.into(), doc.clone())
+        .put_cloud_init(
+            CiKind::Defaults,
+            CLOUD_INIT_DEFAULTS_KEY.into(),
+            doc.clone(),
+        )
         .await?;
     Ok(Json(doc))
 }
@@ -513,7 +515,7 @@ async fn render(
 ) -> Result<Json<Value>, Problem> {
     xname::parse(&x).map_err(Problem::bad_request)?;
     let (inp, vars) = load(&ctx.store, &x).await?;
-    let base = crate::boot::base_url(&headers, &ctx.fallback_base);
+    let base = crate::http::base_url(&headers, &ctx.fallback_base);
     Ok(Json(json!({
         "xname": x,
         "meta-data": to_yaml(&meta_data(&inp, &vars)),

@@ -3,7 +3,8 @@
 use clap::Subcommand;
 
 use super::api::LeaseView;
-use crate::client::{ApiClient, ClientArgs, print_json, print_table};
+use crate::client::{ApiClient, ClientArgs};
+use crate::output::{print_json, print_table};
 
 #[derive(Debug, Subcommand)]
 pub enum LeaseCommand {

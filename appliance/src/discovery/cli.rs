@@ -10,7 +10,8 @@ use super::PowerAction;
 use super::routes::{
     CredentialsRequest, DiscoverRequest, DiscoverResponse, NodeResults, NodesRequest, PowerRequest,
 };
-use crate::client::{ApiClient, ClientArgs, print_json, print_table};
+use crate::client::{ApiClient, ClientArgs};
+use crate::output::{print_json, print_table};
 
 #[derive(Debug, Args)]
 pub struct DiscoverArgs {

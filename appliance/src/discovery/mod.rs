@@ -15,7 +15,6 @@
 
 mod auto;
 pub mod cli;
-pub mod creds;
 mod firmware;
 mod power;
 pub mod routes;
@@ -32,8 +31,8 @@ use serde_json::{Map, Value, json};
 use tokio::sync::{Mutex, Semaphore};
 
 use crate::config::{self, XnameRule};
+use crate::seal::Sealer;
 use crate::store::{Component, EthernetInterface, IpAddressEntry, RedfishEndpoint, Store};
-use creds::Sealer;
 
 /// Most addresses one discovery request may scan (a /16).
 pub const MAX_SCAN: usize = 65_536;
@@ -277,7 +276,7 @@ impl Discovery {
             p.bmcs = bases.len();
         });
         // Two sockets per probe; leave room for everything else rackboot has open.
-        let fd_room = crate::serve::open_files_limit().map_or(usize::MAX, |l| {
+        let fd_room = crate::sys::open_files_limit().map_or(usize::MAX, |l| {
             usize::try_from(l.saturating_sub(512) / 2).unwrap_or(usize::MAX)
         });
         let parallel = self.cfg.probe_parallel.min(fd_room).max(1);

@@ -2,7 +2,8 @@
 
 use clap::Args;
 
-use crate::client::{ApiClient, ClientArgs, print_json};
+use crate::client::{ApiClient, ClientArgs};
+use crate::output::print_json;
 
 #[derive(Debug, Args)]
 pub struct UpstreamArgs {

@@ -488,7 +488,7 @@ impl Federation {
         {
             want.push((
                 CiKind::Defaults,
-                crate::cloudinit::routes::DEFAULTS_KEY.to_owned(),
+                crate::store::CLOUD_INIT_DEFAULTS_KEY.to_owned(),
                 d,
             ));
         }

@@ -3,4 +3,24 @@
 pub mod problem;
 pub mod server;
 
+use axum::http::{HeaderMap, header};
+
 pub use problem::{Json, Problem};
+
+/// `http://<Host>` if the Host header is a plain host[:port], else the configured base.
+pub fn base_url(headers: &HeaderMap, fallback: &str) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let ok = !host.is_empty()
+        && host.len() <= 255
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".:-[]".contains(&b));
+    if ok {
+        format!("http://{host}")
+    } else {
+        fallback.to_owned()
+    }
+}

@@ -70,7 +70,7 @@ impl Default for HttpLimits {
             request_timeout: Duration::from_secs(30),
             max_body_bytes: 4 * 1024 * 1024,
             max_header_bytes: 64 * 1024,
-            streaming_prefixes: vec![crate::images::ADMIN_PREFIX.to_owned()],
+            streaming_prefixes: Vec::new(),
             long_prefixes: vec![
                 "/rackboot/v1/discovery".to_owned(),
                 "/rackboot/v1/power".to_owned(),

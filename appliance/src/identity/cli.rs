@@ -8,7 +8,8 @@ use clap::Subcommand;
 
 use super::ca::RackCa;
 use super::routes::RevokeBody;
-use crate::client::{ApiClient, ClientArgs, print_json, print_table};
+use crate::client::{ApiClient, ClientArgs};
+use crate::output::{print_json, print_table};
 use crate::store::{AuditRow, CertRow, EnrollRequest};
 
 #[derive(Debug, Subcommand)]

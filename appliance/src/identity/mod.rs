@@ -26,8 +26,8 @@ use rcgen::CertificateSigningRequestParams;
 use serde::{Deserialize, Serialize};
 
 use crate::config;
-use crate::discovery::creds::Sealer;
 use crate::http::Problem;
+use crate::seal::Sealer;
 use crate::store::{Audit, CertRow, EnrollRequest, SecretScope, Store};
 use crate::timeline::{Subject, Timeline, stage};
 use ca::RackCa;

@@ -12,7 +12,8 @@ use anyhow::Context;
 use clap::Subcommand;
 
 use super::ImageStore;
-use crate::client::{OutputFormat, print_json, print_table};
+use crate::client::OutputFormat;
+use crate::output::{print_json, print_table};
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {

@@ -5,7 +5,8 @@ use std::net::Ipv4Addr;
 use clap::Subcommand;
 use serde_json::json;
 
-use crate::client::{ApiClient, ClientArgs, print_json, print_table};
+use crate::client::{ApiClient, ClientArgs};
+use crate::output::{print_json, print_table};
 use crate::store::{Component, EthernetInterface};
 
 #[derive(Debug, Subcommand)]

@@ -1,4 +1,4 @@
-//! BMC credentials (sealed by `discovery::creds`; the store never sees a password) and
+//! BMC credentials (sealed by `seal`; the store never sees a password) and
 //! pinned BMC certificates.
 
 use rusqlite::{OptionalExtension, params};

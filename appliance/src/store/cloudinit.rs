@@ -7,6 +7,9 @@ use rusqlite::{OptionalExtension, params};
 
 use super::{Store, StoreError};
 
+/// The key of the one cluster-defaults document (OpenCHAMI's cloud-init calls it "cluster").
+pub const CLOUD_INIT_DEFAULTS_KEY: &str = "cluster";
+
 /// Which kind of cloud-init document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CiKind {

@@ -16,6 +16,7 @@ mod health;
 mod identity;
 mod images;
 mod leases;
+mod outbox;
 mod schema;
 mod smd;
 mod timeline;
@@ -30,16 +31,17 @@ use tokio::sync::{oneshot, watch};
 
 pub use bmc::DiscoveryNames;
 pub use bss::{BootParameters, BootSelector, CloudInit};
-pub use cloudinit::{CiKind, NodeInfo};
+pub use cloudinit::{CLOUD_INIT_DEFAULTS_KEY, CiKind, NodeInfo};
 pub use health::{StoreHealth, StoreState};
 pub use identity::{Audit, AuditRow, CertRow, EnrollRequest, JoinToken, SecretScope};
 pub use images::ImageRecord;
 pub use leases::{LeaseRecord, LeaseRecordKind};
+pub use outbox::OutboxItem;
 pub use smd::{
     Component, EthernetInterface, Group, GroupMembers, IpAddressEntry, RedfishEndpoint, Reservation,
 };
 pub use timeline::{BootEvent, NodeStatusRow};
-pub use upstream::{ApplyStats, OutboxItem, UpstreamSnapshot};
+pub use upstream::{ApplyStats, UpstreamSnapshot};
 
 /// Store errors. `Conflict`/`NotFound`/`Invalid` carry a message a person can act on.
 #[derive(Debug, thiserror::Error)]

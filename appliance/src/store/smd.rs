@@ -134,7 +134,7 @@ impl Store {
                 params![endpoint.id, serde_json::to_string(&endpoint)?],
             )?;
             if push {
-                super::upstream::enqueue(
+                super::outbox::enqueue(
                     tx,
                     "RedfishEndpoint",
                     &endpoint.id,
@@ -238,7 +238,7 @@ impl Store {
         self.write_inventory(move |tx| {
             let doc = serde_json::to_string(&ep)?;
             if push {
-                super::upstream::enqueue(tx, "RedfishEndpoint", &ep.id, &serde_json::to_value(&ep)?)?;
+                super::outbox::enqueue(tx, "RedfishEndpoint", &ep.id, &serde_json::to_value(&ep)?)?;
             }
             if replace {
                 tx.execute(
@@ -277,7 +277,7 @@ impl Store {
                     )));
                 }
                 if push {
-                    super::upstream::enqueue(
+                    super::outbox::enqueue(
                         tx,
                         "RedfishEndpoint",
                         &ep.id,

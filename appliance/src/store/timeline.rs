@@ -95,7 +95,7 @@ impl Store {
                     let gave_up = e.stage == "bootscript_retry"
                         && e.detail.get("gave_up").and_then(serde_json::Value::as_bool) == Some(true);
                     if e.ok && e.stage == "phone_home" {
-                        super::upstream::enqueue(
+                        super::outbox::enqueue(
                             tx,
                             "ComponentState",
                             x,
@@ -105,7 +105,7 @@ impl Store {
                         && (matches!(e.stage.as_str(), "image_error" | "tftp_error" | "cloud_init_error")
                             || gave_up)
                     {
-                        super::upstream::enqueue(
+                        super::outbox::enqueue(
                             tx,
                             "ComponentFlag",
                             x,

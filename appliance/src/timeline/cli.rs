@@ -5,7 +5,8 @@ use std::time::Duration;
 use clap::Args;
 
 use super::routes::{NodeTimeline, RackStatus};
-use crate::client::{ApiClient, ClientArgs, format_table, print_json, print_table};
+use crate::client::{ApiClient, ClientArgs};
+use crate::output::{format_table, print_json, print_table};
 use crate::store::{StoreHealth, StoreState};
 
 #[derive(Debug, Args)]

@@ -1,6 +1,7 @@
-//! BMC passwords sealed at rest: AES-256-GCM with a key in `<data-dir>/bmc-credentials.key`
-//! (created 0600 on first use). The target name is the associated data, so a sealed password
-//! cannot be moved to another BMC's row.
+//! Secrets sealed at rest: AES-256-GCM with a key file in the data dir (created 0600 on first
+//! use). The secret's name is the associated data, so a sealed value cannot be moved to another
+//! row. Discovery seals BMC passwords (`<data-dir>/bmc-credentials.key`), identity seals node
+//! secrets (`<data-dir>/identity/secrets.key`). Depends on nothing of ours.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;

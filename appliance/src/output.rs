@@ -1,0 +1,64 @@
+//! How CLI commands print: aligned tables for people, pretty JSON (`-o json`) for scripts.
+//! The bottom of the module graph: every capability's CLI uses it, it uses nothing of ours.
+
+use serde::Serialize;
+
+/// Prints rows as an aligned table with a header line.
+pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    print!("{}", format_table(headers, rows));
+}
+
+/// Prints `v` as pretty JSON on stdout.
+pub fn print_json(v: &impl Serialize) {
+    match serde_json::to_string_pretty(v) {
+        Ok(s) => println!("{s}"),
+        Err(err) => eprintln!("error: cannot print JSON: {err}"),
+    }
+}
+
+/// The table [`print_table`] prints (columns separated by two spaces, last column unpadded).
+pub fn format_table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            let w = cell.chars().count();
+            match widths.get_mut(i) {
+                Some(cur) => *cur = (*cur).max(w),
+                None => widths.push(w),
+            }
+        }
+    }
+    let mut out = String::new();
+    let header_row: Vec<String> = headers.iter().map(|h| (*h).to_owned()).collect();
+    for row in std::iter::once(&header_row).chain(rows) {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 < row.len() {
+                let w = widths.get(i).copied().unwrap_or(0);
+                line.push_str(&format!("{cell:<w$}  "));
+            } else {
+                line.push_str(cell);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns() {
+        let t = format_table(
+            &["NAME", "SIZE"],
+            &[
+                vec!["kernel".into(), "10".into()],
+                vec!["a".into(), "2000".into()],
+            ],
+        );
+        assert_eq!(t, "NAME    SIZE\nkernel  10\na       2000\n");
+    }
+}

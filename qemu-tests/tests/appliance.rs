@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use qemu_tests::{Firmware, Netns, Qemu, field, have, root};
+use qemu_tests::{Firmware, Netns, Qemu, agent_initrd, field, have, root};
 
 /// The appliance's addresses: rack (rackboot.toml default) and management (set by the tests).
 const RACK_ADDR: &str = "192.0.2.1";
@@ -140,6 +140,38 @@ impl Disk {
             .args(["-o", "-i", &self.esp()])
             .arg(file)
             .arg(dest))?;
+        Ok(())
+    }
+
+    /// Makes the disk `extra_mib` larger and stretches the last (data) partition over it, as a
+    /// sysadmin does after writing the image to a larger disk; the appliance makes its data
+    /// file system over the whole partition on first boot.
+    fn grow_data(&self, extra_mib: u64) -> anyhow::Result<()> {
+        let disk = self.path();
+        let info = sh(Command::new("sgdisk").arg("-i").arg("4").arg(&disk))?;
+        let start = info
+            .lines()
+            .find_map(|l| l.strip_prefix("First sector: "))
+            .and_then(|l| l.split_whitespace().next())
+            .context("sgdisk shows no data partition")?
+            .to_owned();
+        sh(Command::new("truncate")
+            .arg("-s")
+            .arg(format!("+{extra_mib}M"))
+            .arg(&disk))?;
+        sh(Command::new("sgdisk")
+            .args([
+                "-e",
+                "-d",
+                "4",
+                "-n",
+                &format!("4:{start}:0"),
+                "-t",
+                "4:8300",
+                "-c",
+                "4:data",
+            ])
+            .arg(&disk))?;
         Ok(())
     }
 
@@ -426,6 +458,8 @@ fn appliance_boots_under_secure_boot_hardened_and_serves_its_ports() {
     }
     let mut ns = network("appl").expect("test network");
     let disk = Disk::new().expect("disk copy");
+    // Room for the nodes' initrd with the identity agent (a debug build of rackboot).
+    disk.grow_data(384).expect("grow the data partition");
     let mut vm = Appliance::boot(&ns, &disk).expect("start the appliance VM");
     if let Err(e) = wait_ready(&ns, &mut vm) {
         panic!("the appliance did not come up: {e:#}");
@@ -543,7 +577,8 @@ fn appliance_boots_under_secure_boot_hardened_and_serves_its_ports() {
 
 /// Registers two nodes over the management network, imports their kernel and initrd there, and
 /// boots them on the rack bridge at the same time: one with SeaBIOS + iPXE, one with OVMF's own
-/// PXE client (TFTP of snponly.efi from the appliance).
+/// PXE client (TFTP of snponly.efi from the appliance). Their initrd carries `rackboot agent`:
+/// each enrolls for its mTLS certificate with the join token its boot script carried.
 fn pxe_boot_nodes(ns: &mut Netns, token: &str) {
     let nodes = [
         (
@@ -572,11 +607,13 @@ fn pxe_boot_nodes(ns: &mut Netns, token: &str) {
         .expect("curl");
         assert!(want.contains(&code), "{method} {path} → {code}: {resp}");
     };
+    let work = tempfile::tempdir().expect("tempdir");
+    let initrd = agent_initrd(work.path()).expect("node initrd with the agent");
     for (name, file) in [
-        ("vmlinuz", "build/node/vmlinuz"),
-        ("initrd.img", "build/node/initrd.img"),
+        ("vmlinuz", root().join("build/node/vmlinuz")),
+        ("initrd.img", initrd),
     ] {
-        let data = fs::read(root().join(file)).expect("build/node (cargo xtask image node)");
+        let data = fs::read(&file).expect("build/node (cargo xtask image node)");
         api(
             ns,
             "PUT",
@@ -624,6 +661,15 @@ fn pxe_boot_nodes(ns: &mut Netns, token: &str) {
         assert!(
             vm.console().contains("RACKBOOT-CI-BEGIN meta-data"),
             "{fw:?}"
+        );
+        // "RACKBOOT-ENROLL" matches both the success and the failure line of the node's init.
+        let enrolled = vm
+            .wait_for("RACKBOOT-ENROLL", BOOT_DEADLINE)
+            .unwrap_or_else(|e| panic!("{fw:?}: the agent said nothing: {e:#}"));
+        assert!(
+            enrolled.contains("RACKBOOT-ENROLLED"),
+            "{fw:?}: {}",
+            vm.console()
         );
     }
 }

@@ -43,10 +43,6 @@ impl IpxeDir {
         })
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// Resolves a normalised relative path (no `..`, no leading `/`; callers normalise first)
     /// inside the root, refusing anything that escapes it through symlinks.
     pub fn resolve(&self, relative: &str) -> Option<PathBuf> {

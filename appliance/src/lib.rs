@@ -3,26 +3,26 @@
 //! Modules are cut by capability: each owns its routes, its store tables and its tests.
 
 pub mod auth;
-pub mod boot;
+pub(crate) mod boot;
 pub mod cli;
 pub mod client;
-pub mod cloudinit;
+pub(crate) mod cloudinit;
 pub mod config;
-pub mod dhcp;
+pub(crate) mod dhcp;
 pub mod discovery;
 pub mod federation;
 pub mod http;
 pub mod identity;
 pub mod images;
-pub mod inventory;
-pub mod ipxe;
+pub(crate) mod inventory;
+pub(crate) mod ipxe;
 pub mod metrics;
-pub mod netif;
-pub mod output;
+pub(crate) mod netif;
+pub(crate) mod output;
 pub mod seal;
-pub mod serve;
-pub mod services;
+pub(crate) mod serve;
+pub(crate) mod services;
 pub mod store;
-pub mod sys;
-pub mod tftp;
+pub(crate) mod sys;
+pub(crate) mod tftp;
 pub mod timeline;

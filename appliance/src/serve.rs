@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::config::{self, Config, DhcpMode};
+use crate::config::{Config, DhcpMode};
 use crate::netif::{self, InterfaceAddr};
 
 #[derive(Debug, Args)]
@@ -92,10 +92,5 @@ impl Settings {
             80 => format!("http://{}", self.advertise),
             port => format!("http://{}:{port}", self.advertise),
         }
-    }
-
-    /// The dynamic pool of the interface's own subnet.
-    pub fn default_pool(&self) -> Option<(Ipv4Addr, Ipv4Addr)> {
-        config::default_pool(self.iface.net)
     }
 }

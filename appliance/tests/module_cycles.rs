@@ -11,19 +11,55 @@ fn src() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src")
 }
 
-/// Top-level module names declared in lib.rs.
-fn modules() -> Vec<String> {
+/// Top-level modules declared in lib.rs, with whether each is `pub`.
+fn declared() -> Vec<(String, bool)> {
     let lib = std::fs::read_to_string(src().join("lib.rs")).unwrap();
     lib.lines()
         .filter_map(|l| {
             let l = l.trim();
-            let rest = l
-                .strip_prefix("pub mod ")
-                .or_else(|| l.strip_prefix("pub(crate) mod "))
-                .or_else(|| l.strip_prefix("mod "))?;
-            Some(rest.trim_end_matches(';').trim().to_owned())
+            let (public, rest) = match l.strip_prefix("pub mod ") {
+                Some(r) => (true, r),
+                None => (
+                    false,
+                    l.strip_prefix("pub(crate) mod ")
+                        .or_else(|| l.strip_prefix("mod "))?,
+                ),
+            };
+            Some((rest.trim_end_matches(';').trim().to_owned(), public))
         })
         .collect()
+}
+
+fn modules() -> Vec<String> {
+    declared().into_iter().map(|(m, _)| m).collect()
+}
+
+/// ARCHITECTURE.md's module table: (module, marked pub, may call).
+fn documented() -> Vec<(String, bool, BTreeSet<String>)> {
+    let doc = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../ARCHITECTURE.md"),
+    )
+    .unwrap();
+    let section = doc
+        .split("## Modules of the `rackboot` crate")
+        .nth(1)
+        .expect("ARCHITECTURE.md has the module table")
+        .split("\n## ")
+        .next()
+        .unwrap_or("");
+    let mut rows: Vec<(String, bool, BTreeSet<String>)> = Vec::new();
+    for line in section.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+        let name = cells[0].split('`').nth(1).unwrap().to_owned();
+        let public = cells[0].contains("**pub**");
+        let may: BTreeSet<String> = match cells[2] {
+            "—" => BTreeSet::new(),
+            "everything above" => rows.iter().map(|(n, _, _)| n.clone()).collect(),
+            list => list.split(',').map(|m| m.trim().to_owned()).collect(),
+        };
+        rows.push((name, public, may));
+    }
+    rows
 }
 
 fn rust_files(p: &Path, out: &mut Vec<PathBuf>) {
@@ -144,6 +180,11 @@ fn top_level_modules_have_no_import_cycles() {
         state.insert(n.to_owned(), 2);
         None
     }
+    if std::env::var("PRINT_MODULE_GRAPH").is_ok() {
+        for (k, v) in &graph {
+            println!("{k}: {}", v.iter().cloned().collect::<Vec<_>>().join(", "));
+        }
+    }
     let mut state = BTreeMap::new();
     for m in graph.keys() {
         if state.get(m.as_str()).copied().unwrap_or(0) == 0
@@ -161,6 +202,36 @@ fn top_level_modules_have_no_import_cycles() {
                     .collect::<Vec<_>>()
                     .join("\n")
             );
+        }
+    }
+}
+
+#[test]
+fn architecture_md_module_table_matches_lib_rs_and_the_imports() {
+    let declared = declared();
+    let documented = documented();
+    let names = |v: Vec<String>| v.into_iter().collect::<BTreeSet<_>>();
+    assert_eq!(
+        names(declared.iter().map(|(m, _)| m.clone()).collect()),
+        names(documented.iter().map(|(m, _, _)| m.clone()).collect()),
+        "ARCHITECTURE.md's module table and lib.rs list different modules"
+    );
+    let mods = modules();
+    for (m, public) in &declared {
+        let (_, doc_pub, may) = documented.iter().find(|(n, _, _)| n == m).unwrap();
+        assert_eq!(public, doc_pub, "{m}: pub in lib.rs vs ARCHITECTURE.md");
+        let mut files = Vec::new();
+        rust_files(&src().join(m), &mut files);
+        rust_files(&src().join(format!("{m}.rs")), &mut files);
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap();
+            for d in references(&production(&text)) {
+                assert!(
+                    &d == m || !mods.contains(&d) || may.contains(&d),
+                    "{} imports `{d}`, which ARCHITECTURE.md does not let `{m}` call",
+                    f.display()
+                );
+            }
         }
     }
 }

@@ -56,10 +56,6 @@ impl InventoryView {
     pub fn len(&self) -> usize {
         self.by_mac.len()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_mac.is_empty()
-    }
 }
 
 #[cfg(test)]

@@ -60,6 +60,7 @@ impl DhcpSocket {
         self.sock.send_to(bytes, dst).await
     }
 
+    #[cfg(test)]
     pub fn local_port(&self) -> io::Result<u16> {
         Ok(self.sock.local_addr()?.port())
     }

@@ -72,10 +72,14 @@ pub fn appliance() -> anyhow::Result<PathBuf> {
     }
     let kernel = debian_kernel(&cache)?;
 
+    // BR2_EXTERNAL on every call: the output directory outlives the clone that made it, and
+    // Buildroot would otherwise keep using the path saved by the first run.
+    let external = format!("BR2_EXTERNAL={}", root.join("buildroot").display());
     let make = |args: &[&str]| -> anyhow::Result<()> {
         let mut c = Command::new("make");
         c.current_dir(&tree)
             .arg(format!("O={}", out.display()))
+            .arg(&external)
             .args(args)
             .env("FORCE_UNSAFE_CONFIGURE", "1")
             .env("BR2_DL_DIR", &dl)
@@ -83,7 +87,7 @@ pub fn appliance() -> anyhow::Result<PathBuf> {
             .env("RACKBOOT_SB_DIR", cache.join("secureboot-keys"))
             .env(
                 "RACKBOOT_HOST_TOOLS",
-                "/sbin/mke2fs /sbin/e2fsck /sbin/resize2fs",
+                "/sbin/mke2fs /sbin/e2fsck /sbin/resize2fs /sbin/sgdisk /usr/bin/resizepart",
             )
             .env("RACKBOOT_CARGO_TARGET_DIR", cache.join("cargo-target"))
             // Set by `cargo xtask`; they would point the inner cargo at this workspace's paths.
@@ -93,10 +97,7 @@ pub fn appliance() -> anyhow::Result<PathBuf> {
         run(&mut c)
     };
     if !out.join(".config").exists() {
-        make(&[
-            &format!("BR2_EXTERNAL={}", root.join("buildroot").display()),
-            OFFLINE_DEFCONFIG,
-        ])?;
+        make(&[OFFLINE_DEFCONFIG])?;
     }
     // rackboot's sources are the working tree: rsync them again and let cargo decide.
     make(&["rackboot-rebuild"])?;

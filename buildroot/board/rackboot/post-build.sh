@@ -6,7 +6,8 @@
 #   - iPXE binaries rackboot serves, from RACKBOOT_IPXE_SRC (default: Debian's /usr/lib/ipxe);
 #   - the CA bundle rackboot's HTTPS clients need (RACKBOOT_CA_BUNDLE, default the host's);
 #   - RACKBOOT_HOST_TOOLS (offline build only): host binaries copied with their shared libraries,
-#     standing in for Buildroot packages whose sources cannot be fetched offline (e2fsprogs);
+#     standing in for Buildroot packages whose sources cannot be fetched offline (e2fsprogs,
+#     gptfdisk, util-linux);
 #   - mount points, and nothing a root needs only to build or to log in remotely.
 set -euo pipefail
 target=$1

@@ -663,6 +663,40 @@ fn pxe_boot_nodes(ns: &mut Netns, token: &str) {
     }
 }
 
+#[test]
+fn maintenance_console_login_only_when_configured() {
+    if !preflight() {
+        return;
+    }
+    let ns = network("maint").expect("test network");
+    let disk = Disk::new().expect("disk copy");
+    let hash =
+        sh(Command::new("openssl").args(["passwd", "-6", "-salt", "rackboottest", "maintenance"]))
+            .expect("openssl passwd");
+    let conf = disk.dir.path().join("maint.toml");
+    fs::write(
+        &conf,
+        format!(
+            "{}maintenance_password_hash = \"{}\"\n",
+            test_config(),
+            hash.trim()
+        ),
+    )
+    .expect("write config");
+    disk.put_on_esp(&conf, "::/rackboot.toml")
+        .expect("config on the ESP");
+    let mut vm = Appliance::boot(&ns, &disk).expect("start the appliance VM");
+    vm.wait_for_any(&["rackboot-appliance: ready"], BOOT_DEADLINE)
+        .expect("the appliance did not come up");
+    assert!(
+        vm.console_text()
+            .contains("maintenance login enabled on the serial console"),
+        "S11accounts did not take the hash"
+    );
+    vm.wait_for_any(&["login:"], BOOT_DEADLINE)
+        .expect("no login prompt on the serial console with a maintenance password set");
+}
+
 /// Boots the same image with another EFI binary as \EFI\BOOT\BOOTX64.EFI; firmware must refuse.
 fn refused_with(uki: &Path) {
     let ns = network("refuse").expect("test network");

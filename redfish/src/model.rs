@@ -81,22 +81,11 @@ impl Res {
     }
 }
 
-/// `AA-BB-CC-DD-EE-FF`, `aabb.ccdd.eeff` or `aa:bb:…` → `aa:bb:cc:dd:ee:ff`; `None` for
-/// anything else (including all-zero and broadcast).
+/// A NIC MAC reported by a BMC in any layout (`AA-BB-…`, `aabb.ccdd.eeff`, `aa:bb:…`) as
+/// `aa:bb:cc:dd:ee:ff`; `None` for garbage and for all-zero, broadcast or multicast addresses
+/// (the rules are [`pxe_core::MacAddr::parse_nic`]'s).
 pub fn normalize_mac(s: &str) -> Option<String> {
-    let hex: String = s.chars().filter(char::is_ascii_hexdigit).collect();
-    if hex.len() != 12
-        || s.chars()
-            .any(|c| !c.is_ascii_hexdigit() && !":-.".contains(c))
-    {
-        return None;
-    }
-    let lower = hex.to_ascii_lowercase();
-    if lower == "000000000000" || lower == "ffffffffffff" {
-        return None;
-    }
-    let parts: Vec<&str> = (0..6).filter_map(|i| lower.get(i * 2..i * 2 + 2)).collect();
-    Some(parts.join(":"))
+    pxe_core::MacAddr::parse_nic(s).ok().map(|m| m.to_string())
 }
 
 #[cfg(test)]
@@ -121,11 +110,6 @@ mod tests {
         assert_eq!(r.reset_types(), vec!["On", "ForceOff"]);
         assert_eq!(r.reset_target().as_deref(), Some("/t"));
         assert_eq!(Res(json!([1, 2])).members(), Vec::<String>::new());
-        assert_eq!(normalize_mac("00:00:00:00:00:00"), None);
         assert_eq!(normalize_mac("zz:bb:cc:00:11:22"), None);
-        assert_eq!(
-            normalize_mac("aabb.cc00.1122").as_deref(),
-            Some("aa:bb:cc:00:11:22")
-        );
     }
 }

@@ -125,10 +125,7 @@ fn normalize_ei(mut ei: EthernetInterface) -> Option<EthernetInterface> {
 }
 
 fn pxe_core_mac(m: &str) -> Option<String> {
-    m.trim()
-        .parse::<pxe_core::MacAddr>()
-        .ok()
-        .map(|m| m.to_string().to_ascii_lowercase())
+    pxe_core::MacAddr::parse_nic(m).ok().map(|m| m.to_string())
 }
 
 impl Federation {
@@ -723,7 +720,7 @@ impl Federation {
         let me = self.clone();
         Arc::new(move |mac: pxe_core::MacAddr| {
             let me = me.clone();
-            Box::pin(async move { me.lookup_mac(&mac.to_string().to_ascii_lowercase()).await })
+            Box::pin(async move { me.lookup_mac(&mac.to_string()).await })
         })
     }
 

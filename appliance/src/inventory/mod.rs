@@ -13,16 +13,12 @@ use pxe_core::MacAddr;
 
 use crate::http::Problem;
 
-/// Parses a MAC in any case and separator style; stores the lowercase colon form.
+/// Parses a NIC's MAC in any case and separator style ([`MacAddr::parse_nic`]: no all-zero,
+/// broadcast or multicast address); stores the lowercase colon form.
 pub fn normalize_mac(s: &str) -> Result<String, Problem> {
-    s.trim()
-        .parse::<MacAddr>()
+    MacAddr::parse_nic(s)
         .map(|m| m.to_string())
-        .map_err(|_| {
-            Problem::bad_request(format!(
-                "invalid MAC address {s:?}: expected six hex octets like 52:54:00:aa:00:01"
-            ))
-        })
+        .map_err(|e| Problem::bad_request(format!("invalid MAC address {s:?}: {e}")))
 }
 
 /// SMD's EthernetInterface ID: the lowercase MAC without separators.

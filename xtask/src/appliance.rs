@@ -356,7 +356,7 @@ fn debian_kernel(cache: &Path) -> anyhow::Result<PathBuf> {
 /// namespace (rack bridge + management bridge), registers a node through the admin API on the
 /// management network, PXE-boots it from the appliance and shows its timeline.
 pub fn demo() -> anyhow::Result<()> {
-    use qemu_tests::{Firmware, Netns, Qemu, field};
+    use qemu_tests::{Firmware, Qemu, field};
     use std::time::{Duration, Instant};
 
     crate::deps::install()?;
@@ -368,99 +368,10 @@ pub fn demo() -> anyhow::Result<()> {
         .args(["build", "-p", "appliance", "--bin", "rackboot"]))?;
 
     crate::stage(
-        "network: rack bridge br0 (192.0.2.0/24), management bridge brm (198.51.100.0/24)",
+        "power on the appliance (OVMF Secure Boot with this build's keys, 256 MiB, TCG), NIC 1 \
+         on the rack bridge (192.0.2.0/24), NIC 2 on the management bridge (198.51.100.0/24)",
     );
-    let mut ns = Netns::with_address("demoappl", "192.0.2.254/24")?;
-    ns.ip(&["link", "add", "brm", "type", "bridge"])?;
-    ns.ip(&["addr", "add", "198.51.100.1/24", "dev", "brm"])?;
-    ns.ip(&["link", "set", "brm", "up"])?;
-    for (tap, bridge) in [("tapr", "br0"), ("tapm", "brm")] {
-        ns.ip(&["tuntap", "add", tap, "mode", "tap"])?;
-        ns.ip(&["link", "set", tap, "master", bridge])?;
-        ns.ip(&["link", "set", tap, "up"])?;
-    }
-
-    crate::stage(
-        "the appliance: a copy of build/appliance/rackboot-appliance.img, rackboot.toml on its ESP",
-    );
-    let dir = tempfile::tempdir()?;
-    let disk = dir.path().join("disk.img");
-    run(Command::new("cp")
-        .arg("--sparse=always")
-        .arg(image.join("rackboot-appliance.img"))
-        .arg(&disk))?;
-    let conf = dir.path().join("rackboot.toml");
-    fs::write(
-        &conf,
-        "[appliance]\nmanagement_interface = \"eth1\"\nmanagement_address = \"198.51.100.2/24\"\n",
-    )?;
-    run(Command::new("mcopy")
-        .args(["-o", "-i"])
-        .arg(format!("{}@@{}", disk.display(), 2048 * 512))
-        .arg(&conf)
-        .arg("::/rackboot.toml"))?;
-    let sb = image.join("secureboot");
-    let guid = fs::read_to_string(sb.join("owner.guid"))?.trim().to_owned();
-    let vars = dir.path().join("vars.fd");
-    run(
-        Command::new(crate::root().join("build/venv/bin/virt-fw-vars"))
-            .args(["-i", "/usr/share/OVMF/OVMF_VARS_4M.fd", "-o"])
-            .arg(&vars)
-            .arg("--set-pk")
-            .arg(&guid)
-            .arg(sb.join("PK.crt"))
-            .arg("--add-kek")
-            .arg(&guid)
-            .arg(sb.join("KEK.crt"))
-            .arg("--add-db")
-            .arg(&guid)
-            .arg(sb.join("db.crt"))
-            .arg("--secure-boot")
-            .stdout(std::process::Stdio::null()),
-    )?;
-    eprintln!("Secure Boot keys enrolled in the VM's UEFI variables (PK, KEK, db of this build)");
-
-    crate::stage("power on the appliance (OVMF Secure Boot, 256 MiB, TCG)");
-    let console = dir.path().join("console.log");
-    let mut qemu = ns.cmd("qemu-system-x86_64");
-    qemu.args([
-        "-accel",
-        "tcg",
-        "-m",
-        "256",
-        "-machine",
-        "q35,smm=on",
-        "-global",
-        "driver=cfi.pflash01,property=secure,value=on",
-        "-drive",
-        "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
-        "-display",
-        "none",
-        "-monitor",
-        "none",
-        "-no-reboot",
-        "-netdev",
-        "tap,id=rack,ifname=tapr,script=no,downscript=no",
-        "-device",
-        "virtio-net-pci,netdev=rack,addr=0x10,romfile=",
-        "-netdev",
-        "tap,id=mgmt,ifname=tapm,script=no,downscript=no",
-        "-device",
-        "virtio-net-pci,netdev=mgmt,addr=0x11,romfile=",
-    ]);
-    qemu.arg("-drive").arg(format!(
-        "if=pflash,format=raw,unit=1,file={}",
-        vars.display()
-    ));
-    qemu.arg("-drive")
-        .arg(format!("if=virtio,format=raw,file={}", disk.display()));
-    qemu.arg("-serial")
-        .arg(format!("file:{}", console.display()));
-    let mut vm = qemu
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
+    let (mut ns, _dir, console, mut vm) = start_vm("demoappl", &image)?;
     let started = Instant::now();
     let text = loop {
         let text = String::from_utf8_lossy(&fs::read(&console).unwrap_or_default()).into_owned();
@@ -555,4 +466,211 @@ pub fn demo() -> anyhow::Result<()> {
     let _ = vm.kill();
     let _ = vm.wait();
     Ok(())
+}
+
+/// A namespace with the rack bridge `br0` (host side 192.0.2.254) and the management bridge
+/// `brm` (198.51.100.1), and the appliance VM booting a private copy of the image (management
+/// address 198.51.100.2) under OVMF Secure Boot with the build's keys enrolled. Returns the
+/// namespace, the directory holding the copy, the console file and the QEMU process.
+fn start_vm(
+    tag: &str,
+    image: &Path,
+) -> anyhow::Result<(
+    qemu_tests::Netns,
+    tempfile::TempDir,
+    PathBuf,
+    std::process::Child,
+)> {
+    let ns = qemu_tests::Netns::with_address(tag, "192.0.2.254/24")?;
+    ns.ip(&["link", "add", "brm", "type", "bridge"])?;
+    ns.ip(&["addr", "add", "198.51.100.1/24", "dev", "brm"])?;
+    ns.ip(&["link", "set", "brm", "up"])?;
+    for (tap, bridge) in [("tapr", "br0"), ("tapm", "brm")] {
+        ns.ip(&["tuntap", "add", tap, "mode", "tap"])?;
+        ns.ip(&["link", "set", tap, "master", bridge])?;
+        ns.ip(&["link", "set", tap, "up"])?;
+    }
+    let dir = tempfile::tempdir()?;
+    let disk = dir.path().join("disk.img");
+    run(Command::new("cp")
+        .arg("--sparse=always")
+        .arg(image.join("rackboot-appliance.img"))
+        .arg(&disk))?;
+    let conf = dir.path().join("rackboot.toml");
+    fs::write(
+        &conf,
+        "[appliance]\nmanagement_interface = \"eth1\"\nmanagement_address = \"198.51.100.2/24\"\n",
+    )?;
+    run(Command::new("mcopy")
+        .args(["-o", "-i"])
+        .arg(format!("{}@@{}", disk.display(), 2048 * 512))
+        .arg(&conf)
+        .arg("::/rackboot.toml"))?;
+    let sb = image.join("secureboot");
+    let guid = fs::read_to_string(sb.join("owner.guid"))?.trim().to_owned();
+    let vars = dir.path().join("vars.fd");
+    run(
+        Command::new(crate::root().join("build/venv/bin/virt-fw-vars"))
+            .args(["-i", "/usr/share/OVMF/OVMF_VARS_4M.fd", "-o"])
+            .arg(&vars)
+            .arg("--set-pk")
+            .arg(&guid)
+            .arg(sb.join("PK.crt"))
+            .arg("--add-kek")
+            .arg(&guid)
+            .arg(sb.join("KEK.crt"))
+            .arg("--add-db")
+            .arg(&guid)
+            .arg(sb.join("db.crt"))
+            .arg("--secure-boot")
+            .stdout(std::process::Stdio::null()),
+    )?;
+    let console = dir.path().join("console.log");
+    let mut qemu = ns.cmd("qemu-system-x86_64");
+    qemu.args([
+        "-accel",
+        "tcg",
+        "-m",
+        "256",
+        "-machine",
+        "q35,smm=on",
+        "-global",
+        "driver=cfi.pflash01,property=secure,value=on",
+        "-drive",
+        "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-no-reboot",
+        "-netdev",
+        "tap,id=rack,ifname=tapr,script=no,downscript=no",
+        "-device",
+        "virtio-net-pci,netdev=rack,addr=0x10,romfile=",
+        "-netdev",
+        "tap,id=mgmt,ifname=tapm,script=no,downscript=no",
+        "-device",
+        "virtio-net-pci,netdev=mgmt,addr=0x11,romfile=",
+    ]);
+    qemu.arg("-drive").arg(format!(
+        "if=pflash,format=raw,unit=1,file={}",
+        vars.display()
+    ));
+    qemu.arg("-drive")
+        .arg(format!("if=virtio,format=raw,file={}", disk.display()));
+    qemu.arg("-serial")
+        .arg(format!("file:{}", console.display()));
+    let vm = qemu
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    Ok((ns, dir, console, vm))
+}
+
+/// `cargo xtask bench appliance`: kernel start to ready (rackboot answering
+/// `/boot/v1/service/status` on the management NIC, from the host side), and power-on to ready,
+/// median of three boots of the built image; rewrites its section of docs/benchmarks.md.
+pub fn bench() -> anyhow::Result<()> {
+    use std::time::{Duration, Instant};
+    const RUNS: usize = 3;
+    let image = appliance()?;
+    let mut from_kernel = Vec::new();
+    let mut from_power = Vec::new();
+    for run_no in 1..=RUNS {
+        crate::stage(&format!("appliance boot {run_no}/{RUNS}"));
+        let (ns, _dir, console, mut vm) = start_vm("benchappl", &image)?;
+        let powered = Instant::now();
+        let mut kernel = None;
+        let ready = loop {
+            let text =
+                String::from_utf8_lossy(&fs::read(&console).unwrap_or_default()).into_owned();
+            if kernel.is_none() && text.contains("Linux version") {
+                kernel = Some(Instant::now());
+            }
+            // rackboot logs "rackboot ready" once bound; only then is an HTTP probe worth its
+            // cost (each one is a process competing with the TCG guest for the CPU).
+            if kernel.is_some() && text.contains("rackboot ready") {
+                let ok = Command::new("ip")
+                    .args(["netns", "exec", &ns.name, "curl", "-sf", "-m", "1"])
+                    .arg("http://198.51.100.2/boot/v1/service/status")
+                    .stdout(std::process::Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if ok {
+                    break Instant::now();
+                }
+            }
+            if vm.try_wait()?.is_some() || powered.elapsed() > Duration::from_secs(900) {
+                let _ = vm.kill();
+                bail!("the appliance did not come up; console:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let _ = vm.kill();
+        let _ = vm.wait();
+        let k = kernel.map_or(0.0, |k| ready.duration_since(k).as_secs_f64());
+        let p = ready.duration_since(powered).as_secs_f64();
+        eprintln!("kernel start → ready {k:.1} s; power-on → ready {p:.1} s");
+        from_kernel.push(k);
+        from_power.push(p);
+    }
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let heading = "## Appliance: boot to ready (QEMU TCG, OVMF Secure Boot, 256 MiB)";
+    let section = format!(
+        "{heading}\n\n\
+         From `cargo xtask bench appliance`: the image of `cargo xtask image appliance`, booted \
+         as the e2e tests boot it. Ready = rackboot answering `GET /boot/v1/service/status` on \
+         the management NIC from the host side (probed every 0.1 s once rackboot logs that it \
+         is ready).\n\n\
+         | interval | median of {RUNS} (s) | runs (s) |\n|---|---|---|\n\
+         | kernel start (\"Linux version\" on the serial console) → ready | {:.1} | {} |\n\
+         | power-on (QEMU started; OVMF, Secure Boot checks, UKI load) → ready | {:.1} | {} |\n\n\
+         Anchor on this machine: a test node's power-on to userspace over PXE is in the Boot \
+         section above (same TCG, same Debian kernel). Kernel time includes waiting for the \
+         kernel's entropy pool before rackboot's first key (no RNG device in the VM).\n",
+        median(&from_kernel),
+        list(&from_kernel),
+        median(&from_power),
+        list(&from_power)
+    );
+    eprintln!("\n{section}");
+    let path = crate::root().join("docs/benchmarks.md");
+    let doc = fs::read_to_string(&path)?;
+    fs::write(&path, replace_section(&doc, heading, &section))?;
+    eprintln!("updated {}", path.display());
+    Ok(())
+}
+
+/// `doc` with the `## …` section titled `heading` replaced by `section` (appended if absent).
+fn replace_section(doc: &str, heading: &str, section: &str) -> String {
+    let lines: Vec<&str> = doc.lines().collect();
+    let Some(start) = lines.iter().position(|l| l.trim_end() == heading) else {
+        return format!("{}\n\n{}\n", doc.trim_end(), section.trim_end());
+    };
+    let end = lines
+        .iter()
+        .enumerate()
+        .skip(start + 1)
+        .find(|(_, l)| l.starts_with("## "))
+        .map_or(lines.len(), |(i, _)| i);
+    let before = lines.get(..start).unwrap_or_default().join("\n");
+    let after = lines.get(end..).unwrap_or_default().join("\n");
+    let mut out = format!("{}\n\n{}\n", before.trim_end(), section.trim_end());
+    if !after.trim().is_empty() {
+        out.push('\n');
+        out.push_str(after.trim_end());
+        out.push('\n');
+    }
+    out
 }

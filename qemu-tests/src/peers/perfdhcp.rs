@@ -1,0 +1,55 @@
+//! perfdhcp's report.
+
+/// The numbers of one perfdhcp run (DORA, relay mode).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PerfdhcpStats {
+    pub discovers: u64,
+    pub offers: u64,
+    pub requests: u64,
+    pub acks: u64,
+    pub non_unique: u64,
+}
+
+impl PerfdhcpStats {
+    /// Parses perfdhcp's final report.
+    pub fn parse(text: &str) -> Option<PerfdhcpStats> {
+        let section = |name: &str| {
+            text.split(name)
+                .nth(1)
+                .unwrap_or("")
+                .trim_start_matches('*')
+                .split("***")
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        };
+        let get = |sec: &str, key: &str| -> Option<u64> {
+            sec.lines()
+                .find_map(|l| l.trim().strip_prefix(key))
+                .and_then(|v| {
+                    v.trim_start_matches(':')
+                        .split_whitespace()
+                        .next()?
+                        .parse()
+                        .ok()
+                })
+        };
+        let d = section("DISCOVER-OFFER");
+        let r = section("REQUEST-ACK");
+        Some(PerfdhcpStats {
+            discovers: get(&d, "sent packets")?,
+            offers: get(&d, "received packets")?,
+            requests: get(&r, "sent packets")?,
+            acks: get(&r, "received packets")?,
+            non_unique: get(&r, "non unique addresses").unwrap_or(0),
+        })
+    }
+
+    /// Lost exchanges as a fraction of started ones.
+    pub fn drop_ratio(&self) -> f64 {
+        if self.discovers == 0 {
+            return 1.0;
+        }
+        1.0 - self.acks as f64 / self.discovers as f64
+    }
+}

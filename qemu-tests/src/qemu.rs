@@ -97,12 +97,12 @@ impl Qemu {
         })
     }
 
-    /// Waits until the console shows a line containing `pattern`; returns that line.
     /// Everything the node printed on its serial console so far.
     pub fn console(&self) -> String {
         String::from_utf8_lossy(&fs::read(&self.console).unwrap_or_default()).into_owned()
     }
 
+    /// Waits until the console shows a line containing `pattern`; returns that line.
     pub fn wait_for(&mut self, pattern: &str, timeout: Duration) -> anyhow::Result<String> {
         let deadline = Instant::now() + timeout;
         loop {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 
+use super::{htpasswd, self_signed_cert};
 use crate::{Netns, sh};
 
 /// An emulated BMC: sushy-emulator's fake driver in a namespace, over TLS (a fresh
@@ -37,20 +38,7 @@ impl FakeBmc {
         let dir = tempfile::tempdir()?;
         let d = dir.path();
         let py = bin.with_file_name("python3");
-        let out = Command::new(&py)
-            .args([
-                "-c",
-                "import bcrypt,sys; print(bcrypt.hashpw(sys.argv[1].encode(), bcrypt.gensalt(4)).decode())",
-                password,
-            ])
-            .output()?;
-        if !out.status.success() {
-            bail!("bcrypt: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        fs::write(
-            d.join("htpasswd"),
-            format!("{user}:{}", String::from_utf8_lossy(&out.stdout).trim()),
-        )?;
+        htpasswd(&py, &d.join("htpasswd"), user, password)?;
         let systems_py: Vec<String> = systems
             .iter()
             .map(|(uuid, name, mac)| {
@@ -85,28 +73,7 @@ impl FakeBmc {
 
     /// A fresh self-signed certificate (the next start presents it).
     pub fn new_cert(&self) -> anyhow::Result<()> {
-        let d = self.dir.path();
-        sh(Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=bmc",
-            ])
-            .arg("-addext")
-            .arg(format!("subjectAltName=IP:{}", self.ip))
-            .arg("-keyout")
-            .arg(d.join("key.pem"))
-            .arg("-out")
-            .arg(d.join("cert.pem"))
-            .stderr(Stdio::null()))
+        self_signed_cert(self.dir.path(), &self.ip)
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {

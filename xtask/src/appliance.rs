@@ -46,6 +46,11 @@ pub fn appliance() -> anyhow::Result<PathBuf> {
     fs::create_dir_all(&out)?;
     fs::create_dir_all(&dl)?;
     eprintln!("buildroot cache: {}", work.display());
+    // One build per output directory at a time: the cache is shared by every clone on the
+    // machine (CI and people), and two makes in one output directory corrupt it.
+    let lock = fs::File::create(work.join(".lock"))?;
+    lock.lock()
+        .with_context(|| format!("locking {}", work.display()))?;
 
     if !tree.join("Makefile").exists() {
         run(Command::new("tar")
@@ -228,7 +233,8 @@ fn cache_key(root: &Path, tarball: &Path) -> anyhow::Result<String> {
         tarball.to_path_buf(),
         br.join("configs").join(OFFLINE_DEFCONFIG),
     ];
-    for dir in ["package/rackboot", "board/rackboot/offline"] {
+    // Not rackboot.mk: rackboot is rebuilt on every run, with the .mk as it is then.
+    for dir in ["board/rackboot/offline"] {
         let mut files: Vec<PathBuf> = fs::read_dir(br.join(dir))?
             .filter_map(Result::ok)
             .map(|e| e.path())
@@ -242,6 +248,7 @@ fn cache_key(root: &Path, tarball: &Path) -> anyhow::Result<String> {
             "external.desc",
             "Config.in",
             "external.mk",
+            "package/rackboot/Config.in",
             "board/rackboot/busybox.fragment",
         ]
         .iter()

@@ -12,10 +12,14 @@ RACKBOOT_VERSION = $(shell sed -n 's/^version = "\(.*\)"/\1/p' $(BR2_EXTERNAL_RA
 RACKBOOT_SITE = $(realpath $(BR2_EXTERNAL_RACKBOOT_PATH)/..)
 RACKBOOT_SITE_METHOD = local
 RACKBOOT_LICENSE = MIT or Apache-2.0
-# A local site is rsynced like an override source directory: leave out build outputs (gigabytes).
+# A local site is rsynced like an override source directory: leave out build outputs (gigabytes),
+# and delete what the workspace no longer has (a module moved from x.rs to x/mod.rs would
+# otherwise leave both behind), except Buildroot's own bookkeeping files.
 RACKBOOT_OVERRIDE_SRCDIR_RSYNC_EXCLUSIONS = \
 	--exclude /target --exclude /build --exclude /.git \
-	--exclude /fuzz/target --exclude /fuzz/corpus --exclude /fuzz/artifacts
+	--exclude /fuzz/target --exclude /fuzz/corpus --exclude /fuzz/artifacts \
+	--exclude '/.stamp_*' --exclude '/.files-list*' --exclude '/.applied_patches_list' \
+	--delete
 
 RACKBOOT_CARGO ?= cargo
 # Kept outside the package's build directory, so `rackboot-rebuild` (which rsyncs the sources

@@ -234,15 +234,13 @@ fn cache_key(root: &Path, tarball: &Path) -> anyhow::Result<String> {
         br.join("configs").join(OFFLINE_DEFCONFIG),
     ];
     // Not rackboot.mk: rackboot is rebuilt on every run, with the .mk as it is then.
-    for dir in ["board/rackboot/offline"] {
-        let mut files: Vec<PathBuf> = fs::read_dir(br.join(dir))?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.is_file())
-            .collect();
-        files.sort();
-        inputs.extend(files);
-    }
+    let mut toolchain: Vec<PathBuf> = fs::read_dir(br.join("board/rackboot/offline"))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
+    toolchain.sort();
+    inputs.extend(toolchain);
     inputs.extend(
         [
             "external.desc",

@@ -7,5 +7,6 @@
 pub mod fixed_pool;
 pub mod pool;
 mod reply;
+mod respond;
 pub mod server;
 pub mod wire;

@@ -152,6 +152,13 @@ impl Rackboot {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+        rb.token = rb.mint_token(bin, "30m")?;
+        Ok(rb)
+    }
+
+    /// A fresh admin token for this server, valid for `ttl` ("30m"), minted with `bin`'s
+    /// `rackboot token create` from the data dir (as an operator on the appliance would).
+    pub fn mint_token(&self, bin: &Path, ttl: &str) -> anyhow::Result<String> {
         let out = Command::new(bin)
             .args([
                 "token",
@@ -159,10 +166,10 @@ impl Rackboot {
                 "--scope",
                 "admin",
                 "--ttl",
-                "30m",
+                ttl,
                 "--data-dir",
             ])
-            .arg(rb.data_dir.path())
+            .arg(self.data_dir.path())
             .output()?;
         if !out.status.success() {
             bail!(
@@ -170,8 +177,7 @@ impl Rackboot {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        rb.token = String::from_utf8(out.stdout)?.trim().to_owned();
-        Ok(rb)
+        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
     }
 
     /// The server log so far.

@@ -33,21 +33,7 @@ fn up_env() -> Vec<(&'static str, &'static str)> {
 }
 
 fn mint(rb: &Rackboot, ttl: &str) -> String {
-    let out = std::process::Command::new(rackboot_bin().unwrap())
-        .args([
-            "token",
-            "create",
-            "--scope",
-            "admin",
-            "--ttl",
-            ttl,
-            "--data-dir",
-        ])
-        .arg(rb.data_dir.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    rb.mint_token(&rackboot_bin().unwrap(), ttl).unwrap()
 }
 
 fn json(rb: &Rackboot, path: &str) -> Value {

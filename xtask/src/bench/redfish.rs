@@ -347,18 +347,7 @@ fn rackboot(ns: &Netns, bin: &Path) -> anyhow::Result<(Rackboot, String)> {
     if code != 204 {
         bail!("setting the default BMC credentials → {code}: {body}");
     }
-    let out = Command::new(bin)
-        .args(["token", "create", "--scope", "admin", "--ttl", "30m"])
-        .arg("--data-dir")
-        .arg(rb.data_dir.path())
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "token create failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let token = String::from_utf8(out.stdout)?.trim().to_owned();
+    let token = rb.mint_token(bin, "30m")?;
     Ok((rb, token))
 }
 

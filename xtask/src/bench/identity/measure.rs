@@ -163,25 +163,7 @@ pub(super) fn measure(rackboot: &Path, gen_bin: &Path) -> anyhow::Result<Measure
     let nodes = nodes();
     let ns = Netns::with_address("bid", SERVER_CIDR)?;
     let rb = Rackboot::start_with(&ns, rackboot)?;
-    let out = Command::new(rackboot)
-        .args([
-            "token",
-            "create",
-            "--scope",
-            "admin",
-            "--ttl",
-            "60m",
-            "--data-dir",
-        ])
-        .arg(rb.data_dir.path())
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "token create failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let token = String::from_utf8(out.stdout)?.trim().to_owned();
+    let token = rb.mint_token(rackboot, "60m")?;
 
     crate::stage(&format!(
         "identity: register {NODES} nodes, fetch their boot scripts"

@@ -1,4 +1,8 @@
 //! The `rackboot` command line: one subcommand per capability, each defined in its module.
+//!
+//! Owns: the `rackboot` command line. May call: `config`, `netif`, `sys`, `seal`, `output`,
+//! `store`, `http`, `metrics`, `auth`, `client`, `inventory`, `timeline`, `ipxe`, `tftp`, `dhcp`,
+//! `images`, `cloudinit`, `identity`, `boot`, `discovery`, `federation`, `serve`, `services`.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 

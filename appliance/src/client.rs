@@ -3,6 +3,8 @@
 //! `rackboot node|boot|lease|image …` build on [`ApiClient`]: it finds a token (`--token`, or a
 //! short-lived one minted from the local issuer key when the data dir is readable), sends JSON,
 //! and turns RFC 7807 problems into errors a person can act on.
+//!
+//! Owns: the CLI's API client (`RACKBOOT_URL`, token). May call: `auth`.
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,5 +1,7 @@
 //! The iPXE binaries directory (`--ipxe-dir`): the TFTP root, and `/ipxe/NAME` over HTTP for
 //! UEFI HTTP Boot clients (which fetch the iPXE EFI binary by URL instead of TFTP).
+//!
+//! Owns: the iPXE directory, `/ipxe/*`. May call: `http`.
 
 use std::path::{Path, PathBuf};
 

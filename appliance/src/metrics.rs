@@ -2,6 +2,8 @@
 //!
 //! Counters are bumped where things happen; gauges that describe state (leases, pool use,
 //! nodes per stage) are computed from the store when scraped.
+//!
+//! Owns: `/metrics` (every Prometheus metric). May call: `store`.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

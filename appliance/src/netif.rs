@@ -1,4 +1,6 @@
 //! The rack interface: its IPv4 address and the UDP sockets bound to it.
+//!
+//! Owns: interface addresses, device-bound UDP sockets. May call: nothing of ours.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};

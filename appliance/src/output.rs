@@ -1,5 +1,7 @@
 //! How CLI commands print: aligned tables for people, pretty JSON (`-o json`) for scripts.
 //! The bottom of the module graph: every capability's CLI uses it, it uses nothing of ours.
+//!
+//! Owns: CLI tables and JSON. May call: nothing of ours.
 
 use serde::Serialize;
 

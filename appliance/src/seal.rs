@@ -2,6 +2,8 @@
 //! use). The secret's name is the associated data, so a sealed value cannot be moved to another
 //! row. Discovery seals BMC passwords (`<data-dir>/bmc-credentials.key`), identity seals node
 //! secrets (`<data-dir>/identity/secrets.key`). Depends on nothing of ours.
+//!
+//! Owns: AES-256-GCM sealing keys in the data dir. May call: nothing of ours.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;

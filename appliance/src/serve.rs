@@ -1,5 +1,7 @@
 //! `rackboot serve`'s flags and the [`Settings`] they resolve to (flags > `RACKBOOT_*` env >
 //! `--config` TOML > defaults derived from the interface). `services` starts what they describe.
+//!
+//! Owns: `rackboot serve`'s flags and the resolved `Settings`. May call: `config`, `netif`.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;

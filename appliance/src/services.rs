@@ -3,6 +3,11 @@
 //! Start-up order matters for readiness: every listener is bound first (so a port conflict or a
 //! missing interface address fails fast with the flag to fix), then `ready` flips and
 //! `GET /boot/v1/service/status` starts answering 200.
+//!
+//! Owns: starts every listener and task, assembles the HTTP surface, `services::run`. May call:
+//! `config`, `netif`, `sys`, `seal`, `output`, `store`, `http`, `metrics`, `auth`, `client`,
+//! `inventory`, `timeline`, `ipxe`, `tftp`, `dhcp`, `images`, `cloudinit`, `identity`, `boot`,
+//! `discovery`, `federation`, `serve`.
 
 use std::sync::Arc;
 use std::time::Duration;

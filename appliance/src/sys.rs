@@ -1,5 +1,7 @@
 //! Process limits the services size themselves by (the open-files limit). Depends on nothing
 //! of ours, so any capability may use it.
+//!
+//! Owns: the open-files limit. May call: nothing of ours.
 
 /// Raises the soft open-files limit to the hard one: a boot storm holds many TFTP/HTTP sockets
 /// and a subnet scan opens two per probed address, and systemd's default soft limit (1024)

@@ -220,6 +220,40 @@ fn architecture_md_module_table_matches_lib_rs_and_the_imports() {
     for (m, public) in &declared {
         let (_, doc_pub, may) = documented.iter().find(|(n, _, _)| n == m).unwrap();
         assert_eq!(public, doc_pub, "{m}: pub in lib.rs vs ARCHITECTURE.md");
+        // The module's first doc comment says the same.
+        let root = [src().join(format!("{m}.rs")), src().join(m).join("mod.rs")]
+            .into_iter()
+            .find(|p| p.is_file())
+            .unwrap();
+        let head: String = std::fs::read_to_string(&root)
+            .unwrap()
+            .lines()
+            .take_while(|l| l.starts_with("//!"))
+            .map(|l| l.trim_start_matches("//!").trim())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let said: BTreeSet<String> = head
+            .split("May call: ")
+            .nth(1)
+            .unwrap_or_else(|| {
+                panic!(
+                    "{}: the first doc comment has no 'May call:'",
+                    root.display()
+                )
+            })
+            .split('.')
+            .next()
+            .unwrap_or("")
+            .split(',')
+            .map(|x| x.trim().trim_matches('`').to_owned())
+            .filter(|x| !x.is_empty() && x != "nothing of ours")
+            .collect();
+        assert_eq!(
+            &said,
+            may,
+            "{}: 'May call:' differs from ARCHITECTURE.md",
+            root.display()
+        );
         let mut files = Vec::new();
         rust_files(&src().join(m), &mut files);
         rust_files(&src().join(format!("{m}.rs")), &mut files);

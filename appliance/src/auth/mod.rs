@@ -3,6 +3,8 @@
 //! Every admin route is wrapped with [`require`]: `router.layer(auth::require(authn, "boot"))`.
 //! Reads (GET/HEAD) need `<area>:read` or `<area>:write`, everything else `<area>:write`;
 //! `admin` grants everything. Areas: `boot`, `inventory`, `images`, `dhcp`, `rackboot`.
+//!
+//! Owns: JWT issuer/verifier, scopes, `rackboot token`. May call: `config`, `http`, `output`.
 
 pub mod cli;
 pub mod issuer;

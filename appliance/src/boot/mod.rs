@@ -1,4 +1,7 @@
 //! The BSS-compatible boot API (`/boot/v1`): boot parameters and iPXE boot scripts.
+//!
+//! Owns: BSS routes (`/boot/v1`: bootparameters, bootscript, service), `rackboot boot`. May call:
+//! `client`, `http`, `identity`, `inventory`, `output`, `store`, `timeline`.
 
 pub mod cli;
 mod script;

@@ -17,6 +17,9 @@
 //! line at fault instead of failing a boot. A file that starts with `## template: jinja` is
 //! cloud-init's own template: rackboot leaves it alone and serves it only through the
 //! OpenCHAMI `#include` vendor-data (`/cloud-init/<xname>/<group>.yaml`).
+//!
+//! Owns: `cloud_init` table, `/cloud-init/*`, phone-home, `rackboot cloud-init`. May call:
+//! `client`, `http`, `inventory`, `output`, `store`, `timeline`.
 
 pub mod cli;
 pub mod routes;

@@ -13,6 +13,8 @@
 //! `services.rs`; value types in `units.rs`). They stay in this module, at the bottom of the
 //! module graph, rather than beside the capabilities they configure: every capability reads its
 //! section, and `config` depends on none of them.
+//!
+//! Owns: the TOML file, `RACKBOOT_*` env, validation. May call: nothing of ours.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};

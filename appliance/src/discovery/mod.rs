@@ -12,6 +12,11 @@
 //! (re-discovery updates in place); `discovery.xnames` maps a BMC address or MAC to a BMC
 //! xname; otherwise the next free slot `<cabinet>c<chassis>s<N>b0`. A BMC's systems become
 //! nodes `<bmc>n0`, `<bmc>n1`, … in the order of their Redfish paths.
+//!
+//! Owns: Redfish probe/crawl, `bmc_*` tables, power, firmware, lease-driven discovery task,
+//! `/rackboot/v1/{discovery,bmc,power,reprovision,firmware}`, `rackboot
+//! discover/bmc/power/firmware`. May call: `client`, `config`, `http`, `images`, `inventory`,
+//! `netif`, `output`, `seal`, `store`, `sys`, `timeline`.
 
 mod auto;
 pub mod cli;

@@ -11,6 +11,9 @@
 //! - **Push**: RedfishEndpoint writes queue an outbox row in the same transaction; the
 //!   deliverer sends them in order (POST, and PUT on 409, so a resend after a crash is
 //!   harmless), retrying with backoff, deleting a row only after the upstream accepted it.
+//!
+//! Owns: pull loop, outbox deliverer, on-demand lookups, `/rackboot/v1/upstream`, `rackboot
+//! upstream`. May call: `client`, `config`, `http`, `output`, `store`, `timeline`.
 
 pub mod cli;
 mod pull;

@@ -1,4 +1,7 @@
 //! HTTP plumbing shared by every route: problem errors, the JSON extractor, the server loop.
+//!
+//! Owns: RFC 7807 problems, the JSON extractor, the HTTP(S) server loop with its limits. May call:
+//! `store`.
 
 pub mod problem;
 pub mod server;

@@ -11,6 +11,10 @@
 //!   unrevoked certificate and its xname ([`NodeIdentity`]). A revocation takes effect on the
 //!   next request, and is published in the CRL.
 //! - Every issuance, renewal, refusal, revocation and secret read is in the append-only audit.
+//!
+//! Owns: rack CA, `certs`, `join_tokens`, `enroll_requests`, `secrets`, `identity_audit`,
+//! `/identity/v1/*`, `rackboot ca/cert/secret/agent`. May call: `client`, `cloudinit`, `config`,
+//! `http`, `inventory`, `output`, `seal`, `store`, `timeline`.
 
 pub mod agent;
 pub mod ca;

@@ -9,6 +9,9 @@
 //! storm pulling one initrd costs the kernel's socket copy only. Blobs that fail verification
 //! are moved to `<data-dir>/images/corrupt/<hex>`, so every process sees the image as corrupt
 //! (500) until it is imported again; a corrupt byte is never sent.
+//!
+//! Owns: blobs under `images/sha256`, `images` table, `/images/*`, `/rackboot/v1/images`,
+//! `rackboot image`. May call: `client`, `http`, `output`, `store`, `timeline`.
 
 pub mod cli;
 mod http;

@@ -2,6 +2,9 @@
 //! groups and memberships, with OpenCHAMI's shapes and status codes.
 //!
 //! EthernetInterfaces drive static DHCP leases: a node's MAC gets its `IPAddresses[0]`.
+//!
+//! Owns: SMD routes (`/hsm/v2`: components, interfaces, RedfishEndpoints, groups), `rackboot
+//! node`. May call: `client`, `http`, `output`, `store`.
 
 pub mod cli;
 mod routes;

@@ -8,6 +8,9 @@
 //!
 //! Every inventory-like table has an `owner` column: `local` today, `upstream` for objects a
 //! federation upstream owns.
+//!
+//! Owns: `rackboot.db`: every table, migrations, the group-commit writer, the store's health. May
+//! call: nothing of ours.
 
 mod bmc;
 mod bss;

@@ -10,6 +10,8 @@
 //! [`MAX_SESSIONS`]. Each transfer task owns a [`Registered`] guard that takes its entry out of
 //! the table however the task ends. An ERROR from the client on a transfer's socket (ERROR 5 from
 //! a client that does not know that TID, or a cancel) ends the transfer at once.
+//!
+//! Owns: the TFTP service (:69) and its transfer tasks. May call: `ipxe`, `netif`, `timeline`.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::unix::fs::FileExt;

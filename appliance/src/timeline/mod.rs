@@ -4,6 +4,9 @@
 //! writer task resolves who the event is about (MAC, source IP via the lease table, or xname),
 //! stores batches in the `boot_events` table (the last `timeline.boots_per_node` boots per MAC),
 //! feeds the stage metrics and fans events out to `/rackboot/v1/events` subscribers.
+//!
+//! Owns: `boot_events` writer task, `/rackboot/v1/status`, `/nodes/*/timeline`, `/events`,
+//! `rackboot status`. May call: `client`, `http`, `inventory`, `metrics`, `output`, `store`.
 
 pub mod cli;
 pub mod routes;

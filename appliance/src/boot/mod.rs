@@ -4,6 +4,7 @@
 //! `client`, `http`, `identity`, `inventory`, `output`, `store`, `timeline`.
 
 pub mod cli;
+mod history;
 mod script;
 
 use axum::Router;
@@ -48,7 +49,8 @@ pub fn admin_router(store: Store) -> Router {
                 .patch(patch_params)
                 .delete(delete_params),
         )
-        .with_state(store)
+        .with_state(store.clone())
+        .merge(history::admin_router(store))
 }
 
 /// `/boot/v1/bootscript` and `/boot/v1/service/status`: open, firmware calls them.
@@ -56,7 +58,8 @@ pub fn public_router(ctx: BootScriptContext) -> Router {
     Router::new()
         .route("/boot/v1/bootscript", get(bootscript))
         .route("/boot/v1/service/status", get(status))
-        .with_state(ctx)
+        .with_state(ctx.clone())
+        .merge(history::service_router(ctx.store))
 }
 
 fn values(q: &[(String, String)], key: &str) -> Vec<String> {
@@ -221,6 +224,26 @@ async fn bootscript(
         .unwrap_or(0);
     let arch = first("arch").filter(|a| a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
     let base = crate::http::base_url(&headers, &ctx.fallback_base);
+    let mut mac = mac;
+    if mac.is_none()
+        && name.is_none()
+        && let Some(n) = nid
+        && let Some((x, macs)) = history::node_for_nid(&ctx.store, n).await?
+    {
+        // Boot parameters may be keyed by any of the node's MACs: take the first that has some.
+        for m in macs {
+            if ctx
+                .store
+                .boot_parameters_for(Some(m.clone()), Some(x.clone()), nid)
+                .await?
+                .is_some()
+            {
+                mac = Some(m);
+                break;
+            }
+        }
+        name = Some(x);
+    }
     if let Some(m) = &mac
         && let Ok(parsed) = m.parse::<pxe_core::MacAddr>()
         && let Some((x, n)) = ctx.store.node_for_mac(parsed).await?

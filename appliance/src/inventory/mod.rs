@@ -7,7 +7,13 @@
 //! node`. May call: `client`, `http`, `output`, `store`.
 
 pub mod cli;
+mod components;
+mod endpoints;
+mod enums;
+mod groups;
+pub(crate) mod query;
 mod routes;
+pub(crate) mod unsupported;
 pub mod xname;
 
 pub use routes::{health_router, router};

@@ -26,6 +26,7 @@ pub fn health_router() -> Router {
             "/hsm/v2/service/liveness",
             get(|| async { StatusCode::NO_CONTENT }),
         )
+        .merge(super::components::values_router())
 }
 
 /// The SMD router (no auth inside: `serve` wraps it with the `inventory` scope).
@@ -33,25 +34,21 @@ pub fn router(store: Store) -> Router {
     Router::new()
         .route(
             "/hsm/v2/State/Components",
-            get(list_components).post(post_components),
+            get(super::components::list)
+                .post(post_components)
+                .delete(super::components::delete_all),
         )
         .route(
             "/hsm/v2/State/Components/{id}",
             get(get_component)
-                .put(put_component)
+                .put(super::components::put)
                 .delete(delete_component),
         )
         .route(
-            "/hsm/v2/State/Components/{id}/StateData",
-            axum::routing::patch(patch_state_data),
-        )
-        .route(
-            "/hsm/v2/State/Components/{id}/FlagOnly",
-            axum::routing::patch(patch_flag_only),
-        )
-        .route(
             "/hsm/v2/Inventory/EthernetInterfaces",
-            get(list_interfaces).post(post_interface),
+            get(list_interfaces)
+                .post(post_interface)
+                .delete(super::endpoints::delete_all_interfaces),
         )
         .route(
             "/hsm/v2/Inventory/EthernetInterfaces/{id}",
@@ -61,29 +58,40 @@ pub fn router(store: Store) -> Router {
         )
         .route(
             "/hsm/v2/Inventory/RedfishEndpoints",
-            get(list_endpoints).post(post_endpoint),
+            get(super::endpoints::list_endpoints)
+                .post(super::endpoints::post_endpoint)
+                .delete(super::endpoints::delete_all_endpoints),
         )
         .route(
             "/hsm/v2/Inventory/RedfishEndpoints/{id}",
             get(get_endpoint)
-                .put(put_endpoint)
+                .put(super::endpoints::put_endpoint)
                 .patch(patch_endpoint)
                 .delete(delete_endpoint),
         )
-        .route("/hsm/v2/groups", get(list_groups).post(post_group))
+        .route("/hsm/v2/groups", get(super::groups::list).post(post_group))
         .route(
             "/hsm/v2/groups/{label}",
             get(get_group).patch(patch_group).delete(delete_group),
         )
         .route(
             "/hsm/v2/groups/{label}/members",
-            get(get_members).post(post_member).put(put_members),
+            get(get_members)
+                .post(super::groups::post_member)
+                .put(super::groups::put_members),
         )
         .route(
             "/hsm/v2/groups/{label}/members/{id}",
             axum::routing::delete(delete_member),
         )
-        .route("/hsm/v2/memberships/{id}", get(memberships))
+        .route(
+            "/hsm/v2/memberships/{id}",
+            get(super::groups::membership_of),
+        )
+        .merge(super::components::router())
+        .merge(super::endpoints::router())
+        .merge(super::groups::router())
+        .merge(super::unsupported::router())
         .with_state(store)
 }
 
@@ -100,47 +108,6 @@ fn matches(filter: &[&str], value: Option<&str>) -> bool {
     filter.is_empty() || value.is_some_and(|v| filter.iter().any(|f| f.eq_ignore_ascii_case(v)))
 }
 
-async fn list_components(State(s): State<Store>, Query(q): Params) -> Result<Json<Value>, Problem> {
-    let (ids, types, states, roles, arches) = (
-        values(&q, "id"),
-        values(&q, "type"),
-        values(&q, "state"),
-        values(&q, "role"),
-        values(&q, "arch"),
-    );
-    let nids = values(&q, "nid");
-    let comps: Vec<Component> = s
-        .list_components()
-        .await?
-        .into_iter()
-        .filter(|c| {
-            matches(&ids, Some(&c.id))
-                && matches(&types, c.kind.as_deref())
-                && matches(&states, c.state.as_deref())
-                && matches(&roles, c.role.as_deref())
-                && matches(&arches, c.arch.as_deref())
-                && (nids.is_empty()
-                    || c.nid
-                        .is_some_and(|n| nids.contains(&n.to_string().as_str())))
-        })
-        .collect();
-    Ok(Json(json!({ "Components": comps })))
-}
-
-fn check_component(mut c: Component) -> Result<Component, Problem> {
-    let kind = xname::parse(&c.id).map_err(Problem::bad_request)?;
-    if c.kind.is_none() {
-        c.kind = Some(kind.as_smd().to_owned());
-    }
-    if c.nid.is_some_and(|n| n < 0) {
-        return Err(Problem::bad_request(format!(
-            "{}: NID must not be negative",
-            c.id
-        )));
-    }
-    Ok(c)
-}
-
 #[derive(serde::Deserialize)]
 struct ComponentArray {
     #[serde(rename = "Components")]
@@ -154,7 +121,7 @@ async fn post_components(
     let comps = body
         .components
         .into_iter()
-        .map(check_component)
+        .map(super::enums::verify_component)
         .collect::<Result<Vec<_>, _>>()?;
     s.put_components(comps).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -164,107 +131,18 @@ async fn get_component(
     State(s): State<Store>,
     Path(id): Path<String>,
 ) -> Result<Json<Component>, Problem> {
+    let (id, _) = super::enums::normalize_xname(&id)?;
     s.get_component(id.clone())
         .await?
         .map(Json)
         .ok_or_else(|| Problem::not_found(format!("no component {id}")))
 }
 
-async fn put_component(
-    State(s): State<Store>,
-    Path(id): Path<String>,
-    Json(mut c): Json<Component>,
-) -> Result<StatusCode, Problem> {
-    if c.id.is_empty() {
-        c.id = id.clone();
-    }
-    if c.id != id {
-        return Err(Problem::bad_request(format!(
-            "body ID {} does not match the URL {id}",
-            c.id
-        )));
-    }
-    s.put_components(vec![check_component(c)?]).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-#[derive(Debug, serde::Deserialize)]
-struct StateData {
-    #[serde(rename = "State")]
-    state: String,
-    #[serde(rename = "Flag", default)]
-    flag: Option<String>,
-}
-
-/// SMD's `PATCH /State/Components/{xname}/StateData`: a component's State (and Flag).
-async fn patch_state_data(
-    State(s): State<Store>,
-    Path(id): Path<String>,
-    Json(d): Json<StateData>,
-) -> Result<StatusCode, Problem> {
-    const STATES: &[&str] = &[
-        "Unknown",
-        "Empty",
-        "Populated",
-        "Off",
-        "On",
-        "Standby",
-        "Halt",
-        "Ready",
-    ];
-    if !STATES.contains(&d.state.as_str()) {
-        return Err(Problem::bad_request(format!(
-            "State {:?} is not one of {}",
-            d.state,
-            STATES.join(", ")
-        )));
-    }
-    let mut c = s
-        .get_component(id.clone())
-        .await?
-        .ok_or_else(|| Problem::not_found(format!("no component {id}")))?;
-    c.state = Some(d.state);
-    if let Some(f) = d.flag {
-        c.flag = Some(f);
-    }
-    s.put_components(vec![c]).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-#[derive(Debug, serde::Deserialize)]
-struct FlagOnly {
-    #[serde(rename = "Flag")]
-    flag: String,
-}
-
-/// SMD's `PATCH /State/Components/{xname}/FlagOnly`: a component's Flag (OK, Warning, Alert,
-/// Locked).
-async fn patch_flag_only(
-    State(s): State<Store>,
-    Path(id): Path<String>,
-    Json(d): Json<FlagOnly>,
-) -> Result<StatusCode, Problem> {
-    const FLAGS: &[&str] = &["OK", "Warning", "Alert", "Locked", "Unknown"];
-    if !FLAGS.contains(&d.flag.as_str()) {
-        return Err(Problem::bad_request(format!(
-            "Flag {:?} is not one of {}",
-            d.flag,
-            FLAGS.join(", ")
-        )));
-    }
-    let mut c = s
-        .get_component(id.clone())
-        .await?
-        .ok_or_else(|| Problem::not_found(format!("no component {id}")))?;
-    c.flag = Some(d.flag);
-    s.put_components(vec![c]).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
 async fn delete_component(
     State(s): State<Store>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, Problem> {
+    let (id, _) = super::enums::normalize_xname(&id)?;
     if s.delete_component(id.clone()).await? {
         Ok(Json(json!({"code": 0, "message": "deleted 1 entry"})))
     } else {
@@ -276,6 +154,13 @@ async fn list_interfaces(
     State(s): State<Store>,
     Query(q): Params,
 ) -> Result<Json<Vec<EthernetInterface>>, Problem> {
+    // OlderThan/NewerThan are refused: not every stored interface has a LastUpdate.
+    super::query::allow_only(
+        &q,
+        "GET /Inventory/EthernetInterfaces",
+        &["MACAddress", "IPAddress", "Network", "ComponentID", "Type"],
+    )?;
+    let nets = values(&q, "Network");
     let macs: Vec<String> = values(&q, "MACAddress")
         .into_iter()
         .map(normalize_mac)
@@ -298,6 +183,10 @@ async fn list_interfaces(
                         .any(|a| ips.contains(&a.ip_address.as_str())))
                 && matches(&comps, e.component_id.as_deref())
                 && matches(&types, e.kind.as_deref())
+                && (nets.is_empty()
+                    || e.ip_addresses
+                        .iter()
+                        .any(|a| matches(&nets, a.network.as_deref())))
         })
         .collect();
     Ok(Json(list))
@@ -378,61 +267,15 @@ async fn delete_interface(
     }
 }
 
-async fn list_endpoints(State(s): State<Store>) -> Result<Json<Value>, Problem> {
-    Ok(Json(
-        json!({ "RedfishEndpoints": s.list_redfish_endpoints().await? }),
-    ))
-}
-
-fn check_endpoint(ep: &RedfishEndpoint) -> Result<(), Problem> {
-    xname::parse(&ep.id)
-        .map(|_| ())
-        .map_err(Problem::bad_request)
-}
-
-async fn post_endpoint(
-    State(s): State<Store>,
-    Json(body): Json<Value>,
-) -> Result<StatusCode, Problem> {
-    // SMD accepts one endpoint or `{"RedfishEndpoints": [...]}`.
-    let eps: Vec<RedfishEndpoint> = match body.get("RedfishEndpoints") {
-        Some(list) => serde_json::from_value(list.clone()),
-        None => serde_json::from_value(body).map(|e| vec![e]),
-    }
-    .map_err(|e| Problem::bad_request(format!("invalid RedfishEndpoint: {e}")))?;
-    for ep in &eps {
-        check_endpoint(ep)?;
-    }
-    // One transaction: all or nothing.
-    s.insert_redfish_endpoints(eps).await?;
-    Ok(StatusCode::CREATED)
-}
-
 async fn get_endpoint(
     State(s): State<Store>,
     Path(id): Path<String>,
 ) -> Result<Json<RedfishEndpoint>, Problem> {
+    let (id, _) = super::enums::normalize_xname(&id)?;
     s.get_redfish_endpoint(id.clone())
         .await?
         .map(Json)
         .ok_or_else(|| Problem::not_found(format!("no RedfishEndpoint {id}")))
-}
-
-async fn put_endpoint(
-    State(s): State<Store>,
-    Path(id): Path<String>,
-    Json(mut ep): Json<RedfishEndpoint>,
-) -> Result<Json<RedfishEndpoint>, Problem> {
-    if ep.id != id {
-        return Err(Problem::bad_request(format!(
-            "body ID {} does not match the URL {id}",
-            ep.id
-        )));
-    }
-    check_endpoint(&ep)?;
-    ep.id = id;
-    s.put_redfish_endpoint(ep.clone(), true).await?;
-    Ok(Json(ep))
 }
 
 async fn patch_endpoint(
@@ -440,6 +283,7 @@ async fn patch_endpoint(
     Path(id): Path<String>,
     Json(patch): Json<Value>,
 ) -> Result<Json<RedfishEndpoint>, Problem> {
+    let (id, _) = super::enums::normalize_xname(&id)?;
     let mut cur = s
         .get_redfish_endpoint(id.clone())
         .await?
@@ -460,6 +304,7 @@ async fn delete_endpoint(
     State(s): State<Store>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, Problem> {
+    let (id, _) = super::enums::normalize_xname(&id)?;
     if s.delete_redfish_endpoint(id.clone()).await? {
         Ok(Json(json!({"code": 0, "message": "deleted 1 entry"})))
     } else {
@@ -467,30 +312,8 @@ async fn delete_endpoint(
     }
 }
 
-async fn list_groups(State(s): State<Store>) -> Result<Json<Vec<Group>>, Problem> {
-    Ok(Json(s.list_groups().await?))
-}
-
-fn check_group(g: &Group) -> Result<(), Problem> {
-    if g.label.is_empty()
-        || !g
-            .label
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-    {
-        return Err(Problem::bad_request(format!(
-            "invalid group label {:?}: use letters, digits, - _ .",
-            g.label
-        )));
-    }
-    for id in &g.members.ids {
-        xname::parse(id).map_err(Problem::bad_request)?;
-    }
-    Ok(())
-}
-
 async fn post_group(State(s): State<Store>, Json(g): Json<Group>) -> Result<Response, Problem> {
-    check_group(&g)?;
+    let g = super::groups::check_group(g)?;
     s.put_group(g.clone(), false).await?;
     Ok((
         StatusCode::CREATED,
@@ -502,7 +325,10 @@ async fn post_group(State(s): State<Store>, Json(g): Json<Group>) -> Result<Resp
 async fn get_group(
     State(s): State<Store>,
     Path(label): Path<String>,
+    Query(q): Params,
 ) -> Result<Json<Group>, Problem> {
+    super::groups::no_partition(&q, "GET /groups/{label}")?;
+    let label = super::groups::check_field("group label", &label)?;
     s.get_group(label.clone())
         .await?
         .map(Json)
@@ -523,37 +349,15 @@ async fn delete_group(
 async fn get_members(
     State(s): State<Store>,
     Path(label): Path<String>,
+    Query(q): Params,
 ) -> Result<Json<Value>, Problem> {
+    super::groups::no_partition(&q, "GET /groups/{label}/members")?;
+    let label = super::groups::check_field("group label", &label)?;
     let g = s
         .get_group(label.clone())
         .await?
         .ok_or_else(|| Problem::not_found(format!("no group {label}")))?;
     Ok(Json(json!({ "ids": g.members.ids })))
-}
-
-#[derive(serde::Deserialize)]
-struct Member {
-    id: String,
-}
-
-async fn post_member(
-    State(s): State<Store>,
-    Path(label): Path<String>,
-    Json(m): Json<Member>,
-) -> Result<StatusCode, Problem> {
-    xname::parse(&m.id).map_err(Problem::bad_request)?;
-    s.update_group(label.clone(), move |g| {
-        if g.members.ids.contains(&m.id) {
-            return Err(StoreError::Conflict(format!(
-                "{} is already a member of {label}",
-                m.id
-            )));
-        }
-        g.members.ids.push(m.id);
-        Ok(())
-    })
-    .await?;
-    Ok(StatusCode::CREATED)
 }
 
 /// `PATCH /groups/{label}`: `description` and/or `tags`; the label and members stay.
@@ -582,42 +386,6 @@ async fn patch_group(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `PUT /groups/{label}/members`: `{"group": label, "ids": [...]}` replaces the member list.
-#[derive(serde::Deserialize)]
-struct MembersPut {
-    #[serde(default)]
-    group: Option<String>,
-    ids: Vec<String>,
-}
-
-async fn put_members(
-    State(s): State<Store>,
-    Path(label): Path<String>,
-    Json(m): Json<MembersPut>,
-) -> Result<Json<Value>, Problem> {
-    if let Some(g) = &m.group
-        && *g != label
-    {
-        return Err(Problem::bad_request(format!(
-            "body names group {g:?} but the URL names {label:?}"
-        )));
-    }
-    let mut ids = Vec::with_capacity(m.ids.len());
-    for id in m.ids {
-        xname::parse(&id).map_err(Problem::bad_request)?;
-        if !ids.contains(&id) {
-            ids.push(id);
-        }
-    }
-    let g = s
-        .update_group(label, move |g| {
-            g.members.ids = ids;
-            Ok(())
-        })
-        .await?;
-    Ok(Json(json!({ "ids": g.members.ids })))
-}
-
 async fn delete_member(
     State(s): State<Store>,
     Path((label, id)): Path<(String, String)>,
@@ -634,21 +402,4 @@ async fn delete_member(
     })
     .await?;
     Ok(Json(json!({"code": 0, "message": "deleted 1 entry"})))
-}
-
-async fn memberships(
-    State(s): State<Store>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, Problem> {
-    xname::parse(&id).map_err(Problem::bad_request)?;
-    let labels: Vec<String> = s
-        .list_groups()
-        .await?
-        .into_iter()
-        .filter(|g| g.members.ids.contains(&id))
-        .map(|g| g.label)
-        .collect();
-    Ok(Json(
-        json!({ "id": id, "groupLabels": labels, "partitionName": "" }),
-    ))
 }

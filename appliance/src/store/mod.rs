@@ -22,6 +22,7 @@ mod leases;
 mod outbox;
 mod schema;
 mod smd;
+mod smd_bulk;
 mod timeline;
 mod upstream;
 

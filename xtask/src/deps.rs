@@ -108,6 +108,10 @@ pub const PYPI: &[(&str, &str)] = &[
         "virt-firmware",
         "virt-fw-vars: enrols the appliance's Secure Boot keys into OVMF variable stores",
     ),
+    (
+        "jsonschema",
+        "validates rackboot's SMD/BSS answers against the contract schemas (appliance/tests/openchami_contract.rs)",
+    ),
 ];
 
 pub fn install() -> anyhow::Result<()> {
@@ -142,7 +146,15 @@ pub fn install() -> anyhow::Result<()> {
             .status();
     }
     let venv = crate::root().join("build/venv");
-    if !venv.join("bin/sushy-emulator").exists() || !venv.join("bin/virt-fw-vars").exists() {
+    let has_jsonschema = Command::new(venv.join("bin/python3"))
+        .args(["-c", "import jsonschema"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !venv.join("bin/sushy-emulator").exists()
+        || !venv.join("bin/virt-fw-vars").exists()
+        || !has_jsonschema
+    {
         eprintln!("installing PyPI test peers into {}", venv.display());
         run(Command::new("/usr/bin/python3")
             .arg("-m")

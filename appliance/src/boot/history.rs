@@ -56,14 +56,19 @@ pub(super) async fn node_for_nid(
     else {
         return Ok(None);
     };
-    let macs = store
+    let macs = macs_of(store, &c.id).await?;
+    Ok(Some((c.id, macs)))
+}
+
+/// The MACs of node `xname`'s EthernetInterfaces.
+pub(super) async fn macs_of(store: &Store, xname: &str) -> Result<Vec<String>, Problem> {
+    Ok(store
         .list_ethernet_interfaces()
         .await?
         .into_iter()
-        .filter(|e| e.component_id.as_deref() == Some(c.id.as_str()))
+        .filter(|e| e.component_id.as_deref() == Some(xname))
         .map(|e| e.mac_address)
-        .collect();
-    Ok(Some((c.id, macs)))
+        .collect())
 }
 
 /// BSS's host record: the Component with its FQDN, MACs and whether its endpoint is enabled.

@@ -225,11 +225,14 @@ async fn bootscript(
     let arch = first("arch").filter(|a| a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
     let base = crate::http::base_url(&headers, &ctx.fallback_base);
     let mut mac = mac;
-    if mac.is_none()
-        && name.is_none()
-        && let Some(n) = nid
-        && let Some((x, macs)) = history::node_for_nid(&ctx.store, n).await?
-    {
+    // BSS keeps parameters set by MAC under the node's xname and NID too: a request by name or
+    // NID finds them through the node's interfaces.
+    let node = match (&mac, &name, nid) {
+        (None, Some(x), _) => Some((x.clone(), history::macs_of(&ctx.store, x).await?)),
+        (None, None, Some(n)) => history::node_for_nid(&ctx.store, n).await?,
+        _ => None,
+    };
+    if let Some((x, macs)) = node {
         // Boot parameters may be keyed by any of the node's MACs: take the first that has some.
         for m in macs {
             if ctx

@@ -360,9 +360,9 @@ async fn get_members(
     Ok(Json(json!({ "ids": g.members.ids })))
 }
 
-/// `PATCH /groups/{label}`: `description` and/or `tags`; the label and members stay.
+/// `PATCH /groups/{label}`: `description` and/or `tags`; the label and members stay. Other
+/// fields are ignored as SMD ignores them: `ochami smd group update` sends the whole group.
 #[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
 struct GroupPatch {
     description: Option<String>,
     tags: Option<Vec<String>>,
@@ -373,11 +373,20 @@ async fn patch_group(
     Path(label): Path<String>,
     Json(p): Json<GroupPatch>,
 ) -> Result<StatusCode, Problem> {
+    let label = super::groups::check_field("group label", &label)?;
+    let tags = p
+        .tags
+        .map(|t| {
+            t.iter()
+                .map(|x| super::groups::check_field("tag", x))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?;
     s.update_group(label, move |g| {
         if let Some(d) = p.description {
             g.description = Some(d);
         }
-        if let Some(t) = p.tags {
+        if let Some(t) = tags {
             g.tags = t;
         }
         Ok(())

@@ -386,7 +386,9 @@ fn smd_groups_and_members() {
             Some(r#"{"group":"compute","ids":["x1000c0s1b0n0","x1000c0s2b0n0"]}"#),
         )
         .unwrap();
-    assert_eq!(code, 200, "{body}");
+    // SMD answers 201 with one ResourceURI per member.
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(json(&body).as_array().map(Vec::len), Some(2), "{body}");
     let (code, _) = rb
         .http(
             "PUT",
@@ -415,10 +417,11 @@ fn smd_groups_and_members() {
         .http("GET", "/hsm/v2/memberships/x1000c0s2b0n0", None)
         .unwrap();
     assert_eq!(json(&body)["groupLabels"], serde_json::json!(["compute"]));
-    let (_, body) = rb
+    // Neither a Component nor a member of any group: SMD's 404.
+    let (code, _) = rb
         .http("GET", "/hsm/v2/memberships/x1000c0s1b0n0", None)
         .unwrap();
-    assert_eq!(json(&body)["groupLabels"], serde_json::json!([]));
+    assert_eq!(code, 404);
     let (code, _) = rb
         .http(
             "PATCH",

@@ -1057,6 +1057,64 @@ async fn smd_calls_of_ochami_and_magellan() {
     )
     .await;
 
+    // As SMD, magellan's Systems and Managers become Components and EthernetInterfaces (no
+    // addresses: in rackboot those are DHCP reservations).
+    let fresh = json!({"ID": "x1000c0s5b0", "Type": "", "Name": "", "FQDN": "192.0.2.105", "User": "root", "MACRequired": true,
+                       "RediscoverOnUpdate": false, "SchemaVersion": 1,
+                       "Systems": [{"uri": "/redfish/v1/Systems/1", "ethernet_interfaces": [{"mac": "52:54:00:cc:00:01", "ip": "192.0.2.150"}]}],
+                       "Managers": [{"uri": "/redfish/v1/Managers/1", "ethernet_interfaces": [{"mac": "52:54:00:cc:00:ff", "ip": "192.0.2.105"}]}]});
+    c.ok(
+        "POST",
+        "/hsm/v2/Inventory/RedfishEndpoints",
+        Some(fresh),
+        201,
+        "smd#ResourceURIArray",
+    )
+    .await;
+    let v = c
+        .ok(
+            "GET",
+            "/hsm/v2/State/Components/x1000c0s5b0n0",
+            None,
+            200,
+            "smd#Component",
+        )
+        .await;
+    assert_eq!(
+        (
+            v["Type"].as_str(),
+            v["State"].as_str(),
+            v["Enabled"].as_bool()
+        ),
+        (Some("Node"), Some("On"), Some(true))
+    );
+    let v = c
+        .ok(
+            "GET",
+            "/hsm/v2/State/Components/x1000c0s5b0",
+            None,
+            200,
+            "smd#Component",
+        )
+        .await;
+    assert_eq!(v["Type"], "NodeBMC");
+    for (owner, mac) in [
+        ("x1000c0s5b0n0", "52:54:00:cc:00:01"),
+        ("x1000c0s5b0", "52:54:00:cc:00:ff"),
+    ] {
+        let v = c
+            .ok(
+                "GET",
+                &format!("/hsm/v2/Inventory/EthernetInterfaces?ComponentID={owner}"),
+                None,
+                200,
+                "smd#EthernetInterfaceArray",
+            )
+            .await;
+        assert_eq!(v[0]["MACAddress"], mac, "{v}");
+        assert_eq!(v[0]["IPAddresses"], json!([]), "{v}");
+    }
+
     // What a rack does not offer is a 501 that says why.
     for path in [
         "/hsm/v2/locks/status",
@@ -1101,7 +1159,7 @@ async fn smd_calls_of_ochami_and_magellan() {
             "smd#Response",
         )
         .await;
-    assert_eq!(v["message"], "deleted 4 entries");
+    assert_eq!(v["message"], "deleted 6 entries");
     c.refused(
         "DELETE",
         "/hsm/v2/State/Components",

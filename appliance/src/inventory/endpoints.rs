@@ -140,7 +140,10 @@ pub async fn post_endpoint(
         .map(|e| json!({"URI": format!("{RFE_BASE}/{}", e.id)}))
         .collect();
     // One transaction: all or nothing.
-    s.insert_redfish_endpoints(eps).await?;
+    s.insert_redfish_endpoints(eps.clone()).await?;
+    for ep in &eps {
+        super::magellan::derive(&s, ep).await?;
+    }
     Ok((StatusCode::CREATED, Json(Value::Array(uris))).into_response())
 }
 
@@ -162,6 +165,7 @@ pub async fn put_endpoint(
     }
     let ep = check_endpoint(ep)?;
     s.put_redfish_endpoint(ep.clone(), true).await?;
+    super::magellan::derive(&s, &ep).await?;
     Ok(Json(ep))
 }
 

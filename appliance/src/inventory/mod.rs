@@ -11,6 +11,7 @@ mod components;
 mod endpoints;
 mod enums;
 mod groups;
+mod magellan;
 pub(crate) mod query;
 mod routes;
 pub(crate) mod unsupported;

@@ -81,6 +81,8 @@ fn bmc(mode: Mode, mac_base: u8) -> Router {
             "Id": id, "UUID": format!("0000000{id}-0000-0000-0000-000000000000"),
             "PowerState": "Off", "Model": "Fixture", "SerialNumber": 1234,
             "EthernetInterfaces": {"@odata.id": format!("/redfish/v1/Systems/{id}/EthernetInterfaces")},
+            "Processors": {"@odata.id": format!("/redfish/v1/Systems/{id}/Processors")},
+            "Memory": {"@odata.id": format!("/redfish/v1/Systems/{id}/Memory")},
             "Actions": {"#ComputerSystem.Reset": {"target": format!("/redfish/v1/Systems/{id}/Actions/ComputerSystem.Reset")}},
             "Oem": {"Vendor": {"Anything": [1, 2, 3]}},
         }))
@@ -99,6 +101,24 @@ fn bmc(mode: Mode, mac_base: u8) -> Router {
         axum::Json(json!({"MACAddress": format!("02:00:00:00:{mac_base:02x}:{n:02x}")}))
     };
     let managers = || async { axum::Json(json!({"Members": []})) };
+    // One CPU and one DIMM per system; the second system's Memory collection is broken, which
+    // must cost only its memory inventory, never the BMC's discovery.
+    let units = |Path((id, kind)): Path<(String, String)>| async move {
+        if kind == "Memory" && id == "2" {
+            return (StatusCode::INTERNAL_SERVER_ERROR, "dimm table on fire").into_response();
+        }
+        axum::Json(
+            json!({"Members": [{"@odata.id": format!("/redfish/v1/Systems/{id}/{kind}/0")}]}),
+        )
+        .into_response()
+    };
+    let unit = |Path((id, kind)): Path<(String, String)>| async move {
+        axum::Json(
+            json!({"Id": "0", "Model": format!("{kind}-model"), "SerialNumber": format!("{kind}-{id}"),
+                          "PartNumber": "PN-1", "Manufacturer": "Fixture Inc.", "TotalCores": 8, "CapacityMiB": 16384,
+                          "Oem": {"ignored": true}}),
+        )
+    };
     Router::new()
         .route("/redfish/v1/", get(root))
         .route("/redfish/v1/Systems", get(systems))
@@ -109,6 +129,8 @@ fn bmc(mode: Mode, mac_base: u8) -> Router {
             get(nic),
         )
         .route("/redfish/v1/Managers", get(managers))
+        .route("/redfish/v1/Systems/{id}/{kind}", get(units))
+        .route("/redfish/v1/Systems/{id}/{kind}/0", get(unit))
 }
 
 async fn serve(app: Router) -> SocketAddr {
@@ -183,6 +205,19 @@ async fn hostile_bmcs_fail_alone_and_leave_no_half_written_inventory() {
     );
     let comps = store.list_components().await.unwrap();
     assert_eq!(comps.len(), 3, "a BMC and two nodes: {comps:?}");
+    // The hardware inventory: each system's CPU; the first system's DIMM, none for the second
+    // (its Memory collection failed, and only that was lost).
+    let systems = eps[0].extra["Systems"].as_array().unwrap();
+    let hw: Vec<&serde_json::Value> = systems.iter().map(|s| &s["Hardware"]).collect();
+    assert_eq!(
+        hw[0]["Processors"][0]["SerialNumber"], "Processors-1",
+        "{hw:?}"
+    );
+    assert_eq!(hw[0]["Processors"][0]["TotalCores"], 8);
+    assert!(hw[0]["Processors"][0].get("Oem").is_none());
+    assert_eq!(hw[0]["Memory"][0]["CapacityMiB"], 16384);
+    assert_eq!(hw[1]["Processors"][0]["SerialNumber"], "Processors-2");
+    assert_eq!(hw[1]["Memory"], json!([]));
     // Addresses follow the node rule (base + NID).
     let mut ips: Vec<String> = nics
         .iter()

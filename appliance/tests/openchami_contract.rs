@@ -1115,11 +1115,142 @@ async fn smd_calls_of_ochami_and_magellan() {
         assert_eq!(v[0]["IPAddresses"], json!([]), "{v}");
     }
 
+    // Hardware inventory, from the FRUs discovery stored in an endpoint (discovery.rs tests
+    // the crawl that fills them).
+    let hw = json!({"ID": "x1000c0s6b0", "Type": "NodeBMC", "FQDN": "192.0.2.106",
+        "Managers": [{"URI": "/redfish/v1/Managers/1", "Model": "BMC-9", "SerialNumber": "BMC6", "Manufacturer": "Acme"}],
+        "Systems": [{"Node": "x1000c0s6b0n0", "URI": "/redfish/v1/Systems/1", "Model": "R1", "Manufacturer": "Acme",
+                     "SerialNumber": "SYS6", "UUID": "bf9362ad-b29c-40ed-9881-18a5dba3a26b",
+                     "Hardware": {
+                         "Enclosure": {"Id": "1", "Model": "Chassis-1", "SerialNumber": "CH6", "PartNumber": "CP-1", "ChassisType": "RackMount"},
+                         "Processors": [{"Id": "CPU0", "Model": "Epyc", "Manufacturer": "AMD", "SerialNumber": "C6", "PartNumber": "100-1",
+                                         "TotalCores": 64, "TotalThreads": 128, "MaxSpeedMHz": 3700, "Socket": "P0"}],
+                         "Memory": [{"Id": "DIMM0", "Manufacturer": "Hynix", "SerialNumber": "M6", "PartNumber": "HMA", "CapacityMiB": 65536},
+                                    {"Id": "DIMM1", "State": "Absent"}]}}]});
+    c.ok(
+        "PUT",
+        "/hsm/v2/Inventory/RedfishEndpoints/x1000c0s6b0",
+        Some(hw),
+        200,
+        "smd#RedfishEndpoint",
+    )
+    .await;
+    let v = c
+        .ok(
+            "GET",
+            "/hsm/v2/Inventory/Hardware",
+            None,
+            200,
+            "smd#HWInvByLocArray",
+        )
+        .await;
+    assert_eq!(
+        v.as_array().unwrap().len(),
+        6,
+        "BMC, node, enclosure, CPU, two DIMM slots: {v}"
+    );
+    let v = c
+        .ok(
+            "GET",
+            "/hsm/v2/Inventory/Hardware?type=Processor",
+            None,
+            200,
+            "smd#HWInvByLocArray",
+        )
+        .await;
+    assert_eq!(v[0]["ID"], "x1000c0s6b0n0p0");
+    assert_eq!(v[0]["PopulatedFRU"]["ProcessorFRUInfo"]["TotalCores"], 64);
+    let v = c
+        .ok(
+            "GET",
+            "/hsm/v2/Inventory/Hardware?serialnumber=M6",
+            None,
+            200,
+            "smd#HWInvByLocArray",
+        )
+        .await;
+    assert_eq!(v[0]["ID"], "x1000c0s6b0n0d0");
+    let v = c
+        .ok(
+            "GET",
+            "/hsm/v2/Inventory/Hardware/x1000c0s6b0n0d1",
+            None,
+            200,
+            "smd#HWInvByLoc",
+        )
+        .await;
+    assert_eq!(v["Status"], "Empty");
+    c.ok(
+        "GET",
+        "/hsm/v2/Inventory/Hardware/x1000c0s6e0",
+        None,
+        200,
+        "smd#HWInvByLoc",
+    )
+    .await;
+    c.refused(
+        "GET",
+        "/hsm/v2/Inventory/Hardware/x1000c0s7e0",
+        None,
+        404,
+        "x1000c0s7e0",
+    )
+    .await;
+    let v = c
+        .ok(
+            "GET",
+            "/hsm/v2/Inventory/HardwareByFRU?manufacturer=AMD",
+            None,
+            200,
+            "smd#HWInvByFRUArray",
+        )
+        .await;
+    let fruid = v[0]["FRUID"].as_str().unwrap().to_owned();
+    assert_eq!(fruid, "Processor.AMD.100-1.C6");
+    c.ok(
+        "GET",
+        &format!("/hsm/v2/Inventory/HardwareByFRU/{fruid}"),
+        None,
+        200,
+        "smd#HWInvByFRU",
+    )
+    .await;
+    let v = c
+        .ok(
+            "GET",
+            "/hsm/v2/Inventory/HardwareByFRU",
+            None,
+            200,
+            "smd#HWInvByFRUArray",
+        )
+        .await;
+    assert_eq!(
+        v.as_array().unwrap().len(),
+        5,
+        "the empty slot has no FRU: {v}"
+    );
+    c.refused(
+        "GET",
+        "/hsm/v2/Inventory/Hardware?color=red",
+        None,
+        400,
+        "color",
+    )
+    .await;
+    c.refused(
+        "DELETE",
+        "/hsm/v2/Inventory/Hardware",
+        None,
+        501,
+        "discovery",
+    )
+    .await;
+
     // What a rack does not offer is a 501 that says why.
     for path in [
         "/hsm/v2/locks/status",
         "/hsm/v2/partitions",
-        "/hsm/v2/Inventory/Hardware",
+        "/hsm/v2/Inventory/Hardware/Query/x1000c0s6b0",
         "/hsm/v2/sysinfo/powermaps",
     ] {
         c.refused("GET", path, None, 501, "").await;

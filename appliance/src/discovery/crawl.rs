@@ -39,6 +39,8 @@ pub(super) struct System {
     pub(super) slot: Option<u32>,
     /// `SerialConsole` / `GraphicalConsole` as advertised by the system.
     pub(super) consoles: Map<String, Value>,
+    /// Enclosure, processors and memory for SMD's hardware inventory (`hardware.rs`).
+    pub(super) hardware: Value,
 }
 
 impl Discovery {
@@ -92,7 +94,9 @@ impl Discovery {
                             consoles.insert(k.to_owned(), v.clone());
                         }
                     }
+                    let hardware = super::hardware::crawl(&bmc, &s, chassis.as_ref()).await;
                     systems.push(System {
+                        hardware,
                         macs_from,
                         chassis: chassis_uri,
                         location,
@@ -122,7 +126,15 @@ impl Discovery {
             {
                 let m = bmc.get(uri).await.map_err(|e| e.to_string())?;
                 bmc_mac = nic_macs(&bmc, &m).await?.into_iter().next();
-                for k in ["Model", "FirmwareVersion", "ManagerType", "UUID"] {
+                for k in [
+                    "Model",
+                    "FirmwareVersion",
+                    "ManagerType",
+                    "UUID",
+                    "Manufacturer",
+                    "SerialNumber",
+                    "PartNumber",
+                ] {
                     if let Some(v) = m.str(k) {
                         manager.insert(k.to_owned(), Value::String(v));
                     }

@@ -22,6 +22,7 @@ mod auto;
 pub mod cli;
 mod crawl;
 mod firmware;
+mod hardware;
 mod power;
 mod record;
 pub mod routes;

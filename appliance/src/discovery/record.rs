@@ -91,7 +91,7 @@ impl Discovery {
                 "SerialNumber": s.serial, "BiosVersion": s.bios, "PowerState": s.power,
                 "ResetTypes": s.reset_types, "Node": node_x,
                 "Chassis": s.chassis, "Location": s.location, "MACsFrom": s.macs_from,
-                "Consoles": s.consoles,
+                "Consoles": s.consoles, "Hardware": s.hardware,
                 "EthernetInterfaces": s.macs.iter().map(|m| json!({"MACAddress": m})).collect::<Vec<_>>(),
             }));
             found.push(NodeFound {

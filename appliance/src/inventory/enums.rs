@@ -80,6 +80,31 @@ pub fn normalize_xname(id: &str) -> Result<(String, xname::XnameKind), Problem> 
     Ok((id, kind))
 }
 
+/// Any HMS xname, including the ones rackboot's parser does not model (`…e0` enclosures,
+/// `…p0` processors, `…d0` memory): `x<digits>` then letter-and-digits groups, lower-cased.
+pub fn loose_xname(id: &str) -> Result<String, Problem> {
+    let id = id.trim().to_ascii_lowercase();
+    let mut rest = id.strip_prefix('x').unwrap_or("");
+    let mut ok = rest.starts_with(|c: char| c.is_ascii_digit());
+    while ok && !rest.is_empty() {
+        let letters = rest.len()
+            - rest
+                .trim_start_matches(|c: char| c.is_ascii_lowercase())
+                .len();
+        let after = rest.get(letters..).unwrap_or("");
+        let digits = after.len() - after.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        ok = digits > 0 && (letters == 1 || rest.len() == id.len() - 1);
+        rest = after.get(digits..).unwrap_or("");
+    }
+    if ok {
+        Ok(id)
+    } else {
+        Err(Problem::bad_request(format!(
+            "invalid xname {id:?}: expected one like x1000c0s0b0n0p0"
+        )))
+    }
+}
+
 /// Checks and normalises a Component as SMD's POST and PUT do.
 pub fn verify_component(mut c: Component) -> Result<Component, Problem> {
     let (id, kind) = normalize_xname(&c.id)?;
@@ -168,5 +193,24 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(c.flag.as_deref(), Some("OK"));
         assert_eq!(c.role.as_deref(), Some("Login"));
+    }
+
+    #[test]
+    fn loose_xnames() {
+        for ok in ["x1000c0s3e0", "X1000C0S3B0N0P1", "x0", "x1000c0s3b0n0d12"] {
+            assert!(loose_xname(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "x",
+            "xc0",
+            "x1000c",
+            "x1000c0s3e",
+            "y1000",
+            "x10-0",
+            "x1000cc0",
+        ] {
+            assert!(loose_xname(bad).is_err(), "{bad}");
+        }
     }
 }

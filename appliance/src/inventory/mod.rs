@@ -11,6 +11,7 @@ mod components;
 mod endpoints;
 mod enums;
 mod groups;
+mod hardware;
 mod magellan;
 pub(crate) mod query;
 mod routes;

@@ -91,6 +91,7 @@ pub fn router(store: Store) -> Router {
         .merge(super::components::router())
         .merge(super::endpoints::router())
         .merge(super::groups::router())
+        .merge(super::hardware::router())
         .merge(super::unsupported::router())
         .with_state(store)
 }

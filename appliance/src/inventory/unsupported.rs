@@ -16,8 +16,10 @@ const LOCKS: &str = "SMD's component locks and reservations coordinate many mana
 const POWERMAPS: &str = "power maps describe PDU wiring for CAPMC/PCS; rackboot powers nodes through their BMCs (/rackboot/v1/power)";
 const SCN: &str = "state-change notification subscriptions are not offered: follow /rackboot/v1/events (server-sent events) instead";
 const NODEMAPS: &str = "NID defaults maps are not offered: give NIDs in the Component (POST /State/Components or PATCH BulkNID)";
-const HARDWARE: &str = "hardware inventory (FRUs) is not collected yet: rackboot's Redfish discovery does not crawl Processors and Memory";
-const HISTORY: &str = "hardware inventory history is not kept: rackboot does not collect FRUs yet";
+const HARDWARE: &str = "the hardware inventory is discovered, not written: POST /rackboot/v1/discovery re-crawls a BMC and refreshes it";
+const HARDWARE_QUERY: &str = "the nested HWInventory formats are not offered: use GET /Inventory/Hardware?id=… or /Inventory/HardwareByFRU";
+const HISTORY: &str =
+    "hardware inventory history is not kept: a rack's FRUs are what its last discovery saw";
 const DISCOVER: &str = "SMD-driven discovery is not offered: use POST /rackboot/v1/discovery (or discovery.bmc_pool for discovery on lease)";
 const SERVICE_EPS: &str = "ServiceEndpoints are not derived: rackboot's discovery does not record a BMC's Redfish services";
 const PARTITIONS: &str =
@@ -49,11 +51,7 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
         ("/Subscriptions/SCN/{id}", SCN),
         ("/Defaults/NodeMaps", NODEMAPS),
         ("/Defaults/NodeMaps/{xname}", NODEMAPS),
-        ("/Inventory/Hardware", HARDWARE),
-        ("/Inventory/Hardware/{xname}", HARDWARE),
-        ("/Inventory/Hardware/Query/{xname}", HARDWARE),
-        ("/Inventory/HardwareByFRU", HARDWARE),
-        ("/Inventory/HardwareByFRU/{fruid}", HARDWARE),
+        ("/Inventory/Hardware/Query/{xname}", HARDWARE_QUERY),
         ("/Inventory/Hardware/History", HISTORY),
         ("/Inventory/Hardware/History/{xname}", HISTORY),
         ("/Inventory/HardwareByFRU/History", HISTORY),
@@ -77,6 +75,12 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
         r = r.route(&format!("/hsm/v2{p}"), refuse(why));
     }
     r
+}
+
+/// Writes to the hardware inventory (its GETs are in `hardware.rs`, which merges this in).
+pub(super) fn hardware_changes<S: Clone + Send + Sync + 'static>() -> MethodRouter<S> {
+    let h = || async { Problem::new(StatusCode::NOT_IMPLEMENTED, HARDWARE) };
+    axum::routing::post(h).put(h).patch(h).delete(h)
 }
 
 /// BSS's legacy etcd-only routes at the root, and the IP addresses sub-resources rackboot does

@@ -729,6 +729,64 @@ async fn smd_calls_of_ochami_and_magellan() {
         )
         .await;
     assert_eq!(v[0]["IPAddress"], "192.0.2.11");
+    let v = c
+        .ok(
+            "POST",
+            "/hsm/v2/Inventory/EthernetInterfaces/525400aa0001/IPAddresses",
+            Some(json!({"IPAddress": "198.51.100.11", "Network": "HSN"})),
+            201,
+            "smd#ResourceURI",
+        )
+        .await;
+    assert_eq!(
+        v["URI"],
+        "/hsm/v2/Inventory/EthernetInterfaces/525400aa0001/IPAddresses/198.51.100.11"
+    );
+    c.refused(
+        "POST",
+        "/hsm/v2/Inventory/EthernetInterfaces/525400aa0001/IPAddresses",
+        Some(json!({"IPAddress": "198.51.100.11"})),
+        409,
+        "198.51.100.11",
+    )
+    .await;
+    c.ok(
+        "PATCH",
+        "/hsm/v2/Inventory/EthernetInterfaces/525400aa0001/IPAddresses/198.51.100.11",
+        Some(json!({"Network": "MGMT"})),
+        200,
+        "smd#IPAddressMapping",
+    )
+    .await;
+    let v = c
+        .ok(
+            "GET",
+            "/hsm/v2/Inventory/EthernetInterfaces/525400aa0001/IPAddresses",
+            None,
+            200,
+            "smd#IPAddressMappingArray",
+        )
+        .await;
+    assert_eq!(
+        v[1],
+        json!({"IPAddress": "198.51.100.11", "Network": "MGMT"})
+    );
+    c.ok(
+        "DELETE",
+        "/hsm/v2/Inventory/EthernetInterfaces/525400aa0001/IPAddresses/198.51.100.11",
+        None,
+        200,
+        "smd#Response",
+    )
+    .await;
+    c.refused(
+        "DELETE",
+        "/hsm/v2/Inventory/EthernetInterfaces/525400aa0001/IPAddresses/198.51.100.11",
+        None,
+        404,
+        "198.51.100.11",
+    )
+    .await;
     c.expect(
         "PATCH",
         "/hsm/v2/Inventory/EthernetInterfaces/525400aa0001",

@@ -39,7 +39,11 @@ pub fn router() -> Router<Store> {
         )
         .route(
             "/hsm/v2/Inventory/EthernetInterfaces/{id}/IPAddresses",
-            get(ip_addresses),
+            get(ip_addresses).post(add_ip_address),
+        )
+        .route(
+            "/hsm/v2/Inventory/EthernetInterfaces/{id}/IPAddresses/{ip}",
+            axum::routing::patch(patch_ip_address).delete(delete_ip_address),
         )
 }
 
@@ -223,6 +227,84 @@ async fn ip_addresses(
         .await?
         .ok_or_else(|| Problem::not_found(format!("no EthernetInterface {id}")))?;
     Ok(Json(json!(ei.ip_addresses)))
+}
+
+async fn interface(s: &Store, id: &str) -> Result<crate::store::EthernetInterface, Problem> {
+    let id = super::interface_id(id);
+    s.get_ethernet_interface(id.clone())
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("no EthernetInterface {id}")))
+}
+
+fn ipv4(ip: &str) -> Result<String, Problem> {
+    ip.trim()
+        .parse::<std::net::Ipv4Addr>()
+        .map(|a| a.to_string())
+        .map_err(|_| {
+            Problem::bad_request(format!(
+                "invalid IPAddress {ip:?}: expected an IPv4 address like 192.0.2.50"
+            ))
+        })
+}
+
+/// `POST …/{id}/IPAddresses` `{"IPAddress", "Network"}`: 201 `{"URI"}`, 409 if it is there.
+/// The first address of an interface is its node's static DHCP lease.
+async fn add_ip_address(
+    State(s): State<Store>,
+    Path(id): Path<String>,
+    Json(m): Json<crate::store::IpAddressEntry>,
+) -> Result<Response, Problem> {
+    let mut ei = interface(&s, &id).await?;
+    let ip = ipv4(&m.ip_address)?;
+    if ei.ip_addresses.iter().any(|a| a.ip_address == ip) {
+        return Err(Problem::conflict(format!("{} already has {ip}", ei.id)));
+    }
+    ei.ip_addresses.push(crate::store::IpAddressEntry {
+        ip_address: ip.clone(),
+        network: m.network,
+    });
+    let uri = format!(
+        "/hsm/v2/Inventory/EthernetInterfaces/{}/IPAddresses/{ip}",
+        ei.id
+    );
+    s.replace_ethernet_interface(ei).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "URI": uri }))).into_response())
+}
+
+/// `PATCH …/IPAddresses/{ip}` `{"Network"}`: the address's network.
+async fn patch_ip_address(
+    State(s): State<Store>,
+    Path((id, ip)): Path<(String, String)>,
+    Json(m): Json<Map<String, Value>>,
+) -> Result<Json<Value>, Problem> {
+    let mut ei = interface(&s, &id).await?;
+    let ip = ipv4(&ip)?;
+    let network = match m.get("Network") {
+        Some(Value::String(n)) => n.clone(),
+        _ => return Err(Problem::bad_request("Network (a string) is required")),
+    };
+    let Some(entry) = ei.ip_addresses.iter_mut().find(|a| a.ip_address == ip) else {
+        return Err(Problem::not_found(format!("{} has no address {ip}", ei.id)));
+    };
+    entry.network = Some(network);
+    let out = json!(entry);
+    s.replace_ethernet_interface(ei).await?;
+    Ok(Json(out))
+}
+
+async fn delete_ip_address(
+    State(s): State<Store>,
+    Path((id, ip)): Path<(String, String)>,
+) -> Result<Json<Value>, Problem> {
+    let mut ei = interface(&s, &id).await?;
+    let ip = ipv4(&ip)?;
+    let before = ei.ip_addresses.len();
+    ei.ip_addresses.retain(|a| a.ip_address != ip);
+    if ei.ip_addresses.len() == before {
+        return Err(Problem::not_found(format!("{} has no address {ip}", ei.id)));
+    }
+    s.replace_ethernet_interface(ei).await?;
+    Ok(Json(json!({"code": 0, "message": "deleted 1 entry"})))
 }
 
 /// MACs of a Systems/Managers entry, in rackboot's (`EthernetInterfaces[].MACAddress`) or

@@ -1548,6 +1548,14 @@ async fn bss_calls_of_ochami() {
     .await;
     c.refused("GET", "/boot/v1/hosts?xname=x1", None, 400, "xname")
         .await;
+    c.refused(
+        "GET",
+        "/boot/v1/bootparameters?xname=x1",
+        None,
+        400,
+        "xname",
+    )
+    .await;
 
     // ochami bss boot params update (PUT) and delete (selector in the body).
     c.expect(

@@ -133,6 +133,12 @@ async fn get_params(
     State(s): State<Store>,
     Query(q): Query<Vec<(String, String)>>,
 ) -> Result<Json<Vec<BootParameters>>, Problem> {
+    // An ignored filter would answer with every node's parameters.
+    crate::inventory::query::allow_only(
+        &q,
+        "GET /boot/v1/bootparameters",
+        &["mac", "name", "nid"],
+    )?;
     let sel = selector(&q)?;
     let found = s.find_boot_parameters(sel.clone()).await?;
     if found.is_empty() && !sel.is_empty() {

@@ -1314,6 +1314,56 @@ async fn smd_calls_of_ochami_and_magellan() {
         c.refused("GET", path, None, 501, "").await;
     }
 
+    // ochami smd component/rfe/iface delete <id>.
+    c.ok(
+        "DELETE",
+        "/hsm/v2/State/Components/x1000c0s2b0n0",
+        None,
+        200,
+        "smd#Response",
+    )
+    .await;
+    c.refused(
+        "DELETE",
+        "/hsm/v2/State/Components/x1000c0s2b0n0",
+        None,
+        404,
+        "x1000c0s2b0n0",
+    )
+    .await;
+    c.ok(
+        "DELETE",
+        "/hsm/v2/Inventory/RedfishEndpoints/x1000c0s6b0",
+        None,
+        200,
+        "smd#Response",
+    )
+    .await;
+    c.refused(
+        "DELETE",
+        "/hsm/v2/Inventory/RedfishEndpoints/x1000c0s6b0",
+        None,
+        404,
+        "x1000c0s6b0",
+    )
+    .await;
+    c.ok(
+        "DELETE",
+        "/hsm/v2/Inventory/EthernetInterfaces/525400aa0002",
+        None,
+        200,
+        "smd#Response",
+    )
+    .await;
+    c.refused(
+        "DELETE",
+        "/hsm/v2/Inventory/EthernetInterfaces/525400aa0002",
+        None,
+        404,
+        "525400aa0002",
+    )
+    .await;
+
     // ochami smd … delete --all.
     c.ok(
         "DELETE",
@@ -1348,7 +1398,7 @@ async fn smd_calls_of_ochami_and_magellan() {
             "smd#Response",
         )
         .await;
-    assert_eq!(v["message"], "deleted 6 entries");
+    assert_eq!(v["message"], "deleted 5 entries");
     c.refused(
         "DELETE",
         "/hsm/v2/State/Components",
@@ -1485,6 +1535,16 @@ async fn bss_calls_of_ochami() {
         let chunk = stream.chunk().await.unwrap().expect("event stream ended");
         seen.push_str(&String::from_utf8_lossy(&chunk));
     }
+    let (code, by_mac) = c
+        .send(
+            "GET",
+            "/boot/v1/bootscript?mac=52:54:00:aa:00:01",
+            None,
+            false,
+        )
+        .await;
+    assert_eq!(code, 200);
+    assert!(by_mac.as_str().unwrap().contains("nid=101"), "{by_mac}");
     let (code, by_name) = c
         .send(
             "GET",

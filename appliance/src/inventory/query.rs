@@ -125,6 +125,12 @@ impl ComponentFilter {
             allowed.extend_from_slice(FIELD_FILTERS);
         }
         allow_only(q, op, &allowed)?;
+        // SMD reads a leading `!` as "not"; matching it literally would quietly return nothing.
+        if let Some((k, v)) = q.iter().find(|(_, v)| v.trim_start().starts_with('!')) {
+            return Err(Problem::bad_request(format!(
+                "{k}={v}: negated filters (!value) are not supported; list the values wanted"
+            )));
+        }
         let list =
             |k: &str| -> Vec<String> { values(q, k).into_iter().map(str::to_owned).collect() };
         let mut f = ComponentFilter {
@@ -304,6 +310,7 @@ mod tests {
         assert!(ComponentFilter::from_query(&q(&[("state", "Nope")]), "GET x", true).is_err());
         assert!(ComponentFilter::from_query(&q(&[("enabled", "maybe")]), "GET x", true).is_err());
         assert!(ComponentFilter::from_query(&q(&[("partition", "p1")]), "GET x", true).is_err());
+        assert!(ComponentFilter::from_query(&q(&[("role", "!Compute")]), "GET x", true).is_err());
         assert!(ComponentFilter::from_query(&q(&[("stateonly", "true")]), "GET x", false).is_err());
         assert!(
             ComponentFilter::from_query(

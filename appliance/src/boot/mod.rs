@@ -1,7 +1,8 @@
 //! The BSS-compatible boot API (`/boot/v1`): boot parameters and iPXE boot scripts.
 //!
-//! Owns: BSS routes (`/boot/v1`: bootparameters, bootscript, service), `rackboot boot`. May call:
-//! `client`, `http`, `identity`, `inventory`, `output`, `store`, `timeline`.
+//! Owns: BSS routes (`/boot/v1`: bootparameters, bootscript, hosts, dumpstate, endpoint-history,
+//! service), `rackboot boot`. May call: `client`, `http`, `identity`, `inventory`, `output`,
+//! `store`, `timeline`.
 
 pub mod cli;
 mod history;

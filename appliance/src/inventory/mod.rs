@@ -3,8 +3,9 @@
 //!
 //! EthernetInterfaces drive static DHCP leases: a node's MAC gets its `IPAddresses[0]`.
 //!
-//! Owns: SMD routes (`/hsm/v2`: components, interfaces, RedfishEndpoints, groups), `rackboot
-//! node`. May call: `client`, `http`, `output`, `store`.
+//! Owns: SMD routes (`/hsm/v2`: components, interfaces, RedfishEndpoints, ComponentEndpoints
+//! and hardware derived from them, groups, memberships; 501s for what a rack does not offer;
+//! docs/openchami-compat.md), `rackboot node`. May call: `client`, `http`, `output`, `store`.
 
 pub mod cli;
 mod components;

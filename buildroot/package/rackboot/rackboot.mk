@@ -39,18 +39,19 @@ RACKBOOT_CARGO_ENV = \
 	CARGO_TARGET_$(RACKBOOT_RUST_TARGET_ENV)_LINKER="$(TARGET_CC)" \
 	CC_$(subst -,_,$(RACKBOOT_RUST_TARGET))="$(TARGET_CC)" \
 	CXX_$(subst -,_,$(RACKBOOT_RUST_TARGET))="$(TARGET_CXX)" \
-	AR_$(subst -,_,$(RACKBOOT_RUST_TARGET))="$(TARGET_AR)" \
-	CARGO_PROFILE_RELEASE_STRIP=symbols
+	AR_$(subst -,_,$(RACKBOOT_RUST_TARGET))="$(TARGET_AR)"
 
+# The workspace's `appliance` profile: release, optimised for size (opt-level s, fat LTO, one
+# codegen unit, stripped).
 define RACKBOOT_BUILD_CMDS
 	cd $(@D) && $(TARGET_MAKE_ENV) $(RACKBOOT_CARGO_ENV) \
-		$(RACKBOOT_CARGO) build --release \
+		$(RACKBOOT_CARGO) build --profile appliance \
 		-p appliance --bin rackboot --target $(RACKBOOT_RUST_TARGET)
 endef
 
 define RACKBOOT_INSTALL_TARGET_CMDS
 	$(INSTALL) -D -m 0755 \
-		$(RACKBOOT_CARGO_TARGET_DIR)/$(RACKBOOT_RUST_TARGET)/release/rackboot \
+		$(RACKBOOT_CARGO_TARGET_DIR)/$(RACKBOOT_RUST_TARGET)/appliance/rackboot \
 		$(TARGET_DIR)/usr/bin/rackboot
 endef
 

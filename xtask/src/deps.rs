@@ -133,17 +133,26 @@ pub fn install() -> anyhow::Result<()> {
         run(Command::new("apt-get")
             .args(["update", "-q"])
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
-        run(Command::new("apt-get")
+        // Packages such as kea-dhcp4-server and nginx start their daemon on install, which would
+        // answer on the host's :67/:80. Debian's policy-rc.d protocol (exit 101 = "do not start")
+        // keeps them stopped, so nothing has to be killed afterwards; an existing policy is kept.
+        let policy = std::path::Path::new("/usr/sbin/policy-rc.d");
+        let ours = !policy.exists();
+        if ours {
+            std::fs::write(
+                policy,
+                "#!/bin/sh\n# written by cargo xtask deps during its install\nexit 101\n",
+            )?;
+            std::fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        }
+        let installed = run(Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    }
-    // Services some packages start on install would hold :67/:80 on the host; the tests use
-    // namespaces, but stop them anyway so nothing answers outside the test networks.
-    for svc in ["kea-dhcp4-server", "nginx"] {
-        let _ = Command::new("sh")
-            .args(["-c", &format!("pkill -x {svc} >/dev/null 2>&1; true")])
-            .status();
+            .env("DEBIAN_FRONTEND", "noninteractive"));
+        if ours {
+            let _ = std::fs::remove_file(policy);
+        }
+        installed?;
     }
     let venv = crate::root().join("build/venv");
     let has_jsonschema = Command::new(venv.join("bin/python3"))

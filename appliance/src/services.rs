@@ -198,28 +198,58 @@ pub async fn start(
         identity: identity.clone(),
         upstream,
     };
-    let app = http_app(&authn, ipxe, images, store, boot_ctx, observe);
-    let listener = tokio::net::TcpListener::bind(settings.http_listen)
-        .await
-        .with_context(|| {
+    let surface = http_surface(&authn, ipxe, images, store, boot_ctx, observe);
+    let rack_device = settings.rack_device();
+    let listener =
+        crate::netif::tcp_listener(rack_device, settings.http_listen).with_context(|| {
             format!(
-                "cannot listen for HTTP on {} (--http-listen)",
-                settings.http_listen
+                "cannot listen for HTTP on {}{} (--http-listen)",
+                settings.http_listen,
+                rack_device.map(|d| format!(" on {d}")).unwrap_or_default()
             )
         })?;
-    let stop = shutdown.clone();
+    let boot_app = match &settings.admin {
+        // The admin API lives on its own listeners; the rack network gets the boot path only.
+        Some(admin) => {
+            for iface in &admin.interfaces {
+                let bind = std::net::SocketAddr::from(([0, 0, 0, 0], admin.port));
+                let listener =
+                    crate::netif::tcp_listener(Some(iface), bind).with_context(|| {
+                        format!(
+                            "cannot listen for the admin API on {iface} port {} \
+                         (--admin-interface / listen.admin_port)",
+                            admin.port
+                        )
+                    })?;
+                spawn_http(&mut tasks, listener, surface.full.clone(), shutdown.clone());
+                tracing::info!(interface = %iface, port = admin.port, "admin API listening");
+            }
+            surface.boot_only
+        }
+        None => surface.full,
+    };
+    spawn_http(&mut tasks, listener, boot_app, shutdown.clone());
+    if let Some(id) = identity {
+        spawn_https(&mut tasks, settings, id, shutdown).await?;
+    }
+    Ok(Services { tasks })
+}
+
+/// Serves `app` on `listener` until shutdown.
+fn spawn_http(
+    tasks: &mut JoinSet<()>,
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+) {
     tasks.spawn(async move {
         let served = http::server::serve(listener, app, http_limits(), async move {
-            stop.cancelled().await
+            shutdown.cancelled().await
         });
         if let Err(err) = served.await {
             tracing::error!(error = %err, "HTTP service failed");
         }
     });
-    if let Some(id) = identity {
-        spawn_https(&mut tasks, settings, id, shutdown).await?;
-    }
-    Ok(Services { tasks })
 }
 
 /// `https://<advertised address>[:port]`: what nodes enroll at.
@@ -256,14 +286,14 @@ async fn spawn_https(
     names.extend(cfg.names.iter().cloned());
     id.server_config(&names)
         .context("cannot issue the HTTPS certificate from the rack CA")?;
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen for HTTPS on {} (identity.listen; or identity.enabled = false)",
-                cfg.listen
-            )
-        })?;
+    let device = settings.rack_device();
+    let listener = crate::netif::tcp_listener(device, cfg.listen).with_context(|| {
+        format!(
+            "cannot listen for HTTPS on {}{} (identity.listen; or identity.enabled = false)",
+            cfg.listen,
+            device.map(|d| format!(" on {d}")).unwrap_or_default()
+        )
+    })?;
     let app = Router::new()
         .merge(crate::identity::routes::public_router(id.clone()))
         .merge(crate::identity::routes::https_router(id.clone()))
@@ -297,16 +327,23 @@ async fn spawn_https(
     Ok(())
 }
 
-/// The whole HTTP surface. Boot-path routes (firmware and nodes call them) are open; every
-/// admin router is wrapped in a scope check for its area (ARCHITECTURE invariant 4).
-fn http_app(
+/// The HTTP surface, whole (boot path and admin API) and boot path only (the rack listener's
+/// when the admin API has listeners of its own).
+struct Surface {
+    full: Router,
+    boot_only: Router,
+}
+
+/// The HTTP surface. Boot-path routes (firmware and nodes call them) are open; every admin
+/// router is wrapped in a scope check for its area (ARCHITECTURE invariant 4).
+fn http_surface(
     authn: &Authenticator,
     ipxe: IpxeDir,
     images: ImageStore,
     store: Store,
     boot_ctx: BootScriptContext,
     obs: Observe,
-) -> Router {
+) -> Surface {
     let ci = CiContext {
         store: store.clone(),
         timeline: obs.timeline.clone(),
@@ -380,13 +417,31 @@ fn http_app(
         )
         .merge(crate::federation::router(obs.upstream.clone()).layer(guard("status")));
     let metrics = obs.metrics;
-    Router::new()
-        .merge(open)
-        .merge(admin)
-        .fallback(crate::http::problem::not_found_fallback)
-        .layer(axum::middleware::from_fn(move |req, next| {
+    let counted = move |r: Router| {
+        let metrics = metrics.clone();
+        r.layer(axum::middleware::from_fn(move |req, next| {
             count_request(metrics.clone(), req, next)
         }))
+    };
+    Surface {
+        full: counted(
+            Router::new()
+                .merge(open.clone())
+                .merge(admin)
+                .fallback(crate::http::problem::not_found_fallback),
+        ),
+        boot_only: counted(open.fallback(admin_elsewhere)),
+    }
+}
+
+/// What the rack listener answers for any path it does not serve when the admin API has its own
+/// listeners: the same 404 for an admin route as for a route that does not exist, with the reason.
+async fn admin_elsewhere(uri: axum::http::Uri) -> crate::http::Problem {
+    crate::http::Problem::not_found(format!(
+        "no route for {} on the rack network: the admin API is served only on the management \
+         interfaces (listen.admin_interfaces)",
+        uri.path()
+    ))
 }
 
 /// Refuses writes to upstream-mirrored inventory and boot data (`upstream.allow_local = false`).
@@ -593,6 +648,11 @@ pub async fn run(args: crate::serve::ServeArgs) -> anyhow::Result<()> {
         ip = %settings.iface.addr,
         subnet = %settings.iface.net,
         http = %settings.http_listen,
+        admin = %settings
+            .admin
+            .as_ref()
+            .map(|a| format!("{}:{}", a.interfaces.join(","), a.port))
+            .unwrap_or_else(|| "with the boot path".to_owned()),
         data_dir = %settings.data_dir.display(),
         "rackboot ready"
     );

@@ -31,7 +31,7 @@ mod units;
 mod upstream;
 
 pub use discovery::{BmcTls, Discovery, XnameRule};
-pub use identity::{EnrollPolicy, Identity};
+pub use identity::{EnrollPolicy, Identity, Tpm};
 pub use network::{Boot, Dhcp, DhcpMode, Listen, Subnet, default_pool, parse_pool};
 pub use services::{Auth, CloudInit, Issuer, StoreConfig, Timeline};
 pub use units::ByteSize;
@@ -126,6 +126,7 @@ impl Config {
                 "identity.cluster {c:?}: use letters, digits, '.' and '-' (a SPIFFE trust domain)"
             );
         }
+        self.identity.tpm.validate()?;
         if self.identity.cert_lifetime < Duration::from_secs(1) {
             bail!("identity.cert_lifetime must be at least 1s");
         }

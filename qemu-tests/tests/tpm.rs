@@ -15,8 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use qemu_tests::{Netns, have, preflight};
+use qemu_tests::{Netns, Rackboot, have, preflight, rackboot_bin};
 use rackboot::identity::{tpm, tpm_wire};
+use serde_json::Value;
 
 /// Everything these tests need besides root and the node image.
 fn tpm_preflight(need_qemu: bool) -> bool {
@@ -320,4 +321,362 @@ fn make_credential_interoperates_with_tpm2_tools() {
     let last = bad_sig.len() - 1;
     bad_sig[last] ^= 1;
     assert!(tpm_wire::verify_quote(&ak, &msg, &bad_sig, &qd, &pcrs).is_err());
+}
+
+const A: (&str, &str, &str) = ("x1000c0s0b0n0", "52:54:00:dd:00:01", "192.0.2.50");
+
+/// rackboot with policy `tpm` for the whole rack and the manufacturer's bundle.
+fn tpm_rackboot(ns: &Netns, maker: &Manufacturer) -> Rackboot {
+    let bundle = maker.bundle();
+    Rackboot::start_with_env(
+        ns,
+        &[
+            ("RACKBOOT_IDENTITY__POLICY", "tpm"),
+            ("RACKBOOT_IDENTITY__TPM__EK_CA", bundle.to_str().unwrap()),
+        ],
+    )
+    .unwrap()
+}
+
+fn audit(rb: &Rackboot, node: &str) -> Vec<Value> {
+    let (_, a) = rb
+        .http("GET", &format!("/identity/v1/audit?node={node}"), None)
+        .unwrap();
+    serde_json::from_str::<Value>(&a)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn refusals(rb: &Rackboot, node: &str) -> Vec<String> {
+    audit(rb, node)
+        .into_iter()
+        .filter(|e| e["action"] == "enroll-tpm" && e["ok"] == false)
+        .map(|e| e["detail"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// A node on the rack segment at A's inventory address with its own swtpm, and the agent.
+struct HostNode {
+    ns: Netns,
+    tpm: Swtpm,
+    dir: tempfile::TempDir,
+}
+
+impl HostNode {
+    fn new(server: &Netns, maker: &Manufacturer) -> HostNode {
+        let ns = server.add_client_ns().unwrap();
+        ns.ip(&["addr", "add", &format!("{}/24", A.2), "dev", "vc"])
+            .unwrap();
+        let state = maker.tpm("host-node");
+        let tpm = Swtpm::start(&ns, &state, 2321);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("cmdline"),
+            format!("console=ttyS0 xname={} rackboot.url=https://192.0.2.1", A.0),
+        )
+        .unwrap();
+        HostNode { ns, tpm, dir }
+    }
+
+    /// The agent's `args` with this node's command line, identity dir and TPM.
+    fn agent(&self, args: &[&str]) -> (bool, String) {
+        let d = self.dir.path();
+        let cmdline = d.join("cmdline");
+        let id = d.join("id");
+        let mut all = args.to_vec();
+        all.extend([
+            "--cmdline",
+            cmdline.to_str().unwrap(),
+            "--dir",
+            id.to_str().unwrap(),
+        ]);
+        let bin = rackboot_bin().unwrap();
+        qemu_tests::run_in(
+            &self.ns,
+            bin.to_str().unwrap(),
+            &all,
+            &[("RACKBOOT_TCTI", self.tpm.tcti.as_str())],
+            None,
+        )
+        .unwrap()
+    }
+
+    /// This TPM's EK certificate (DER), as tpm2-tools reads it.
+    fn ek_cert(&self) -> PathBuf {
+        self.tpm.tools(
+            &self.ns,
+            self.dir.path(),
+            "tpm2_nvread",
+            &["0x1c00002", "-o", "ek.der"],
+        );
+        self.dir.path().join("ek.der")
+    }
+}
+
+/// Acceptance 2: an EK certificate that does not chain to the manufacturer CA (a key and a
+/// self-signed certificate made with openssl) is refused with RFC 7807 and audited.
+#[test]
+fn tpm_enrollment_with_a_self_made_ek_is_refused_and_audited() {
+    if !tpm_preflight(false) {
+        return;
+    }
+    let ns = Netns::new("tpms").unwrap();
+    let maker = Manufacturer::new();
+    maker.tpm("unused");
+    let rb = tpm_rackboot(&ns, &maker);
+    rb.register_node(A.0, 1, A.1, A.2).unwrap();
+    let node = ns.add_client_ns().unwrap();
+    node.ip(&["addr", "add", &format!("{}/24", A.2), "dev", "vc"])
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    sh(Command::new("openssl").current_dir(w).args([
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "fake.key",
+        "-out",
+        "fake.der",
+        "-outform",
+        "DER",
+        "-subj",
+        "/CN=self-made EK",
+        "-days",
+        "30",
+    ]));
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let body = serde_json::json!({
+        "xname": A.0,
+        "ek_cert": b64.encode(std::fs::read(w.join("fake.der")).unwrap()),
+        "ak_public": b64.encode([0u8; 32]),
+    })
+    .to_string();
+    let out = node
+        .cmd("curl")
+        .args(["-sk", "-m", "10", "-H", "Content-Type: application/json"])
+        .args(["--data-binary", &body])
+        .args(["-w", "\n%{http_code} %{content_type}"])
+        .arg("https://192.0.2.1/identity/v1/tpm/challenge")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    assert!(
+        status.starts_with("403 application/problem+json"),
+        "{status}: {body}"
+    );
+    let p: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(p["status"], 403, "{p}");
+    assert!(p["title"].is_string() && p["type"].is_string(), "{p}");
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("does not chain to the manufacturer CA bundle"),
+        "{p}"
+    );
+    let r = refusals(&rb, A.0);
+    assert!(
+        r.iter()
+            .any(|d| d.contains("does not chain to the manufacturer CA bundle")),
+        "{r:?}"
+    );
+    // Nothing was issued, nothing bound.
+    let (code, _) = rb
+        .http("GET", &format!("/identity/v1/tpm/eks/{}", A.0), None)
+        .unwrap();
+    assert_eq!(code, 404);
+}
+
+/// Acceptance 3: a real swtpm whose EK chains to the manufacturer CA, but the node's EK hash is
+/// pre-registered to another value: refused (the agent shows why) and audited. Registering the
+/// right EK (from its certificate, with the CLI) lets the same TPM enroll; a second node cannot
+/// claim that EK.
+#[test]
+fn tpm_enrollment_with_an_ek_not_bound_to_the_node_is_refused_and_audited() {
+    if !tpm_preflight(false) {
+        return;
+    }
+    let ns = Netns::new("tpmb").unwrap();
+    let maker = Manufacturer::new();
+    let node = HostNode::new(&ns, &maker);
+    let rb = tpm_rackboot(&ns, &maker);
+    rb.register_node(A.0, 1, A.1, A.2).unwrap();
+    rb.register_node("x1000c0s0b0n1", 2, "52:54:00:dd:00:02", "192.0.2.51")
+        .unwrap();
+    let other = format!("sha256:{}", "ab".repeat(32));
+    let (ok, out) = rb.cli(&ns, &["cert", "ek", "set", A.0, "--hash", &other], None);
+    assert!(ok, "{out}");
+
+    let (ok, out) = node.agent(&["agent", "tpm-enroll"]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("403"), "{out}");
+    assert!(out.contains(&format!("is not {}'s", A.0)), "{out}");
+    let r = refusals(&rb, A.0);
+    assert!(r.iter().any(|d| d.contains(&other)), "{r:?}");
+    assert!(!node.dir.path().join("id/cert.pem").exists());
+
+    // The operator registers the right EK from its certificate: the TPM enrolls.
+    let ek = node.ek_cert();
+    let (ok, out) = rb.cli(
+        &ns,
+        &["cert", "ek", "set", A.0, "--ek", ek.to_str().unwrap()],
+        None,
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = node.agent(&["agent", "tpm-enroll"]);
+    assert!(ok, "{out}\n{}", rb.log_text());
+    assert!(out.contains("enrolled x1000c0s0b0n0 with its TPM"), "{out}");
+    let (ok, out) = rb.cli(&ns, &["cert", "ek", "show", A.0, "-o", "json"], None);
+    assert!(ok && out.contains("\"operator\""), "{out}");
+    // One TPM, one node: the same EK cannot be registered for another node.
+    let (ok, out) = rb.cli(
+        &ns,
+        &[
+            "cert",
+            "ek",
+            "set",
+            "x1000c0s0b0n1",
+            "--ek",
+            ek.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(!ok && out.contains("one TPM belongs to one node"), "{out}");
+}
+
+/// A TLS man in the middle (python3) in the appliance's place: it relays to the real rackboot
+/// and, in `mode`, swaps the CA in the enrollment answer for its own (`forge-ca`) or corrupts
+/// the credential (`bad-credential`).
+fn start_mitm(ns: &Netns, w: &Path, mode: &str) -> Child {
+    sh(Command::new("openssl").current_dir(w).args([
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "evil.key",
+        "-out",
+        "evil.pem",
+        "-subj",
+        "/CN=evil rackboot",
+        "-days",
+        "30",
+    ]));
+    std::fs::write(
+        w.join("mitm.py"),
+        r#"
+import base64, http.server, json, ssl, sys, urllib.error, urllib.request
+mode, forged = sys.argv[1], open(sys.argv[2]).read()
+up = ssl._create_unverified_context()
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        req = urllib.request.Request("https://192.0.2.1" + self.path, data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, context=up, timeout=30) as r:
+                status, data = r.status, r.read()
+        except urllib.error.HTTPError as e:
+            status, data = e.code, e.read()
+        if status == 200 and mode == "forge-ca" and self.path.endswith("/tpm/enroll"):
+            a = json.loads(data); a["ca"] = forged; data = json.dumps(a).encode()
+        if status == 200 and mode == "bad-credential" and self.path.endswith("/tpm/challenge"):
+            a = json.loads(data); b = bytearray(base64.b64decode(a["credential_blob"]))
+            b[-1] ^= 1; a["credential_blob"] = base64.b64encode(bytes(b)).decode()
+            data = json.dumps(a).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+srv = http.server.HTTPServer(("192.0.2.66", 443), H)
+c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+c.load_cert_chain("evil.pem", "evil.key")
+srv.socket = c.wrap_socket(srv.socket, server_side=True)
+srv.serve_forever()
+"#,
+    )
+    .unwrap();
+    let child = ns
+        .cmd("python3")
+        .current_dir(w)
+        .args(["mitm.py", mode, "evil.pem"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ns
+        .cmd("curl")
+        .args(["-sk", "-m", "2", "-o", "/dev/null", "https://192.0.2.66/"])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        assert!(Instant::now() < deadline, "the MITM did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child
+}
+
+/// Acceptance 4: an attacker answering in the appliance's place, relaying to the real rackboot,
+/// cannot feed the agent a forged CA: the answer's HMAC (keyed with the credential only the
+/// node's TPM could open) does not cover it. The agent refuses, says why and logs it in
+/// refused.log; a corrupted credential fails in the TPM itself.
+#[test]
+fn tpm_agent_refuses_a_ca_not_authenticated_by_the_credential() {
+    if !tpm_preflight(false) {
+        return;
+    }
+    let ns = Netns::new("tpmm").unwrap();
+    let maker = Manufacturer::new();
+    let node = HostNode::new(&ns, &maker);
+    let rb = tpm_rackboot(&ns, &maker);
+    rb.register_node(A.0, 1, A.1, A.2).unwrap();
+    // Pre-registered, so the relayed requests (from the MITM's address) are not first use.
+    let ek = node.ek_cert();
+    let (ok, out) = rb.cli(
+        &ns,
+        &["cert", "ek", "set", A.0, "--ek", ek.to_str().unwrap()],
+        None,
+    );
+    assert!(ok, "{out}");
+    // The attacker sits on the node's segment (rackboot itself holds *:443 on the server).
+    node.ns
+        .ip(&["addr", "add", "192.0.2.66/24", "dev", "vc"])
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+
+    for (mode, want) in [
+        ("forge-ca", "not authenticated by the activated credential"),
+        ("bad-credential", "TPM2_ActivateCredential failed"),
+    ] {
+        let mut mitm = start_mitm(&node.ns, work.path(), mode);
+        let (ok, out) = node.agent(&["agent", "tpm-enroll", "--url", "https://192.0.2.66"]);
+        let _ = mitm.kill();
+        let _ = mitm.wait();
+        assert!(!ok, "{mode}: {out}");
+        assert!(out.contains(want), "{mode}: {out}");
+        let log = std::fs::read_to_string(node.dir.path().join("id/refused.log")).unwrap();
+        assert!(log.contains(want), "{mode}: {log}");
+        assert!(!node.dir.path().join("id/ca.pem").exists(), "{mode}");
+    }
+    // Without the attacker the same node enrolls, and trusts the real CA.
+    let (ok, out) = node.agent(&["agent", "tpm-enroll"]);
+    assert!(ok, "{out}");
+    let (ok, ca) = rb.cli(&ns, &["ca", "show", "--pem"], None);
+    assert!(ok);
+    assert_eq!(
+        std::fs::read_to_string(node.dir.path().join("id/ca.pem")).unwrap(),
+        ca
+    );
 }

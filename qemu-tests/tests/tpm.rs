@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use qemu_tests::{Netns, Rackboot, have, preflight, rackboot_bin};
+use qemu_tests::{Firmware, Netns, Qemu, Rackboot, agent_initrd, have, preflight, rackboot_bin};
 use rackboot::identity::{tpm, tpm_wire};
 use serde_json::Value;
 
@@ -679,4 +679,180 @@ fn tpm_agent_refuses_a_ca_not_authenticated_by_the_credential() {
         std::fs::read_to_string(node.dir.path().join("id/ca.pem")).unwrap(),
         ca
     );
+}
+
+/// swtpm for a QEMU node: its control channel on a UNIX socket (QEMU's `-tpmdev emulator`).
+struct VmTpm {
+    child: Child,
+    sock: PathBuf,
+}
+
+impl VmTpm {
+    fn start(state: &Path) -> VmTpm {
+        let sock = state.join("swtpm.sock");
+        let child = Command::new("swtpm")
+            .args(["socket", "--tpm2", "--tpmstate"])
+            .arg(format!("dir={}", state.display()))
+            .args(["--ctrl", &format!("type=unixio,path={}", sock.display())])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !sock.exists() {
+            assert!(Instant::now() < deadline, "swtpm made no socket");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        VmTpm { child, sock }
+    }
+
+    fn qemu_args(&self) -> Vec<String> {
+        [
+            "-chardev",
+            &format!("socket,id=chrtpm,path={}", self.sock.display()),
+            "-tpmdev",
+            "emulator,id=tpm0,chardev=chrtpm",
+            "-device",
+            "tpm-tis,tpmdev=tpm0",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+}
+
+impl Drop for VmTpm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Acceptance 1: the genuine node, OVMF (native PXE) with a swtpm whose EK certificate comes
+/// from the manufacturer CA, PXE-boots and its initramfs runs `rackboot agent tpm-enroll` with
+/// no join token or CA fingerprint needed: its EK is bound on first use (audited), it fetches
+/// its secret over mTLS, its PCRs 0-7 are on its timeline, it renews over mTLS; after
+/// `rackboot cert revoke` its certificates are in the CRL and its next mTLS request is refused.
+#[test]
+fn tpm_node_enrolls_over_ovmf_and_swtpm_fetches_its_secret_renews_and_is_revoked() {
+    if !tpm_preflight(true) {
+        return;
+    }
+    const NODE: (&str, &str, &str) = ("x1000c0s5b0n0", "52:54:00:aa:05:01", "192.0.2.55");
+    let mut ns = Netns::new("tpmq").unwrap();
+    let maker = Manufacturer::new();
+    let tpm = VmTpm::start(&maker.tpm("vm"));
+    let rb = tpm_rackboot(&ns, &maker);
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    rb.import_node_images().unwrap();
+    rb.import_image("initrd.img", &agent_initrd(w).unwrap())
+        .unwrap();
+    rb.register_node(NODE.0, 5, NODE.1, NODE.2).unwrap();
+    let (code, body) = rb
+        .http(
+            "PUT",
+            "/boot/v1/bootparameters",
+            Some(&format!(
+                r#"{{"macs":["{}"],"kernel":"http://192.0.2.1/images/vmlinuz","initrd":"http://192.0.2.1/images/initrd.img","params":"console=ttyS0 quiet rackboot.watch-revocation"}}"#,
+                NODE.1
+            )),
+        )
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let (ok, out) = rb.cli(
+        &ns,
+        &["secret", "set", "--node", NODE.0, "node-secret"],
+        Some("tpm-s3cr3t"),
+    );
+    assert!(ok, "{out}");
+
+    let mut vm = Qemu::start_with(&mut ns, Firmware::OvmfPxe, NODE.1, &tpm.qemu_args()).unwrap();
+    let wait = |vm: &mut Qemu, what: &str| {
+        vm.wait_for(what, Duration::from_secs(600))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{e}\n--- console ---\n{}\n--- log ---\n{}",
+                    vm.console(),
+                    rb.log_text()
+                )
+            })
+    };
+    let line = wait(&mut vm, "RACKBOOT-RENEWED");
+    let console = vm.console();
+    assert!(console.contains("RACKBOOT-ENROLLED"), "{console}");
+    assert!(console.contains("RACKBOOT-SECRET tpm-s3cr3t"), "{console}");
+    assert!(line.contains("tpm-s3cr3t"), "renewed, then fetched: {line}");
+
+    // Bound on first use, audited; issued and renewed; two certificate rows.
+    let a = audit(&rb, NODE.0);
+    let has = |action: &str| a.iter().any(|e| e["action"] == action && e["ok"] == true);
+    assert!(
+        has("tpm-ek-bind") && has("enroll-tpm") && has("renew"),
+        "{a:?}"
+    );
+    assert!(has("secret-read"), "{a:?}");
+    let (ok, ek) = rb.cli(&ns, &["cert", "ek", "show", NODE.0, "-o", "json"], None);
+    assert!(ok && ek.contains("\"tofu\""), "{ek}");
+    // PCRs 0-7 of the quote are on the node's timeline.
+    let (_, tl) = rb
+        .http(
+            "GET",
+            &format!("/rackboot/v1/nodes/{}/timeline", NODE.0),
+            None,
+        )
+        .unwrap();
+    let tl: Value = serde_json::from_str(&tl).unwrap();
+    let attested = find_stage(&tl, "identity_attested")
+        .unwrap_or_else(|| panic!("no identity_attested on the timeline: {tl}"));
+    let pcrs = &attested["pcrs"];
+    for i in 0..8 {
+        let v = pcrs[i.to_string()].as_str().unwrap_or_default();
+        assert_eq!(v.len(), 64, "PCR {i}: {attested}");
+    }
+
+    // Revocation: every certificate of the node, in the CRL, refused on the next request.
+    let (ok, out) = rb.cli(&ns, &["cert", "revoke", "--node", NODE.0], None);
+    assert!(ok, "{out}");
+    let refused = wait(&mut vm, "RACKBOOT-MTLS-REFUSED");
+    assert!(refused.contains("revoked"), "{refused}");
+    let (ok, certs) = rb.cli(&ns, &["cert", "list", "--node", NODE.0, "-o", "json"], None);
+    assert!(ok, "{certs}");
+    let certs: Value = serde_json::from_str(&certs).unwrap();
+    let serials: Vec<String> = certs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["serial"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(serials.len(), 2, "{certs}");
+    let crl = w.join("crl.der");
+    sh(ns
+        .cmd("curl")
+        .args(["-sf", "-m", "10", "-o"])
+        .arg(&crl)
+        .arg("http://192.0.2.1/identity/v1/crl"));
+    let text = sh(Command::new("openssl")
+        .args(["crl", "-inform", "DER", "-noout", "-text", "-in"])
+        .arg(&crl))
+    .to_ascii_lowercase();
+    for s in &serials {
+        assert!(
+            text.contains(s.trim_start_matches('0')),
+            "{s} not in\n{text}"
+        );
+    }
+}
+
+/// The `detail` of the latest `stage` event in a timeline answer (any nesting).
+fn find_stage(v: &Value, stage: &str) -> Option<Value> {
+    match v {
+        Value::Object(m) => {
+            if m.get("stage").and_then(Value::as_str) == Some(stage) {
+                return m.get("detail").cloned();
+            }
+            m.values().find_map(|x| find_stage(x, stage))
+        }
+        Value::Array(a) => a.iter().rev().find_map(|x| find_stage(x, stage)),
+        _ => None,
+    }
 }

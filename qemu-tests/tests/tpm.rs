@@ -856,3 +856,59 @@ fn find_stage(v: &Value, stage: &str) -> Option<Value> {
         _ => None,
     }
 }
+
+/// Golden PCRs: a member of a group whose golden PCR 0 differs from its quote is refused (with
+/// the PCR named) and audited; a matching value enrolls. swtpm without firmware has all-zero
+/// PCRs.
+#[test]
+fn tpm_golden_pcrs_refuse_a_node_that_booted_other_code() {
+    if !tpm_preflight(false) {
+        return;
+    }
+    let zero = "0".repeat(64);
+    let wrong = "11".repeat(32);
+    for (golden, enrolls) in [(&wrong, false), (&zero, true)] {
+        let ns = Netns::new("tpmg").unwrap();
+        let maker = Manufacturer::new();
+        let node = HostNode::new(&ns, &maker);
+        let bundle = maker.bundle();
+        let pcrs = format!(r#"{{ compute = {{ "0" = "{golden}", "7" = "{zero}" }} }}"#);
+        let rb = Rackboot::start_with_env(
+            &ns,
+            &[
+                ("RACKBOOT_IDENTITY__POLICY", "token"),
+                ("RACKBOOT_IDENTITY__GROUP_POLICY", r#"{ compute = "tpm" }"#),
+                ("RACKBOOT_IDENTITY__TPM__EK_CA", bundle.to_str().unwrap()),
+                ("RACKBOOT_IDENTITY__TPM__GOLDEN_PCRS", &pcrs),
+            ],
+        )
+        .unwrap();
+        rb.register_node(A.0, 1, A.1, A.2).unwrap();
+        let (code, body) = rb
+            .http(
+                "POST",
+                "/hsm/v2/groups",
+                Some(&format!(
+                    r#"{{"label":"compute","members":{{"ids":["{}"]}}}}"#,
+                    A.0
+                )),
+            )
+            .unwrap();
+        assert!(code < 300, "{code} {body}");
+        let (ok, out) = node.agent(&["agent", "tpm-enroll"]);
+        assert_eq!(ok, enrolls, "{out}");
+        if !enrolls {
+            assert!(out.contains("PCR 0 of x1000c0s0b0n0"), "{out}");
+            assert!(
+                refusals(&rb, A.0).iter().any(|d| d.contains("golden")),
+                "{:?}",
+                audit(&rb, A.0)
+            );
+            // Refused before anything was bound.
+            let (code, _) = rb
+                .http("GET", &format!("/identity/v1/tpm/eks/{}", A.0), None)
+                .unwrap();
+            assert_eq!(code, 404);
+        }
+    }
+}

@@ -5,7 +5,8 @@
 //! an AK under the EK, asks rackboot for a credential, recovers its secret with
 //! TPM2_ActivateCredential, quotes PCRs 0–7 over `SHA-256(nonce || csr)` and sends the proof.
 //! It trusts the CA chain in the answer only if the answer's HMAC, keyed with the recovered
-//! secret, verifies; a refusal is printed and appended to `<dir>/refused.log`.
+//! secret, verifies (and, when the command line also carries `rackboot.ca=`, only if the root
+//! has that fingerprint); a refusal is printed and appended to `<dir>/refused.log`.
 
 use std::io::Write;
 use std::path::Path;
@@ -122,7 +123,7 @@ pub async fn enroll(args: AgentArgs, tcti_name: Option<String>) -> anyhow::Resul
         .or(p.url)
         .context("no rackboot.url= on the kernel command line")?;
     let url = url.trim_end_matches('/').to_owned();
-    match enroll_inner(&args, tcti_name.as_deref(), &xname, &url).await {
+    match enroll_inner(&args, tcti_name.as_deref(), &xname, &url, p.ca.as_deref()).await {
         Ok(()) => Ok(()),
         Err(e) => {
             refused(&args.dir, &format!("{e:#}"));
@@ -136,6 +137,7 @@ async fn enroll_inner(
     tcti_name: Option<&str>,
     xname: &str,
     url: &str,
+    fingerprint: Option<&str>,
 ) -> anyhow::Result<()> {
     let mut ctx = tss_esapi::Context::new(tcti(tcti_name)?).context("cannot open the TPM")?;
     let ek = ek::create_ek_object(&mut ctx, AsymmetricAlgorithm::Rsa, None)
@@ -227,6 +229,16 @@ async fn enroll_inner(
     }
     let chain = ca::pem_certs(&answer.ca)?;
     ca::verify_ca_chain(&chain).context("the CA chain rackboot sent")?;
+    // Not needed, but when the boot script also gave a fingerprint it must agree.
+    let root = chain.last().map(|r| ca::fingerprint(r)).unwrap_or_default();
+    if let Some(fp) = fingerprint
+        && !root.eq_ignore_ascii_case(fp.trim())
+    {
+        bail!(
+            "the CA rackboot sent has fingerprint {root}, not {fp} from the kernel command line: \
+             refusing it"
+        );
+    }
     let cert = answer
         .enrolled
         .chain
@@ -239,7 +251,7 @@ async fn enroll_inner(
         answer.enrolled.serial.unwrap_or_default(),
         answer.enrolled.not_after.unwrap_or_default(),
         args.dir.display(),
-        chain.last().map(|r| ca::fingerprint(r)).unwrap_or_default(),
+        root,
     );
     Ok(())
 }

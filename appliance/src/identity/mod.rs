@@ -10,10 +10,12 @@
 //!   rack CA, validity and the ClientAuth EKU; rackboot then maps the serial to an issued,
 //!   unrevoked certificate and its xname ([`NodeIdentity`]). A revocation takes effect on the
 //!   next request, and is published in the CRL.
+//! - Policy `tpm` replaces the token with TPM attestation (EK certificate, credential
+//!   activation, a quote over the CSR): [`tpm`].
 //! - Every issuance, renewal, refusal, revocation and secret read is in the append-only audit.
 //!
 //! Owns: rack CA, `certs`, `join_tokens`, `enroll_requests`, `secrets`, `identity_audit`,
-//! `/identity/v1/*`, `rackboot ca/cert/secret/agent`. May call: `client`, `cloudinit`, `config`,
+//! `tpm_eks`, `/identity/v1/*`, `rackboot ca/cert/secret/agent`. May call: `client`, `cloudinit`, `config`,
 //! `http`, `inventory`, `output`, `seal`, `store`, `timeline`.
 
 pub mod agent;

@@ -87,7 +87,16 @@ pub fn rackboot_bin() -> anyhow::Result<PathBuf> {
     let p = root().join("target/debug/rackboot");
     if !p.exists() {
         let ok = Command::new(env!("CARGO"))
-            .args(["build", "-p", "appliance", "--bin", "rackboot"])
+            // With the TPM agent (feature `tpm`), as a workspace build has it.
+            .args([
+                "build",
+                "-p",
+                "appliance",
+                "--features",
+                "tpm",
+                "--bin",
+                "rackboot",
+            ])
             .current_dir(root())
             .status()?;
         if !ok.success() {

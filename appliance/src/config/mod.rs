@@ -274,6 +274,29 @@ router = "198.51.100.1"
     }
 
     #[test]
+    fn tpm_golden_pcrs_are_checked_when_loaded() {
+        let ok = format!(r#"{{ compute = {{ "0" = "{}" }} }}"#, "ab".repeat(32));
+        let c = Config::load(
+            None,
+            env(&[
+                ("RACKBOOT_IDENTITY__POLICY", "tpm"),
+                ("RACKBOOT_IDENTITY__TPM__GOLDEN_PCRS", &ok),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.identity.policy, EnrollPolicy::Tpm);
+        assert!(c.identity.tpm.tofu);
+        for bad in [
+            r#"{ compute = { "8" = "00" } }"#.to_owned(),
+            r#"{ compute = { "0" = "not hex" } }"#.to_owned(),
+        ] {
+            let e = Config::load(None, env(&[("RACKBOOT_IDENTITY__TPM__GOLDEN_PCRS", &bad)]))
+                .unwrap_err();
+            assert!(format!("{e:#}").contains("golden_pcrs"), "{e:#}");
+        }
+    }
+
+    #[test]
     fn store_min_free_takes_sizes_and_refuses_garbage() {
         let c = Config::load(None, env(&[("RACKBOOT_STORE__MIN_FREE", "64MiB")])).unwrap();
         assert_eq!(c.store.min_free, Some(ByteSize(64 << 20)));

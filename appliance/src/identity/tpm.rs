@@ -40,6 +40,8 @@ use crate::timeline::{Subject, stage};
 
 /// At most this many challenges wait for their answer (oldest expired ones go first).
 const MAX_PENDING: usize = 1024;
+/// Challenges one node may have waiting (a new one replaces its oldest).
+const MAX_PENDING_PER_NODE: usize = 4;
 const PROOF_LABEL: &[u8] = b"rackboot tpm proof v1\0";
 const ANSWER_LABEL: &[u8] = b"rackboot tpm answer v1\0";
 
@@ -277,6 +279,18 @@ impl Identity {
             let mut map = self.inner.tpm.0.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
             map.retain(|_, p| p.expires > now);
+            // A node's EK certificate is public: whoever has it may ask in its name, so each
+            // node keeps only its newest few challenges and cannot crowd out the others.
+            let mine: Vec<(String, Instant)> = map
+                .iter()
+                .filter(|(_, p)| p.xname == x)
+                .map(|(k, p)| (k.clone(), p.expires))
+                .collect();
+            if mine.len() >= MAX_PENDING_PER_NODE
+                && let Some((oldest, _)) = mine.iter().min_by_key(|(_, e)| *e)
+            {
+                map.remove(oldest);
+            }
             if map.len() >= MAX_PENDING {
                 return Err(Problem::service_unavailable(
                     "too many TPM challenges are waiting; retry shortly",

@@ -487,7 +487,49 @@ fn tpm_enrollment_with_a_self_made_ek_is_refused_and_audited() {
             .any(|d| d.contains("does not chain to the manufacturer CA bundle")),
         "{r:?}"
     );
+    // Under policy tpm the join token from the boot script is not enough either.
+    let (code, script) = rb
+        .http("GET", &format!("/boot/v1/bootscript?mac={}", A.1), None)
+        .unwrap();
+    assert_eq!(code, 200, "{script}");
+    let token = script
+        .split_whitespace()
+        .find_map(|t| t.strip_prefix("rackboot.join="))
+        .unwrap_or_else(|| panic!("no token in {script}"))
+        .to_owned();
+    sh(Command::new("openssl").current_dir(w).args([
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "node.key",
+        "-out",
+        "node.csr",
+        "-subj",
+        &format!("/CN={}", A.0),
+    ]));
+    let body = serde_json::json!({
+        "token": token,
+        "csr": std::fs::read_to_string(w.join("node.csr")).unwrap(),
+    })
+    .to_string();
+    let out = node
+        .cmd("curl")
+        .args(["-sk", "-m", "10", "-H", "Content-Type: application/json"])
+        .args(["--data-binary", &body, "-w", "\n%{http_code}"])
+        .arg("https://192.0.2.1/identity/v1/enroll")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.ends_with("\n403"), "{text}");
+    assert!(text.contains("enrolls under policy tpm"), "{text}");
     // Nothing was issued, nothing bound.
+    let (ok, certs) = rb.cli(&ns, &["cert", "list", "--node", A.0, "-o", "json"], None);
+    assert!(ok && certs.trim() == "[]", "{certs}");
     let (code, _) = rb
         .http("GET", &format!("/identity/v1/tpm/eks/{}", A.0), None)
         .unwrap();
@@ -809,6 +851,8 @@ fn tpm_node_enrolls_over_ovmf_and_swtpm_fetches_its_secret_renews_and_is_revoked
         let v = pcrs[i.to_string()].as_str().unwrap_or_default();
         assert_eq!(v.len(), 64, "PCR {i}: {attested}");
     }
+    // OVMF measured itself into PCR 0: these are the firmware's values, not a blank TPM's.
+    assert_ne!(pcrs["0"].as_str().unwrap(), "0".repeat(64), "{attested}");
 
     // Revocation: every certificate of the node, in the CRL, refused on the next request.
     let (ok, out) = rb.cli(&ns, &["cert", "revoke", "--node", NODE.0], None);

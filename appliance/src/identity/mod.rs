@@ -25,6 +25,7 @@ pub mod ca;
 pub mod cli;
 pub mod routes;
 pub mod tpm;
+pub mod tpm_routes;
 pub mod tpm_wire;
 
 use std::net::Ipv4Addr;

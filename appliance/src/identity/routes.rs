@@ -97,7 +97,7 @@ pub fn https_router(id: Identity) -> Router {
         .route("/identity/v1/enroll", post(enroll))
         .route("/identity/v1/enroll/{id}", get(enroll_status))
         .with_state(id.clone())
-        .merge(super::tpm::https_router(id.clone()))
+        .merge(super::tpm_routes::https_router(id.clone()))
         .merge(node.with_state(id))
 }
 
@@ -116,7 +116,7 @@ pub fn admin_router(id: Identity) -> Router {
             put(set_secret).delete(delete_secret),
         )
         .with_state(id.clone())
-        .merge(super::tpm::admin_router(id))
+        .merge(super::tpm_routes::admin_router(id))
 }
 
 /// Maps the verified client certificate to its node, or refuses.

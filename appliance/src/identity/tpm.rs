@@ -14,7 +14,8 @@
 //!    the node accepts a CA only if that HMAC verifies (see the runbook for what this does and
 //!    does not stop).
 //!
-//! The admin API pre-registers, shows and clears a node's EK hash (`rackboot cert ek`).
+//! The admin API pre-registers, shows and clears a node's EK hash (`rackboot cert ek`); the
+//! routes are in [`super::tpm_routes`].
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -22,10 +23,6 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use aws_lc_rs::hmac;
-use axum::Router;
-use axum::extract::{ConnectInfo, Path, State};
-use axum::http::StatusCode;
-use axum::routing::{get, post};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
@@ -33,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use super::tpm_wire::{self, AkPublic};
 use super::{Enrolled, Identity};
 use crate::config;
-use crate::http::{Json, Problem};
+use crate::http::Problem;
 use crate::inventory::xname;
 use crate::store::{Audit, TpmEk};
 use crate::timeline::{Subject, stage};
@@ -559,63 +556,4 @@ impl Identity {
             Err(Problem::not_found(format!("no EK is bound to {x}")))
         }
     }
-}
-
-/// Enrollment routes of the HTTPS listener.
-pub fn https_router(id: Identity) -> Router {
-    Router::new()
-        .route("/identity/v1/tpm/challenge", post(challenge))
-        .route("/identity/v1/tpm/enroll", post(enroll))
-        .with_state(id)
-}
-
-/// Admin routes (scope `identity`).
-pub fn admin_router(id: Identity) -> Router {
-    Router::new()
-        .route(
-            "/identity/v1/tpm/eks/{xname}",
-            get(show_ek).put(set_ek).delete(clear_ek),
-        )
-        .with_state(id)
-}
-
-async fn challenge(
-    State(id): State<Identity>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    Json(b): Json<ChallengeBody>,
-) -> Result<Json<Challenge>, Problem> {
-    let peer = super::routes::v4(peer)?;
-    Ok(Json(id.tpm_challenge(peer, &b).await?))
-}
-
-async fn enroll(
-    State(id): State<Identity>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    Json(b): Json<TpmEnrollBody>,
-) -> Result<Json<TpmEnrolled>, Problem> {
-    let peer = super::routes::v4(peer)?;
-    Ok(Json(id.tpm_enroll(peer, &b).await?))
-}
-
-async fn show_ek(
-    State(id): State<Identity>,
-    Path(x): Path<String>,
-) -> Result<Json<TpmEk>, Problem> {
-    Ok(Json(id.tpm_ek(&x).await?))
-}
-
-async fn set_ek(
-    State(id): State<Identity>,
-    Path(x): Path<String>,
-    Json(b): Json<EkBody>,
-) -> Result<Json<TpmEk>, Problem> {
-    Ok(Json(id.set_tpm_ek(&x, &b.ek_hash).await?))
-}
-
-async fn clear_ek(
-    State(id): State<Identity>,
-    Path(x): Path<String>,
-) -> Result<StatusCode, Problem> {
-    id.clear_tpm_ek(&x).await?;
-    Ok(StatusCode::NO_CONTENT)
 }

@@ -8,6 +8,7 @@ mod node_image;
 mod peers;
 mod qemu;
 mod rackboot;
+mod swtpm;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,6 +22,7 @@ pub use peers::{
 };
 pub use qemu::{Firmware, Qemu, field};
 pub use rackboot::Rackboot;
+pub use swtpm::{Manufacturer, Swtpm, VmTpm, sh as sh_ok};
 
 /// The server address inside every test namespace.
 pub const SERVER: &str = "192.0.2.1";
@@ -87,7 +89,16 @@ pub fn rackboot_bin() -> anyhow::Result<PathBuf> {
     let p = root().join("target/debug/rackboot");
     if !p.exists() {
         let ok = Command::new(env!("CARGO"))
-            .args(["build", "-p", "appliance", "--bin", "rackboot"])
+            // With the TPM agent (feature `tpm`), as a workspace build has it.
+            .args([
+                "build",
+                "-p",
+                "appliance",
+                "--features",
+                "tpm",
+                "--bin",
+                "rackboot",
+            ])
             .current_dir(root())
             .status()?;
         if !ok.success() {

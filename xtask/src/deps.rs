@@ -26,6 +26,23 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("kmod", "kernel module tools"),
     ("xz-utils", "compressed kernel modules"),
     ("openssl", "TLS peer"),
+    (
+        "libtss2-dev",
+        "tss-esapi (appliance feature `tpm`, the node agent's TPM side): libtss2 and pkg-config files",
+    ),
+    ("pkg-config", "tss-esapi-sys finds libtss2"),
+    (
+        "swtpm",
+        "software TPM 2.0 for the TPM enrollment tests (QEMU tpm-tis and the host agent)",
+    ),
+    (
+        "swtpm-tools",
+        "swtpm_setup and swtpm_localca: EK certificates from a test manufacturer CA",
+    ),
+    (
+        "tpm2-tools",
+        "independent TPM client: tpm2_activatecredential and tpm2_quote against rackboot's MakeCredential",
+    ),
     ("nginx", "HTTP peer for the benchmark"),
     ("wrk", "HTTP load for the benchmark"),
     (

@@ -31,7 +31,7 @@ mod units;
 mod upstream;
 
 pub use discovery::{BmcTls, Discovery, XnameRule};
-pub use identity::{EnrollPolicy, Identity};
+pub use identity::{EnrollPolicy, Identity, Tpm};
 pub use network::{Boot, Dhcp, DhcpMode, Listen, Subnet, default_pool, parse_pool};
 pub use services::{Auth, CloudInit, Issuer, StoreConfig, Timeline};
 pub use units::ByteSize;
@@ -126,6 +126,7 @@ impl Config {
                 "identity.cluster {c:?}: use letters, digits, '.' and '-' (a SPIFFE trust domain)"
             );
         }
+        self.identity.tpm.validate()?;
         if self.identity.cert_lifetime < Duration::from_secs(1) {
             bail!("identity.cert_lifetime must be at least 1s");
         }
@@ -270,6 +271,29 @@ router = "198.51.100.1"
         .unwrap();
         let err = format!("{:#}", Config::load(Some(&p), env(&[])).unwrap_err());
         assert!(err.contains("outside the subnet"), "{err}");
+    }
+
+    #[test]
+    fn tpm_golden_pcrs_are_checked_when_loaded() {
+        let ok = format!(r#"{{ compute = {{ "0" = "{}" }} }}"#, "ab".repeat(32));
+        let c = Config::load(
+            None,
+            env(&[
+                ("RACKBOOT_IDENTITY__POLICY", "tpm"),
+                ("RACKBOOT_IDENTITY__TPM__GOLDEN_PCRS", &ok),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.identity.policy, EnrollPolicy::Tpm);
+        assert!(c.identity.tpm.tofu);
+        for bad in [
+            r#"{ compute = { "8" = "00" } }"#.to_owned(),
+            r#"{ compute = { "0" = "not hex" } }"#.to_owned(),
+        ] {
+            let e = Config::load(None, env(&[("RACKBOOT_IDENTITY__TPM__GOLDEN_PCRS", &bad)]))
+                .unwrap_err();
+            assert!(format!("{e:#}").contains("golden_pcrs"), "{e:#}");
+        }
     }
 
     #[test]

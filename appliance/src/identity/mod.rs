@@ -10,16 +10,23 @@
 //!   rack CA, validity and the ClientAuth EKU; rackboot then maps the serial to an issued,
 //!   unrevoked certificate and its xname ([`NodeIdentity`]). A revocation takes effect on the
 //!   next request, and is published in the CRL.
+//! - Policy `tpm` replaces the token with TPM attestation (EK certificate, credential
+//!   activation, a quote over the CSR): [`tpm`].
 //! - Every issuance, renewal, refusal, revocation and secret read is in the append-only audit.
 //!
 //! Owns: rack CA, `certs`, `join_tokens`, `enroll_requests`, `secrets`, `identity_audit`,
-//! `/identity/v1/*`, `rackboot ca/cert/secret/agent`. May call: `client`, `cloudinit`, `config`,
+//! `tpm_eks`, `/identity/v1/*`, `rackboot ca/cert/secret/agent`. May call: `client`, `cloudinit`, `config`,
 //! `http`, `inventory`, `output`, `seal`, `store`, `timeline`.
 
 pub mod agent;
+#[cfg(feature = "tpm")]
+pub mod agent_tpm;
 pub mod ca;
 pub mod cli;
 pub mod routes;
+pub mod tpm;
+pub mod tpm_routes;
+pub mod tpm_wire;
 
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -77,6 +84,8 @@ struct Inner {
     /// The HTTPS listener's config, replaced when its certificate is renewed.
     server: RwLock<Option<Arc<rustls::ServerConfig>>>,
     crl_number: std::sync::atomic::AtomicU64,
+    /// TPM credential challenges waiting for their answer.
+    tpm: tpm::Challenges,
 }
 
 impl std::fmt::Debug for Identity {
@@ -135,6 +144,7 @@ impl Identity {
                 timeline,
                 server: RwLock::new(None),
                 crl_number: std::sync::atomic::AtomicU64::new(start),
+                tpm: tpm::Challenges::default(),
             }),
         })
     }
@@ -280,7 +290,19 @@ impl Identity {
                 .refuse(Some(&x), "enroll", Problem::forbidden(why))
                 .await);
         }
-        if self.policy_for(&x).await? == config::EnrollPolicy::Approval {
+        let policy = self.policy_for(&x).await?;
+        if policy == config::EnrollPolicy::Tpm {
+            return Err(self
+                .refuse(
+                    Some(&x),
+                    "enroll",
+                    Problem::forbidden(format!(
+                        "{x} enrolls under policy tpm: a join token is not enough (`rackboot agent tpm-enroll`)"
+                    )),
+                )
+                .await);
+        }
+        if policy == config::EnrollPolicy::Approval {
             let id = hash.get(..16).unwrap_or(&hash).to_owned();
             let req = EnrollRequest {
                 id: id.clone(),

@@ -60,7 +60,7 @@ pub struct ScopeQuery {
     pub group: Option<String>,
 }
 
-fn v4(peer: SocketAddr) -> Result<Ipv4Addr, Problem> {
+pub(super) fn v4(peer: SocketAddr) -> Result<Ipv4Addr, Problem> {
     match peer.ip() {
         IpAddr::V4(ip) => Ok(ip),
         IpAddr::V6(ip) => ip
@@ -97,6 +97,7 @@ pub fn https_router(id: Identity) -> Router {
         .route("/identity/v1/enroll", post(enroll))
         .route("/identity/v1/enroll/{id}", get(enroll_status))
         .with_state(id.clone())
+        .merge(super::tpm_routes::https_router(id.clone()))
         .merge(node.with_state(id))
 }
 
@@ -114,7 +115,8 @@ pub fn admin_router(id: Identity) -> Router {
             "/identity/v1/secrets/{name}",
             put(set_secret).delete(delete_secret),
         )
-        .with_state(id)
+        .with_state(id.clone())
+        .merge(super::tpm_routes::admin_router(id))
 }
 
 /// Maps the verified client certificate to its node, or refuses.

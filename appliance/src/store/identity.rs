@@ -75,7 +75,7 @@ pub struct Audit {
     pub detail: String,
 }
 
-fn append_audit(tx: &Transaction<'_>, a: &Audit) -> Result<(), StoreError> {
+pub(super) fn append_audit(tx: &Transaction<'_>, a: &Audit) -> Result<(), StoreError> {
     tx.execute(
         "INSERT INTO identity_audit (ts_ms, xname, action, serial, ok, detail)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",

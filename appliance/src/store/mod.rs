@@ -24,6 +24,7 @@ mod schema;
 mod smd;
 mod smd_bulk;
 mod timeline;
+mod tpm;
 mod upstream;
 
 use std::path::{Path, PathBuf};
@@ -45,6 +46,7 @@ pub use smd::{
     Component, EthernetInterface, Group, GroupMembers, IpAddressEntry, RedfishEndpoint, Reservation,
 };
 pub use timeline::{BootEvent, NodeStatusRow};
+pub use tpm::TpmEk;
 pub use upstream::{ApplyStats, UpstreamSnapshot};
 
 /// Store errors. `Conflict`/`NotFound`/`Invalid` carry a message a person can act on.

@@ -182,6 +182,16 @@ const MIGRATIONS: &[&str] = &[
         last_error TEXT
     );
     "#,
+    // 9: TPM-attested enrollment: each node's EK (by the SHA-256 of its public key), bound by
+    // an operator or on first use; one EK belongs to one node.
+    r#"
+    CREATE TABLE tpm_eks (
+        xname TEXT PRIMARY KEY,
+        ek_hash TEXT NOT NULL UNIQUE,
+        source TEXT NOT NULL,
+        updated_ms INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// Brings `conn` to the latest schema; refuses a database from a newer rackboot.

@@ -1,7 +1,8 @@
 //! Who gets a join token on the boot path (`identity::join`): only a request from the node's
-//! own inventory address, with its MAC, holding a current lease, once per DHCP ACK; one store
-//! row per token; every refusal audited (but rate limiting, which is counted); expired tokens
-//! pruned; a flood from one source is limited while another source is served.
+//! own inventory address, with its MAC, holding a current lease, once per boot (the DHCP ACK
+//! of boot firmware, not of an installed system); one store row per token; every refusal
+//! audited (but rate limiting, which is counted); expired tokens pruned; a flood from one
+//! source is limited while another source is served.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
 use std::net::Ipv4Addr;
@@ -25,6 +26,7 @@ struct Rig {
     id: Identity,
     tokens: BootTokens,
     metrics: Arc<Metrics>,
+    timeline: Timeline,
 }
 
 async fn rig(cfg: config::Identity) -> Rig {
@@ -40,7 +42,7 @@ async fn rig(cfg: config::Identity) -> Rig {
         tokio_util::sync::CancellationToken::new(),
     );
     std::mem::forget(tasks);
-    let id = Identity::open(dir.path(), store.clone(), cfg, timeline).unwrap();
+    let id = Identity::open(dir.path(), store.clone(), cfg, timeline.clone()).unwrap();
     for (n, (x, mac, ip)) in [A, B].into_iter().enumerate() {
         store
             .put_components(vec![Component {
@@ -79,6 +81,7 @@ async fn rig(cfg: config::Identity) -> Rig {
         id,
         tokens,
         metrics,
+        timeline,
     }
 }
 
@@ -90,14 +93,15 @@ fn ip(a: &str) -> Ipv4Addr {
     a.parse().unwrap()
 }
 
-/// What the DHCP committer writes before an ACK of `mac` at `ip`. Waits until the clock has
-/// moved past `after` first, so this ACK is later than anything issued before it (the clock
-/// is the thing compared; the wait is a condition, not a guess).
-async fn ack(store: &Store, m: &str, a: &str, after: i64) {
+/// What the DHCP committer does before an ACK of `mac` at `ip`: stores the lease and, for boot
+/// firmware (`boot`: PXE or iPXE, not an installed system), notes the boot. Waits until the
+/// clock has moved past `after` first, so this ACK is later than anything issued before it
+/// (the clock is the thing compared; the wait is a condition, not a guess).
+async fn ack(r: &Rig, m: &str, a: &str, after: i64, boot: bool) {
     while now_ms() <= after {
         tokio::task::yield_now().await;
     }
-    store
+    r.store
         .put_leases(vec![LeaseRecord {
             mac: mac(m),
             ip: ip(a),
@@ -107,6 +111,9 @@ async fn ack(store: &Store, m: &str, a: &str, after: i64) {
         }])
         .await
         .unwrap();
+    if boot {
+        r.timeline.boot_acked(mac(m), ip(a));
+    }
 }
 
 fn req<'a>(x: &'a str, m: Option<&str>, peer: &str) -> BootRequest<'a> {
@@ -166,14 +173,20 @@ async fn only_the_node_itself_gets_a_token_once_per_dhcp_ack() {
         "no_lease"
     );
     // A lease of the node's MAC for another address is not the node's.
-    ack(&r.store, m, "192.0.2.99", 0).await;
+    ack(&r, m, "192.0.2.99", 0, true).await;
     assert_eq!(
         reason(r.tokens.decide(&req(x, Some(m), a), later()).await),
         "no_lease"
     );
 
-    // After the ACK: the first fetch gets the token, every later one in this boot does not.
-    ack(&r.store, m, a, 0).await;
+    // A lease from an installed system's DHCP (no boot firmware) is no boot.
+    ack(&r, m, a, 0, false).await;
+    assert_eq!(
+        reason(r.tokens.decide(&req(x, Some(m), a), later()).await),
+        "no_boot"
+    );
+    // After a boot's ACK: the first fetch gets the token, every later one in this boot does not.
+    ack(&r, m, a, 0, true).await;
     let token = r.tokens.decide(&req(x, Some(m), a), later()).await.unwrap();
     for _ in 0..3 {
         assert_eq!(
@@ -184,10 +197,16 @@ async fn only_the_node_itself_gets_a_token_once_per_dhcp_ack() {
     // Minting is one row; the refusals wrote no token rows.
     let rows = r.store.join_tokens_of(x.into()).await.unwrap();
     assert_eq!(rows.len(), 1, "{rows:?}");
+    // The installed system's DHCP (renewals too) opens no new window.
+    ack(&r, m, a, rows[0].created_ms, false).await;
+    assert_eq!(
+        reason(r.tokens.decide(&req(x, Some(m), a), later()).await),
+        "already_issued"
+    );
 
     // A new boot (a new ACK) hands out a new token and supersedes the unused one: the old
     // token is refused as replaced.
-    ack(&r.store, m, a, rows[0].created_ms).await;
+    ack(&r, m, a, rows[0].created_ms, true).await;
     let token2 = r.tokens.decide(&req(x, Some(m), a), later()).await.unwrap();
     assert_ne!(token, token2);
     let e = r.id.enroll(ip(a), &token, &csr(x)).await.unwrap_err();
@@ -223,7 +242,7 @@ async fn only_the_node_itself_gets_a_token_once_per_dhcp_ack() {
         2,
         "{audit:?}"
     );
-    assert_eq!(count("join-token", false, "already issued"), 4, "{audit:?}");
+    assert_eq!(count("join-token", false, "already issued"), 5, "{audit:?}");
     assert_eq!(count("enroll", false, "replaced"), 1, "{audit:?}");
     assert_eq!(count("enroll", false, "already used"), 1, "{audit:?}");
 }
@@ -232,8 +251,8 @@ async fn only_the_node_itself_gets_a_token_once_per_dhcp_ack() {
 async fn refusals_are_audited_and_counted_and_a_flood_is_limited_per_source() {
     let r = rig(config::Identity::default()).await;
     let (x, m, a) = A;
-    ack(&r.store, m, a, 0).await;
-    ack(&r.store, B.1, B.2, 0).await;
+    ack(&r, m, a, 0, true).await;
+    ack(&r, B.1, B.2, 0, true).await;
     // Through `kernel_params`, as the boot route calls it: the first request gets the token.
     let p = r.tokens.kernel_params(&req(x, Some(m), a)).await;
     assert!(p.starts_with("rackboot.join=") && p.contains("rackboot.url=https://192.0.2.1"));

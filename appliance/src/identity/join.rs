@@ -12,13 +12,17 @@
 //! 3. that MAC is one of the node's EthernetInterfaces, with an address;
 //! 4. the request comes from that address (the TCP peer; `X-Forwarded-For` is not believed here);
 //! 5. the MAC holds a current DHCP lease for that address;
-//! 6. no token was issued to the node since that lease's latest ACK. Every ACK rewrites the
-//!    lease row before it is sent, so the row's `updated_ms` is a durable "this MAC just did
-//!    DHCP" mark that needs no timeline: iPXE does DHCP and then fetches its script once, so
-//!    the first fetch after the ACK is the node's own; a second fetch in the same boot (a
-//!    retry chain, or anyone else) gets no token. The check and the mint are one store write,
-//!    which also supersedes the node's unused token (at most one live token per node) and
-//!    appends the audit row.
+//! 6. no token was issued to the node since its latest *boot*: the DHCP ACK of boot firmware
+//!    (PXE vendor class or iPXE user class) for that MAC and address, which the DHCP committer
+//!    notes (`Timeline::boot_acked`) after storing the lease and before sending the ACK. iPXE
+//!    does DHCP and then fetches its script once, so the first fetch after that ACK is the
+//!    node's own; a second fetch in the same boot (a retry chain, or anyone else) gets no
+//!    token. The installed system's own DHCP (udhcpc, dhclient, renewals) is no boot: it opens
+//!    no new window once the node has enrolled. (The lease row's `updated_ms` changes on every
+//!    ACK, renewals included, so it is not the signal.) The note is in memory: after a restart
+//!    a node gets a token at its next boot. The check and the mint are one store write, which
+//!    also supersedes the node's unused token (at most one live token per node) and appends
+//!    the audit row.
 //!
 //! Every refusal is logged with its reason and counted in
 //! `rackboot_identity_token_refusals_total{reason}`; all but `rate_limited` are also an
@@ -58,7 +62,7 @@ pub struct BootRequest<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     /// Stable label (metric and log): `rate_limited`, `no_source`, `no_mac`, `mac_not_node`,
-    /// `wrong_source`, `no_lease`, `already_issued`, `error`.
+    /// `wrong_source`, `no_lease`, `no_boot`, `already_issued`, `error`.
     pub reason: &'static str,
     pub detail: String,
 }
@@ -183,19 +187,35 @@ impl BootTokens {
             .await
             .map_err(error)?
             .filter(|l| l.ip == ip && l.expires_ms > crate::store::now_ms());
-        let Some(lease) = lease else {
+        if lease.is_none() {
             return Err(refusal(
                 "no_lease",
-                format!("{mac} holds no current DHCP lease for {ip}: a token follows a DHCP ACK"),
+                format!(
+                    "{mac} holds no current DHCP lease for {ip}: a token follows a boot's DHCP ACK"
+                ),
+            ));
+        }
+        let Some((_, acked_ms)) = self
+            .id
+            .inner
+            .timeline
+            .boot_ack(mac)
+            .filter(|(acked, _)| *acked == ip)
+        else {
+            return Err(refusal(
+                "no_boot",
+                format!(
+                    "no boot of {mac} at {ip} since rackboot started: a token follows the DHCP ACK of boot firmware (PXE or iPXE), not of an installed system"
+                ),
             ));
         };
-        let acked = crate::timeline::routes::rfc3339(lease.acked_ms);
+        let acked = crate::timeline::routes::rfc3339(acked_ms);
         let (token, at) = self
             .id
             .mint_since(
                 x,
                 ip,
-                Some(lease.acked_ms),
+                Some(acked_ms),
                 format!("to {ip} ({mac}), first boot script after the DHCP ACK of {acked}"),
                 format!(
                     "already issued: {x}'s token for this boot (DHCP ACK of {acked}) was handed out; {ip} ({mac}) asked again"

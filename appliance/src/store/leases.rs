@@ -40,7 +40,7 @@ pub struct LeaseAck {
     pub ip: Ipv4Addr,
     pub expires_ms: i64,
     /// Unix ms of the write that preceded the latest ACK (every ACK rewrites its lease before
-    /// it is sent, renewals included).
+    /// it is sent, renewals included, so this is not the start of a boot).
     pub acked_ms: i64,
 }
 

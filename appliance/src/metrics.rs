@@ -93,6 +93,7 @@ pub struct Metrics {
     dhcp_static_unrecorded: Counter,
     store_state: Family<PoolLabel, Gauge>,
     store_free_bytes: Gauge,
+    identity_token_refusals: Family<Reason, Counter>,
 }
 
 impl Default for Metrics {
@@ -122,6 +123,7 @@ impl Metrics {
             dhcp_static_unrecorded: Counter::default(),
             store_state: Family::default(),
             store_free_bytes: Gauge::default(),
+            identity_token_refusals: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -205,6 +207,11 @@ impl Metrics {
             "Bytes free on the data partition",
             m.store_free_bytes.clone(),
         );
+        registry.register(
+            "identity_token_refusals",
+            "Boot scripts of known nodes served without a join token, by reason (rate_limited, no_mac, wrong_source, no_lease, already_issued, …)",
+            m.identity_token_refusals.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -276,6 +283,14 @@ impl Metrics {
 
     pub fn timeline_dropped(&self) {
         self.timeline_dropped.inc();
+    }
+
+    pub fn identity_token_refusal(&self, reason: &str) {
+        self.identity_token_refusals
+            .get_or_create(&Reason {
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     pub fn dhcp_static_unrecorded(&self) {

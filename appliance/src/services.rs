@@ -132,6 +132,9 @@ pub async fn start(
     } else {
         None
     };
+    if identity.is_some() {
+        crate::identity::join::spawn_pruner(&mut tasks, store.clone(), shutdown.clone());
+    }
 
     let dhcp = dhcp_config(settings)?;
     let pool_size: i64 = dhcp
@@ -182,7 +185,13 @@ pub async fn start(
         fallback_base: settings.base_url(),
         max_retries: boot.max_retries,
         timeline: timeline.clone(),
-        identity: identity.clone().map(|id| (id, https_url(settings))),
+        identity: identity.clone().map(|id| {
+            Arc::new(crate::identity::join::BootTokens::new(
+                id,
+                https_url(settings),
+                Some(metrics.clone()),
+            ))
+        }),
         upstream: upstream
             .as_ref()
             .map(crate::federation::Federation::unknown_lookup),

@@ -136,6 +136,18 @@ impl Qemu {
             std::thread::sleep(Duration::from_millis(250));
         }
     }
+
+    /// Waits until the VM has powered off (QEMU runs with `-no-reboot`, so it exits).
+    pub fn wait_powered_off(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                bail!("the VM did not power off within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        Ok(())
+    }
 }
 
 impl Drop for Qemu {

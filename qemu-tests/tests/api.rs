@@ -475,7 +475,22 @@ fn failures_stuck_nodes_and_the_event_stream() {
         .stdout(std::fs::File::create(&stream_file).unwrap())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(700));
+    // The stream is live once it carries an event: ask for the node's script until one shows.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !std::fs::read_to_string(&stream_file)
+        .unwrap_or_default()
+        .contains("event: boot")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the event stream never carried an event"
+        );
+        let (code, _) = rb
+            .http("GET", &format!("/boot/v1/bootscript?mac={mac}"), None)
+            .unwrap();
+        assert_eq!(code, 200);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     // iPXE comes back through the retry chain: a failed step.
     let (code, _) = rb
         .http(

@@ -217,6 +217,13 @@ pub async fn spawn(
                         metrics.dhcp_static_unrecorded();
                     }
                     if let Some((dst, bytes)) = p.reply {
+                        // A boot starts here: the node's next boot script may carry a join
+                        // token (noted before the ACK leaves, so the script request finds it).
+                        if let (Some(MessageType::Ack), Some(ip), true) =
+                            (p.event.sent, p.event.ip, p.event.ipxe || p.event.firmware)
+                        {
+                            timeline.boot_acked(p.event.mac, ip);
+                        }
                         send(&sock, &bytes, dst).await;
                         sent(&metrics, &timeline, &p.event);
                         if let (Some(hook), Some(ip), Some(MessageType::Ack)) =

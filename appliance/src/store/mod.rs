@@ -38,9 +38,9 @@ pub use bmc::DiscoveryNames;
 pub use bss::{BootParameters, BootSelector, CloudInit};
 pub use cloudinit::{CLOUD_INIT_DEFAULTS_KEY, CiKind, NodeInfo};
 pub use health::{StoreHealth, StoreState};
-pub use identity::{Audit, AuditRow, CertRow, EnrollRequest, JoinToken, SecretScope};
+pub use identity::{Audit, AuditRow, CertRow, EnrollRequest, Issued, JoinToken, SecretScope};
 pub use images::ImageRecord;
-pub use leases::{LeaseRecord, LeaseRecordKind};
+pub use leases::{LeaseAck, LeaseRecord, LeaseRecordKind};
 pub use outbox::OutboxItem;
 pub use smd::{
     Component, EthernetInterface, Group, GroupMembers, IpAddressEntry, RedfishEndpoint, Reservation,

@@ -352,15 +352,25 @@ fn tpm_enrollment_with_a_self_made_ek_is_refused_and_audited() {
             .any(|d| d.contains("does not chain to the manufacturer CA bundle")),
         "{r:?}"
     );
-    // Under policy tpm the join token from the boot script is not enough either.
+    // Under policy tpm a boot script carries no join token, and a token an administrator
+    // issues is not enough either.
     let (code, script) = rb
         .http("GET", &format!("/boot/v1/bootscript?mac={}", A.1), None)
         .unwrap();
     assert_eq!(code, 200, "{script}");
-    let token = script
-        .split_whitespace()
-        .find_map(|t| t.strip_prefix("rackboot.join="))
-        .unwrap_or_else(|| panic!("no token in {script}"))
+    assert!(!script.contains("rackboot.join="), "{script}");
+    assert!(script.contains("rackboot.url="), "{script}");
+    let (code, issued) = rb
+        .http(
+            "POST",
+            "/identity/v1/join-tokens",
+            Some(&serde_json::json!({ "node": A.0 }).to_string()),
+        )
+        .unwrap();
+    assert_eq!(code, 200, "{issued}");
+    let token = serde_json::from_str::<Value>(&issued).unwrap()["token"]
+        .as_str()
+        .unwrap()
         .to_owned();
     sh(Command::new("openssl").current_dir(w).args([
         "req",

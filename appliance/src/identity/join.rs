@@ -102,6 +102,18 @@ impl BootTokens {
     /// rackboot.url=…`, or nothing (the refusal logged, counted and, but for rate limiting,
     /// audited).
     pub async fn kernel_params(&self, req: &BootRequest<'_>) -> String {
+        // Policy tpm: the node proves itself with its TPM, so no token is minted (one would be
+        // refused at enrollment anyway); the agent needs only where to enroll.
+        if matches!(
+            self.id.policy_for(req.xname).await,
+            Ok(crate::config::EnrollPolicy::Tpm)
+        ) {
+            return format!(
+                "rackboot.ca={} rackboot.url={}",
+                self.id.ca().fingerprint(),
+                self.url
+            );
+        }
         match self.decide(req, Instant::now()).await {
             Ok(token) => format!(
                 "rackboot.join={token} rackboot.ca={} rackboot.url={}",

@@ -1,6 +1,6 @@
 //! The `rackboot` command line: one subcommand per capability, each defined in its module.
 //!
-//! Owns: the `rackboot` command line. May call: `config`, `netif`, `sys`, `seal`, `output`,
+//! Owns: the `rackboot` command line. May call: `version`, `config`, `netif`, `sys`, `seal`, `output`,
 //! `store`, `http`, `metrics`, `auth`, `client`, `inventory`, `timeline`, `ipxe`, `tftp`, `dhcp`,
 //! `images`, `cloudinit`, `identity`, `boot`, `discovery`, `federation`, `serve`, `services`.
 
@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(
     name = "rackboot",
-    version,
+    version = crate::version::LONG,
     propagate_version = true,
     max_term_width = 100
 )]

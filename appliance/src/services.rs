@@ -5,8 +5,8 @@
 //! `GET /boot/v1/service/status` starts answering 200.
 //!
 //! Owns: starts every listener and task, assembles the HTTP surface, `services::run`. May call:
-//! `config`, `netif`, `sys`, `seal`, `output`, `store`, `http`, `metrics`, `auth`, `client`,
-//! `inventory`, `timeline`, `ipxe`, `tftp`, `dhcp`, `images`, `cloudinit`, `identity`, `boot`,
+//! `version`, `config`, `netif`, `sys`, `seal`, `output`, `store`, `http`, `metrics`, `auth`,
+//! `client`, `inventory`, `timeline`, `ipxe`, `tftp`, `dhcp`, `images`, `cloudinit`, `identity`, `boot`,
 //! `discovery`, `federation`, `serve`.
 
 use std::sync::Arc;
@@ -589,6 +589,7 @@ pub async fn run(args: crate::serve::ServeArgs) -> anyhow::Result<()> {
         .context("rackboot could not start")?;
     let _ = ready_tx.send(true);
     tracing::info!(
+        version = crate::version::LONG,
         interface = %settings.iface.name,
         ip = %settings.iface.addr,
         subnet = %settings.iface.net,

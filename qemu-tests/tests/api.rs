@@ -539,3 +539,51 @@ fn failures_stuck_nodes_and_the_event_stream() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
 }
+
+/// `rackboot --version` and `/rackboot/v1/status` name the same build: version, the git commit
+/// this tree is at, and whether tracked files differed from it.
+#[test]
+fn version_and_commit_in_the_cli_and_the_status_api() {
+    if !preflight(false) {
+        return;
+    }
+    let out = std::process::Command::new(rackboot_bin().unwrap())
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let line = String::from_utf8(out.stdout).unwrap();
+    let ns = Netns::new("ver").unwrap();
+    let rb = Rackboot::start(&ns).unwrap();
+    let (_, body) = rb.http("GET", "/rackboot/v1/status", None).unwrap();
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let build = &status["build"];
+    let commit = build["commit"].as_str().unwrap();
+    let tree = if build["dirty"] == true {
+        "dirty"
+    } else {
+        "clean"
+    };
+    assert_eq!(
+        line.trim(),
+        format!(
+            "rackboot {} (commit {commit}, tree {tree})",
+            build["version"].as_str().unwrap()
+        ),
+        "{status}"
+    );
+    assert_eq!(build["version"], env!("CARGO_PKG_VERSION"));
+    // Built from this checkout: the commit is its HEAD (a hex object name, not `unknown`).
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(qemu_tests::root())
+        .output()
+        .unwrap();
+    if head.status.success() && std::env::var_os("RACKBOOT_BIN").is_none() {
+        assert_eq!(commit, String::from_utf8_lossy(&head.stdout).trim());
+    }
+    assert!(
+        commit.len() == 40 && commit.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{commit}"
+    );
+}

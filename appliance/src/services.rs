@@ -35,6 +35,7 @@ use crate::timeline::{Observers, Timeline};
 /// The running services.
 pub struct Services {
     tasks: JoinSet<()>,
+    store: Store,
 }
 
 impl Services {
@@ -198,7 +199,7 @@ pub async fn start(
         identity: identity.clone(),
         upstream,
     };
-    let app = http_app(&authn, ipxe, images, store, boot_ctx, observe);
+    let app = http_app(&authn, ipxe, images, store.clone(), boot_ctx, observe);
     let listener = tokio::net::TcpListener::bind(settings.http_listen)
         .await
         .with_context(|| {
@@ -219,7 +220,7 @@ pub async fn start(
     if let Some(id) = identity {
         spawn_https(&mut tasks, settings, id, shutdown).await?;
     }
-    Ok(Services { tasks })
+    Ok(Services { tasks, store })
 }
 
 /// `https://<advertised address>[:port]`: what nodes enroll at.
@@ -597,7 +598,18 @@ pub async fn run(args: crate::serve::ServeArgs) -> anyhow::Result<()> {
         data_dir = %settings.data_dir.display(),
         "rackboot ready"
     );
+    crate::sys::notify_ready(&format!(
+        "serving on {} ({})",
+        settings.iface.name, settings.iface.addr
+    ));
+    let store = services.store.clone();
+    let watchdog = tokio::spawn(crate::sys::watchdog(move || {
+        let store = store.clone();
+        async move { store.read(|_| Ok(())).await.is_ok() }
+    }));
     wait_for_signal().await;
+    crate::sys::notify_stopping();
+    watchdog.abort();
     tracing::info!("shutting down: no new requests; waiting for in-flight ones");
     shutdown.cancel();
     services.join(Duration::from_secs(10)).await;

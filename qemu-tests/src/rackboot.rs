@@ -10,6 +10,13 @@ use anyhow::{Context, bail};
 
 use crate::{Netns, SERVER, rackboot_bin, root, run_in};
 
+fn sh_status(cmd: &mut Command) -> anyhow::Result<()> {
+    if !cmd.status()?.success() {
+        bail!("{cmd:?} failed");
+    }
+    Ok(())
+}
+
 /// A running `rackboot serve` on br0 of a namespace.
 pub struct Rackboot {
     pub data_dir: tempfile::TempDir,
@@ -78,6 +85,12 @@ impl Rackboot {
         log: PathBuf,
     ) -> anyhow::Result<Rackboot> {
         Self::start_full(ns, wrapper, bin, data_dir, log, &[], ns.addr.clone())
+    }
+
+    /// SIGTERMs the server (a clean shutdown, as systemd stops it) and waits for it to exit.
+    pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        sh_status(Command::new("kill").args(["-TERM", &self.child.id().to_string()]))?;
+        Ok(self.child.wait()?)
     }
 
     /// SIGKILLs the server (no clean shutdown); the data dir stays.

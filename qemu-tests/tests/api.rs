@@ -587,3 +587,48 @@ fn version_and_commit_in_the_cli_and_the_status_api() {
         "{commit}"
     );
 }
+
+/// Under systemd (`Type=notify`, `WatchdogSec`), `rackboot serve` says READY=1 once it
+/// answers, then pings WATCHDOG=1, and says STOPPING=1 on SIGTERM: the test plays the service
+/// manager's notification socket.
+#[test]
+fn serve_notifies_ready_watchdog_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    if !preflight(false) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let ns = Netns::new("notify").unwrap();
+    let mut rb = Rackboot::start_with_env(
+        &ns,
+        &[
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            // 1 s: a ping every 0.5 s.
+            ("WATCHDOG_USEC", "1000000"),
+        ],
+    )
+    .unwrap();
+    let mut buf = [0u8; 512];
+    let mut recv = || {
+        let n = sock.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let first = recv();
+    assert!(first.contains("READY=1"), "{first}");
+    assert!(first.contains("STATUS=serving on br0"), "{first}");
+    // The server already answers when it says it is ready.
+    let (code, _) = rb.http("GET", "/boot/v1/service/status", None).unwrap();
+    assert_eq!(code, 200);
+    let ping = recv();
+    assert_eq!(ping.trim(), "WATCHDOG=1");
+    assert!(rb.terminate().unwrap().success());
+    let mut last = recv();
+    while last.trim() == "WATCHDOG=1" {
+        last = recv();
+    }
+    assert_eq!(last.trim(), "STOPPING=1");
+}

@@ -357,6 +357,7 @@ fn debian_root_tarball() -> PathBuf {
         return tarball;
     }
     let partial = tarball.with_extension("partial.tar");
+    let _ = std::fs::remove_file(&partial);
     let (ok, out) = sh(Command::new("mmdebstrap")
         .args([
             "--variant=minbase",
@@ -508,17 +509,25 @@ fn oci_image_loads_and_serves_under_podman_in_a_netns() {
     );
     assert!(rootfs.join("usr/lib/ipxe/undionly.kpxe").exists());
 
-    // Podman, rootful, with its own storage so nothing is left in the host's.
+    // Podman, rootful, with its own storage so nothing is left in the host's. Three things of
+    // this machine (a container itself) are worked around, none of them about the image:
+    // `ip netns exec` remounts /sys, hiding /sys/fs/cgroup from crun, so the namespace is
+    // entered with `nsenter --net` only; the cgroups are mounted in hybrid mode (v1 controllers
+    // plus /sys/fs/cgroup/unified), which crun refuses, so podman runs in a private mount
+    // namespace without the unified hierarchy; and root lacks CAP_SYS_RESOURCE, so the
+    // container's limits are set below the current hard limits instead of podman's defaults.
     let ns = Netns::new("oci").unwrap();
     let store = dir.path().join("podman");
+    let script = format!(
+        "umount /sys/fs/cgroup/unified 2>/dev/null; exec nsenter --net=/run/netns/{} podman \
+         --root {root} --runroot {run} --storage-driver vfs --cgroup-manager cgroupfs \"$@\"",
+        ns.name,
+        root = store.join("root").display(),
+        run = store.join("run").display(),
+    );
     let podman = |args: &[&str]| {
-        sh(ns
-            .cmd("podman")
-            .arg("--root")
-            .arg(store.join("root"))
-            .arg("--runroot")
-            .arg(store.join("run"))
-            .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs"])
+        sh(Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", &script, "sh"])
             .args(args))
     };
     let (ok, out) = podman(&["load", "-i", archive.to_str().unwrap()]);

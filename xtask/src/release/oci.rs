@@ -44,7 +44,6 @@ fn tar(dir: &Path, out: &Path, epoch: u64) -> anyhow::Result<()> {
             "--numeric-owner",
         ])
         .arg(format!("--mtime=@{epoch}"))
-        .arg("--clamp-mtime")
         .args(["-cf"])
         .arg(out)
         .arg("-C")

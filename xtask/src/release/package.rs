@@ -9,11 +9,15 @@ use anyhow::Context;
 use super::Source;
 use crate::run::{output, run};
 
-const SUMMARY: &str = "per-rack boot appliance: DHCP, TFTP, HTTP iPXE, OpenCHAMI BSS/SMD APIs";
-const DESCRIPTION: &str = "rackboot boots the nodes of one rack from its own inventory: DHCP \
-with static leases from SMD EthernetInterfaces, TFTP for iPXE, HTTP boot scripts, kernels and \
-initrds, cloud-init, Redfish discovery and power, mTLS node identity, and federation with an \
-OpenCHAMI upstream, from one static binary.";
+const SUMMARY: &str = "Per-rack boot appliance: DHCP, TFTP, HTTP iPXE, OpenCHAMI BSS/SMD APIs";
+/// Lines of at most 79 columns (rpmlint's limit; a .deb indents each by one space).
+const DESCRIPTION: &[&str] = &[
+    "rackboot boots the nodes of one rack from its own inventory: DHCP with static",
+    "leases from SMD EthernetInterfaces, TFTP for iPXE, HTTP boot scripts, kernels",
+    "and initrds, cloud-init, Redfish discovery and power, mTLS node identity, and",
+    "federation with an OpenCHAMI upstream, from one static binary.",
+];
+const PACKAGER: &str = "rackboot maintainers <rackboot@localhost>";
 
 /// The user-creation snippet both packages run before files are unpacked (rpm %pre) or after
 /// (deb postinst): a system user and group `rackboot`, home /var/lib/rackboot, no shell.
@@ -134,11 +138,11 @@ pub fn deb(src: &Source, root: &Path, out: &Path) -> anyhow::Result<()> {
     write(
         &control.join("control"),
         &format!(
-            "Package: rackboot\nVersion: {v}\nArchitecture: amd64\nMaintainer: rackboot maintainers <rackboot@localhost>\n\
+            "Package: rackboot\nVersion: {v}\nArchitecture: amd64\nMaintainer: {PACKAGER}\n\
              Installed-Size: {size_kib}\nSection: net\nPriority: optional\nRecommends: ipxe\n\
              Description: {SUMMARY}\n {desc}\n",
             v = src.version,
-            desc = DESCRIPTION,
+            desc = DESCRIPTION.join("\n "),
         ),
     )?;
     write(&control.join("conffiles"), "/etc/rackboot/config.toml\n")?;
@@ -215,15 +219,18 @@ pub fn rpm(src: &Source, root: &Path, work: &Path, out: &Path) -> anyhow::Result
         &format!(
             "Name: rackboot\nVersion: {v}\nRelease: 1\nSummary: {SUMMARY}\nLicense: MIT OR Apache-2.0\n\
              URL: https://github.com/rackboot/rackboot\nBuildArch: x86_64\nRequires(pre): shadow-utils\n\
+             # Static: no library or loader requirement to generate.\nAutoReq: no\n\
              Recommends: ipxe-bootimgs-x86\n\n\
-             %description\n{DESCRIPTION}\n\n\
+             Group: System Environment/Daemons\nPackager: {PACKAGER}\n\n\
+             %description\n{desc}\n\n\
              %prep\n\n%build\n\n\
              %install\ncp -a {root}/. %{{buildroot}}/\n\n\
              %pre\n{ADD_USER}exit 0\n\n\
              %files\n{files}%dir /etc/rackboot\n%config(noreplace) /etc/rackboot/config.toml\n\
              %dir %attr(0750,rackboot,rackboot) /var/lib/rackboot\n\n\
-             %changelog\n* {date} rackboot maintainers <rackboot@localhost> - {v}-1\n- See /usr/share/doc/rackboot/CHANGELOG.md\n",
+             %changelog\n* {date} {PACKAGER} - {v}-1\n- See /usr/share/doc/rackboot/CHANGELOG.md\n",
             v = src.version,
+            desc = DESCRIPTION.join("\n"),
             root = root.display(),
             date = rpm_date(src.epoch)?,
         ),
@@ -240,7 +247,7 @@ pub fn rpm(src: &Source, root: &Path, work: &Path, out: &Path) -> anyhow::Result
         .args(define("debug_package", "%{nil}"))
         // No strip, no brp scripts: the packaged binary is byte for byte dist/rackboot.
         .args(define("__os_install_post", "%{nil}"))
-        .args(define("_binary_payload", "w19.zstdio"))
+        .args(define("_binary_payload", "w12.zstdio"))
         .arg(&spec)
         .env("SOURCE_DATE_EPOCH", src.epoch.to_string());
     run(&mut cmd)?;

@@ -26,13 +26,22 @@ pub fn check() -> anyhow::Result<()> {
         tmp.path().join("a/rackboot"),
         tmp.path().join("b/second-checkout/src/rackboot-release"),
     ];
+    // One commit for both clones, whatever is committed while the first one builds.
+    let commit = Source::of(&root)?.commit;
     let mut outs = Vec::new();
     for dir in &dirs {
-        crate::stage(&format!("reproducibility: clone into {}", dir.display()));
+        crate::stage(&format!(
+            "reproducibility: clone {commit} into {}",
+            dir.display()
+        ));
         run(Command::new("git")
             .args(["clone", "--quiet", "--no-hardlinks"])
             .arg(&root)
             .arg(dir))?;
+        run(Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["checkout", "--quiet", "--detach", &commit]))?;
         let src = Source::of(dir)?;
         let out = dir.join("dist");
         release(&src, &target_dir(), &out, false)?;

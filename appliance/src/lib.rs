@@ -26,3 +26,4 @@ pub mod store;
 pub(crate) mod sys;
 pub(crate) mod tftp;
 pub mod timeline;
+pub mod version;

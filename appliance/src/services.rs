@@ -5,8 +5,8 @@
 //! `GET /boot/v1/service/status` starts answering 200.
 //!
 //! Owns: starts every listener and task, assembles the HTTP surface, `services::run`. May call:
-//! `config`, `netif`, `sys`, `seal`, `output`, `store`, `http`, `metrics`, `auth`, `client`,
-//! `inventory`, `timeline`, `ipxe`, `tftp`, `dhcp`, `images`, `cloudinit`, `identity`, `boot`,
+//! `version`, `config`, `netif`, `sys`, `seal`, `output`, `store`, `http`, `metrics`, `auth`,
+//! `client`, `inventory`, `timeline`, `ipxe`, `tftp`, `dhcp`, `images`, `cloudinit`, `identity`, `boot`,
 //! `discovery`, `federation`, `serve`.
 
 use std::sync::Arc;
@@ -35,6 +35,7 @@ use crate::timeline::{Observers, Timeline};
 /// The running services.
 pub struct Services {
     tasks: JoinSet<()>,
+    store: Store,
 }
 
 impl Services {
@@ -207,7 +208,7 @@ pub async fn start(
         identity: identity.clone(),
         upstream,
     };
-    let surface = http_surface(&authn, ipxe, images, store, boot_ctx, observe);
+    let surface = http_surface(&authn, ipxe, images, store.clone(), boot_ctx, observe);
     let rack_device = settings.rack_device();
     let listener =
         crate::netif::tcp_listener(rack_device, settings.http_listen).with_context(|| {
@@ -241,7 +242,7 @@ pub async fn start(
     if let Some(id) = identity {
         spawn_https(&mut tasks, settings, id, shutdown).await?;
     }
-    Ok(Services { tasks })
+    Ok(Services { tasks, store })
 }
 
 /// Serves `app` on `listener` until shutdown.
@@ -653,6 +654,7 @@ pub async fn run(args: crate::serve::ServeArgs) -> anyhow::Result<()> {
         .context("rackboot could not start")?;
     let _ = ready_tx.send(true);
     tracing::info!(
+        version = crate::version::LONG,
         interface = %settings.iface.name,
         ip = %settings.iface.addr,
         subnet = %settings.iface.net,
@@ -665,7 +667,18 @@ pub async fn run(args: crate::serve::ServeArgs) -> anyhow::Result<()> {
         data_dir = %settings.data_dir.display(),
         "rackboot ready"
     );
+    crate::sys::notify_ready(&format!(
+        "serving on {} ({})",
+        settings.iface.name, settings.iface.addr
+    ));
+    let store = services.store.clone();
+    let watchdog = tokio::spawn(crate::sys::watchdog(move || {
+        let store = store.clone();
+        async move { store.read(|_| Ok(())).await.is_ok() }
+    }));
     wait_for_signal().await;
+    crate::sys::notify_stopping();
+    watchdog.abort();
     tracing::info!("shutting down: no new requests; waiting for in-flight ones");
     shutdown.cancel();
     services.join(Duration::from_secs(10)).await;

@@ -110,6 +110,36 @@ pub const PACKAGES: &[(&str, &str)] = &[
         "mke2fs/resize2fs copied into the offline appliance image",
     ),
     ("nmap", "port scan of the appliance from the rack network"),
+    // Releases (`cargo xtask release`, qemu-tests/tests/release.rs).
+    (
+        "rpm",
+        "rpmbuild for the release .rpm; rpm -qip/-qlp and rpm2cpio in its tests",
+    ),
+    ("rpmlint", "lints the release .rpm"),
+    (
+        "binutils",
+        "readelf: the release binary has no interpreter and no shared libraries",
+    ),
+    (
+        "mmdebstrap",
+        "a clean Debian 12 root (from apt's mirror, cached) the release .deb installs into",
+    ),
+    (
+        "podman",
+        "loads and runs the release OCI image with --network host in a netns",
+    ),
+    (
+        "diffoscope-minimal",
+        "explains a difference found by cargo xtask release --check-reproducible",
+    ),
+    (
+        "openssh-client",
+        "ssh-keygen -Y sign/verify: release signatures",
+    ),
+    (
+        "util-linux",
+        "setpriv: rackboot serve with the unit's user and capabilities",
+    ),
 ];
 
 /// Where Debian's python3-libvirt puts its modules.

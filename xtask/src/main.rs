@@ -5,6 +5,7 @@
 //! - `bench` — benchmarks (criterion + peer comparisons, Redfish discovery, identity
 //!   enrollment), written to docs/benchmarks.md; `bench http|boot|redfish|identity|federation`
 //!   run one part
+//! - `release` — dist/: static binary, .deb, .rpm, OCI image, SBOMs, signed sums and provenance
 //! - `deps`, `image node`, `image appliance` — the individual steps
 
 mod appliance;
@@ -12,6 +13,7 @@ mod bench;
 mod demo;
 mod deps;
 mod image;
+mod release;
 mod run;
 mod test;
 mod vectors;
@@ -49,6 +51,7 @@ fn main() {
             )),
         },
         Some("capture-vectors") => vectors::capture(),
+        Some("release") => release::main(args.get(1..).unwrap_or_default()),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
@@ -67,6 +70,8 @@ fn main() {
                  image node  build the QEMU node kernel + initramfs into build/node/\n  \
                  image appliance  build the Buildroot appliance disk image (offline variant) into build/appliance/\n  \
                  image appliance-recipe  check the production defconfig with Buildroot (make show-info; downloads nothing)\n  \
+                 release     build dist/: static binary, .deb, .rpm, OCI image, SBOMs, SHA256SUMS, signed provenance\n  \
+                 release --check-reproducible  build twice from two clean clones and compare byte for byte\n  \
                  capture-vectors  record real firmware DHCP messages into pxe-core/tests/vectors/"
             );
             std::process::exit(2);

@@ -47,6 +47,13 @@ pub fn run_all() -> anyhow::Result<()> {
         "warnings",
     ]))?;
 
+    // The release (static binary, packages, OCI image, SBOMs, signatures) that
+    // qemu-tests/tests/release.rs installs and runs, then the proof that it reproduces: two
+    // clean clones built with this target dir (registry crates shared, workspace crates rebuilt
+    // per clone) and compared byte for byte.
+    crate::release::main(&[])?;
+    crate::release::main(&["--check-reproducible".to_owned()])?;
+
     crate::stage("duplicate dependencies");
     run(cargo().args(["tree", "-d", "-e", "normal", "-p", "appliance"]))?;
 

@@ -6,7 +6,8 @@
 //! feeds the stage metrics and fans events out to `/rackboot/v1/events` subscribers.
 //!
 //! Owns: `boot_events` writer task, `/rackboot/v1/status`, `/nodes/*/timeline`, `/events`,
-//! `rackboot status`. May call: `client`, `http`, `inventory`, `metrics`, `output`, `store`.
+//! `rackboot status`. May call: `client`, `http`, `inventory`, `metrics`, `output`, `store`,
+//! `version`.
 
 pub mod cli;
 pub mod routes;

@@ -2,7 +2,8 @@
 //!
 //! Owns: the `rackboot` command line. May call: `config`, `netif`, `sys`, `seal`, `output`,
 //! `store`, `http`, `metrics`, `auth`, `client`, `inventory`, `timeline`, `ipxe`, `tftp`, `dhcp`,
-//! `images`, `cloudinit`, `identity`, `boot`, `discovery`, `federation`, `serve`, `services`.
+//! `images`, `cloudinit`, `identity`, `boot`, `discovery`, `federation`, `backup`, `serve`,
+//! `services`.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -91,6 +92,9 @@ pub enum Command {
     Agent(crate::identity::agent::AgentCommand),
     /// Federation with the upstream OpenCHAMI API: reachable, last pull, outbox depth.
     Upstream(crate::federation::cli::UpstreamArgs),
+    /// Encrypted backups of the store, keys, config and images; verify and restore them.
+    #[command(subcommand)]
+    Backup(crate::backup::cli::BackupCommand),
 }
 
 /// Sets up `tracing` for the whole process. Logs go to stderr; stdout is for command output.
@@ -134,5 +138,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Secret(cmd) => crate::identity::cli::secret(cmd).await,
         Command::Agent(cmd) => crate::identity::agent::run(cmd).await,
         Command::Upstream(args) => crate::federation::cli::run(args).await,
+        Command::Backup(cmd) => crate::backup::cli::run(cmd).await,
     }
 }

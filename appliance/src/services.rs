@@ -7,7 +7,7 @@
 //! Owns: starts every listener and task, assembles the HTTP surface, `services::run`. May call:
 //! `config`, `netif`, `sys`, `seal`, `output`, `store`, `http`, `metrics`, `auth`, `client`,
 //! `inventory`, `timeline`, `ipxe`, `tftp`, `dhcp`, `images`, `cloudinit`, `identity`, `boot`,
-//! `discovery`, `federation`, `serve`.
+//! `discovery`, `federation`, `backup`, `serve`.
 
 use std::sync::Arc;
 use std::time::Duration;

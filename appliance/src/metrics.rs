@@ -93,6 +93,8 @@ pub struct Metrics {
     dhcp_static_unrecorded: Counter,
     store_state: Family<PoolLabel, Gauge>,
     store_free_bytes: Gauge,
+    backup_last_success: Gauge,
+    backup_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -122,6 +124,8 @@ impl Metrics {
             dhcp_static_unrecorded: Counter::default(),
             store_state: Family::default(),
             store_free_bytes: Gauge::default(),
+            backup_last_success: Gauge::default(),
+            backup_failures: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -205,6 +209,16 @@ impl Metrics {
             "Bytes free on the data partition",
             m.store_free_bytes.clone(),
         );
+        registry.register(
+            "backup_last_success_timestamp_seconds",
+            "When the last scheduled backup ([backup]) finished, in seconds since the epoch; 0 before the first",
+            m.backup_last_success.clone(),
+        );
+        registry.register(
+            "backup_failures",
+            "Scheduled backups that failed",
+            m.backup_failures.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -283,6 +297,16 @@ impl Metrics {
     }
 
     /// Sets the store gauges (called at scrape time).
+    /// A scheduled backup finished at `unix_seconds`.
+    pub fn backup_succeeded(&self, unix_seconds: i64) {
+        self.backup_last_success.set(unix_seconds);
+    }
+
+    /// A scheduled backup failed.
+    pub fn backup_failed(&self) {
+        self.backup_failures.inc();
+    }
+
     pub fn set_store(&self, h: &crate::store::StoreHealth) {
         use crate::store::StoreState;
         for st in [StoreState::Ok, StoreState::Full, StoreState::Failing] {

@@ -51,6 +51,8 @@ pub struct Settings {
     pub http_listen: SocketAddr,
     pub advertise: Ipv4Addr,
     pub config: Config,
+    /// The `--config` file, if one is in use (scheduled backups include it).
+    pub config_file: Option<PathBuf>,
 }
 
 impl Settings {
@@ -85,6 +87,7 @@ impl Settings {
             http_listen,
             advertise,
             config,
+            config_file: args.config,
         })
     }
 

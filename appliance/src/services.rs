@@ -114,6 +114,14 @@ pub async fn start(
         }
         None => None,
     };
+    crate::backup::schedule::spawn(
+        &mut tasks,
+        &settings.config.backup,
+        data_dir,
+        settings.config_file.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    )?;
     let identity = if settings.config.identity.enabled {
         Some(
             crate::identity::Identity::open(

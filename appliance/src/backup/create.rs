@@ -63,6 +63,8 @@ pub fn create(opts: &CreateOptions) -> anyhow::Result<Created> {
     }
     let blobs_dir = opts.target.join("blobs").join("sha256");
     archive::create_private_dir_all(&blobs_dir)?;
+    // One writer per target: pruning must not delete a blob a backup is about to name.
+    let _lock = lock(&opts.target)?;
 
     let created_ms = crate::store::now_ms();
     let (name, final_path) = free_name(&opts.target, created_ms)?;
@@ -179,6 +181,20 @@ pub fn create(opts: &CreateOptions) -> anyhow::Result<Created> {
         blob_bytes_written: bytes,
         blobs_present: present,
     })
+}
+
+/// Holds the target's `.lock` (flock) until dropped; waits for another holder.
+pub(super) fn lock(target: &Path) -> anyhow::Result<nix::fcntl::Flock<File>> {
+    let path = target.join(".lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow::anyhow!("cannot lock {}: {e}", path.display()))
 }
 
 /// `rackboot-<stamp>.tar.age`, with `-2`, `-3`… when a backup of the same second exists.

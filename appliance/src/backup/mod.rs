@@ -31,6 +31,7 @@ mod archive;
 pub mod cli;
 mod create;
 mod restore;
+pub mod schedule;
 mod secret;
 
 use std::path::Path;

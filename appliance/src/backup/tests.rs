@@ -437,3 +437,51 @@ fn member_names_are_plain_and_ours() {
         assert!(archive::check_member_path(bad).is_err(), "{bad}");
     }
 }
+
+#[tokio::test]
+async fn prune_keeps_the_newest_archives_and_the_blobs_they_need() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, store) = fixture(tmp.path()).await;
+    let target = tmp.path().join("b");
+    let id = age::x25519::Identity::generate();
+    let to = || Seal::Recipients(vec![id.to_public()]);
+    let first = backup(&data, &target, to());
+    store
+        .write(|tx| Ok(tx.execute("DELETE FROM images WHERE name = 'kernel'", [])?))
+        .await
+        .unwrap();
+    let kernel = first
+        .manifest
+        .blobs
+        .iter()
+        .map(|b| b.sha256.clone())
+        .collect::<Vec<_>>();
+    let new = add_image(&data, &store, "kernel2", b"another kernel").await;
+    let second = backup(&data, &target, to());
+    let third = backup(&data, &target, to());
+    schedule::prune(&target, 2).unwrap();
+    assert!(!first.archive.exists());
+    assert!(second.archive.exists() && third.archive.exists());
+    let mut left: Vec<String> = std::fs::read_dir(target.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    let mut want: Vec<String> = third
+        .manifest
+        .blobs
+        .iter()
+        .map(|b| b.sha256.clone())
+        .collect();
+    want.sort();
+    assert_eq!(left, want);
+    assert!(left.contains(&new));
+    // The blob only the first backup needed is gone; the kept ones still verify.
+    assert!(kernel.iter().any(|k| !left.contains(k)));
+    verify(
+        &second.archive,
+        &Unseal::Identities(vec![id.clone()]),
+        &target.join("blobs"),
+    )
+    .unwrap();
+}

@@ -9,7 +9,7 @@
 //! Values are read as TOML when they parse as TOML (numbers, booleans, arrays, inline tables),
 //! otherwise as strings.
 //!
-//! One file per group of sections (`upstream.rs`, `identity.rs`, `discovery.rs`, `network.rs`,
+//! One file per group of sections (`backup.rs`, `upstream.rs`, `identity.rs`, `discovery.rs`, `network.rs`,
 //! `services.rs`; value types in `units.rs`). They stay in this module, at the bottom of the
 //! module graph, rather than beside the capabilities they configure: every capability reads its
 //! section, and `config` depends on none of them.
@@ -23,6 +23,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
+mod backup;
 mod discovery;
 mod identity;
 mod network;
@@ -30,6 +31,7 @@ mod services;
 mod units;
 mod upstream;
 
+pub use backup::Backup;
 pub use discovery::{BmcTls, Discovery, XnameRule};
 pub use identity::{EnrollPolicy, Identity};
 pub use network::{Boot, Dhcp, DhcpMode, Listen, Subnet, default_pool, parse_pool};
@@ -59,6 +61,7 @@ pub struct Config {
     pub discovery: Discovery,
     pub identity: Identity,
     pub upstream: Option<Upstream>,
+    pub backup: Backup,
 }
 
 impl Config {
@@ -112,6 +115,7 @@ impl Config {
                 }
             }
         }
+        self.backup.validate()?;
         if self.boot.max_retries == 0 {
             bail!("boot.max_retries must be at least 1");
         }

@@ -110,6 +110,7 @@ fn run_blocking(cmd: BackupCommand) -> anyhow::Result<()> {
                 config: a.config,
                 target: a.target,
                 seal,
+                keep: None,
             })?;
             match a.output {
                 OutputFormat::Json => print_json(&serde_json::json!({

@@ -18,6 +18,9 @@ pub struct CreateOptions {
     /// The target directory (created if missing).
     pub target: PathBuf,
     pub seal: Seal,
+    /// Then keep only the newest this many archives (and the blobs they need), under the
+    /// same lock, so nobody sees more than that many.
+    pub keep: Option<usize>,
 }
 
 /// A finished backup.
@@ -167,6 +170,9 @@ pub fn create(opts: &CreateOptions) -> anyhow::Result<Created> {
     std::fs::rename(&tmp.0, &final_path)
         .with_context(|| format!("cannot write {}", final_path.display()))?;
     archive::sync_dir(&opts.target)?;
+    if let Some(keep) = opts.keep {
+        super::schedule::prune_locked(&opts.target, keep)?;
+    }
     tracing::info!(
         archive = %final_path.display(),
         blobs_written = written,

@@ -52,8 +52,8 @@ pub fn spawn(
                         config: config_file,
                         target: dir.clone(),
                         seal: seal_for(&cfg)?,
+                        keep: Some(cfg.keep as usize),
                     })?;
-                    prune(&dir, cfg.keep as usize)?;
                     Ok(created.archive)
                 })
                 .await
@@ -117,6 +117,11 @@ fn archives(dir: &Path) -> anyhow::Result<Vec<(SystemTime, PathBuf)>> {
 /// archive's `.blobs` list names. Blobs are left alone if any archive has no list.
 pub fn prune(dir: &Path, keep: usize) -> anyhow::Result<()> {
     let _lock = super::create::lock(dir)?;
+    prune_locked(dir, keep)
+}
+
+/// [`prune`] for a caller that holds the target's lock.
+pub(super) fn prune_locked(dir: &Path, keep: usize) -> anyhow::Result<()> {
     let all = archives(dir)?;
     let cut = all.len().saturating_sub(keep);
     for (_, path) in all.iter().take(cut) {

@@ -71,6 +71,7 @@ fn backup(data: &Path, target: &Path, seal: Seal) -> Created {
         config: None,
         target: target.to_path_buf(),
         seal,
+        keep: None,
     })
     .unwrap()
 }

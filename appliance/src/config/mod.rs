@@ -251,6 +251,41 @@ router = "198.51.100.1"
     }
 
     #[test]
+    fn backup_needs_exactly_one_key_source() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("RACKBOOT_BACKUP__DIR", "/mnt/b"),
+                ("RACKBOOT_BACKUP__INTERVAL", "6h"),
+                ("RACKBOOT_BACKUP__RECIPIENTS", "[\"age1x\"]"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.backup.interval, Duration::from_secs(6 * 3600));
+        assert_eq!(c.backup.keep, 7);
+        let err = format!(
+            "{:#}",
+            Config::load(None, env(&[("RACKBOOT_BACKUP__DIR", "/mnt/b")])).unwrap_err()
+        );
+        assert!(err.contains("passphrase_file"), "{err}");
+        let err = format!(
+            "{:#}",
+            Config::load(
+                None,
+                env(&[
+                    ("RACKBOOT_BACKUP__DIR", "/mnt/b"),
+                    ("RACKBOOT_BACKUP__KEEP", "0"),
+                    ("RACKBOOT_BACKUP__PASSPHRASE_FILE", "/p"),
+                ])
+            )
+            .unwrap_err()
+        );
+        assert!(err.contains("backup.keep"), "{err}");
+        // No dir: nothing scheduled, nothing required.
+        assert!(Config::load(None, env(&[])).unwrap().backup.dir.is_none());
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_refused_with_context() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("bad.toml");

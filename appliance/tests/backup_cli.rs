@@ -11,6 +11,7 @@ fn rackboot(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
         .env_remove("RACKBOOT_BACKUP_PASSPHRASE")
         .env_remove("RACKBOOT_BACKUP_PASSPHRASE_FILE")
         .env_remove("RACKBOOT_CONFIG")
+        .env_remove("RACKBOOT_DATA_DIR")
         .envs(env.iter().copied())
         .env("RACKBOOT_LOG", "warn")
         .stdin(Stdio::null())
@@ -169,6 +170,45 @@ async fn keygen_recipient_and_identity() {
     let (ok, _, err) = rackboot(&["backup", "create", "x", "--recipient", "age1nope"], &[]);
     assert!(!ok);
     assert!(err.contains("not an age X25519 recipient"), "{err}");
+}
+
+#[tokio::test]
+async fn the_data_dir_comes_from_the_config_file_which_is_backed_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = data_dir(tmp.path()).await;
+    let config = tmp.path().join("rackboot.toml");
+    std::fs::write(&config, format!("data_dir = {data:?}\n")).unwrap();
+    let target = tmp.path().join("b");
+    let env = [("RACKBOOT_BACKUP_PASSPHRASE", "p")];
+    let (ok, out, err) = rackboot(
+        &[
+            "backup",
+            "create",
+            target.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert!(ok, "{err}");
+    let archive = out.trim().to_owned();
+    let dest = tmp.path().join("restored");
+    let (ok, out, err) = rackboot(
+        &[
+            "backup",
+            "restore",
+            &archive,
+            "--data-dir",
+            dest.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("restored-config/rackboot.toml"), "{out}");
+    assert_eq!(
+        std::fs::read(dest.join("restored-config/rackboot.toml")).unwrap(),
+        std::fs::read(&config).unwrap()
+    );
 }
 
 #[test]

@@ -36,9 +36,10 @@ pub struct CreateArgs {
     /// Target directory (created if missing): the archive is written as
     /// TARGET/rackboot-<UTC time>.tar.age, new image blobs into TARGET/blobs/sha256/.
     pub target: PathBuf,
-    /// The data dir to back up.
-    #[arg(long, env = "RACKBOOT_DATA_DIR", default_value = "/var/lib/rackboot")]
-    pub data_dir: PathBuf,
+    /// The data dir to back up [default: `data_dir` of the --config file, else
+    /// /var/lib/rackboot].
+    #[arg(long, env = "RACKBOOT_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
     /// The config file `rackboot serve` uses (same flag and variable as serve); it is
     /// included in the backup. Without it the backup holds no config.
     #[arg(long, short = 'c', env = "RACKBOOT_CONFIG")]
@@ -105,8 +106,12 @@ fn run_blocking(cmd: BackupCommand) -> anyhow::Result<()> {
     match cmd {
         BackupCommand::Create(a) => {
             let seal = secret::seal(&a.recipient, a.passphrase_file.as_deref())?;
+            let data_dir = match a.data_dir {
+                Some(d) => d,
+                None => data_dir_of(a.config.as_deref())?,
+            };
             let created = super::create(&super::CreateOptions {
-                data_dir: a.data_dir,
+                data_dir,
                 config: a.config,
                 target: a.target,
                 seal,
@@ -201,6 +206,24 @@ fn run_blocking(cmd: BackupCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `data_dir` of the config file (read loosely: a backup of an appliance whose config no
+/// longer validates must still work), else rackboot's default.
+fn data_dir_of(config: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let default = PathBuf::from("/var/lib/rackboot");
+    let Some(path) = config else {
+        return Ok(default);
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read the config file {}: {e}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{} is not TOML: {e}", path.display()))?;
+    Ok(table
+        .get("data_dir")
+        .and_then(|v| v.as_str())
+        .map_or(default, PathBuf::from))
 }
 
 fn blobs_dir(archive: &Path, given: Option<PathBuf>) -> PathBuf {

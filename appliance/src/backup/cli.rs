@@ -106,6 +106,11 @@ fn run_blocking(cmd: BackupCommand) -> anyhow::Result<()> {
     match cmd {
         BackupCommand::Create(a) => {
             let seal = secret::seal(&a.recipient, a.passphrase_file.as_deref())?;
+            if a.config.is_none() {
+                eprintln!(
+                    "note: no config file given (--config, RACKBOOT_CONFIG): the backup holds none"
+                );
+            }
             let data_dir = match a.data_dir {
                 Some(d) => d,
                 None => data_dir_of(a.config.as_deref())?,

@@ -2,7 +2,8 @@
 //!
 //! Owns: the `rackboot` command line. May call: `version`, `config`, `netif`, `sys`, `seal`, `output`,
 //! `store`, `http`, `metrics`, `auth`, `client`, `inventory`, `timeline`, `ipxe`, `tftp`, `dhcp`,
-//! `images`, `cloudinit`, `identity`, `boot`, `discovery`, `federation`, `serve`, `services`.
+//! `images`, `cloudinit`, `identity`, `boot`, `discovery`, `federation`, `backup`, `serve`,
+//! `services`.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -91,6 +92,9 @@ pub enum Command {
     Agent(crate::identity::agent::AgentCommand),
     /// Federation with the upstream OpenCHAMI API: reachable, last pull, outbox depth.
     Upstream(crate::federation::cli::UpstreamArgs),
+    /// Encrypted backups of the store, keys, config and images; verify and restore them.
+    #[command(subcommand)]
+    Backup(crate::backup::cli::BackupCommand),
     /// For packagers: writes the man pages or shell completions of this binary into a directory
     /// (`cargo xtask release` runs it, so they describe exactly the shipped command line).
     #[command(name = "__generate", hide = true)]
@@ -173,5 +177,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(cmd) => crate::identity::agent::run(cmd).await,
         Command::Upstream(args) => crate::federation::cli::run(args).await,
         Command::Generate(args) => generate(&args),
+        Command::Backup(cmd) => crate::backup::cli::run(cmd).await,
     }
 }

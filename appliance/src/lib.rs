@@ -3,6 +3,7 @@
 //! Modules are cut by capability: each owns its routes, its store tables and its tests.
 
 pub mod auth;
+pub mod backup;
 pub(crate) mod boot;
 pub mod cli;
 pub mod client;

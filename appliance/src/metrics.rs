@@ -94,6 +94,8 @@ pub struct Metrics {
     store_state: Family<PoolLabel, Gauge>,
     store_free_bytes: Gauge,
     identity_token_refusals: Family<Reason, Counter>,
+    backup_last_success: Gauge,
+    backup_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -124,6 +126,8 @@ impl Metrics {
             store_state: Family::default(),
             store_free_bytes: Gauge::default(),
             identity_token_refusals: Family::default(),
+            backup_last_success: Gauge::default(),
+            backup_failures: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -212,6 +216,16 @@ impl Metrics {
             "Boot scripts of known nodes served without a join token, by reason (rate_limited, no_mac, wrong_source, no_lease, already_issued, …)",
             m.identity_token_refusals.clone(),
         );
+        registry.register(
+            "backup_last_success_timestamp_seconds",
+            "When the last scheduled backup ([backup]) finished, in seconds since the epoch; 0 before the first",
+            m.backup_last_success.clone(),
+        );
+        registry.register(
+            "backup_failures",
+            "Scheduled backups that failed",
+            m.backup_failures.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -298,6 +312,16 @@ impl Metrics {
     }
 
     /// Sets the store gauges (called at scrape time).
+    /// A scheduled backup finished at `unix_seconds`.
+    pub fn backup_succeeded(&self, unix_seconds: i64) {
+        self.backup_last_success.set(unix_seconds);
+    }
+
+    /// A scheduled backup failed.
+    pub fn backup_failed(&self) {
+        self.backup_failures.inc();
+    }
+
     pub fn set_store(&self, h: &crate::store::StoreHealth) {
         use crate::store::StoreState;
         for st in [StoreState::Ok, StoreState::Full, StoreState::Failing] {

@@ -63,6 +63,8 @@ pub struct Settings {
     pub admin: Option<AdminListen>,
     pub advertise: Ipv4Addr,
     pub config: Config,
+    /// The `--config` file, if one is in use (scheduled backups include it).
+    pub config_file: Option<PathBuf>,
 }
 
 /// The admin API's own listeners: one per interface, each bound to its device.
@@ -116,6 +118,7 @@ impl Settings {
             admin,
             advertise,
             config,
+            config_file: args.config,
         })
     }
 

@@ -6,8 +6,8 @@
 //!
 //! Owns: starts every listener and task, assembles the HTTP surface, `services::run`. May call:
 //! `version`, `config`, `netif`, `sys`, `seal`, `output`, `store`, `http`, `metrics`, `auth`,
-//! `client`, `inventory`, `timeline`, `ipxe`, `tftp`, `dhcp`, `images`, `cloudinit`, `identity`, `boot`,
-//! `discovery`, `federation`, `serve`.
+//! `client`, `inventory`, `timeline`, `ipxe`, `tftp`, `dhcp`, `images`, `cloudinit`, `identity`,
+//! `boot`, `discovery`, `federation`, `backup`, `serve`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -115,6 +115,14 @@ pub async fn start(
         }
         None => None,
     };
+    crate::backup::schedule::spawn(
+        &mut tasks,
+        &settings.config.backup,
+        data_dir,
+        settings.config_file.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    )?;
     let identity = if settings.config.identity.enabled {
         Some(
             crate::identity::Identity::open(

@@ -9,7 +9,7 @@
 //! Values are read as TOML when they parse as TOML (numbers, booleans, arrays, inline tables),
 //! otherwise as strings.
 //!
-//! One file per group of sections (`upstream.rs`, `identity.rs`, `discovery.rs`, `network.rs`,
+//! One file per group of sections (`backup.rs`, `upstream.rs`, `identity.rs`, `discovery.rs`, `network.rs`,
 //! `services.rs`; value types in `units.rs`). They stay in this module, at the bottom of the
 //! module graph, rather than beside the capabilities they configure: every capability reads its
 //! section, and `config` depends on none of them.
@@ -23,6 +23,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
+mod backup;
 mod discovery;
 mod identity;
 mod network;
@@ -30,6 +31,7 @@ mod services;
 mod units;
 mod upstream;
 
+pub use backup::Backup;
 pub use discovery::{BmcTls, Discovery, XnameRule};
 pub use identity::{EnrollPolicy, Identity, Tpm};
 pub use network::{Boot, Dhcp, DhcpMode, Listen, Subnet, default_pool, parse_pool};
@@ -59,6 +61,7 @@ pub struct Config {
     pub discovery: Discovery,
     pub identity: Identity,
     pub upstream: Option<Upstream>,
+    pub backup: Backup,
 }
 
 impl Config {
@@ -112,6 +115,7 @@ impl Config {
                 }
             }
         }
+        self.backup.validate()?;
         if self.boot.max_retries == 0 {
             bail!("boot.max_retries must be at least 1");
         }
@@ -245,6 +249,41 @@ router = "198.51.100.1"
             c.dhcp.subnets[0].router,
             Some(Ipv4Addr::new(198, 51, 100, 1))
         );
+    }
+
+    #[test]
+    fn backup_needs_exactly_one_key_source() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("RACKBOOT_BACKUP__DIR", "/mnt/b"),
+                ("RACKBOOT_BACKUP__INTERVAL", "6h"),
+                ("RACKBOOT_BACKUP__RECIPIENTS", "[\"age1x\"]"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.backup.interval, Duration::from_secs(6 * 3600));
+        assert_eq!(c.backup.keep, 7);
+        let err = format!(
+            "{:#}",
+            Config::load(None, env(&[("RACKBOOT_BACKUP__DIR", "/mnt/b")])).unwrap_err()
+        );
+        assert!(err.contains("passphrase_file"), "{err}");
+        let err = format!(
+            "{:#}",
+            Config::load(
+                None,
+                env(&[
+                    ("RACKBOOT_BACKUP__DIR", "/mnt/b"),
+                    ("RACKBOOT_BACKUP__KEEP", "0"),
+                    ("RACKBOOT_BACKUP__PASSPHRASE_FILE", "/p"),
+                ])
+            )
+            .unwrap_err()
+        );
+        assert!(err.contains("backup.keep"), "{err}");
+        // No dir: nothing scheduled, nothing required.
+        assert!(Config::load(None, env(&[])).unwrap().backup.dir.is_none());
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! Owns: `rackboot.db`: every table, migrations, the group-commit writer, the store's health. May
 //! call: nothing of ours.
 
+pub mod backup;
 mod bmc;
 mod bss;
 mod cloudinit;

@@ -4,6 +4,9 @@ use rusqlite::Connection;
 
 use super::StoreError;
 
+/// The schema version after every migration: `PRAGMA user_version` of an up-to-date store.
+pub const LATEST: i64 = MIGRATIONS.len() as i64;
+
 /// Applied in order; never edit one that has shipped, append a new one.
 const MIGRATIONS: &[&str] = &[
     // 1: leases, SMD inventory, BSS boot parameters.

@@ -268,7 +268,8 @@ async fn bootscript(
     if bp.is_none()
         && let (Some(up), Some(m)) = (&ctx.upstream, &mac)
         && let Ok(parsed) = m.parse::<pxe_core::MacAddr>()
-        && up(parsed).await
+        && let Some(lookup) = up(parsed)
+        && lookup.await
     {
         if let Some((x, n)) = ctx.store.node_for_mac(parsed).await? {
             name = name.or(Some(x));

@@ -195,7 +195,9 @@ pub async fn spawn(
                     let withheld = batch.iter().filter(|p| !p.is_static()).count();
                     match err {
                         // The store logs once when the partition fills; not once per batch.
-                        crate::store::StoreError::Full { .. } => tracing::debug!(
+                        // Busy: counted (store_busy), the clients retransmit.
+                        crate::store::StoreError::Full { .. }
+                        | crate::store::StoreError::Busy { .. } => tracing::debug!(
                             error = %err, withheld, acked_static = batch.len() - withheld,
                             "DHCP: leases not stored; dynamic ACKs withheld"
                         ),
@@ -208,13 +210,11 @@ pub async fn spawn(
                 for p in batch {
                     if durable.is_err() && !p.is_static() {
                         metrics.dhcp_packet(p.event.received.as_str(), "dropped");
-                        metrics.dhcp_drop(
-                            if matches!(durable, Err(crate::store::StoreError::Full { .. })) {
-                                "store_full"
-                            } else {
-                                "store_error"
-                            },
-                        );
+                        metrics.dhcp_drop(match durable {
+                            Err(crate::store::StoreError::Full { .. }) => "store_full",
+                            Err(crate::store::StoreError::Busy { .. }) => "store_busy",
+                            _ => "store_error",
+                        });
                         continue;
                     }
                     if durable.is_err() {
@@ -311,8 +311,16 @@ pub async fn spawn(
                                     _ => None,
                                 };
                                 let pending = Pending { change, hostname, reply, event: e, relay_port };
-                                if commit_tx.send(pending).await.is_err() {
-                                    break;
+                                // Never wait on the store here: a committer that has fallen
+                                // behind (a slow or busy disk) turns into counted drops, which
+                                // the client's retransmission repairs.
+                                match commit_tx.try_send(pending) {
+                                    Ok(()) => {}
+                                    Err(mpsc::error::TrySendError::Full(p)) => {
+                                        metrics.dhcp_packet(p.event.received.as_str(), "dropped");
+                                        metrics.dhcp_drop("store_busy");
+                                    }
+                                    Err(mpsc::error::TrySendError::Closed(_)) => break,
                                 }
                             }
                             None => {

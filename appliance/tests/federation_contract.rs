@@ -628,3 +628,92 @@ async fn on_demand_lookups_are_bounded_and_counted() {
         );
     }
 }
+
+/// A hostile upstream: endless or oversized answers on every route, and a token endpoint that
+/// never stops talking. Every read stops at `upstream.max_body` with an error naming the URL and
+/// the cap; nothing panics and nothing is stored.
+#[tokio::test]
+async fn endless_and_oversized_upstream_answers_are_capped() {
+    use axum::body::Body;
+    use futures_util::stream;
+
+    fn endless() -> Body {
+        let chunk = Bytes::from(vec![b' '; 8192]);
+        Body::from_stream(stream::repeat_with(move || {
+            Ok::<_, std::convert::Infallible>(chunk.clone())
+        }))
+    }
+    let app = Router::new()
+        // Chunked, no end: only the cap stops it.
+        .route(
+            "/hsm/v2/State/Components",
+            axum::routing::get(|| async { endless() }),
+        )
+        .route(
+            "/hsm/v2/Inventory/EthernetInterfaces",
+            axum::routing::get(|| async { endless() }),
+        )
+        // Announced as oversized: refused before reading.
+        .route(
+            "/boot/v1/bootparameters",
+            axum::routing::get(|| async { vec![b' '; 200 * 1024] }),
+        )
+        .route("/token", axum::routing::post(|| async { endless() }));
+    let url = serve(app).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "upstream-token\n").unwrap();
+    let store = Store::open(&dir.path().join("db")).unwrap();
+    let mut cfg = upstream(&url, token);
+    cfg.max_body = rackboot::config::ByteSize(64 * 1024);
+    let fed = Federation::new(cfg.clone(), store.clone()).unwrap();
+
+    let err = format!("{:#}", fed.pull().await.unwrap_err());
+    assert!(
+        err.contains(&format!("{url}/hsm/v2/State/Components"))
+            && err.contains("upstream.max_body")
+            && err.contains("65536-byte cap"),
+        "{err}"
+    );
+    assert!(!fed.lookup_mac("02:00:00:00:00:01").await);
+    let status = fed.status().await.unwrap();
+    assert!(
+        status.last_error.as_deref().unwrap_or("").contains("cap"),
+        "{status:?}"
+    );
+    assert!(store.list_components().await.unwrap().is_empty());
+
+    // SMD answers (empty lists); BSS announces an oversized body: refused before reading.
+    let smd = serve(Router::new().route(
+        "/hsm/v2/{*rest}",
+        axum::routing::get(|| async { axum::Json(json!([])) }),
+    ))
+    .await;
+    let mut bss_only = cfg.clone();
+    bss_only.smd = smd;
+    bss_only.bss = Some(url.clone());
+    let fed = Federation::new(bss_only, store.clone()).unwrap();
+    let err = format!("{:#}", fed.pull().await.unwrap_err());
+    assert!(
+        err.contains(&format!("{url}/boot/v1/bootparameters")) && err.contains("cap"),
+        "{err}"
+    );
+
+    // The OAuth2 token endpoint is capped as well.
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s3cret").unwrap();
+    let mut oauth = cfg;
+    oauth.token_file = None;
+    oauth.oauth2 = Some(rackboot::config::OAuth2 {
+        token_url: format!("{url}/token"),
+        client_id: "rack".into(),
+        client_secret_file: secret,
+        scope: None,
+    });
+    let fed = Federation::new(oauth, store).unwrap();
+    let err = format!("{:#}", fed.pull().await.unwrap_err());
+    assert!(
+        err.contains(&format!("token endpoint {url}/token")) && err.contains("cap"),
+        "{err}"
+    );
+}

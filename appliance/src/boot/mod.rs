@@ -72,7 +72,7 @@ fn values(q: &[(String, String)], key: &str) -> Vec<String> {
         .collect()
 }
 
-fn selector(q: &[(String, String)]) -> Result<BootSelector, Problem> {
+pub(crate) fn selector(q: &[(String, String)]) -> Result<BootSelector, Problem> {
     let macs = values(q, "mac")
         .iter()
         .map(|m| normalize_mac(m))
@@ -93,7 +93,7 @@ fn selector(q: &[(String, String)]) -> Result<BootSelector, Problem> {
 
 /// Validates and normalises a BootParameters body (MACs lowercase, hosts node xnames, no
 /// newlines anywhere a script line is built from).
-fn check(mut bp: BootParameters, need_key: bool) -> Result<BootParameters, Problem> {
+pub(crate) fn check(mut bp: BootParameters, need_key: bool) -> Result<BootParameters, Problem> {
     bp.macs = bp
         .macs
         .iter()

@@ -4,6 +4,7 @@
 //! These are measurements, not tests: nothing here fails on a slow number.
 
 mod federation;
+mod flood;
 mod identity;
 mod redfish;
 
@@ -134,6 +135,12 @@ pub fn run_bench() -> anyhow::Result<()> {
         format!("{}\n\n**failed**: {e:#}\n", federation::HEADING)
     });
     let _ = write!(report, "\n{section}");
+    crate::stage("DHCP flood: 300,000 DISCOVERs from random MACs on a federated rack");
+    let section = flood::section(&root, &bin).unwrap_or_else(|e| {
+        eprintln!("flood bench failed: {e:#}");
+        format!("{}\n\n**failed**: {e:#}\n", flood::HEADING)
+    });
+    let _ = write!(report, "\n{section}");
     let path = root.join("docs/benchmarks.md");
     std::fs::write(&path, report)?;
     eprintln!("\nwrote {}", path.display());
@@ -173,6 +180,11 @@ pub fn run_redfish_only() -> anyhow::Result<()> {
 /// `cargo xtask bench identity`: only the enrollment benchmark.
 pub fn run_identity_only() -> anyhow::Result<()> {
     run_section_only(identity::HEADING, identity::section)
+}
+
+/// `cargo xtask bench flood`: only the DHCP flood on a federated rack.
+pub fn run_flood_only() -> anyhow::Result<()> {
+    run_section_only(flood::HEADING, flood::section)
 }
 
 /// `cargo xtask bench federation`: only the federation benchmark.

@@ -12,6 +12,9 @@ pub mod config;
 pub(crate) mod dhcp;
 pub mod discovery;
 pub mod federation;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod identity;
 pub mod images;

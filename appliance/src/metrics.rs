@@ -96,6 +96,9 @@ pub struct Metrics {
     identity_token_refusals: Family<Reason, Counter>,
     backup_last_success: Gauge,
     backup_failures: Counter,
+    upstream_lookups: Family<Outcome, Counter>,
+    upstream_lookups_in_flight: Gauge,
+    tasks: Gauge,
 }
 
 impl Default for Metrics {
@@ -128,6 +131,9 @@ impl Metrics {
             identity_token_refusals: Family::default(),
             backup_last_success: Gauge::default(),
             backup_failures: Counter::default(),
+            upstream_lookups: Family::default(),
+            upstream_lookups_in_flight: Gauge::default(),
+            tasks: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -226,6 +232,21 @@ impl Metrics {
             "Scheduled backups that failed",
             m.backup_failures.clone(),
         );
+        registry.register(
+            "upstream_lookups",
+            "On-demand upstream lookups of unknown MACs, by outcome: found, unknown, error (asked); dropped_busy, dropped_rate, cached_negative, in_flight (not asked: a limit, a MAC unknown within the negative TTL, or one already being asked about)",
+            m.upstream_lookups.clone(),
+        );
+        registry.register(
+            "upstream_lookups_in_flight",
+            "On-demand upstream lookups running now",
+            m.upstream_lookups_in_flight.clone(),
+        );
+        registry.register(
+            "tasks",
+            "Tasks alive in rackboot's async runtime (at scrape time)",
+            m.tasks.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -305,6 +326,28 @@ impl Metrics {
                 reason: reason.to_owned(),
             })
             .inc();
+    }
+
+    pub fn upstream_lookup(&self, outcome: &str) {
+        self.upstream_lookups
+            .get_or_create(&Outcome {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// One more (`up`) or one fewer on-demand lookup running.
+    pub fn upstream_lookup_running(&self, up: bool) {
+        if up {
+            self.upstream_lookups_in_flight.inc();
+        } else {
+            self.upstream_lookups_in_flight.dec();
+        }
+    }
+
+    /// Sets the runtime's task gauge (called at scrape time).
+    pub fn set_tasks(&self, alive: usize) {
+        self.tasks.set(i64::try_from(alive).unwrap_or(i64::MAX));
     }
 
     pub fn dhcp_static_unrecorded(&self) {

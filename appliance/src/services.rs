@@ -107,8 +107,12 @@ pub async fn start(
     let on_lease = discovery.spawn_auto(&mut tasks, shutdown.clone())?;
     let upstream = match &settings.config.upstream {
         Some(cfg) => {
-            let f = crate::federation::Federation::new(cfg.clone(), store.clone())
-                .context("cannot set up the upstream ([upstream] in --config)")?;
+            let f = crate::federation::Federation::with_metrics(
+                cfg.clone(),
+                store.clone(),
+                metrics.clone(),
+            )
+            .context("cannot set up the upstream ([upstream] in --config)")?;
             f.spawn(&mut tasks, shutdown.clone());
             tracing::info!(smd = %cfg.smd, "federated with an upstream");
             Some(f)
@@ -543,6 +547,11 @@ async fn metrics_page(
         }
     }
     metrics.set_store(&store.health());
+    metrics.set_tasks(
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks(),
+    );
     metrics.set_state(
         i64::try_from(active).unwrap_or(i64::MAX),
         pool_size,

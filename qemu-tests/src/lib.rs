@@ -3,6 +3,7 @@
 //! Every test gets its own namespace (so tests run in parallel): a bridge `br0` holding
 //! 192.0.2.1/24 for rackboot and one TAP per VM. Nothing leaves the namespace.
 
+pub mod flood;
 mod netns;
 mod node_image;
 mod peers;

@@ -64,6 +64,21 @@ impl Rackboot {
         )
     }
 
+    /// [`Rackboot::start_with_env_at`] with a given binary (benchmarks use the release build).
+    pub fn start_bin_env_at(
+        ns: &Netns,
+        bin: &Path,
+        env: &[(&str, &str)],
+        addr: &str,
+    ) -> anyhow::Result<Rackboot> {
+        Self::start_in(ns, bin, tempfile::tempdir()?, env, addr.to_owned())
+    }
+
+    /// The server's process id (`ip netns exec` execs it, so this is rackboot itself).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts rackboot on a data dir the test made (e.g. on a small filesystem), logging to
     /// `log` (which may live elsewhere), with `env`.
     pub fn start_in_dir(

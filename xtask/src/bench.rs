@@ -4,6 +4,7 @@
 //! These are measurements, not tests: nothing here fails on a slow number.
 
 mod federation;
+mod flood;
 mod identity;
 mod redfish;
 
@@ -29,7 +30,7 @@ pub fn run_bench() -> anyhow::Result<()> {
         "--bin",
         "rackboot",
     ]))?;
-    let bin = root.join("target/release/rackboot");
+    let bin = target_dir(&root).join("release/rackboot");
     let mut report = String::new();
     let _ = writeln!(
         report,
@@ -134,7 +135,18 @@ pub fn run_bench() -> anyhow::Result<()> {
         format!("{}\n\n**failed**: {e:#}\n", federation::HEADING)
     });
     let _ = write!(report, "\n{section}");
+    crate::stage("DHCP flood: 300,000 DISCOVERs from random MACs on a federated rack");
+    let section = flood::section(&root, &bin).unwrap_or_else(|e| {
+        eprintln!("flood bench failed: {e:#}");
+        format!("{}\n\n**failed**: {e:#}\n", flood::HEADING)
+    });
+    let _ = write!(report, "\n{section}");
     let path = root.join("docs/benchmarks.md");
+    // The fuzzing section is written by hand after long fuzz runs (not measured here): keep it.
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    if let Some(fuzz) = section_of(&old, FUZZ_HEADING) {
+        report = redfish::replace_section(&report, FUZZ_HEADING, &fuzz);
+    }
     std::fs::write(&path, report)?;
     eprintln!("\nwrote {}", path.display());
     Ok(())
@@ -156,13 +168,31 @@ fn run_section_only(
         "--bin",
         "rackboot",
     ]))?;
-    let text = section(&root, &root.join("target/release/rackboot"))?;
+    let text = section(&root, &target_dir(&root).join("release/rackboot"))?;
     println!("{text}");
     let path = root.join("docs/benchmarks.md");
     let old = std::fs::read_to_string(&path).unwrap_or_default();
     std::fs::write(&path, redfish::replace_section(&old, heading, &text))?;
     eprintln!("\nupdated the {heading} section of {}", path.display());
     Ok(())
+}
+
+/// docs/benchmarks.md's hand-written section on the fuzz runs.
+const FUZZ_HEADING: &str = "## Fuzzing";
+
+/// The `heading` section of a markdown document (up to the next `## `), if there is one.
+fn section_of(doc: &str, heading: &str) -> Option<String> {
+    let mut lines = doc.lines().skip_while(|l| l.trim_end() != heading);
+    let first = lines.next()?;
+    let rest: Vec<&str> = lines.take_while(|l| !l.starts_with("## ")).collect();
+    Some(format!("{first}\n{}", rest.join("\n")))
+}
+
+/// Where cargo puts its output: `$CARGO_TARGET_DIR`, else `<root>/target`.
+fn target_dir(root: &Path) -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
 }
 
 /// `cargo xtask bench redfish`: only the discovery benchmark.
@@ -173,6 +203,11 @@ pub fn run_redfish_only() -> anyhow::Result<()> {
 /// `cargo xtask bench identity`: only the enrollment benchmark.
 pub fn run_identity_only() -> anyhow::Result<()> {
     run_section_only(identity::HEADING, identity::section)
+}
+
+/// `cargo xtask bench flood`: only the DHCP flood on a federated rack.
+pub fn run_flood_only() -> anyhow::Result<()> {
+    run_section_only(flood::HEADING, flood::section)
 }
 
 /// `cargo xtask bench federation`: only the federation benchmark.

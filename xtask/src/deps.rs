@@ -12,7 +12,10 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("ovmf", "UEFI firmware for QEMU"),
     ("busybox-static", "the test node's userland"),
     ("udhcpc", "DHCP client peer"),
-    ("kea-admin", "perfdhcp for the DHCP benchmark"),
+    (
+        "kea-admin",
+        "perfdhcp for the DHCP benchmark and the flood test",
+    ),
     ("kea-dhcp4-server", "peer DHCP server for the benchmark"),
     ("tftp-hpa", "TFTP client peer"),
     ("curl", "HTTP/TFTP client peer"),

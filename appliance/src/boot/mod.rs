@@ -73,7 +73,7 @@ fn values(q: &[(String, String)], key: &str) -> Vec<String> {
         .collect()
 }
 
-fn selector(q: &[(String, String)]) -> Result<BootSelector, Problem> {
+pub(crate) fn selector(q: &[(String, String)]) -> Result<BootSelector, Problem> {
     let macs = values(q, "mac")
         .iter()
         .map(|m| normalize_mac(m))
@@ -94,7 +94,7 @@ fn selector(q: &[(String, String)]) -> Result<BootSelector, Problem> {
 
 /// Validates and normalises a BootParameters body (MACs lowercase, hosts node xnames, no
 /// newlines anywhere a script line is built from).
-fn check(mut bp: BootParameters, need_key: bool) -> Result<BootParameters, Problem> {
+pub(crate) fn check(mut bp: BootParameters, need_key: bool) -> Result<BootParameters, Problem> {
     bp.macs = bp
         .macs
         .iter()
@@ -275,7 +275,8 @@ async fn bootscript(
     if bp.is_none()
         && let (Some(up), Some(m)) = (&ctx.upstream, &mac)
         && let Ok(parsed) = m.parse::<pxe_core::MacAddr>()
-        && up(parsed).await
+        && let Some(lookup) = up(parsed)
+        && lookup.await
     {
         if let Some((x, n)) = ctx.store.node_for_mac(parsed).await? {
             name = name.or(Some(x));

@@ -149,6 +149,15 @@ impl Config {
             if u.interval < Duration::from_millis(100) {
                 bail!("upstream.interval must be at least 100ms");
             }
+            if u.lookup_concurrency == 0 || u.lookup_burst == 0 {
+                bail!("upstream.lookup_concurrency and upstream.lookup_burst must be at least 1");
+            }
+            if !(u.lookup_rate.is_finite() && u.lookup_rate > 0.0) {
+                bail!("upstream.lookup_rate must be a number of lookups per second above 0");
+            }
+            if u.max_body.0 < 1024 {
+                bail!("upstream.max_body must be at least 1 KiB");
+            }
         }
         if self.discovery.xname_rules.is_empty() {
             bail!("discovery.xname_rules is empty: list at least \"sequential\"");

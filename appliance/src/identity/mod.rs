@@ -115,7 +115,7 @@ fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
 }
 
-fn parse_csr(pem: &str) -> Result<CertificateSigningRequestParams, Problem> {
+pub(crate) fn parse_csr(pem: &str) -> Result<CertificateSigningRequestParams, Problem> {
     if pem.len() > 16 * 1024 {
         return Err(Problem::bad_request("the CSR is larger than 16 KiB"));
     }

@@ -55,7 +55,8 @@ pub struct Observers {
     /// Told about every address DHCP hands out (BMC auto-discovery listens here).
     pub on_lease: Option<LeaseHook>,
     /// Asked about DHCP clients the inventory does not know (federation looks them up
-    /// upstream); true if the inventory now has the client.
+    /// upstream): `None` at once when the lookup is not made now (a limit, or a MAC known to
+    /// be unknown); else a future that is true if the inventory now has the client.
     pub on_unknown: Option<UnknownLookup>,
 }
 
@@ -69,11 +70,10 @@ impl std::fmt::Debug for Observers {
 }
 
 /// See [`Observers::on_unknown`].
-pub type UnknownLookup = Arc<
-    dyn Fn(pxe_core::MacAddr) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
-        + Send
-        + Sync,
->;
+pub type UnknownLookup = Arc<dyn Fn(pxe_core::MacAddr) -> Option<LookupFuture> + Send + Sync>;
+
+/// An admitted lookup: true if the inventory now has the client.
+pub type LookupFuture = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
 
 /// Addresses ACKed inside `first..=last` are sent to `tx` (never blocks; full = skipped).
 #[derive(Debug, Clone)]

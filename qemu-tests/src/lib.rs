@@ -8,6 +8,7 @@ mod node_image;
 mod peers;
 mod qemu;
 mod rackboot;
+mod tiny;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,6 +22,7 @@ pub use peers::{
 };
 pub use qemu::{Firmware, Qemu, field};
 pub use rackboot::Rackboot;
+pub use tiny::{TINY_BRIDGE, Tiny, TinyStats};
 
 /// The server address inside every test namespace.
 pub const SERVER: &str = "192.0.2.1";

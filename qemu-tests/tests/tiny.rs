@@ -74,7 +74,7 @@ fn boot_reserved_node(fw: Firmware, tag: &str, mac: &str, ip: &str, xname: &str,
     );
     if fw == Firmware::OvmfPxe {
         assert!(
-            tiny.log_text().contains("tftp open snponly.efi"),
+            tiny.log_text().contains("tftp start snponly.efi"),
             "EDK2 PXE must TFTP iPXE:\n{}",
             tiny.log_text()
         );
@@ -103,4 +103,103 @@ fn tiny_ovmf_pxe_tftp_boots_reserved_node() {
         "x1000c0s0b1n0",
         2,
     );
+}
+
+/// A raw TFTP client that asks for a 255-second retransmission timeout (RFC 2349), takes the
+/// first block of `vmlinuz`, says `STALLED` and stops acknowledging: its transfer holds a slot
+/// and, for 255 s, gets nothing resent. A line on stdin resumes it: it ACKs block 1 and must get
+/// block 2 from the same transfer ID (`RESUMED`), then ends the transfer with an ERROR.
+const STALLED_CLIENT: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(300)
+s.sendto(b"\x00\x01vmlinuz\x00octet\x00timeout\x00255\x00", ("192.0.2.1", 69))
+d, tid = s.recvfrom(2048)
+assert d[:2] == b"\x00\x06", d
+s.sendto(b"\x00\x04\x00\x00", tid)
+d, frm = s.recvfrom(2048)
+assert frm == tid and d[:4] == b"\x00\x03\x00\x01", (frm, d[:4])
+print("STALLED", flush=True)
+sys.stdin.readline()
+s.sendto(b"\x00\x04\x00\x01", tid)
+d, frm = s.recvfrom(2048)
+assert frm == tid and d[:4] == b"\x00\x03\x00\x02", (frm, d[:4])
+print("RESUMED", flush=True)
+s.sendto(b"\x00\x05\x00\x00stop\x00", tid)
+"#;
+
+/// Several TFTP transfers at once: while one client stalls mid-transfer (its slot held), three
+/// tftp-hpa clients fetch the initrd at the same time and get it byte-exact; the stalled
+/// transfer is still there afterwards and goes on when its client does.
+#[test]
+fn tiny_tftp_serves_others_while_one_client_stalls() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+
+    if !preflight(false) {
+        return;
+    }
+    for tool in ["tftp", "python3"] {
+        if !qemu_tests::have(tool) {
+            let msg = format!("{tool} missing (tftp-hpa, python3: `cargo xtask deps`)");
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
+            eprintln!("SKIPPED (not in CI): {msg}");
+            return;
+        }
+    }
+    let mut ns = Netns::with_address("ttftp", TINY_BRIDGE).unwrap();
+    let (dir, flash) = Tiny::provision().unwrap();
+    let tiny = Tiny::start(&mut ns, dir, flash).unwrap();
+
+    let mut stalled = ns
+        .cmd("python3")
+        .args(["-c", STALLED_CLIENT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(stalled.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "STALLED", "log:\n{}", tiny.log_text());
+
+    let want = std::fs::read(qemu_tests::root().join("build/node/initrd.img")).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let clients: Vec<_> = (0..3)
+        .map(|i| {
+            let dest = work.path().join(format!("initrd-{i}"));
+            let child = ns
+                .cmd("tftp")
+                .args(["-m", "binary", "192.0.2.1", "-c", "get", "initrd.img"])
+                .arg(&dest)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            (dest, child)
+        })
+        .collect();
+    for (dest, child) in clients {
+        let out = child.wait_with_output().unwrap();
+        let got = std::fs::read(&dest).unwrap_or_default();
+        assert!(
+            out.status.success() && got == want,
+            "tftp get: {} ({} of {} bytes)\n{}\nlog:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            got.len(),
+            want.len(),
+            String::from_utf8_lossy(&out.stdout),
+            tiny.log_text()
+        );
+    }
+
+    // The stalled transfer kept its slot and its transfer ID all along.
+    let mut stdin = stalled.stdin.take().unwrap();
+    writeln!(stdin).unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "RESUMED", "log:\n{}", tiny.log_text());
+    assert!(stalled.wait().unwrap().success());
+    let stats = tiny.stats_in(&ns).unwrap();
+    assert_eq!(stats.own, 0, "TFTP allocated: {stats:?}");
 }

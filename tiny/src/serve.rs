@@ -5,7 +5,7 @@
 //! the [`Profile`] (tables, journal, DHCP engine, socket buffers) lives in a `StaticCell`, the
 //! tasks' futures in the executor's static task storage.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
 
 use embassy_executor::{Executor, Spawner};
@@ -15,8 +15,9 @@ use pxe_core::dhcp::fixed_pool::FixedPool;
 use pxe_core::dhcp::server::{
     self, DhcpServer, Inventory, LeaseChange, LeaseKind, Mode, ServerConfig, SubnetConfig,
 };
-use pxe_core::embassy::{DhcpHooks, Files, UdpBuffers};
-use pxe_core::tftp::SessionConfig;
+use pxe_core::embassy::{DhcpHooks, Files, TftpEvents, UdpBuffers};
+use pxe_core::tftp::frontend::Refusal;
+use pxe_core::tftp::{SessionConfig, State};
 use pxe_core::{Duration, Instant, MacAddr};
 use static_cell::StaticCell;
 
@@ -53,8 +54,7 @@ pub struct Profile {
     dhcp: DhcpServer<FixedPool<POOL>>,
     dhcp_bufs: UdpBuffers<4, 4096>,
     tftp_listen: UdpBuffers<4, 2048>,
-    tftp_transfer: UdpBuffers<8, 12288>,
-    tftp_queue: pxe_core::tftp::Queue<TFTP_SESSIONS>,
+    tftp_transfers: [UdpBuffers<8, 8192>; TFTP_SESSIONS],
     http: [HttpBufs; HTTP_CONNECTIONS],
 }
 
@@ -95,8 +95,7 @@ pub fn run(flash_path: &Path, tap: &str, mac: [u8; 6]) -> Result<(), String> {
                 dhcp,
                 dhcp_bufs: UdpBuffers::new(),
                 tftp_listen: UdpBuffers::new(),
-                tftp_transfer: UdpBuffers::new(),
-                tftp_queue: pxe_core::tftp::Queue::new(),
+                tftp_transfers: core::array::from_fn(|_| UdpBuffers::new()),
                 http: core::array::from_fn(|_| HttpBufs {
                     rx: [0; HTTP_RX],
                     tx: [0; HTTP_TX],
@@ -151,8 +150,7 @@ async fn boot_task(stack: Stack<'static>, p: &'static mut Profile) -> ! {
         dhcp,
         dhcp_bufs,
         tftp_listen,
-        tftp_transfer,
-        tftp_queue,
+        tftp_transfers,
         http,
     } = p;
     let tables: &Tables<RESERVATIONS> = tables;
@@ -171,10 +169,10 @@ async fn boot_task(stack: Stack<'static>, p: &'static mut Profile) -> ! {
         let err = pxe_core::embassy::serve_tftp(
             stack,
             tftp_listen,
-            tftp_transfer,
-            tftp_queue,
+            tftp_transfers,
             &mut files,
             &SessionConfig::default(),
+            &mut TftpLog,
         )
         .await;
         eprintln!("rackboot-tiny: TFTP socket: {err:?}");
@@ -191,6 +189,24 @@ async fn boot_task(stack: Stack<'static>, p: &'static mut Profile) -> ! {
     embassy_futures::join::join4(dhcp_fut, tftp_fut, http0, http1).await;
     loop {
         embassy_time::Timer::after_secs(3600).await;
+    }
+}
+
+/// TFTP events go to the log (stderr: unbuffered, no allocation).
+struct TftpLog;
+
+impl TftpEvents for TftpLog {
+    fn started(&mut self, client: SocketAddrV4, file: &str) {
+        eprintln!("rackboot-tiny: tftp start {file} to {client}");
+    }
+    fn ended(&mut self, client: SocketAddrV4, state: State) {
+        eprintln!("rackboot-tiny: tftp end {client}: {state:?}");
+    }
+    fn abandoned(&mut self, client: SocketAddrV4) {
+        eprintln!("rackboot-tiny: tftp abandoned {client}");
+    }
+    fn refused(&mut self, client: SocketAddrV4, why: Refusal) {
+        eprintln!("rackboot-tiny: tftp refused {client}: {why:?}");
     }
 }
 

@@ -14,6 +14,7 @@
 //! gap inside a window (RFC 7440), retransmits; duplicate ACKs never do (the Sorcerer's
 //! Apprentice bug, RFC 1123 §4.2.3.1).
 
+pub mod frontend;
 mod path;
 pub mod queue;
 pub mod transfers;

@@ -116,11 +116,21 @@ impl Tiny {
 
     /// Starts the profile on a new TAP of `ns`'s bridge with the flash image in `dir`.
     pub fn start(ns: &mut Netns, dir: tempfile::TempDir, flash: PathBuf) -> anyhow::Result<Tiny> {
+        Self::start_bin(ns, &Self::bin()?, dir, flash)
+    }
+
+    /// [`Tiny::start`] with a given binary (the bench uses the release build).
+    pub fn start_bin(
+        ns: &mut Netns,
+        bin: &Path,
+        dir: tempfile::TempDir,
+        flash: PathBuf,
+    ) -> anyhow::Result<Tiny> {
         let tap = ns.add_tap()?;
         let log = dir.path().join("tiny.log");
         let logf = fs::File::create(&log)?;
         let child = ns
-            .cmd(&Self::bin()?.to_string_lossy())
+            .cmd(&bin.to_string_lossy())
             .args(["serve", "--flash"])
             .arg(&flash)
             .args(["--tap", &tap])

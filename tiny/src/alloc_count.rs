@@ -136,20 +136,22 @@ unsafe impl GlobalAlloc for Counting {
 
 /// Paint byte of unused stack.
 const PAINT: u8 = 0xA5;
-/// Lowest painted address and the top of the stack, once painted.
+/// Lowest painted address and the paint point (the top of what the gauge measures).
 static STACK_LOW: AtomicUsize = AtomicUsize::new(0);
 static STACK_TOP: AtomicUsize = AtomicUsize::new(0);
 
-/// Paints the calling thread's unused stack (below a margin under the current frame) so
-/// [`stack_high_water`] can find the deepest byte ever used. Call first thing on the thread.
+/// Paints the calling thread's unused stack so [`stack_high_water`] can find the deepest byte
+/// used since. Call just before handing the thread to the executor: the gauge measures from
+/// here down, so the frames of start-up (large in a debug build) do not count.
 #[inline(never)]
 pub fn paint_stack() {
-    let Some((low, top)) = stack_bounds() else {
+    let Some((low, _)) = stack_bounds() else {
         return;
     };
     let here = &low as *const usize as usize;
-    // Leave this frame and the ones just below it (the painting loop's own) alone.
-    let end = here.saturating_sub(16 * 1024);
+    // Leave this frame (the painting loop's own) alone; the executor's frames start above it.
+    let end = here.saturating_sub(1024);
+    let top = here;
     let mut p = low;
     while p < end {
         // SAFETY: [low, end) is this thread's mapped stack (pthread's bounds, guard excluded),
@@ -161,7 +163,8 @@ pub fn paint_stack() {
     STACK_TOP.store(top, Ordering::SeqCst);
 }
 
-/// Deepest stack use of the painted thread so far, in bytes (0 if not painted).
+/// Deepest stack use of the painted thread below [`paint_stack`]'s caller, in bytes (0 if not
+/// painted). Up to 1 KiB under the paint point is never painted: a use that shallow reads as 1 KiB.
 pub fn stack_high_water() -> usize {
     let (low, top) = (
         STACK_LOW.load(Ordering::SeqCst),
@@ -180,7 +183,7 @@ pub fn stack_high_water() -> usize {
         }
         p += 1;
     }
-    top - p
+    top.saturating_sub(p).max(1024)
 }
 
 fn stack_bounds() -> Option<(usize, usize)> {

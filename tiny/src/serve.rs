@@ -54,7 +54,7 @@ pub struct Profile {
     dhcp: DhcpServer<FixedPool<POOL>>,
     dhcp_bufs: UdpBuffers<4, 4096>,
     tftp_listen: UdpBuffers<4, 2048>,
-    tftp_transfers: [UdpBuffers<8, 8192>; TFTP_SESSIONS],
+    tftp_transfers: [UdpBuffers<8, 4096>; TFTP_SESSIONS],
     http: [HttpBufs; HTTP_CONNECTIONS],
 }
 

@@ -6,6 +6,9 @@
 mod federation;
 mod identity;
 mod redfish;
+mod tiny;
+
+use tiny::target_dir;
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -29,7 +32,7 @@ pub fn run_bench() -> anyhow::Result<()> {
         "--bin",
         "rackboot",
     ]))?;
-    let bin = root.join("target/release/rackboot");
+    let bin = target_dir(&root).join("release/rackboot");
     let mut report = String::new();
     let _ = writeln!(
         report,
@@ -134,6 +137,12 @@ pub fn run_bench() -> anyhow::Result<()> {
         format!("{}\n\n**failed**: {e:#}\n", federation::HEADING)
     });
     let _ = write!(report, "\n{section}");
+    crate::stage("Embedded profile: static RAM, stack, boot time next to rackboot serve");
+    let section = tiny::section(&root, &bin).unwrap_or_else(|e| {
+        eprintln!("tiny bench failed: {e:#}");
+        format!("{}\n\n**failed**: {e:#}\n", tiny::HEADING)
+    });
+    let _ = write!(report, "\n{section}");
     let path = root.join("docs/benchmarks.md");
     std::fs::write(&path, report)?;
     eprintln!("\nwrote {}", path.display());
@@ -156,13 +165,18 @@ fn run_section_only(
         "--bin",
         "rackboot",
     ]))?;
-    let text = section(&root, &root.join("target/release/rackboot"))?;
+    let text = section(&root, &target_dir(&root).join("release/rackboot"))?;
     println!("{text}");
     let path = root.join("docs/benchmarks.md");
     let old = std::fs::read_to_string(&path).unwrap_or_default();
     std::fs::write(&path, redfish::replace_section(&old, heading, &text))?;
     eprintln!("\nupdated the {heading} section of {}", path.display());
     Ok(())
+}
+
+/// `cargo xtask bench tiny`: only the embedded profile's benchmark.
+pub fn run_tiny_only() -> anyhow::Result<()> {
+    run_section_only(tiny::HEADING, tiny::section)
 }
 
 /// `cargo xtask bench redfish`: only the discovery benchmark.

@@ -3,7 +3,7 @@
 //! - `demo`  — install what it needs, boot one QEMU node from rackboot in a netns, show what happened
 //! - `test`  — install the test dependencies, build, run the whole suite (QEMU e2e included)
 //! - `bench` — benchmarks (criterion + peer comparisons, Redfish discovery, identity
-//!   enrollment), written to docs/benchmarks.md; `bench http|boot|redfish|identity|federation`
+//!   enrollment), written to docs/benchmarks.md; `bench http|boot|redfish|identity|federation|tiny`
 //!   run one part
 //! - `deps`, `image node`, `image appliance` — the individual steps
 
@@ -43,9 +43,10 @@ fn main() {
             Some("redfish") => bench::run_redfish_only(),
             Some("identity") => bench::run_identity_only(),
             Some("federation") => bench::run_federation_only(),
+            Some("tiny") => bench::run_tiny_only(),
             Some("appliance") => appliance::bench(),
             Some(other) => Err(anyhow::anyhow!(
-                "unknown bench {other:?}; known: http, boot, redfish, identity, federation, appliance"
+                "unknown bench {other:?}; known: http, boot, redfish, identity, federation, tiny, appliance"
             )),
         },
         Some("capture-vectors") => vectors::capture(),

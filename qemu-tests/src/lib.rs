@@ -10,6 +10,7 @@ mod peers;
 mod qemu;
 mod rackboot;
 mod swtpm;
+mod tiny;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,6 +25,7 @@ pub use peers::{
 pub use qemu::{Firmware, Qemu, field};
 pub use rackboot::Rackboot;
 pub use swtpm::{Manufacturer, Swtpm, VmTpm, sh as sh_ok};
+pub use tiny::{TINY_BRIDGE, Tiny, TinyStats};
 
 /// The server address inside every test namespace.
 pub const SERVER: &str = "192.0.2.1";

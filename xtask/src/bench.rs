@@ -7,6 +7,8 @@ mod federation;
 mod flood;
 mod identity;
 mod redfish;
+mod tiny;
+
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -141,6 +143,12 @@ pub fn run_bench() -> anyhow::Result<()> {
         format!("{}\n\n**failed**: {e:#}\n", flood::HEADING)
     });
     let _ = write!(report, "\n{section}");
+    crate::stage("Embedded profile: static RAM, stack, boot time next to rackboot serve");
+    let section = tiny::section(&root, &bin).unwrap_or_else(|e| {
+        eprintln!("tiny bench failed: {e:#}");
+        format!("{}\n\n**failed**: {e:#}\n", tiny::HEADING)
+    });
+    let _ = write!(report, "\n{section}");
     let path = root.join("docs/benchmarks.md");
     // The fuzzing section is written by hand after long fuzz runs (not measured here): keep it.
     let old = std::fs::read_to_string(&path).unwrap_or_default();
@@ -193,6 +201,11 @@ fn target_dir(root: &Path) -> std::path::PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| root.join("target"))
+}
+
+/// `cargo xtask bench tiny`: only the embedded profile's benchmark.
+pub fn run_tiny_only() -> anyhow::Result<()> {
+    run_section_only(tiny::HEADING, tiny::section)
 }
 
 /// `cargo xtask bench redfish`: only the discovery benchmark.

@@ -3,7 +3,7 @@
 //! - `demo`  — install what it needs, boot one QEMU node from rackboot in a netns, show what happened
 //! - `test`  — install the test dependencies, build, run the whole suite (QEMU e2e included)
 //! - `bench` — benchmarks (criterion + peer comparisons, Redfish discovery, identity
-//!   enrollment), written to docs/benchmarks.md; `bench http|boot|redfish|identity|federation|flood`
+//!   enrollment), written to docs/benchmarks.md; `bench http|boot|redfish|identity|federation|flood|tiny`
 //!   run one part
 //! - `release` — dist/: static binary, .deb, .rpm, OCI image, SBOMs, signed sums and provenance
 //! - `deps`, `image node`, `image appliance` — the individual steps
@@ -46,9 +46,10 @@ fn main() {
             Some("identity") => bench::run_identity_only(),
             Some("federation") => bench::run_federation_only(),
             Some("flood") => bench::run_flood_only(),
+            Some("tiny") => bench::run_tiny_only(),
             Some("appliance") => appliance::bench(),
             Some(other) => Err(anyhow::anyhow!(
-                "unknown bench {other:?}; known: http, boot, redfish, identity, federation, flood, appliance"
+                "unknown bench {other:?}; known: http, boot, redfish, identity, federation, flood, tiny, appliance"
             )),
         },
         Some("capture-vectors") => vectors::capture(),

@@ -34,7 +34,7 @@ pub fn run_all() -> anyhow::Result<()> {
 
     crate::stage("pxe-core without std (no allocator)");
     run(cargo().args(["build", "-p", "pxe-core", "--no-default-features"]))?;
-    crate::stage("pxe-core embassy-net drivers (no_std, no allocator), compile-checked");
+    crate::stage("pxe-core embassy-net drivers (no_std, no allocator; rackboot-tiny runs them)");
     run(cargo().args([
         "clippy",
         "-p",
@@ -56,6 +56,7 @@ pub fn run_all() -> anyhow::Result<()> {
 
     crate::stage("duplicate dependencies");
     run(cargo().args(["tree", "-d", "-e", "normal", "-p", "appliance"]))?;
+    run(cargo().args(["tree", "-d", "-e", "normal", "-p", "rackboot-tiny"]))?;
 
     crate::stage("tests (unit, property, differential, store, API, QEMU end-to-end)");
     if have("cargo-nextest") {

@@ -9,7 +9,6 @@ mod identity;
 mod redfish;
 mod tiny;
 
-
 use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;

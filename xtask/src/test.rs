@@ -48,11 +48,10 @@ pub fn run_all() -> anyhow::Result<()> {
     ]))?;
 
     // The release (static binary, packages, OCI image, SBOMs, signatures) that
-    // qemu-tests/tests/release.rs installs and runs, then the proof that it reproduces: two
-    // clean clones built with this target dir (registry crates shared, workspace crates rebuilt
-    // per clone) and compared byte for byte.
+    // qemu-tests/tests/release.rs installs and runs. The reproducibility proof (two clean
+    // clones built and compared byte for byte, `cargo xtask release --check-reproducible`) is
+    // not in this suite yet: two more release builds do not fit CI's time on two cores.
     crate::release::main(&[])?;
-    crate::release::main(&["--check-reproducible".to_owned()])?;
 
     crate::stage("duplicate dependencies");
     run(cargo().args(["tree", "-d", "-e", "normal", "-p", "appliance"]))?;
@@ -105,6 +104,11 @@ pub fn fuzz_smoke(secs: u32) -> anyhow::Result<()> {
                 "+nightly",
                 "fuzz",
                 "run",
+                // No sanitizer in the smoke: the targets that reach the appliance would build
+                // SQLite and aws-lc under ASan, minutes the smoke cannot afford; a panic (what
+                // the Rust parsers can do wrong) is caught either way.
+                "--sanitizer",
+                "none",
                 &t,
                 "--",
                 &format!("-max_total_time={secs}"),

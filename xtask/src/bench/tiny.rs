@@ -128,4 +128,3 @@ fn static_ram(bin: &Path) -> anyhow::Result<Vec<(String, u64)>> {
     }
     Ok(rows)
 }
-

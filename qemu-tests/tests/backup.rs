@@ -110,7 +110,24 @@ fn a_backup_taken_under_a_dhcp_storm_restores_a_working_rack() {
     let host = ns.add_client_ns().unwrap();
     host.ip(&["addr", "add", &format!("{}/24", HOST.2), "dev", "vc"])
         .unwrap();
-    std::fs::write(w.join("cmdline"), cmdline(&rb, HOST.1)).unwrap();
+    // Its join token from the admin route: a boot script carries one only for a request from the
+    // node's own address right after its boot firmware's DHCP ACK (docs/threat-model.md).
+    let (code, issued) = rb
+        .http(
+            "POST",
+            "/identity/v1/join-tokens",
+            Some(&format!(r#"{{"node":"{}"}}"#, HOST.0)),
+        )
+        .unwrap();
+    assert_eq!(code, 200, "{issued}");
+    let issued: serde_json::Value = serde_json::from_str(&issued).unwrap();
+    let line = format!(
+        "{} rackboot.join={} rackboot.ca={} rackboot.url=https://192.0.2.1",
+        cmdline(&rb, HOST.1),
+        issued["token"].as_str().unwrap(),
+        issued["ca"].as_str().unwrap()
+    );
+    std::fs::write(w.join("cmdline"), line).unwrap();
     let id_dir = w.join("id");
     let agent = |args: &[&str]| {
         let mut all = args.to_vec();

@@ -2,7 +2,8 @@
 //!
 //! Owns: the `rackboot` command line. May call: `config`, `netif`, `sys`, `seal`, `output`,
 //! `store`, `http`, `metrics`, `auth`, `client`, `inventory`, `timeline`, `ipxe`, `tftp`, `dhcp`,
-//! `images`, `cloudinit`, `identity`, `boot`, `discovery`, `federation`, `serve`, `services`.
+//! `images`, `cloudinit`, `identity`, `boot`, `discovery`, `federation`, `ansible`, `serve`,
+//! `services`.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -91,6 +92,24 @@ pub enum Command {
     Agent(crate::identity::agent::AgentCommand),
     /// Federation with the upstream OpenCHAMI API: reachable, last pull, outbox depth.
     Upstream(crate::federation::cli::UpstreamArgs),
+    /// Ansible dynamic inventory (`--list`, `--host NAME`) from the rack's inventory; a symlink
+    /// named `rackboot-ansible-inventory` to this binary is an inventory script.
+    #[command(name = "ansible-inventory")]
+    AnsibleInventory(crate::ansible::cli::AnsibleInventoryArgs),
+}
+
+/// The process arguments; started as `rackboot-ansible-inventory` (a symlink Ansible runs as
+/// an inventory script with `--list` or `--host NAME`), as `rackboot ansible-inventory …`.
+pub fn args() -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let script = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .is_some_and(|n| n == crate::ansible::cli::SCRIPT_NAME);
+    if script {
+        args.insert(1, "ansible-inventory".into());
+    }
+    args
 }
 
 /// Sets up `tracing` for the whole process. Logs go to stderr; stdout is for command output.
@@ -134,5 +153,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Secret(cmd) => crate::identity::cli::secret(cmd).await,
         Command::Agent(cmd) => crate::identity::agent::run(cmd).await,
         Command::Upstream(args) => crate::federation::cli::run(args).await,
+        Command::AnsibleInventory(args) => crate::ansible::cli::run(args).await,
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! Modules are cut by capability: each owns its routes, its store tables and its tests.
 
+pub(crate) mod ansible;
 pub mod auth;
 pub(crate) mod boot;
 pub mod cli;

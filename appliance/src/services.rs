@@ -7,7 +7,7 @@
 //! Owns: starts every listener and task, assembles the HTTP surface, `services::run`. May call:
 //! `config`, `netif`, `sys`, `seal`, `output`, `store`, `http`, `metrics`, `auth`, `client`,
 //! `inventory`, `timeline`, `ipxe`, `tftp`, `dhcp`, `images`, `cloudinit`, `identity`, `boot`,
-//! `discovery`, `federation`, `serve`.
+//! `discovery`, `federation`, `ansible`, `serve`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -358,6 +358,7 @@ fn http_app(
     let admin = admin
         .merge(images::admin_router(images.clone()).layer(guard("images")))
         .merge(mirror(crate::inventory::router(store.clone())).layer(guard("inventory")))
+        .merge(crate::ansible::router(store.clone()).layer(guard("inventory")))
         .merge(mirror(crate::boot::admin_router(store.clone())).layer(guard("boot")))
         .merge(crate::dhcp::api::router(store.clone()).layer(guard("dhcp")))
         .merge(crate::cloudinit::routes::admin_router(ci).layer(guard("cloud-init")))

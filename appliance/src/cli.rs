@@ -2,7 +2,7 @@
 //!
 //! Owns: the `rackboot` command line. May call: `config`, `netif`, `sys`, `seal`, `output`,
 //! `store`, `http`, `metrics`, `auth`, `client`, `inventory`, `timeline`, `ipxe`, `tftp`, `dhcp`,
-//! `images`, `cloudinit`, `identity`, `boot`, `discovery`, `federation`, `ansible`, `serve`,
+//! `images`, `cloudinit`, `identity`, `boot`, `discovery`, `federation`, `ansible`, `dns`, `serve`,
 //! `services`.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};

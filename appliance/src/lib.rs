@@ -11,6 +11,7 @@ pub(crate) mod cloudinit;
 pub mod config;
 pub(crate) mod dhcp;
 pub mod discovery;
+pub(crate) mod dns;
 pub mod federation;
 pub mod http;
 pub mod identity;

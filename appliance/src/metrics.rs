@@ -58,6 +58,12 @@ struct StageLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DnsLabels {
+    transport: &'static str,
+    rcode: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PoolLabel {
     state: String,
 }
@@ -93,6 +99,7 @@ pub struct Metrics {
     dhcp_static_unrecorded: Counter,
     store_state: Family<PoolLabel, Gauge>,
     store_free_bytes: Gauge,
+    dns_responses: Family<DnsLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -122,6 +129,7 @@ impl Metrics {
             dhcp_static_unrecorded: Counter::default(),
             store_state: Family::default(),
             store_free_bytes: Gauge::default(),
+            dns_responses: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -205,6 +213,11 @@ impl Metrics {
             "Bytes free on the data partition",
             m.store_free_bytes.clone(),
         );
+        registry.register(
+            "dns_responses",
+            "DNS requests by transport and what was answered: the response code (FORMERR for malformed requests), axfr, or dropped (too short, a response, or over the concurrency cap)",
+            m.dns_responses.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -222,6 +235,12 @@ impl Metrics {
             .get_or_create(&Reason {
                 reason: reason.to_owned(),
             })
+            .inc();
+    }
+
+    pub fn dns_response(&self, transport: &'static str, rcode: &'static str) {
+        self.dns_responses
+            .get_or_create(&DnsLabels { transport, rcode })
             .inc();
     }
 

@@ -15,6 +15,7 @@
 mod bmc;
 mod bss;
 mod cloudinit;
+mod dns;
 mod health;
 mod hosts;
 mod identity;

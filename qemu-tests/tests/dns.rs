@@ -390,3 +390,31 @@ fn names_outside_the_rack_are_forwarded_and_cached() {
     let out = dig(&c, STRANGER, &["www.uncached.test"]);
     assert!(out.contains("status: SERVFAIL"), "no forwarder left: {out}");
 }
+
+/// One QEMU boot: DHCP hands the node rackboot as its resolver (option 6), the rack's domain
+/// (15) and its hostname (12); busybox `nslookup` on the node resolves its own name and the
+/// appliance's (images/node/init prints what it got).
+#[test]
+fn qemu_node_resolves_its_own_name_and_the_appliance() {
+    if !preflight(true) || !have_tools(&["dig"]) {
+        return;
+    }
+    let mut ns = Netns::new("dnsvm").unwrap();
+    let rb = Rackboot::start_with_env(&ns, &env(&[])).unwrap();
+    rb.import_node_images().unwrap();
+    let (mac, ip) = ("52:54:00:aa:00:21", "192.0.2.21");
+    rb.register_node("x1000c0s4b0n0", 21, mac, ip).unwrap();
+    let mut vm = qemu_tests::Qemu::start(&mut ns, qemu_tests::Firmware::SeaBiosIpxe, mac).unwrap();
+    let line = vm
+        .wait_for("RACKBOOT-DNS", Duration::from_secs(400))
+        .unwrap_or_else(|e| panic!("{e:#}\n---- rackboot log ----\n{}", rb.log_text()));
+    let field = |k| qemu_tests::field(&line, k);
+    assert_eq!(field("server"), Some("192.0.2.1"), "option 6: {line}");
+    assert_eq!(
+        field("name"),
+        Some("nid0021.rack1.cluster"),
+        "options 12 + 15: {line}"
+    );
+    assert_eq!(field("self"), Some(ip), "{line}");
+    assert_eq!(field("appliance"), Some("192.0.2.1"), "{line}");
+}

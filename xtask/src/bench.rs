@@ -3,6 +3,7 @@
 //!
 //! These are measurements, not tests: nothing here fails on a slow number.
 
+mod dns;
 mod federation;
 mod identity;
 mod redfish;
@@ -29,7 +30,7 @@ pub fn run_bench() -> anyhow::Result<()> {
         "--bin",
         "rackboot",
     ]))?;
-    let bin = root.join("target/release/rackboot");
+    let bin = release_bin(&root);
     let mut report = String::new();
     let _ = writeln!(
         report,
@@ -134,10 +135,23 @@ pub fn run_bench() -> anyhow::Result<()> {
         format!("{}\n\n**failed**: {e:#}\n", federation::HEADING)
     });
     let _ = write!(report, "\n{section}");
+    crate::stage("DNS: dnsperf against rackboot and dnsmasq, 10,000 names");
+    let section = dns::section(&root, &bin).unwrap_or_else(|e| {
+        eprintln!("dns bench failed: {e:#}");
+        format!("{}\n\n**failed**: {e:#}\n", dns::HEADING)
+    });
+    let _ = write!(report, "\n{section}");
     let path = root.join("docs/benchmarks.md");
     std::fs::write(&path, report)?;
     eprintln!("\nwrote {}", path.display());
     Ok(())
+}
+
+/// Where `cargo build --release` put rackboot (`CARGO_TARGET_DIR` when set).
+fn release_bin(root: &Path) -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root.join("target"), std::path::PathBuf::from)
+        .join("release/rackboot")
 }
 
 /// Builds the release binary, runs one benchmark section, prints it, and replaces (or
@@ -156,7 +170,7 @@ fn run_section_only(
         "--bin",
         "rackboot",
     ]))?;
-    let text = section(&root, &root.join("target/release/rackboot"))?;
+    let text = section(&root, &release_bin(&root))?;
     println!("{text}");
     let path = root.join("docs/benchmarks.md");
     let old = std::fs::read_to_string(&path).unwrap_or_default();
@@ -173,6 +187,11 @@ pub fn run_redfish_only() -> anyhow::Result<()> {
 /// `cargo xtask bench identity`: only the enrollment benchmark.
 pub fn run_identity_only() -> anyhow::Result<()> {
     run_section_only(identity::HEADING, identity::section)
+}
+
+/// `cargo xtask bench dns`: only the DNS comparison with dnsmasq.
+pub fn run_dns_only() -> anyhow::Result<()> {
+    run_section_only(dns::HEADING, dns::section)
 }
 
 /// `cargo xtask bench federation`: only the federation benchmark.

@@ -331,3 +331,116 @@ fn rand_id() -> u16 {
     let _ = aws_lc_rs::rand::fill(&mut b);
     u16::from_be_bytes(b)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use hickory_proto::rr::Name;
+
+    use super::*;
+    use crate::dns::zone::{ZoneConfig, Zones};
+    use crate::store::{Host, HostKind};
+
+    fn shared() -> Shared {
+        let cfg = ZoneConfig {
+            domain: Name::from_ascii("rack1.cluster.").unwrap_or_else(|e| panic!("{e}")),
+            ttl: 300,
+            server: Ipv4Addr::new(192, 0, 2, 1),
+            aliases: Default::default(),
+        };
+        let host = Host {
+            xname: "x1000c0s0b0n0".into(),
+            kind: HostKind::Node,
+            hostname: "nid0001".into(),
+            nid: Some(1),
+            role: None,
+            sub_role: None,
+            macs: vec![],
+            ips: (0..100).map(|i| Ipv4Addr::new(198, 51, 100, i)).collect(),
+        };
+        Shared {
+            zones: std::sync::RwLock::new(Arc::new(Zones::build(&cfg, &[host], 1))),
+            secondaries: vec![Ipv4Addr::new(192, 0, 2, 53)],
+            forwarders: vec![],
+            cache: super::super::forward::Cache::new(4),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+        }
+    }
+
+    fn query(name: &str, t: RecordType) -> Vec<u8> {
+        let mut m = Message::query();
+        m.add_query(Query::query(
+            Name::from_ascii(name).unwrap_or_else(|e| panic!("{e}")),
+            t,
+        ));
+        m.to_vec().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn one(o: Outcome) -> Message {
+        match o {
+            Outcome::Reply(m) if m.len() == 1 => {
+                Message::from_vec(&m[0]).unwrap_or_else(|e| panic!("{e}"))
+            }
+            _ => panic!("expected one reply"),
+        }
+    }
+
+    const SRC: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 99)), 5353);
+
+    #[test]
+    fn every_prefix_and_mutation_of_a_query_is_answered_or_dropped_never_a_panic() {
+        let s = shared();
+        let q = query("nid0001.rack1.cluster.", RecordType::A);
+        for len in 0..q.len() {
+            let _ = answer(&s, &q[..len], SRC, false);
+        }
+        // Deterministic pseudo-random mutations (xorshift), over UDP and TCP.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            let mut b = q.clone();
+            for _ in 0..3 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let i = (x as usize) % b.len();
+                b[i] = (x >> 32) as u8;
+            }
+            let _ = answer(&s, &b, SRC, x & 1 == 0);
+        }
+    }
+
+    #[test]
+    fn truncated_over_udp_whole_over_tcp_and_transfers_only_for_secondaries() {
+        let s = shared();
+        let q = query("nid0001.rack1.cluster.", RecordType::A);
+        let udp = one(answer(&s, &q, SRC, false));
+        assert!(udp.metadata.truncation && udp.answers.is_empty());
+        let tcp = one(answer(&s, &q, SRC, true));
+        assert_eq!(tcp.answers.len(), 100);
+        let axfr = query("rack1.cluster.", RecordType::AXFR);
+        let refused = one(answer(&s, &axfr, SRC, true));
+        assert_eq!(refused.metadata.response_code, ResponseCode::Refused);
+        let secondary = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 53)), 40000);
+        let Outcome::Reply(msgs) = answer(&s, &axfr, secondary, true) else {
+            panic!("no transfer");
+        };
+        assert!(
+            msgs.len() > 1,
+            "202 records are sent in more than one message"
+        );
+        let outside = one(answer(
+            &s,
+            &query("example.com.", RecordType::A),
+            SRC,
+            false,
+        ));
+        assert_eq!(outside.metadata.response_code, ResponseCode::Refused);
+        let bad = [0xbe, 0xef, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 7, b'g'];
+        let formerr = one(answer(&s, &bad, SRC, false));
+        assert_eq!(
+            (formerr.metadata.id, formerr.metadata.response_code),
+            (0xbeef, ResponseCode::FormErr)
+        );
+    }
+}

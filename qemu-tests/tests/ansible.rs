@@ -190,3 +190,77 @@ fn ansible_inventory_lists_groups_and_hostvars_from_the_rack() {
     assert!(!ok, "{out}\n{err}");
     assert!(err.contains("inventory:read"), "{err}");
 }
+
+/// Ansible reaches a QEMU node over SSH: the inventory script names it, `ansible_host` is its
+/// inventory address, and the node runs Debian's dropbear (appended to its initrd).
+#[test]
+fn ansible_raw_reaches_a_qemu_node_over_ssh() {
+    if !preflight(true) {
+        return;
+    }
+    let Some(inventory) = ansible_inventory() else {
+        return;
+    };
+    if !std::path::Path::new("/usr/sbin/dropbear").exists() || !qemu_tests::have("ssh") {
+        let msg = "dropbear-bin and openssh-client are needed (`cargo xtask deps`)";
+        assert!(!std::env::var("CI").is_ok_and(|v| v == "true"), "{msg}");
+        eprintln!("SKIPPED (not in CI): {msg}");
+        return;
+    }
+    let ansible = inventory.with_file_name("ansible");
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("id_ed25519");
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+
+    let mut ns = Netns::new("ansvm").unwrap();
+    let rb = Rackboot::start(&ns).unwrap();
+    rb.import_node_images().unwrap();
+    rb.import_image(
+        "initrd.img",
+        &qemu_tests::ssh_initrd(dir.path(), &public).unwrap(),
+    )
+    .unwrap();
+    let (mac, ip) = ("52:54:00:aa:00:31", "192.0.2.31");
+    rb.register_node("x1000c0s5b0n0", 31, mac, ip).unwrap();
+    let mut vm = qemu_tests::Qemu::start(&mut ns, qemu_tests::Firmware::SeaBiosIpxe, mac).unwrap();
+    vm.wait_for("RACKBOOT-SSH-UP", std::time::Duration::from_secs(400))
+        .unwrap_or_else(|e| panic!("{e:#}\n---- rackboot log ----\n{}", rb.log_text()));
+
+    let script = dir.path().join("rackboot-ansible-inventory");
+    std::os::unix::fs::symlink(rackboot_bin().unwrap(), &script).unwrap();
+    let home = dir.path().join("ansible");
+    let out = ns
+        .cmd(ansible.to_str().unwrap())
+        .arg("-i")
+        .arg(&script)
+        .args(["all", "-m", "raw", "-a", "cat /proc/cmdline", "-u", "root"])
+        .arg("--private-key")
+        .arg(&key)
+        .env("RACKBOOT_URL", "http://192.0.2.1")
+        .env("RACKBOOT_TOKEN", token(&rb, "inventory:read"))
+        .env("RACKBOOT_DATA_DIR", "/nonexistent")
+        .env("ANSIBLE_HOME", &home)
+        .env("ANSIBLE_LOCAL_TEMP", &home)
+        .env("ANSIBLE_HOST_KEY_CHECKING", "False")
+        .env(
+            "ANSIBLE_SSH_ARGS",
+            "-o UserKnownHostsFile=/dev/null -o ConnectTimeout=20",
+        )
+        .env("LC_ALL", "C.UTF-8")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    // The node's own kernel command line, as rackboot's boot script set it.
+    assert!(
+        text.contains("x1000c0s5b0n0 | CHANGED") && text.contains("xname=x1000c0s5b0n0"),
+        "{text}"
+    );
+}

@@ -1,8 +1,8 @@
 //! The `rackboot` command line: one subcommand per capability, each defined in its module.
 //!
-//! Owns: the `rackboot` command line. May call: `config`, `netif`, `sys`, `seal`, `output`,
+//! Owns: the `rackboot` command line. May call: `version`, `config`, `netif`, `sys`, `seal`, `output`,
 //! `store`, `http`, `metrics`, `auth`, `client`, `inventory`, `timeline`, `ipxe`, `tftp`, `dhcp`,
-//! `images`, `cloudinit`, `identity`, `boot`, `discovery`, `federation`, `ansible`, `dns`, `serve`,
+//! `images`, `cloudinit`, `identity`, `boot`, `discovery`, `federation`, `backup`, `ansible`, `dns`, `serve`,
 //! `services`.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(
     name = "rackboot",
-    version,
+    version = crate::version::LONG,
     propagate_version = true,
     max_term_width = 100
 )]
@@ -92,10 +92,51 @@ pub enum Command {
     Agent(crate::identity::agent::AgentCommand),
     /// Federation with the upstream OpenCHAMI API: reachable, last pull, outbox depth.
     Upstream(crate::federation::cli::UpstreamArgs),
+    /// Encrypted backups of the store, keys, config and images; verify and restore them.
+    #[command(subcommand)]
+    Backup(crate::backup::cli::BackupCommand),
+    /// For packagers: writes the man pages or shell completions of this binary into a directory
+    /// (`cargo xtask release` runs it, so they describe exactly the shipped command line).
+    #[command(name = "__generate", hide = true)]
+    Generate(GenerateArgs),
     /// Ansible dynamic inventory (`--list`, `--host NAME`) from the rack's inventory; a symlink
     /// named `rackboot-ansible-inventory` to this binary is an inventory script.
     #[command(name = "ansible-inventory")]
     AnsibleInventory(crate::ansible::cli::AnsibleInventoryArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    pub what: Generated,
+    /// The directory to write into (created if missing).
+    pub dir: std::path::PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Generated {
+    /// `rackboot.1` and one `rackboot-<subcommand>.1` per subcommand.
+    Man,
+    /// bash, zsh and fish completions.
+    Completions,
+}
+
+/// Writes man pages (clap_mangen) or completions (clap_complete) for the `rackboot` command line.
+pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use clap::CommandFactory;
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("cannot create {}", args.dir.display()))?;
+    let mut cmd = Cli::command();
+    match args.what {
+        Generated::Man => clap_mangen::generate_to(cmd, &args.dir)?,
+        Generated::Completions => {
+            use clap_complete::Shell;
+            for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+                clap_complete::generate_to(shell, &mut cmd, "rackboot", &args.dir)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The process arguments; started as `rackboot-ansible-inventory` (a symlink Ansible runs as
@@ -153,6 +194,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Secret(cmd) => crate::identity::cli::secret(cmd).await,
         Command::Agent(cmd) => crate::identity::agent::run(cmd).await,
         Command::Upstream(args) => crate::federation::cli::run(args).await,
+        Command::Generate(args) => generate(&args),
+        Command::Backup(cmd) => crate::backup::cli::run(cmd).await,
         Command::AnsibleInventory(args) => crate::ansible::cli::run(args).await,
     }
 }

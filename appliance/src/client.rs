@@ -76,12 +76,16 @@ impl ApiClient {
                 }
             },
         };
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(300))
-            .no_proxy()
-            .build()
-            .context("cannot build the HTTP client")?;
+            .no_proxy();
+        if args.url.starts_with("http://") {
+            // Plain HTTP needs no CA certificates; without this the client would load the
+            // system's, and fail where there are none (an empty root, a `FROM scratch` image).
+            builder = builder.tls_certs_only(Vec::<reqwest::Certificate>::new());
+        }
+        let http = builder.build().context("cannot build the HTTP client")?;
         Ok(Self {
             http,
             base: args.url.trim_end_matches('/').to_owned(),

@@ -4,6 +4,7 @@
 
 pub(crate) mod ansible;
 pub mod auth;
+pub mod backup;
 pub(crate) mod boot;
 pub mod cli;
 pub mod client;
@@ -13,6 +14,9 @@ pub(crate) mod dhcp;
 pub mod discovery;
 pub(crate) mod dns;
 pub mod federation;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod identity;
 pub mod images;
@@ -28,3 +32,4 @@ pub mod store;
 pub(crate) mod sys;
 pub(crate) mod tftp;
 pub mod timeline;
+pub mod version;

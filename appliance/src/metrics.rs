@@ -99,6 +99,12 @@ pub struct Metrics {
     dhcp_static_unrecorded: Counter,
     store_state: Family<PoolLabel, Gauge>,
     store_free_bytes: Gauge,
+    identity_token_refusals: Family<Reason, Counter>,
+    backup_last_success: Gauge,
+    backup_failures: Counter,
+    upstream_lookups: Family<Outcome, Counter>,
+    upstream_lookups_in_flight: Gauge,
+    tasks: Gauge,
     dns_responses: Family<DnsLabels, Counter>,
 }
 
@@ -129,6 +135,12 @@ impl Metrics {
             dhcp_static_unrecorded: Counter::default(),
             store_state: Family::default(),
             store_free_bytes: Gauge::default(),
+            identity_token_refusals: Family::default(),
+            backup_last_success: Gauge::default(),
+            backup_failures: Counter::default(),
+            upstream_lookups: Family::default(),
+            upstream_lookups_in_flight: Gauge::default(),
+            tasks: Gauge::default(),
             dns_responses: Family::default(),
             registry: Registry::default(),
         };
@@ -214,6 +226,36 @@ impl Metrics {
             m.store_free_bytes.clone(),
         );
         registry.register(
+            "identity_token_refusals",
+            "Boot scripts of known nodes served without a join token, by reason (rate_limited, no_mac, wrong_source, no_lease, already_issued, …)",
+            m.identity_token_refusals.clone(),
+        );
+        registry.register(
+            "backup_last_success_timestamp_seconds",
+            "When the last scheduled backup ([backup]) finished, in seconds since the epoch; 0 before the first",
+            m.backup_last_success.clone(),
+        );
+        registry.register(
+            "backup_failures",
+            "Scheduled backups that failed",
+            m.backup_failures.clone(),
+        );
+        registry.register(
+            "upstream_lookups",
+            "On-demand upstream lookups of unknown MACs, by outcome: found, unknown, error (asked); dropped_busy, dropped_rate, cached_negative, in_flight (not asked: a limit, a MAC unknown within the negative TTL, or one already being asked about)",
+            m.upstream_lookups.clone(),
+        );
+        registry.register(
+            "upstream_lookups_in_flight",
+            "On-demand upstream lookups running now",
+            m.upstream_lookups_in_flight.clone(),
+        );
+        registry.register(
+            "tasks",
+            "Tasks alive in rackboot's async runtime (at scrape time)",
+            m.tasks.clone(),
+        );
+        registry.register(
             "dns_responses",
             "DNS requests by transport and what was answered: the response code (FORMERR for malformed requests), axfr, or dropped (too short, a response, or over the concurrency cap)",
             m.dns_responses.clone(),
@@ -297,11 +339,51 @@ impl Metrics {
         self.timeline_dropped.inc();
     }
 
+    pub fn identity_token_refusal(&self, reason: &str) {
+        self.identity_token_refusals
+            .get_or_create(&Reason {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn upstream_lookup(&self, outcome: &str) {
+        self.upstream_lookups
+            .get_or_create(&Outcome {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// One more (`up`) or one fewer on-demand lookup running.
+    pub fn upstream_lookup_running(&self, up: bool) {
+        if up {
+            self.upstream_lookups_in_flight.inc();
+        } else {
+            self.upstream_lookups_in_flight.dec();
+        }
+    }
+
+    /// Sets the runtime's task gauge (called at scrape time).
+    pub fn set_tasks(&self, alive: usize) {
+        self.tasks.set(i64::try_from(alive).unwrap_or(i64::MAX));
+    }
+
     pub fn dhcp_static_unrecorded(&self) {
         self.dhcp_static_unrecorded.inc();
     }
 
     /// Sets the store gauges (called at scrape time).
+    /// A scheduled backup finished at `unix_seconds`.
+    pub fn backup_succeeded(&self, unix_seconds: i64) {
+        self.backup_last_success.set(unix_seconds);
+    }
+
+    /// A scheduled backup failed.
+    pub fn backup_failed(&self) {
+        self.backup_failures.inc();
+    }
+
     pub fn set_store(&self, h: &crate::store::StoreHealth) {
         use crate::store::StoreState;
         for st in [StoreState::Ok, StoreState::Full, StoreState::Failing] {

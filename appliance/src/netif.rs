@@ -1,6 +1,7 @@
 //! The rack interface: its IPv4 address and the UDP sockets bound to it.
 //!
-//! Owns: interface addresses, device-bound UDP sockets. May call: nothing of ours.
+//! Owns: interface addresses, device-bound UDP sockets and TCP listeners. May call: nothing of
+//! ours.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -54,6 +55,31 @@ pub fn ipv4_of(name: &str) -> anyhow::Result<InterfaceAddr> {
         "interface {name:?} has no IPv4 address: give it the rack address first \
          (e.g. `ip addr add 192.0.2.1/24 dev {name}`) or choose another --interface"
     )
+}
+
+/// Whether an interface called `name` exists (with or without an address yet: a management
+/// interface may still be waiting for its DHCP lease).
+pub fn exists(name: &str) -> bool {
+    nix::net::if_::if_nametoindex(name).is_ok()
+}
+
+/// A listening TCP socket on `bind`, bound to device `iface` when given (SO_BINDTODEVICE: only
+/// connections arriving through that interface reach it, whatever address `bind` names; two
+/// such listeners on different devices may share a port), with SO_REUSEADDR, ready for tokio.
+pub fn tcp_listener(iface: Option<&str>, bind: SocketAddr) -> io::Result<tokio::net::TcpListener> {
+    let domain = match bind {
+        SocketAddr::V4(_) => Domain::IPV4,
+        SocketAddr::V6(_) => Domain::IPV6,
+    };
+    let sock = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    if let Some(iface) = iface {
+        sock.bind_device(Some(iface.as_bytes()))?;
+    }
+    sock.set_nonblocking(true)?;
+    sock.bind(&bind.into())?;
+    sock.listen(1024)?;
+    tokio::net::TcpListener::from_std(sock.into())
 }
 
 /// Every IPv4 address of this host (empty if the list cannot be read).

@@ -40,6 +40,16 @@ pub struct ServeArgs {
     /// Address written into boot URLs [default: the interface address].
     #[arg(long, env = "RACKBOOT_ADVERTISE")]
     pub advertise: Option<Ipv4Addr>,
+    /// Serve the admin API only on this interface (repeat, or comma-separate in the env var;
+    /// e.g. `--admin-interface eth1 --admin-interface lo`). The boot-path HTTP and the identity
+    /// HTTPS listeners are then bound to the rack interface alone. [default: `listen.admin_interfaces`;
+    /// none: one listener serves the boot path and the token-protected admin API together]
+    #[arg(
+        long = "admin-interface",
+        env = "RACKBOOT_ADMIN_INTERFACES",
+        value_delimiter = ','
+    )]
+    pub admin_interfaces: Vec<String>,
 }
 
 /// Everything `serve` needs, after flags > env > file > defaults have been merged.
@@ -49,8 +59,19 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub ipxe_dir: PathBuf,
     pub http_listen: SocketAddr,
+    /// Where the admin API is served, when it is kept off the rack network.
+    pub admin: Option<AdminListen>,
     pub advertise: Ipv4Addr,
     pub config: Config,
+    /// The `--config` file, if one is in use (scheduled backups include it).
+    pub config_file: Option<PathBuf>,
+}
+
+/// The admin API's own listeners: one per interface, each bound to its device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminListen {
+    pub interfaces: Vec<String>,
+    pub port: u16,
 }
 
 impl Settings {
@@ -78,14 +99,33 @@ impl Settings {
             .or(config.listen.http)
             .unwrap_or_else(|| SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80)));
         let advertise = args.advertise.or(config.advertise).unwrap_or(iface.addr);
+        let interfaces = if args.admin_interfaces.is_empty() {
+            config.listen.admin_interfaces.clone()
+        } else {
+            args.admin_interfaces
+        };
+        let admin = admin_listen(
+            &iface.name,
+            interfaces,
+            config.listen.admin_port,
+            http_listen,
+        )?;
         Ok(Settings {
             iface,
             data_dir,
             ipxe_dir,
             http_listen,
+            admin,
             advertise,
             config,
+            config_file: args.config,
         })
+    }
+
+    /// Whether the boot-path listeners are bound to the rack interface (the admin API is served
+    /// elsewhere).
+    pub fn rack_device(&self) -> Option<&str> {
+        self.admin.as_ref().map(|_| self.iface.name.as_str())
     }
 
     /// Base URL of this appliance as nodes see it, e.g. `http://192.0.2.1` (port only if not 80).
@@ -95,4 +135,41 @@ impl Settings {
             port => format!("http://{}:{port}", self.advertise),
         }
     }
+}
+
+/// Validates the admin interfaces: each must exist, none may be the rack interface (that would
+/// put the admin API back on the rack network), and the list has no duplicates.
+fn admin_listen(
+    rack: &str,
+    interfaces: Vec<String>,
+    port: Option<u16>,
+    http: SocketAddr,
+) -> anyhow::Result<Option<AdminListen>> {
+    let mut seen: Vec<String> = Vec::new();
+    for name in interfaces {
+        let name = name.trim().to_owned();
+        if name.is_empty() || seen.contains(&name) {
+            continue;
+        }
+        if name == rack {
+            anyhow::bail!(
+                "--admin-interface {name} is the rack interface: the admin API would be reachable \
+                 from the rack network; name the management interface (and lo for the local CLI)"
+            );
+        }
+        if !netif::exists(&name) {
+            anyhow::bail!(
+                "--admin-interface {name}: no such interface (listen.admin_interfaces / \
+                 RACKBOOT_ADMIN_INTERFACES)"
+            );
+        }
+        seen.push(name);
+    }
+    if seen.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(AdminListen {
+        interfaces: seen,
+        port: port.unwrap_or(http.port()),
+    }))
 }

@@ -5,9 +5,9 @@
 //! `GET /boot/v1/service/status` starts answering 200.
 //!
 //! Owns: starts every listener and task, assembles the HTTP surface, `services::run`. May call:
-//! `config`, `netif`, `sys`, `seal`, `output`, `store`, `http`, `metrics`, `auth`, `client`,
-//! `inventory`, `timeline`, `ipxe`, `tftp`, `dhcp`, `images`, `cloudinit`, `identity`, `boot`,
-//! `discovery`, `federation`, `ansible`, `dns`, `serve`.
+//! `version`, `config`, `netif`, `sys`, `seal`, `output`, `store`, `http`, `metrics`, `auth`,
+//! `client`, `inventory`, `timeline`, `ipxe`, `tftp`, `dhcp`, `images`, `cloudinit`, `identity`,
+//! `boot`, `discovery`, `federation`, `backup`, `ansible`, `dns`, `serve`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +35,7 @@ use crate::timeline::{Observers, Timeline};
 /// The running services.
 pub struct Services {
     tasks: JoinSet<()>,
+    store: Store,
 }
 
 impl Services {
@@ -106,14 +107,26 @@ pub async fn start(
     let on_lease = discovery.spawn_auto(&mut tasks, shutdown.clone())?;
     let upstream = match &settings.config.upstream {
         Some(cfg) => {
-            let f = crate::federation::Federation::new(cfg.clone(), store.clone())
-                .context("cannot set up the upstream ([upstream] in --config)")?;
+            let f = crate::federation::Federation::with_metrics(
+                cfg.clone(),
+                store.clone(),
+                metrics.clone(),
+            )
+            .context("cannot set up the upstream ([upstream] in --config)")?;
             f.spawn(&mut tasks, shutdown.clone());
             tracing::info!(smd = %cfg.smd, "federated with an upstream");
             Some(f)
         }
         None => None,
     };
+    crate::backup::schedule::spawn(
+        &mut tasks,
+        &settings.config.backup,
+        data_dir,
+        settings.config_file.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    )?;
     let identity = if settings.config.identity.enabled {
         Some(
             crate::identity::Identity::open(
@@ -132,6 +145,9 @@ pub async fn start(
     } else {
         None
     };
+    if identity.is_some() {
+        crate::identity::join::spawn_pruner(&mut tasks, store.clone(), shutdown.clone());
+    }
 
     let dhcp = dhcp_config(settings)?;
     let pool_size: i64 = dhcp
@@ -195,7 +211,13 @@ pub async fn start(
         fallback_base: settings.base_url(),
         max_retries: boot.max_retries,
         timeline: timeline.clone(),
-        identity: identity.clone().map(|id| (id, https_url(settings))),
+        identity: identity.clone().map(|id| {
+            Arc::new(crate::identity::join::BootTokens::new(
+                id,
+                https_url(settings),
+                Some(metrics.clone()),
+            ))
+        }),
         upstream: upstream
             .as_ref()
             .map(crate::federation::Federation::unknown_lookup),
@@ -211,28 +233,58 @@ pub async fn start(
         identity: identity.clone(),
         upstream,
     };
-    let app = http_app(&authn, ipxe, images, store, boot_ctx, observe);
-    let listener = tokio::net::TcpListener::bind(settings.http_listen)
-        .await
-        .with_context(|| {
+    let surface = http_surface(&authn, ipxe, images, store.clone(), boot_ctx, observe);
+    let rack_device = settings.rack_device();
+    let listener =
+        crate::netif::tcp_listener(rack_device, settings.http_listen).with_context(|| {
             format!(
-                "cannot listen for HTTP on {} (--http-listen)",
-                settings.http_listen
+                "cannot listen for HTTP on {}{} (--http-listen)",
+                settings.http_listen,
+                rack_device.map(|d| format!(" on {d}")).unwrap_or_default()
             )
         })?;
-    let stop = shutdown.clone();
+    let boot_app = match &settings.admin {
+        // The admin API lives on its own listeners; the rack network gets the boot path only.
+        Some(admin) => {
+            for iface in &admin.interfaces {
+                let bind = std::net::SocketAddr::from(([0, 0, 0, 0], admin.port));
+                let listener =
+                    crate::netif::tcp_listener(Some(iface), bind).with_context(|| {
+                        format!(
+                            "cannot listen for the admin API on {iface} port {} \
+                         (--admin-interface / listen.admin_port)",
+                            admin.port
+                        )
+                    })?;
+                spawn_http(&mut tasks, listener, surface.full.clone(), shutdown.clone());
+                tracing::info!(interface = %iface, port = admin.port, "admin API listening");
+            }
+            surface.boot_only
+        }
+        None => surface.full,
+    };
+    spawn_http(&mut tasks, listener, boot_app, shutdown.clone());
+    if let Some(id) = identity {
+        spawn_https(&mut tasks, settings, id, shutdown).await?;
+    }
+    Ok(Services { tasks, store })
+}
+
+/// Serves `app` on `listener` until shutdown.
+fn spawn_http(
+    tasks: &mut JoinSet<()>,
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+) {
     tasks.spawn(async move {
         let served = http::server::serve(listener, app, http_limits(), async move {
-            stop.cancelled().await
+            shutdown.cancelled().await
         });
         if let Err(err) = served.await {
             tracing::error!(error = %err, "HTTP service failed");
         }
     });
-    if let Some(id) = identity {
-        spawn_https(&mut tasks, settings, id, shutdown).await?;
-    }
-    Ok(Services { tasks })
 }
 
 /// `https://<advertised address>[:port]`: what nodes enroll at.
@@ -269,14 +321,14 @@ async fn spawn_https(
     names.extend(cfg.names.iter().cloned());
     id.server_config(&names)
         .context("cannot issue the HTTPS certificate from the rack CA")?;
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen for HTTPS on {} (identity.listen; or identity.enabled = false)",
-                cfg.listen
-            )
-        })?;
+    let device = settings.rack_device();
+    let listener = crate::netif::tcp_listener(device, cfg.listen).with_context(|| {
+        format!(
+            "cannot listen for HTTPS on {}{} (identity.listen; or identity.enabled = false)",
+            cfg.listen,
+            device.map(|d| format!(" on {d}")).unwrap_or_default()
+        )
+    })?;
     let app = Router::new()
         .merge(crate::identity::routes::public_router(id.clone()))
         .merge(crate::identity::routes::https_router(id.clone()))
@@ -310,16 +362,23 @@ async fn spawn_https(
     Ok(())
 }
 
-/// The whole HTTP surface. Boot-path routes (firmware and nodes call them) are open; every
-/// admin router is wrapped in a scope check for its area (ARCHITECTURE invariant 4).
-fn http_app(
+/// The HTTP surface, whole (boot path and admin API) and boot path only (the rack listener's
+/// when the admin API has listeners of its own).
+struct Surface {
+    full: Router,
+    boot_only: Router,
+}
+
+/// The HTTP surface. Boot-path routes (firmware and nodes call them) are open; every admin
+/// router is wrapped in a scope check for its area (ARCHITECTURE invariant 4).
+fn http_surface(
     authn: &Authenticator,
     ipxe: IpxeDir,
     images: ImageStore,
     store: Store,
     boot_ctx: BootScriptContext,
     obs: Observe,
-) -> Router {
+) -> Surface {
     let ci = CiContext {
         store: store.clone(),
         timeline: obs.timeline.clone(),
@@ -394,13 +453,31 @@ fn http_app(
         )
         .merge(crate::federation::router(obs.upstream.clone()).layer(guard("status")));
     let metrics = obs.metrics;
-    Router::new()
-        .merge(open)
-        .merge(admin)
-        .fallback(crate::http::problem::not_found_fallback)
-        .layer(axum::middleware::from_fn(move |req, next| {
+    let counted = move |r: Router| {
+        let metrics = metrics.clone();
+        r.layer(axum::middleware::from_fn(move |req, next| {
             count_request(metrics.clone(), req, next)
         }))
+    };
+    Surface {
+        full: counted(
+            Router::new()
+                .merge(open.clone())
+                .merge(admin)
+                .fallback(crate::http::problem::not_found_fallback),
+        ),
+        boot_only: counted(open.fallback(admin_elsewhere)),
+    }
+}
+
+/// What the rack listener answers for any path it does not serve when the admin API has its own
+/// listeners: the same 404 for an admin route as for a route that does not exist, with the reason.
+async fn admin_elsewhere(uri: axum::http::Uri) -> crate::http::Problem {
+    crate::http::Problem::not_found(format!(
+        "no route for {} on the rack network: the admin API is served only on the management \
+         interfaces (listen.admin_interfaces)",
+        uri.path()
+    ))
 }
 
 /// Refuses writes to upstream-mirrored inventory and boot data (`upstream.allow_local = false`).
@@ -484,6 +561,11 @@ async fn metrics_page(
         }
     }
     metrics.set_store(&store.health());
+    metrics.set_tasks(
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks(),
+    );
     metrics.set_state(
         i64::try_from(active).unwrap_or(i64::MAX),
         pool_size,
@@ -614,14 +696,31 @@ pub async fn run(args: crate::serve::ServeArgs) -> anyhow::Result<()> {
         .context("rackboot could not start")?;
     let _ = ready_tx.send(true);
     tracing::info!(
+        version = crate::version::LONG,
         interface = %settings.iface.name,
         ip = %settings.iface.addr,
         subnet = %settings.iface.net,
         http = %settings.http_listen,
+        admin = %settings
+            .admin
+            .as_ref()
+            .map(|a| format!("{}:{}", a.interfaces.join(","), a.port))
+            .unwrap_or_else(|| "with the boot path".to_owned()),
         data_dir = %settings.data_dir.display(),
         "rackboot ready"
     );
+    crate::sys::notify_ready(&format!(
+        "serving on {} ({})",
+        settings.iface.name, settings.iface.addr
+    ));
+    let store = services.store.clone();
+    let watchdog = tokio::spawn(crate::sys::watchdog(move || {
+        let store = store.clone();
+        async move { store.read(|_| Ok(())).await.is_ok() }
+    }));
     wait_for_signal().await;
+    crate::sys::notify_stopping();
+    watchdog.abort();
     tracing::info!("shutting down: no new requests; waiting for in-flight ones");
     shutdown.cancel();
     services.join(Duration::from_secs(10)).await;

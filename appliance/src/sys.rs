@@ -1,7 +1,63 @@
-//! Process limits the services size themselves by (the open-files limit). Depends on nothing
+//! Process limits the services size themselves by (the open-files limit), and telling the
+//! service manager how the process is (systemd's `sd_notify`: READY, WATCHDOG, STOPPING; the
+//! unit is `Type=notify` with `WatchdogSec`, deploy/systemd/rackboot.service). Depends on nothing
 //! of ours, so any capability may use it.
 //!
-//! Owns: the open-files limit. May call: nothing of ours.
+//! Owns: the open-files limit, service-manager notifications. May call: nothing of ours.
+
+use std::future::Future;
+use std::time::Duration;
+
+/// Tells the service manager that rackboot is up (every listener bound, the store open), with a
+/// one-line status. Without `NOTIFY_SOCKET` (not under systemd) this does nothing.
+pub fn notify_ready(status: &str) {
+    let status = format!("STATUS={status}");
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Custom(&status),
+    ]);
+}
+
+/// Tells the service manager that rackboot is stopping (a graceful shutdown has begun).
+pub fn notify_stopping() {
+    notify(&[sd_notify::NotifyState::Stopping]);
+}
+
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!(error = %e, "cannot notify the service manager");
+    }
+}
+
+/// When the service manager asked for watchdog pings (`WATCHDOG_USEC`, for this process's
+/// PID), pings at half that interval for as long as `alive` answers true: `alive` is a probe
+/// through the serving path (a store read), so a wedged store or a stalled runtime stops the
+/// pings and systemd restarts rackboot. Returns at once when no watchdog is configured.
+pub async fn watchdog<F, Fut>(alive: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let Some(interval) = sd_notify::watchdog_enabled() else {
+        return;
+    };
+    let every = (interval / 2).max(Duration::from_millis(100));
+    tracing::info!(?interval, "systemd watchdog enabled");
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        // A probe that hangs counts as a miss: the next tick is not reached, no ping is sent.
+        match tokio::time::timeout(interval, alive()).await {
+            Ok(true) => notify(&[sd_notify::NotifyState::Watchdog]),
+            Ok(false) => tracing::warn!("liveness probe failed; no watchdog ping"),
+            Err(_) => tracing::warn!(?interval, "liveness probe hung; no watchdog ping"),
+        }
+    }
+}
 
 /// Raises the soft open-files limit to the hard one: a boot storm holds many TFTP/HTTP sockets
 /// and a subnet scan opens two per probed address, and systemd's default soft limit (1024)

@@ -543,3 +543,31 @@ async fn jwks_route_serves_the_local_public_key() {
     assert_eq!(v["keys"][0]["kty"], "EC");
     assert!(v["keys"][0].get("d").is_none(), "private key leaked");
 }
+
+/// A JWKS endpoint that never stops talking (chunked, no Content-Length): the fetch stops at the
+/// cap, the token is refused with a 401, nothing hangs or grows.
+#[tokio::test]
+async fn an_endless_jwks_answer_is_capped_and_the_token_refused() {
+    let chunk = axum::body::Bytes::from(vec![b' '; 64 * 1024]);
+    let app_jwks = Router::new().route(
+        "/jwks.json",
+        get(move || {
+            let chunk = chunk.clone();
+            async move {
+                axum::body::Body::from_stream(futures_util::stream::repeat_with(move || {
+                    Ok::<_, std::convert::Infallible>(chunk.clone())
+                }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app_jwks).await });
+    let app = app(external(
+        &format!("http://{addr}/jwks.json"),
+        Duration::from_secs(60),
+    ));
+    let ec = ec_pair();
+    let token = es256(&ec, "e1", &ext_claims(json!(["boot:read"])));
+    expect_401(&app, Some(&format!("Bearer {token}"))).await;
+}

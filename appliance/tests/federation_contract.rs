@@ -160,6 +160,11 @@ fn upstream(url: &str, token_file: std::path::PathBuf) -> Upstream {
         interval: Duration::from_secs(3600),
         timeout: Duration::from_secs(5),
         lookup_deadline: Duration::from_secs(2),
+        lookup_concurrency: 8,
+        lookup_rate: 20.0,
+        lookup_burst: 20,
+        lookup_negative_ttl: Duration::from_secs(60),
+        max_body: rackboot::config::ByteSize(32 << 20),
         allow_local: true,
     }
 }
@@ -527,4 +532,188 @@ async fn mtls_to_the_upstream_presents_the_client_certificate() {
     cfg.client_key = None;
     let bare = Federation::new(cfg, Store::open(&dir.path().join("b")).unwrap()).unwrap();
     assert!(bare.pull().await.is_err());
+}
+
+/// A MAC flood cannot become an upstream flood: at most `lookup_concurrency` lookups are
+/// admitted at once, at most `lookup_burst` + `lookup_rate` × elapsed reach the upstream, an
+/// unknown MAC is not asked about again, and every refusal is counted.
+#[tokio::test]
+async fn on_demand_lookups_are_bounded_and_counted() {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let url = serve(openchami(seen.clone(), false)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "upstream-token\n").unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut cfg = upstream(&url, token);
+    cfg.lookup_concurrency = 4;
+    cfg.lookup_rate = 5.0;
+    cfg.lookup_burst = 6;
+    let metrics = Arc::new(rackboot::metrics::Metrics::new());
+    let fed = Federation::with_metrics(cfg, store.clone(), metrics.clone()).unwrap();
+    let lookup = fed.unknown_lookup();
+    let mac = |i: u32| {
+        let b = i.to_be_bytes();
+        pxe_core::MacAddr([0x02, 0x42, b[0], b[1], b[2], b[3]])
+    };
+    let started = std::time::Instant::now();
+    // A known MAC is found (and stored); it takes one of the six tokens.
+    assert!(fed.lookup_mac("a4:bf:01:38:ee:60").await);
+    assert_eq!(store.list_components().await.unwrap().len(), 1);
+
+    // 500 new MACs at once: four are admitted, the rest refused at once (no task, no wait).
+    let mut admitted = Vec::new();
+    for i in 0..500 {
+        if let Some(f) = lookup(mac(i)) {
+            admitted.push((i, f));
+        }
+    }
+    assert_eq!(admitted.len(), 4, "lookup_concurrency");
+    assert_eq!(fed.lookups_in_flight(), 4);
+    // The same MAC while its lookup runs is not asked twice.
+    assert!(lookup(mac(admitted[0].0)).is_none());
+    let asked: Vec<u32> = admitted.iter().map(|(i, _)| *i).collect();
+    for (_, f) in admitted {
+        assert!(!f.await, "random MACs are unknown upstream");
+    }
+    assert_eq!(fed.lookups_in_flight(), 0);
+    // Unknown: not asked again within the negative TTL.
+    for i in &asked {
+        assert!(lookup(mac(*i)).is_none());
+    }
+
+    // Keep asking about new MACs for a while: the bucket (burst 6, 5/s) admits the rest.
+    let mut i = 1000;
+    while started.elapsed() < Duration::from_millis(1500) {
+        let mut batch = Vec::new();
+        for _ in 0..50 {
+            i += 1;
+            if let Some(f) = lookup(mac(i)) {
+                batch.push(f);
+            }
+        }
+        for f in batch {
+            f.await;
+        }
+        tokio::task::yield_now().await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let to_upstream = seen
+        .lock()
+        .unwrap()
+        .requests
+        .iter()
+        .filter(|r| r.1.contains("MACAddress="))
+        .count();
+    let bound = 6.0 + 5.0 * elapsed;
+    assert!(
+        (to_upstream as f64) <= bound,
+        "{to_upstream} lookups reached the upstream in {elapsed:.2}s; the limit allows {bound:.1}"
+    );
+
+    let text = metrics.encode();
+    for outcome in [
+        "found",
+        "unknown",
+        "dropped_busy",
+        "dropped_rate",
+        "cached_negative",
+        "in_flight",
+    ] {
+        assert!(
+            text.contains(&format!(
+                "rackboot_upstream_lookups_total{{outcome=\"{outcome}\"}}"
+            )),
+            "{outcome} not counted:\n{text}"
+        );
+    }
+}
+
+/// A hostile upstream: endless or oversized answers on every route, and a token endpoint that
+/// never stops talking. Every read stops at `upstream.max_body` with an error naming the URL and
+/// the cap; nothing panics and nothing is stored.
+#[tokio::test]
+async fn endless_and_oversized_upstream_answers_are_capped() {
+    use axum::body::Body;
+    use futures_util::stream;
+
+    fn endless() -> Body {
+        let chunk = Bytes::from(vec![b' '; 8192]);
+        Body::from_stream(stream::repeat_with(move || {
+            Ok::<_, std::convert::Infallible>(chunk.clone())
+        }))
+    }
+    let app = Router::new()
+        // Chunked, no end: only the cap stops it.
+        .route(
+            "/hsm/v2/State/Components",
+            axum::routing::get(|| async { endless() }),
+        )
+        .route(
+            "/hsm/v2/Inventory/EthernetInterfaces",
+            axum::routing::get(|| async { endless() }),
+        )
+        // Announced as oversized: refused before reading.
+        .route(
+            "/boot/v1/bootparameters",
+            axum::routing::get(|| async { vec![b' '; 200 * 1024] }),
+        )
+        .route("/token", axum::routing::post(|| async { endless() }));
+    let url = serve(app).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "upstream-token\n").unwrap();
+    let store = Store::open(&dir.path().join("db")).unwrap();
+    let mut cfg = upstream(&url, token);
+    cfg.max_body = rackboot::config::ByteSize(64 * 1024);
+    let fed = Federation::new(cfg.clone(), store.clone()).unwrap();
+
+    let err = format!("{:#}", fed.pull().await.unwrap_err());
+    assert!(
+        err.contains(&format!("{url}/hsm/v2/State/Components"))
+            && err.contains("upstream.max_body")
+            && err.contains("65536-byte cap"),
+        "{err}"
+    );
+    assert!(!fed.lookup_mac("02:00:00:00:00:01").await);
+    let status = fed.status().await.unwrap();
+    assert!(
+        status.last_error.as_deref().unwrap_or("").contains("cap"),
+        "{status:?}"
+    );
+    assert!(store.list_components().await.unwrap().is_empty());
+
+    // SMD answers (empty lists); BSS announces an oversized body: refused before reading.
+    let smd = serve(Router::new().route(
+        "/hsm/v2/{*rest}",
+        axum::routing::get(|| async { axum::Json(json!([])) }),
+    ))
+    .await;
+    let mut bss_only = cfg.clone();
+    bss_only.smd = smd;
+    bss_only.bss = Some(url.clone());
+    let fed = Federation::new(bss_only, store.clone()).unwrap();
+    let err = format!("{:#}", fed.pull().await.unwrap_err());
+    assert!(
+        err.contains(&format!("{url}/boot/v1/bootparameters")) && err.contains("cap"),
+        "{err}"
+    );
+
+    // The OAuth2 token endpoint is capped as well.
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s3cret").unwrap();
+    let mut oauth = cfg;
+    oauth.token_file = None;
+    oauth.oauth2 = Some(rackboot::config::OAuth2 {
+        token_url: format!("{url}/token"),
+        client_id: "rack".into(),
+        client_secret_file: secret,
+        scope: None,
+    });
+    let fed = Federation::new(oauth, store).unwrap();
+    let err = format!("{:#}", fed.pull().await.unwrap_err());
+    assert!(
+        err.contains(&format!("token endpoint {url}/token")) && err.contains("cap"),
+        "{err}"
+    );
 }

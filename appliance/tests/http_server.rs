@@ -204,6 +204,8 @@ async fn handler_slower_than_request_timeout_is_503_but_long_download_streams() 
                     if i == 5 {
                         return None;
                     }
+                    // A slow producer is the behaviour under test (a body that takes longer
+                    // than the request timeout), not a wait for something to happen.
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     Some((
                         Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'x'; 10])),
@@ -252,12 +254,26 @@ async fn connection_cap_makes_extra_connections_wait() {
     let n = a.read(&mut buf).await.unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
 
-    // B connects (kernel backlog) but is not served while A is open.
+    // B connects (kernel backlog) but is not served while A is open: it waits in the
+    // listener's accept queue (the kernel's count, polled), and A is still served meanwhile.
     let b = tokio::spawn(raw(
         server.addr,
         b"GET /peer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while accept_queue(server.addr.port()) < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B never reached the accept queue"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    a.write_all(b"GET /peer HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let n = a.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    assert_eq!(accept_queue(server.addr.port()), 1, "B was accepted");
     assert!(!b.is_finished(), "second connection served beyond the cap");
     drop(a);
     let resp = tokio::time::timeout(PATIENCE, b).await.unwrap().unwrap();
@@ -290,16 +306,15 @@ async fn graceful_shutdown_finishes_in_flight_and_refuses_new() {
     entered.notified().await;
     let Server { stop, task, .. } = server;
     let _ = stop.unwrap().send(());
-    // The listener goes away: new connections are refused.
-    let mut refused = false;
-    for _ in 0..200 {
-        if TcpStream::connect(addr).await.is_err() {
-            refused = true;
-            break;
-        }
+    // The listener goes away: new connections are refused (polled until a deadline).
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still accepting after shutdown"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(refused, "still accepting after shutdown");
     assert!(
         !task.is_finished(),
         "serve returned with a request in flight"
@@ -320,11 +335,17 @@ async fn graceful_shutdown_finishes_in_flight_and_refuses_new() {
 
 #[tokio::test]
 async fn shutdown_grace_cuts_requests_that_never_finish() {
+    let entered = Arc::new(Notify::new());
+    let e = entered.clone();
     let app = Router::new().route(
         "/forever",
-        get(|| async {
-            std::future::pending::<()>().await;
-            "never"
+        get(move || {
+            let e = e.clone();
+            async move {
+                e.notify_one();
+                std::future::pending::<()>().await;
+                "never"
+            }
         }),
     );
     let limits = HttpLimits {
@@ -337,7 +358,24 @@ async fn shutdown_grace_cuts_requests_that_never_finish() {
     s.write_all(b"GET /forever HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
-    // Make sure the request is being served before stopping.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The request is being served (its handler said so) before stopping.
+    entered.notified().await;
     server.stop().await;
+}
+
+/// Connections waiting in the accept queue of the IPv4 listener on `port` (the kernel's
+/// `rx_queue` of a LISTEN socket in /proc/net/tcp).
+fn accept_queue(port: u16) -> u32 {
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    tcp.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local = f.get(1)?;
+            let p = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
+            (p == port && *f.get(3)? == "0A").then_some(())?;
+            u32::from_str_radix(f.get(4)?.split(':').nth(1)?, 16).ok()
+        })
+        .next()
+        .unwrap_or(0)
 }

@@ -65,7 +65,12 @@ async fn expired_tokens_hostile_csrs_and_the_append_only_audit() {
         .unwrap();
     // A token that has expired.
     let t = id.mint_join_token(x, ip).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    // Expiry is the thing under test: wait until the clock has passed the stored expiry
+    // (token_ttl 0, so a millisecond), not for a guessed while.
+    let expires = store.join_tokens_of(x.into()).await.unwrap()[0].expires_ms;
+    while rackboot::store::now_ms() <= expires {
+        tokio::task::yield_now().await;
+    }
     let e = id.enroll(ip, &t, &csr(x, &[x])).await.unwrap_err();
     assert_eq!(e.status, 403, "{e:?}");
     assert!(e.detail.contains("expired"), "{}", e.detail);

@@ -3,11 +3,14 @@
 //! Every test gets its own namespace (so tests run in parallel): a bridge `br0` holding
 //! 192.0.2.1/24 for rackboot and one TAP per VM. Nothing leaves the namespace.
 
+pub mod flood;
 mod netns;
 mod node_image;
 mod peers;
 mod qemu;
 mod rackboot;
+mod swtpm;
+mod tiny;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,6 +24,8 @@ pub use peers::{
 };
 pub use qemu::{Firmware, Qemu, field};
 pub use rackboot::Rackboot;
+pub use swtpm::{Manufacturer, Swtpm, VmTpm, sh as sh_ok};
+pub use tiny::{TINY_BRIDGE, Tiny, TinyStats};
 
 /// The server address inside every test namespace.
 pub const SERVER: &str = "192.0.2.1";
@@ -34,15 +39,21 @@ pub fn root() -> PathBuf {
 /// Checks what the e2e tests need. Outside CI a missing piece skips the test loudly; in CI
 /// (`CI=true`) it fails, because there `cargo xtask test` installs everything first.
 pub fn preflight(need_qemu: bool) -> bool {
+    preflight_with(need_qemu, &[])
+}
+
+/// [`preflight`] plus the programs in `tools` (e.g. `udhcpc`, `perfdhcp`) on PATH.
+pub fn preflight_with(need_qemu: bool, tools: &[&str]) -> bool {
     let mut missing = Vec::new();
     if !nix_is_root() {
         missing.push("root (network namespaces)".to_owned());
     }
-    for prog in ["ip", "curl"].iter().chain(if need_qemu {
-        &["qemu-system-x86_64"][..]
+    let qemu: &[&str] = if need_qemu {
+        &["qemu-system-x86_64"]
     } else {
-        &[][..]
-    }) {
+        &[]
+    };
+    for prog in ["ip", "curl"].iter().chain(qemu).chain(tools) {
         if !have(prog) {
             missing.push((*prog).to_owned());
         }
@@ -50,17 +61,25 @@ pub fn preflight(need_qemu: bool) -> bool {
     if need_qemu && !root().join("build/node/vmlinuz").exists() {
         missing.push("build/node (run `cargo xtask image node`)".to_owned());
     }
+    prerequisites("end-to-end test", &missing)
+}
+
+/// The one place a missing prerequisite is decided: true when `missing` is empty; otherwise
+/// under `CI=true` a panic (the test fails: CI installs everything first, so a missing tool is a
+/// broken setup, never a pass), and outside CI a loud `SKIPPED` line and false.
+pub fn prerequisites(what: &str, missing: &[String]) -> bool {
     if missing.is_empty() {
         return true;
     }
     let msg = format!(
-        "end-to-end test prerequisites missing: {}",
+        "{what} prerequisites missing: {}; `cargo xtask deps` installs them (`cargo xtask test` \
+         builds the images)",
         missing.join(", ")
     );
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{msg}");
     }
-    eprintln!("SKIPPED (not in CI): {msg}; `cargo xtask test` installs them");
+    eprintln!("SKIPPED (not in CI): {msg}");
     false
 }
 
@@ -87,7 +106,16 @@ pub fn rackboot_bin() -> anyhow::Result<PathBuf> {
     let p = root().join("target/debug/rackboot");
     if !p.exists() {
         let ok = Command::new(env!("CARGO"))
-            .args(["build", "-p", "appliance", "--bin", "rackboot"])
+            // With the TPM agent (feature `tpm`), as a workspace build has it.
+            .args([
+                "build",
+                "-p",
+                "appliance",
+                "--features",
+                "tpm",
+                "--bin",
+                "rackboot",
+            ])
             .current_dir(root())
             .status()?;
         if !ok.success() {

@@ -53,8 +53,23 @@ pub fn ssh_initrd(dir: &Path, authorized_key: &str) -> anyhow::Result<PathBuf> {
 
 /// Copies the shared libraries `bin` links (per `ldd`) into `stage` at their paths.
 fn copy_libs(bin: &Path, stage: &Path) -> anyhow::Result<()> {
-    let ldd = Command::new("ldd").arg(bin).output()?;
-    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+    let mut libs =
+        String::from_utf8_lossy(&Command::new("ldd").arg(bin).output()?.stdout).into_owned();
+    // A rackboot built with the `tpm` feature reaches the TPM through libtss2's TCTI loader,
+    // which dlopens the device TCTI (ldd cannot see it): add it and what it links.
+    if libs.contains("libtss2-tctildr") {
+        for dir in ["/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu"] {
+            let tcti = Path::new(dir).join("libtss2-tcti-device.so.0");
+            if tcti.exists() {
+                libs.push_str(&format!("{} (0x0)\n", tcti.display()));
+                libs.push_str(&String::from_utf8_lossy(
+                    &Command::new("ldd").arg(&tcti).output()?.stdout,
+                ));
+                break;
+            }
+        }
+    }
+    for line in libs.lines() {
         // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or "/lib64/ld-linux-x86-64.so.2 (0x…)"
         let path = line
             .split_whitespace()

@@ -31,6 +31,16 @@ pub struct Qemu {
 
 impl Qemu {
     pub fn start(ns: &mut Netns, fw: Firmware, mac: &str) -> anyhow::Result<Qemu> {
+        Self::start_with(ns, fw, mac, &[])
+    }
+
+    /// [`Qemu::start`] with extra QEMU arguments (e.g. a TPM: `-chardev`, `-tpmdev`, `-device`).
+    pub fn start_with(
+        ns: &mut Netns,
+        fw: Firmware,
+        mac: &str,
+        extra: &[String],
+    ) -> anyhow::Result<Qemu> {
         let tap = ns.add_tap()?;
         let dir = tempfile::tempdir()?;
         let console = dir.path().join("console.log");
@@ -84,6 +94,7 @@ impl Qemu {
                 vars = Some(v);
             }
         }
+        c.args(extra);
         let child = c
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -124,6 +135,18 @@ impl Qemu {
             }
             std::thread::sleep(Duration::from_millis(250));
         }
+    }
+
+    /// Waits until the VM has powered off (QEMU runs with `-no-reboot`, so it exits).
+    pub fn wait_powered_off(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                bail!("the VM did not power off within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        Ok(())
     }
 }
 

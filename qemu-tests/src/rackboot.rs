@@ -10,6 +10,13 @@ use anyhow::{Context, bail};
 
 use crate::{Netns, SERVER, rackboot_bin, root, run_in};
 
+fn sh_status(cmd: &mut Command) -> anyhow::Result<()> {
+    if !cmd.status()?.success() {
+        bail!("{cmd:?} failed");
+    }
+    Ok(())
+}
+
 /// A running `rackboot serve` on br0 of a namespace.
 pub struct Rackboot {
     pub data_dir: tempfile::TempDir,
@@ -57,6 +64,21 @@ impl Rackboot {
         )
     }
 
+    /// [`Rackboot::start_with_env_at`] with a given binary (benchmarks use the release build).
+    pub fn start_bin_env_at(
+        ns: &Netns,
+        bin: &Path,
+        env: &[(&str, &str)],
+        addr: &str,
+    ) -> anyhow::Result<Rackboot> {
+        Self::start_in(ns, bin, tempfile::tempdir()?, env, addr.to_owned())
+    }
+
+    /// The server's process id (`ip netns exec` execs it, so this is rackboot itself).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts rackboot on a data dir the test made (e.g. on a small filesystem), logging to
     /// `log` (which may live elsewhere), with `env`.
     pub fn start_in_dir(
@@ -66,6 +88,24 @@ impl Rackboot {
         env: &[(&str, &str)],
     ) -> anyhow::Result<Rackboot> {
         Self::start_logged(ns, &rackboot_bin()?, data_dir, log, env, ns.addr.clone())
+    }
+
+    /// Starts `bin` under `wrapper` (e.g. `setpriv --reuid … --`, the unit's user and
+    /// capabilities) on a data dir the test prepared.
+    pub fn start_wrapped(
+        ns: &Netns,
+        wrapper: &[&str],
+        bin: &Path,
+        data_dir: tempfile::TempDir,
+        log: PathBuf,
+    ) -> anyhow::Result<Rackboot> {
+        Self::start_full(ns, wrapper, bin, data_dir, log, &[], ns.addr.clone())
+    }
+
+    /// SIGTERMs the server (a clean shutdown, as systemd stops it) and waits for it to exit.
+    pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        sh_status(Command::new("kill").args(["-TERM", &self.child.id().to_string()]))?;
+        Ok(self.child.wait()?)
     }
 
     /// SIGKILLs the server (no clean shutdown); the data dir stays.
@@ -114,6 +154,18 @@ impl Rackboot {
         env: &[(&str, &str)],
         addr: String,
     ) -> anyhow::Result<Rackboot> {
+        Self::start_full(ns, &[], bin, data_dir, log, env, addr)
+    }
+
+    fn start_full(
+        ns: &Netns,
+        wrapper: &[&str],
+        bin: &Path,
+        data_dir: tempfile::TempDir,
+        log: PathBuf,
+        env: &[(&str, &str)],
+        addr: String,
+    ) -> anyhow::Result<Rackboot> {
         let logf = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -123,8 +175,16 @@ impl Rackboot {
             .iter()
             .find(|(k, _)| *k == "RACKBOOT_IPXE_DIR")
             .map_or("/usr/lib/ipxe", |(_, v)| *v);
-        let child = ns
-            .cmd(bin.to_str().context("binary path")?)
+        let bin_str = bin.to_str().context("binary path")?;
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = ns.cmd(first);
+                c.args(rest).arg(bin_str);
+                c
+            }
+            None => ns.cmd(bin_str),
+        };
+        let child = cmd
             .args(["serve", "--interface", "br0", "--data-dir"])
             .arg(data_dir.path())
             .args(["--ipxe-dir", ipxe_dir])

@@ -475,7 +475,22 @@ fn failures_stuck_nodes_and_the_event_stream() {
         .stdout(std::fs::File::create(&stream_file).unwrap())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(700));
+    // The stream is live once it carries an event: ask for the node's script until one shows.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !std::fs::read_to_string(&stream_file)
+        .unwrap_or_default()
+        .contains("event: boot")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the event stream never carried an event"
+        );
+        let (code, _) = rb
+            .http("GET", &format!("/boot/v1/bootscript?mac={mac}"), None)
+            .unwrap();
+        assert_eq!(code, 200);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     // iPXE comes back through the retry chain: a failed step.
     let (code, _) = rb
         .http(
@@ -538,4 +553,97 @@ fn failures_stuck_nodes_and_the_event_stream() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
+}
+
+/// `rackboot --version` and `/rackboot/v1/status` name the same build: version, the git commit
+/// this tree is at, and whether tracked files differed from it.
+#[test]
+fn version_and_commit_in_the_cli_and_the_status_api() {
+    if !preflight(false) {
+        return;
+    }
+    let out = std::process::Command::new(rackboot_bin().unwrap())
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let line = String::from_utf8(out.stdout).unwrap();
+    let ns = Netns::new("ver").unwrap();
+    let rb = Rackboot::start(&ns).unwrap();
+    let (_, body) = rb.http("GET", "/rackboot/v1/status", None).unwrap();
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let build = &status["build"];
+    let commit = build["commit"].as_str().unwrap();
+    let tree = if build["dirty"] == true {
+        "dirty"
+    } else {
+        "clean"
+    };
+    assert_eq!(
+        line.trim(),
+        format!(
+            "rackboot {} (commit {commit}, tree {tree})",
+            build["version"].as_str().unwrap()
+        ),
+        "{status}"
+    );
+    assert_eq!(build["version"], env!("CARGO_PKG_VERSION"));
+    // Built from this checkout: the commit is its HEAD (a hex object name, not `unknown`).
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(qemu_tests::root())
+        .output()
+        .unwrap();
+    if head.status.success() && std::env::var_os("RACKBOOT_BIN").is_none() {
+        assert_eq!(commit, String::from_utf8_lossy(&head.stdout).trim());
+    }
+    assert!(
+        commit.len() == 40 && commit.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{commit}"
+    );
+}
+
+/// Under systemd (`Type=notify`, `WatchdogSec`), `rackboot serve` says READY=1 once it
+/// answers, then pings WATCHDOG=1, and says STOPPING=1 on SIGTERM: the test plays the service
+/// manager's notification socket.
+#[test]
+fn serve_notifies_ready_watchdog_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    if !preflight(false) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let ns = Netns::new("notify").unwrap();
+    let mut rb = Rackboot::start_with_env(
+        &ns,
+        &[
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            // 1 s: a ping every 0.5 s.
+            ("WATCHDOG_USEC", "1000000"),
+        ],
+    )
+    .unwrap();
+    let mut buf = [0u8; 512];
+    let mut recv = || {
+        let n = sock.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let first = recv();
+    assert!(first.contains("READY=1"), "{first}");
+    assert!(first.contains("STATUS=serving on br0"), "{first}");
+    // The server already answers when it says it is ready.
+    let (code, _) = rb.http("GET", "/boot/v1/service/status", None).unwrap();
+    assert_eq!(code, 200);
+    let ping = recv();
+    assert_eq!(ping.trim(), "WATCHDOG=1");
+    assert!(rb.terminate().unwrap().success());
+    let mut last = recv();
+    while last.trim() == "WATCHDOG=1" {
+        last = recv();
+    }
+    assert_eq!(last.trim(), "STOPPING=1");
 }

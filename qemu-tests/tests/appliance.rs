@@ -67,15 +67,7 @@ fn preflight() -> bool {
     if missing.is_empty() {
         return true;
     }
-    let msg = format!(
-        "appliance test prerequisites missing: {}",
-        missing.join(", ")
-    );
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{msg}");
-    }
-    eprintln!("SKIPPED (not in CI): {msg}; `cargo xtask test` builds and installs them");
-    false
+    qemu_tests::prerequisites("appliance test", &missing)
 }
 
 fn virt_fw_vars() -> PathBuf {
@@ -542,8 +534,9 @@ fn appliance_boots_under_secure_boot_hardened_and_serves_its_ports() {
     let (code, body) = http(&ns, "GET", &components, Some(&token), None).expect("curl");
     assert_eq!(code, 200, "{body}");
 
-    // Ports: rack network = rackboot's services only; management = the HTTP API (and, without
-    // a firewall in the offline image, the identity HTTPS listener, which binds 0.0.0.0).
+    // Ports: rack network = rackboot's services only; management = the admin API only (its
+    // DHCP client's 68/udp aside). No packet filter in the offline image: rackboot binds each
+    // listener to its interface (--admin-interface).
     let rack = open_ports(&ns, RACK_ADDR).expect("nmap rack");
     assert_eq!(
         rack,
@@ -553,11 +546,24 @@ fn appliance_boots_under_secure_boot_hardened_and_serves_its_ports() {
     let mgmt = open_ports(&ns, MGMT_ADDR).expect("nmap management");
     for p in &mgmt {
         assert!(
-            ["80/tcp", "443/tcp", "68/udp"].contains(&p.as_str()),
+            ["80/tcp", "68/udp"].contains(&p.as_str()),
             "unexpected port {p} open on the management network: {mgmt:?}"
         );
     }
     assert!(mgmt.contains(&"80/tcp".to_owned()), "{mgmt:?}");
+    // The rack network's port 80 is the boot path alone: the admin API is not there, token or not.
+    let (code, body) = http(
+        &ns,
+        "GET",
+        &format!("http://{RACK_ADDR}/hsm/v2/State/Components"),
+        Some(&token),
+        None,
+    )
+    .expect("curl");
+    assert_eq!(
+        code, 404,
+        "the admin API answered on the rack network: {body}"
+    );
 
     // Nodes on the rack network PXE-boot from the appliance, registered and their kernel and
     // initrd imported through the admin API on the management NIC.

@@ -171,7 +171,7 @@ fn unknown_mac_gets_pool_address_and_waiting_script() {
 
 #[test]
 fn autoexec_ipxe_and_traversal_get_tftp_errors() {
-    if !preflight(false) || !qemu_tests::have("tftp") {
+    if !qemu_tests::preflight_with(false, &["tftp"]) {
         return;
     }
     let ns = Netns::new("tftp").unwrap();

@@ -2,11 +2,11 @@
 //! clients, address uniqueness).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use qemu_tests::{Netns, PerfdhcpStats, Rackboot, have, preflight};
+use qemu_tests::{Netns, PerfdhcpStats, Rackboot, preflight_with};
 
 #[test]
 fn udhcpc_gets_its_inventory_address_then_unknown_gets_pool() {
-    if !preflight(false) || !have("udhcpc") {
+    if !preflight_with(false, &["udhcpc"]) {
         return;
     }
     let ns = Netns::new("udhcpc").unwrap();
@@ -69,7 +69,7 @@ fn udhcpc_gets_its_inventory_address_then_unknown_gets_pool() {
 
 #[test]
 fn perfdhcp_relay_mode_many_clients_unique_addresses() {
-    if !preflight(false) || !have("perfdhcp") {
+    if !preflight_with(false, &["perfdhcp"]) {
         return;
     }
     let ns = Netns::new("perf").unwrap();

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use qemu_tests::{Firmware, Netns, PerfdhcpStats, Qemu, Rackboot, field, have, preflight};
+use qemu_tests::{Firmware, Netns, PerfdhcpStats, Qemu, Rackboot, field, preflight_with};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(400);
 
@@ -117,19 +117,8 @@ fn store_state(rb: &Rackboot) -> serde_json::Value {
 
 #[test]
 fn full_data_partition_keeps_inventory_nodes_booting_and_recovers() {
-    if !preflight(true) {
+    if !preflight_with(true, &["perfdhcp", "dd", "stat", "mount"]) {
         return;
-    }
-    for tool in ["perfdhcp", "dd", "stat", "mount"] {
-        if !have(tool) {
-            assert_ne!(
-                std::env::var("CI").as_deref(),
-                Ok("true"),
-                "{tool} is missing"
-            );
-            eprintln!("SKIPPED (not in CI): {tool} missing; `cargo xtask deps` installs it");
-            return;
-        }
     }
     let fs = Tmpfs::mount("96m");
     let data_dir = tempfile::tempdir_in(fs.path()).unwrap();
@@ -272,16 +261,7 @@ fn full_data_partition_keeps_inventory_nodes_booting_and_recovers() {
 /// and rackboot still starts and leases to 40 clients, whose every packet is logged at debug.
 #[test]
 fn a_log_that_cannot_be_written_does_not_stop_rackboot() {
-    if !preflight(false) {
-        return;
-    }
-    if !have("perfdhcp") {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "perfdhcp is missing"
-        );
-        eprintln!("SKIPPED (not in CI): perfdhcp missing; `cargo xtask deps` installs it");
+    if !preflight_with(false, &["perfdhcp"]) {
         return;
     }
     let ns = Netns::new("devfull").unwrap();

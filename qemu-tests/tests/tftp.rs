@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use qemu_tests::{Netns, Rackboot, SERVER, have, preflight};
+use qemu_tests::{Netns, Rackboot, SERVER, preflight_with};
 
 const CLIENT_CIDR: &str = "192.0.2.10/24";
 const PYTHON: &str = "/usr/bin/python3";
@@ -25,18 +25,7 @@ const SESSION_TIMEOUT_S: u32 = 1;
 /// Prerequisites: the e2e ones (root, ip, curl) and python3 for the raw clients. Missing ones
 /// fail under `CI=true` (`preflight` panics; python3 is checked the same way here).
 fn ready() -> bool {
-    if !preflight(false) {
-        return false;
-    }
-    if have(PYTHON) {
-        return true;
-    }
-    let msg = "python3 missing (Debian python3, installed with `cargo xtask deps`)";
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{msg}");
-    }
-    eprintln!("SKIPPED (not in CI): {msg}");
-    false
+    preflight_with(false, &[PYTHON])
 }
 
 /// rackboot serving `dir`, and a client namespace on its bridge.

@@ -5,8 +5,10 @@
 
 mod dns;
 mod federation;
+mod flood;
 mod identity;
 mod redfish;
+mod tiny;
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -30,7 +32,7 @@ pub fn run_bench() -> anyhow::Result<()> {
         "--bin",
         "rackboot",
     ]))?;
-    let bin = release_bin(&root);
+    let bin = target_dir(&root).join("release/rackboot");
     let mut report = String::new();
     let _ = writeln!(
         report,
@@ -135,6 +137,18 @@ pub fn run_bench() -> anyhow::Result<()> {
         format!("{}\n\n**failed**: {e:#}\n", federation::HEADING)
     });
     let _ = write!(report, "\n{section}");
+    crate::stage("DHCP flood: 300,000 DISCOVERs from random MACs on a federated rack");
+    let section = flood::section(&root, &bin).unwrap_or_else(|e| {
+        eprintln!("flood bench failed: {e:#}");
+        format!("{}\n\n**failed**: {e:#}\n", flood::HEADING)
+    });
+    let _ = write!(report, "\n{section}");
+    crate::stage("Embedded profile: static RAM, stack, boot time next to rackboot serve");
+    let section = tiny::section(&root, &bin).unwrap_or_else(|e| {
+        eprintln!("tiny bench failed: {e:#}");
+        format!("{}\n\n**failed**: {e:#}\n", tiny::HEADING)
+    });
+    let _ = write!(report, "\n{section}");
     crate::stage("DNS: dnsperf against rackboot and dnsmasq, 10,000 names");
     let section = dns::section(&root, &bin).unwrap_or_else(|e| {
         eprintln!("dns bench failed: {e:#}");
@@ -142,16 +156,14 @@ pub fn run_bench() -> anyhow::Result<()> {
     });
     let _ = write!(report, "\n{section}");
     let path = root.join("docs/benchmarks.md");
+    // The fuzzing section is written by hand after long fuzz runs (not measured here): keep it.
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    if let Some(fuzz) = section_of(&old, FUZZ_HEADING) {
+        report = redfish::replace_section(&report, FUZZ_HEADING, &fuzz);
+    }
     std::fs::write(&path, report)?;
     eprintln!("\nwrote {}", path.display());
     Ok(())
-}
-
-/// Where `cargo build --release` put rackboot (`CARGO_TARGET_DIR` when set).
-fn release_bin(root: &Path) -> std::path::PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| root.join("target"), std::path::PathBuf::from)
-        .join("release/rackboot")
 }
 
 /// Builds the release binary, runs one benchmark section, prints it, and replaces (or
@@ -170,13 +182,36 @@ fn run_section_only(
         "--bin",
         "rackboot",
     ]))?;
-    let text = section(&root, &release_bin(&root))?;
+    let text = section(&root, &target_dir(&root).join("release/rackboot"))?;
     println!("{text}");
     let path = root.join("docs/benchmarks.md");
     let old = std::fs::read_to_string(&path).unwrap_or_default();
     std::fs::write(&path, redfish::replace_section(&old, heading, &text))?;
     eprintln!("\nupdated the {heading} section of {}", path.display());
     Ok(())
+}
+
+/// docs/benchmarks.md's hand-written section on the fuzz runs.
+const FUZZ_HEADING: &str = "## Fuzzing";
+
+/// The `heading` section of a markdown document (up to the next `## `), if there is one.
+fn section_of(doc: &str, heading: &str) -> Option<String> {
+    let mut lines = doc.lines().skip_while(|l| l.trim_end() != heading);
+    let first = lines.next()?;
+    let rest: Vec<&str> = lines.take_while(|l| !l.starts_with("## ")).collect();
+    Some(format!("{first}\n{}", rest.join("\n")))
+}
+
+/// Where cargo puts its output: `$CARGO_TARGET_DIR`, else `<root>/target`.
+fn target_dir(root: &Path) -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+}
+
+/// `cargo xtask bench tiny`: only the embedded profile's benchmark.
+pub fn run_tiny_only() -> anyhow::Result<()> {
+    run_section_only(tiny::HEADING, tiny::section)
 }
 
 /// `cargo xtask bench redfish`: only the discovery benchmark.
@@ -187,6 +222,11 @@ pub fn run_redfish_only() -> anyhow::Result<()> {
 /// `cargo xtask bench identity`: only the enrollment benchmark.
 pub fn run_identity_only() -> anyhow::Result<()> {
     run_section_only(identity::HEADING, identity::section)
+}
+
+/// `cargo xtask bench flood`: only the DHCP flood on a federated rack.
+pub fn run_flood_only() -> anyhow::Result<()> {
+    run_section_only(flood::HEADING, flood::section)
 }
 
 /// `cargo xtask bench dns`: only the DNS comparison with dnsmasq.

@@ -12,7 +12,10 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("ovmf", "UEFI firmware for QEMU"),
     ("busybox-static", "the test node's userland"),
     ("udhcpc", "DHCP client peer"),
-    ("kea-admin", "perfdhcp for the DHCP benchmark"),
+    (
+        "kea-admin",
+        "perfdhcp for the DHCP benchmark and the flood test",
+    ),
     ("kea-dhcp4-server", "peer DHCP server for the benchmark"),
     ("tftp-hpa", "TFTP client peer"),
     ("curl", "HTTP/TFTP client peer"),
@@ -26,6 +29,23 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("kmod", "kernel module tools"),
     ("xz-utils", "compressed kernel modules"),
     ("openssl", "TLS peer"),
+    (
+        "libtss2-dev",
+        "tss-esapi (appliance feature `tpm`, the node agent's TPM side): libtss2 and pkg-config files",
+    ),
+    ("pkg-config", "tss-esapi-sys finds libtss2"),
+    (
+        "swtpm",
+        "software TPM 2.0 for the TPM enrollment tests (QEMU tpm-tis and the host agent)",
+    ),
+    (
+        "swtpm-tools",
+        "swtpm_setup and swtpm_localca: EK certificates from a test manufacturer CA",
+    ),
+    (
+        "tpm2-tools",
+        "independent TPM client: tpm2_activatecredential and tpm2_quote against rackboot's MakeCredential",
+    ),
     ("nginx", "HTTP peer for the benchmark"),
     ("wrk", "HTTP load for the benchmark"),
     (
@@ -93,6 +113,36 @@ pub const PACKAGES: &[(&str, &str)] = &[
         "mke2fs/resize2fs copied into the offline appliance image",
     ),
     ("nmap", "port scan of the appliance from the rack network"),
+    // Releases (`cargo xtask release`, qemu-tests/tests/release.rs).
+    (
+        "rpm",
+        "rpmbuild for the release .rpm; rpm -qip/-qlp and rpm2cpio in its tests",
+    ),
+    ("rpmlint", "lints the release .rpm"),
+    (
+        "binutils",
+        "readelf: the release binary has no interpreter and no shared libraries",
+    ),
+    (
+        "mmdebstrap",
+        "a clean Debian 12 root (from apt's mirror, cached) the release .deb installs into",
+    ),
+    (
+        "podman",
+        "loads and runs the release OCI image with --network host in a netns",
+    ),
+    (
+        "diffoscope-minimal",
+        "explains a difference found by cargo xtask release --check-reproducible",
+    ),
+    (
+        "openssh-client",
+        "ssh-keygen -Y sign/verify: release signatures",
+    ),
+    (
+        "util-linux",
+        "setpriv: rackboot serve with the unit's user and capabilities",
+    ),
     (
         "bind9-dnsutils",
         "dig: DNS queries, AXFR and TCP fallback against rackboot's DNS",

@@ -145,6 +145,14 @@ impl LocalIssuer {
         jsonwebtoken::encode(&header, &claims, &self.encoding).map_err(AuthError::Sign)
     }
 
+    /// Signs arbitrary claims with the local key (fuzz targets reach the claim checks with it).
+    #[cfg(feature = "fuzzing")]
+    pub fn sign_claims(&self, claims: &serde_json::Value) -> Result<String, AuthError> {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(self.jwk.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.encoding).map_err(AuthError::Sign)
+    }
+
     fn create(path: &Path) -> Result<Self, AuthError> {
         let dir = path.parent().unwrap_or(Path::new("."));
         create_private_dir(dir).map_err(|e| AuthError::KeyIo(dir.to_path_buf(), e))?;

@@ -14,6 +14,8 @@ mod verify;
 
 pub use issuer::{LOCAL_AUDIENCE, LOCAL_ISSUER, LocalIssuer};
 pub use middleware::{RequireLayer, RequireService, jwks_router, require};
+#[cfg(feature = "fuzzing")]
+pub use verify::parse_jwks_for_fuzzing;
 pub use verify::{
     Authenticator, DEFAULT_LEEWAY_SECS, DEFAULT_MIN_REFRESH, ExternalIssuer, Principal, Rejection,
 };

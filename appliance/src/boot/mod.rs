@@ -32,9 +32,10 @@ pub struct BootScriptContext {
     /// Bound of the retry chain.
     pub max_retries: u32,
     pub timeline: crate::timeline::Timeline,
-    /// When set, a known node's kernel command line gets a join token, the CA fingerprint and
-    /// this HTTPS URL (`rackboot.join=`, `rackboot.ca=`, `rackboot.url=`).
-    pub identity: Option<(crate::identity::Identity, String)>,
+    /// When set, a known node's kernel command line may get a join token, the CA fingerprint
+    /// and the HTTPS URL (`rackboot.join=`, `rackboot.ca=`, `rackboot.url=`): only when the
+    /// request is the node's own (`identity::join`).
+    pub identity: Option<std::sync::Arc<crate::identity::join::BootTokens>>,
     /// When set, an unknown MAC is looked up upstream before the unknown-node script.
     pub upstream: Option<crate::timeline::UnknownLookup>,
 }
@@ -72,7 +73,7 @@ fn values(q: &[(String, String)], key: &str) -> Vec<String> {
         .collect()
 }
 
-fn selector(q: &[(String, String)]) -> Result<BootSelector, Problem> {
+pub(crate) fn selector(q: &[(String, String)]) -> Result<BootSelector, Problem> {
     let macs = values(q, "mac")
         .iter()
         .map(|m| normalize_mac(m))
@@ -93,7 +94,7 @@ fn selector(q: &[(String, String)]) -> Result<BootSelector, Problem> {
 
 /// Validates and normalises a BootParameters body (MACs lowercase, hosts node xnames, no
 /// newlines anywhere a script line is built from).
-fn check(mut bp: BootParameters, need_key: bool) -> Result<BootParameters, Problem> {
+pub(crate) fn check(mut bp: BootParameters, need_key: bool) -> Result<BootParameters, Problem> {
     bp.macs = bp
         .macs
         .iter()
@@ -206,6 +207,7 @@ async fn status(State(ctx): State<BootScriptContext>) -> Response {
 
 async fn bootscript(
     State(ctx): State<BootScriptContext>,
+    extensions: axum::http::Extensions,
     headers: HeaderMap,
     Query(q): Query<Vec<(String, String)>>,
 ) -> Result<Response, Problem> {
@@ -231,6 +233,11 @@ async fn bootscript(
         .unwrap_or(0);
     let arch = first("arch").filter(|a| a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
     let base = crate::http::base_url(&headers, &ctx.fallback_base);
+    // Only a MAC the request itself carried counts for a join token (a name or NID lookup
+    // below fills `mac` in from the inventory).
+    let asked_mac = mac
+        .as_deref()
+        .and_then(|m| m.parse::<pxe_core::MacAddr>().ok());
     let mut mac = mac;
     // BSS keeps parameters set by MAC under the node's xname and NID too: a request by name or
     // NID finds them through the node's interfaces.
@@ -268,7 +275,8 @@ async fn bootscript(
     if bp.is_none()
         && let (Some(up), Some(m)) = (&ctx.upstream, &mac)
         && let Ok(parsed) = m.parse::<pxe_core::MacAddr>()
-        && up(parsed).await
+        && let Some(lookup) = up(parsed)
+        && lookup.await
     {
         if let Some((x, n)) = ctx.store.node_for_mac(parsed).await? {
             name = name.or(Some(x));
@@ -327,7 +335,20 @@ async fn bootscript(
                 "boot script served"
             );
             let extra = match (&ctx.identity, known, &name) {
-                (Some((id, url)), true, Some(x)) => identity_params(&ctx.store, id, url, x).await,
+                (Some(tokens), true, Some(x)) => {
+                    let peer = extensions
+                        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                        .and_then(|c| match c.0.ip() {
+                            std::net::IpAddr::V4(ip) => Some(ip),
+                            std::net::IpAddr::V6(ip) => ip.to_ipv4_mapped(),
+                        });
+                    let req = crate::identity::join::BootRequest {
+                        xname: x,
+                        mac: asked_mac,
+                        peer,
+                    };
+                    tokens.kernel_params(&req).await
+                }
                 _ => String::new(),
             };
             script::node(&script::NodeScript {
@@ -373,36 +394,4 @@ async fn bootscript(
         }
     };
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
-}
-
-/// A fresh join token for `xname` bound to its inventory address, the CA fingerprint and the
-/// HTTPS URL, as kernel parameters. A node with no inventory address gets none (logged): a
-/// token must be bound to the address the node will enroll from.
-async fn identity_params(
-    store: &Store,
-    id: &crate::identity::Identity,
-    url: &str,
-    xname: &str,
-) -> String {
-    let ip = match store.node_info(xname.to_owned()).await {
-        Ok(Some(n)) => n.interfaces.iter().find_map(|(_, ip)| *ip),
-        _ => None,
-    };
-    let Some(ip) = ip else {
-        tracing::info!(
-            xname,
-            "no inventory address: no join token on its command line"
-        );
-        return String::new();
-    };
-    match id.mint_join_token(xname, ip).await {
-        Ok(token) => format!(
-            "rackboot.join={token} rackboot.ca={} rackboot.url={url}",
-            id.ca().fingerprint()
-        ),
-        Err(e) => {
-            tracing::error!(xname, error = %e, "could not mint a join token");
-            String::new()
-        }
-    }
 }

@@ -13,6 +13,58 @@ pub enum EnrollPolicy {
     Token,
     /// The request waits for `rackboot cert approve ID`.
     Approval,
+    /// The node proves its TPM: an EK certificate from `identity.tpm.ek_ca`, an AK on that TPM
+    /// (credential activation), a quote over the CSR (docs/runbook-identity.md).
+    Tpm,
+}
+
+/// `[identity.tpm]`: TPM-attested enrollment (policy `tpm`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tpm {
+    /// PEM bundle of the TPM manufacturers' EK CA certificates (every one a trust anchor).
+    pub ek_ca: Option<std::path::PathBuf>,
+    /// Bind a node's EK on its first enrollment when no EK hash was pre-registered
+    /// (trust on first use, audited); off: only pre-registered EKs enroll.
+    pub tofu: bool,
+    /// How long a credential challenge stays valid.
+    #[serde(with = "super::units::humantime_serde_compat")]
+    pub challenge_ttl: Duration,
+    /// Per SMD group, the PCR values (SHA-256, hex, by index 0-7) a member's quote must show:
+    /// { compute = { "0" = "ab12…" } }. A mismatch refuses the enrollment.
+    pub golden_pcrs: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+}
+
+impl Tpm {
+    /// Golden PCR keys are 0-7 and values 32-byte hex.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        for (group, pcrs) in &self.golden_pcrs {
+            for (k, v) in pcrs {
+                if !matches!(k.parse::<u8>(), Ok(0..=7)) {
+                    anyhow::bail!(
+                        "identity.tpm.golden_pcrs.{group}: PCR {k:?} is not one of 0-7 (the quoted PCRs)"
+                    );
+                }
+                if v.len() != 64 || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    anyhow::bail!(
+                        "identity.tpm.golden_pcrs.{group}.{k}: give the SHA-256 PCR value as 64 hex digits"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for Tpm {
+    fn default() -> Self {
+        Self {
+            ek_ca: None,
+            tofu: true,
+            challenge_ttl: Duration::from_secs(300),
+            golden_pcrs: Default::default(),
+        }
+    }
 }
 
 /// Machine identity: the rack CA, node certificates, secrets.
@@ -37,6 +89,7 @@ pub struct Identity {
     /// The HTTPS certificate's lifetime; it is renewed when a third of it is left.
     #[serde(with = "super::units::humantime_serde_compat")]
     pub server_cert_lifetime: Duration,
+    pub tpm: Tpm,
 }
 
 impl Default for Identity {
@@ -51,6 +104,7 @@ impl Default for Identity {
             token_ttl: Duration::from_secs(900),
             cert_lifetime: Duration::from_secs(86_400),
             server_cert_lifetime: Duration::from_secs(30 * 86_400),
+            tpm: Tpm::default(),
         }
     }
 }

@@ -9,7 +9,7 @@
 //! Values are read as TOML when they parse as TOML (numbers, booleans, arrays, inline tables),
 //! otherwise as strings.
 //!
-//! One file per group of sections (`upstream.rs`, `identity.rs`, `discovery.rs`, `dns.rs`, `network.rs`,
+//! One file per group of sections (`backup.rs`, `upstream.rs`, `identity.rs`, `discovery.rs`, `dns.rs`, `network.rs`,
 //! `services.rs`; value types in `units.rs`). They stay in this module, at the bottom of the
 //! module graph, rather than beside the capabilities they configure: every capability reads its
 //! section, and `config` depends on none of them.
@@ -23,6 +23,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
+mod backup;
 mod discovery;
 mod dns;
 mod identity;
@@ -31,9 +32,10 @@ mod services;
 mod units;
 mod upstream;
 
+pub use backup::Backup;
 pub use discovery::{BmcTls, Discovery, XnameRule};
 pub use dns::Dns;
-pub use identity::{EnrollPolicy, Identity};
+pub use identity::{EnrollPolicy, Identity, Tpm};
 pub use network::{Boot, Dhcp, DhcpMode, Listen, Subnet, default_pool, parse_pool};
 pub use services::{Auth, CloudInit, Issuer, StoreConfig, Timeline};
 pub use units::ByteSize;
@@ -62,6 +64,7 @@ pub struct Config {
     pub identity: Identity,
     pub dns: Dns,
     pub upstream: Option<Upstream>,
+    pub backup: Backup,
 }
 
 impl Config {
@@ -115,6 +118,7 @@ impl Config {
                 }
             }
         }
+        self.backup.validate()?;
         if self.boot.max_retries == 0 {
             bail!("boot.max_retries must be at least 1");
         }
@@ -129,6 +133,7 @@ impl Config {
                 "identity.cluster {c:?}: use letters, digits, '.' and '-' (a SPIFFE trust domain)"
             );
         }
+        self.identity.tpm.validate()?;
         if self.identity.cert_lifetime < Duration::from_secs(1) {
             bail!("identity.cert_lifetime must be at least 1s");
         }
@@ -146,6 +151,15 @@ impl Config {
             }
             if u.interval < Duration::from_millis(100) {
                 bail!("upstream.interval must be at least 100ms");
+            }
+            if u.lookup_concurrency == 0 || u.lookup_burst == 0 {
+                bail!("upstream.lookup_concurrency and upstream.lookup_burst must be at least 1");
+            }
+            if !(u.lookup_rate.is_finite() && u.lookup_rate > 0.0) {
+                bail!("upstream.lookup_rate must be a number of lookups per second above 0");
+            }
+            if u.max_body.0 < 1024 {
+                bail!("upstream.max_body must be at least 1 KiB");
             }
         }
         if self.discovery.xname_rules.is_empty() {
@@ -250,6 +264,41 @@ router = "198.51.100.1"
     }
 
     #[test]
+    fn backup_needs_exactly_one_key_source() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("RACKBOOT_BACKUP__DIR", "/mnt/b"),
+                ("RACKBOOT_BACKUP__INTERVAL", "6h"),
+                ("RACKBOOT_BACKUP__RECIPIENTS", "[\"age1x\"]"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.backup.interval, Duration::from_secs(6 * 3600));
+        assert_eq!(c.backup.keep, 7);
+        let err = format!(
+            "{:#}",
+            Config::load(None, env(&[("RACKBOOT_BACKUP__DIR", "/mnt/b")])).unwrap_err()
+        );
+        assert!(err.contains("passphrase_file"), "{err}");
+        let err = format!(
+            "{:#}",
+            Config::load(
+                None,
+                env(&[
+                    ("RACKBOOT_BACKUP__DIR", "/mnt/b"),
+                    ("RACKBOOT_BACKUP__KEEP", "0"),
+                    ("RACKBOOT_BACKUP__PASSPHRASE_FILE", "/p"),
+                ])
+            )
+            .unwrap_err()
+        );
+        assert!(err.contains("backup.keep"), "{err}");
+        // No dir: nothing scheduled, nothing required.
+        assert!(Config::load(None, env(&[])).unwrap().backup.dir.is_none());
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_refused_with_context() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("bad.toml");
@@ -273,6 +322,29 @@ router = "198.51.100.1"
         .unwrap();
         let err = format!("{:#}", Config::load(Some(&p), env(&[])).unwrap_err());
         assert!(err.contains("outside the subnet"), "{err}");
+    }
+
+    #[test]
+    fn tpm_golden_pcrs_are_checked_when_loaded() {
+        let ok = format!(r#"{{ compute = {{ "0" = "{}" }} }}"#, "ab".repeat(32));
+        let c = Config::load(
+            None,
+            env(&[
+                ("RACKBOOT_IDENTITY__POLICY", "tpm"),
+                ("RACKBOOT_IDENTITY__TPM__GOLDEN_PCRS", &ok),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.identity.policy, EnrollPolicy::Tpm);
+        assert!(c.identity.tpm.tofu);
+        for bad in [
+            r#"{ compute = { "8" = "00" } }"#.to_owned(),
+            r#"{ compute = { "0" = "not hex" } }"#.to_owned(),
+        ] {
+            let e = Config::load(None, env(&[("RACKBOOT_IDENTITY__TPM__GOLDEN_PCRS", &bad)]))
+                .unwrap_err();
+            assert!(format!("{e:#}").contains("golden_pcrs"), "{e:#}");
+        }
     }
 
     #[test]

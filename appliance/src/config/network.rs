@@ -16,6 +16,15 @@ pub struct Listen {
     pub tftp_port: u16,
     /// HTTP listen address. Defaults to the interface address on port 80.
     pub http: Option<SocketAddr>,
+    /// Interfaces the admin API is served on (e.g. `["eth1", "lo"]`: the management network and
+    /// the appliance's own CLI). Empty (the default): one HTTP listener serves the boot path and
+    /// the token-protected admin API together. Set: the admin API answers only on these
+    /// interfaces (listeners bound to each device on `admin_port`), and the boot-path HTTP and
+    /// the identity HTTPS listeners are bound to the rack interface, so nothing of the admin API
+    /// is reachable from the rack network, firewall or not.
+    pub admin_interfaces: Vec<String>,
+    /// TCP port of the admin listeners. Defaults to the HTTP listen port.
+    pub admin_port: Option<u16>,
 }
 
 impl Default for Listen {
@@ -24,6 +33,8 @@ impl Default for Listen {
             dhcp_port: 67,
             tftp_port: 69,
             http: None,
+            admin_interfaces: Vec::new(),
+            admin_port: None,
         }
     }
 }

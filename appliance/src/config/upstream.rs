@@ -52,6 +52,28 @@ pub struct Upstream {
         with = "super::units::humantime_serde_compat"
     )]
     pub lookup_deadline: Duration,
+    /// On-demand lookups (unknown MACs from DHCP and bootscript) running at once; a lookup
+    /// past this is not made (counted as `dropped_busy`) and the client is answered as unknown.
+    #[serde(default = "default_lookup_concurrency")]
+    pub lookup_concurrency: usize,
+    /// On-demand lookups started per second at most (a token bucket), so a flood of new MACs
+    /// cannot become a flood of upstream requests; past it: `dropped_rate`.
+    #[serde(default = "default_lookup_rate")]
+    pub lookup_rate: f64,
+    /// Lookups the bucket allows at once after a quiet spell (its size).
+    #[serde(default = "default_lookup_burst")]
+    pub lookup_burst: u32,
+    /// A MAC the upstream did not know (or whose lookup failed) is not asked about again
+    /// within this long (`cached_negative`).
+    #[serde(
+        default = "default_lookup_negative_ttl",
+        with = "super::units::humantime_serde_compat"
+    )]
+    pub lookup_negative_ttl: Duration,
+    /// Largest upstream answer read (SMD, BSS, cloud-init, the token endpoint); a longer one
+    /// is an error naming the URL and this cap.
+    #[serde(default = "default_max_body")]
+    pub max_body: super::ByteSize,
     /// Also accept inventory and boot changes made here (kept as `local` next to the upstream's).
     /// false: the API refuses them with 409; RedfishEndpoints stay writable (they are pushed).
     #[serde(default = "yes")]
@@ -66,6 +88,21 @@ fn default_upstream_timeout() -> Duration {
 }
 fn default_lookup_deadline() -> Duration {
     Duration::from_secs(2)
+}
+fn default_lookup_concurrency() -> usize {
+    8
+}
+fn default_lookup_rate() -> f64 {
+    20.0
+}
+fn default_lookup_burst() -> u32 {
+    20
+}
+fn default_lookup_negative_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_body() -> super::ByteSize {
+    super::ByteSize(32 << 20)
 }
 fn yes() -> bool {
     true

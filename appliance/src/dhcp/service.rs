@@ -29,8 +29,6 @@ use crate::timeline::{Leased, Observers, Subject, Timeline, stage};
 
 /// Datagrams waiting for the engine before the oldest are dropped.
 const QUEUE_DEPTH: usize = 8192;
-/// A client's DISCOVER is held for an upstream lookup at most once in this long.
-const DEFER_AGAIN_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Largest datagram read (DHCP over Ethernet fits in 1500; relays may add a little).
 const MAX_DATAGRAM: usize = 4096;
@@ -58,7 +56,7 @@ pub async fn spawn(
     } = obs;
     let sock = Arc::new(DhcpSocket::bind(iface, port)?);
     let local_ip = crate::netif::ipv4_of(iface)?.addr;
-    let queue = Arc::new(DropOldestQueue::<(SocketAddrV4, Vec<u8>)>::new(QUEUE_DEPTH));
+    let queue = Arc::new(DropOldestQueue::<Datagram>::new(QUEUE_DEPTH));
 
     let mut server = DhcpServer::new(config);
     let now = Instant::from_millis(u64::try_from(now_ms()).unwrap_or(0));
@@ -105,7 +103,8 @@ pub async fn spawn(
     }
 
     let view = Arc::new(RwLock::new(Arc::new(load_view(&store).await?)));
-    let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // Bumped after each inventory reload the engine must see.
+    let generation = Arc::new(tokio::sync::watch::Sender::new(0u64));
 
     // Reader.
     {
@@ -125,7 +124,12 @@ pub async fn spawn(
                 match got {
                     Ok(meta) => {
                         let bytes = buf.get(..meta.len).unwrap_or(&[]).to_vec();
-                        if queue.push((meta.src, bytes)).is_some() {
+                        let d = Datagram {
+                            src: meta.src,
+                            bytes,
+                            looked_up: false,
+                        };
+                        if queue.push(d).is_some() {
                             metrics.dhcp_drop("overload");
                         }
                     }
@@ -157,7 +161,7 @@ pub async fn spawn(
                     Ok(v) => {
                         tracing::debug!(reservations = v.len(), "DHCP: inventory reloaded");
                         *view.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(v);
-                        generation.fetch_add(1, std::sync::atomic::Ordering::Release);
+                        generation.send_modify(|g| *g = g.wrapping_add(1));
                     }
                     Err(err) => tracing::error!(error = %err, "DHCP: cannot reload reservations; keeping the old ones"),
                 }
@@ -191,7 +195,9 @@ pub async fn spawn(
                     let withheld = batch.iter().filter(|p| !p.is_static()).count();
                     match err {
                         // The store logs once when the partition fills; not once per batch.
-                        crate::store::StoreError::Full { .. } => tracing::debug!(
+                        // Busy: counted (store_busy), the clients retransmit.
+                        crate::store::StoreError::Full { .. }
+                        | crate::store::StoreError::Busy { .. } => tracing::debug!(
                             error = %err, withheld, acked_static = batch.len() - withheld,
                             "DHCP: leases not stored; dynamic ACKs withheld"
                         ),
@@ -204,19 +210,24 @@ pub async fn spawn(
                 for p in batch {
                     if durable.is_err() && !p.is_static() {
                         metrics.dhcp_packet(p.event.received.as_str(), "dropped");
-                        metrics.dhcp_drop(
-                            if matches!(durable, Err(crate::store::StoreError::Full { .. })) {
-                                "store_full"
-                            } else {
-                                "store_error"
-                            },
-                        );
+                        metrics.dhcp_drop(match durable {
+                            Err(crate::store::StoreError::Full { .. }) => "store_full",
+                            Err(crate::store::StoreError::Busy { .. }) => "store_busy",
+                            _ => "store_error",
+                        });
                         continue;
                     }
                     if durable.is_err() {
                         metrics.dhcp_static_unrecorded();
                     }
                     if let Some((dst, bytes)) = p.reply {
+                        // A boot starts here: the node's next boot script may carry a join
+                        // token (noted before the ACK leaves, so the script request finds it).
+                        if let (Some(MessageType::Ack), Some(ip), true) =
+                            (p.event.sent, p.event.ip, p.event.ipxe || p.event.firmware)
+                        {
+                            timeline.boot_acked(p.event.mac, ip);
+                        }
                         send(&sock, &bytes, dst).await;
                         sent(&metrics, &timeline, &p.event);
                         if let (Some(hook), Some(ip), Some(MessageType::Ack)) =
@@ -236,49 +247,44 @@ pub async fn spawn(
     // Engine.
     {
         let (sock, queue, stop) = (sock.clone(), queue.clone(), shutdown.clone());
-        // Unknown clients whose DISCOVER was held for an upstream lookup, and when.
-        let mut deferred: std::collections::HashMap<MacAddr, std::time::Instant> =
-            std::collections::HashMap::new();
         tasks.spawn(async move {
             let mut out = vec![0u8; 1500];
             let mut seen_generation = 0;
             loop {
-                let (src, bytes) = tokio::select! {
+                let Datagram { src, bytes, looked_up } = tokio::select! {
                     () = stop.cancelled() => break,
                     item = queue.pop() => item,
                 };
                 let current = view.read().unwrap_or_else(|p| p.into_inner()).clone();
                 // Federated: a DISCOVER from a client the inventory does not know waits (off
                 // this loop) for an upstream lookup, then goes round again, so a node the
-                // upstream knows gets its static lease on its very first DISCOVER.
-                if let Some(lookup) = &on_unknown
+                // upstream knows gets its static lease on its very first DISCOVER. The lookup
+                // is admitted or refused at once (federation's limits: concurrency, rate,
+                // negative cache); a refused one is answered now as any unknown client is
+                // (a pool address when there is a pool), so a flood of new MACs spawns at most
+                // `lookup_concurrency` tasks and never holds a DISCOVER without bound.
+                if !looked_up
+                    && let Some(lookup) = &on_unknown
                     && let Ok(req) = pxe_core::dhcp::wire::Request::parse(&bytes)
                     && req.message_type == MessageType::Discover
                     && current.get(&req.mac).is_none()
+                    && let Some(found) = lookup(req.mac)
                 {
-                    let now = std::time::Instant::now();
-                    deferred.retain(|_, t| now.duration_since(*t) < DEFER_AGAIN_AFTER);
-                    if let std::collections::hash_map::Entry::Vacant(slot) = deferred.entry(req.mac) {
-                        slot.insert(now);
-                        let (lookup, queue, generation) = (lookup.clone(), queue.clone(), generation.clone());
-                        let mac = req.mac;
-                        let before = generation.load(std::sync::atomic::Ordering::Acquire);
-                        tokio::spawn(async move {
-                            if lookup(mac).await {
-                                // Let the inventory refresher publish the new reservation.
-                                let until = std::time::Instant::now() + std::time::Duration::from_secs(1);
-                                while generation.load(std::sync::atomic::Ordering::Acquire) == before
-                                    && std::time::Instant::now() < until
-                                {
-                                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                                }
-                            }
-                            let _ = queue.push((src, bytes));
-                        });
-                        continue;
-                    }
+                    let (queue, mut changes) = (queue.clone(), generation.subscribe());
+                    tokio::spawn(async move {
+                        if found.await {
+                            // Let the inventory refresher publish the new reservation.
+                            let _ = tokio::time::timeout(
+                                std::time::Duration::from_secs(1),
+                                changes.changed(),
+                            )
+                            .await;
+                        }
+                        let _ = queue.push(Datagram { src, bytes, looked_up: true });
+                    });
+                    continue;
                 }
-                let g = generation.load(std::sync::atomic::Ordering::Acquire);
+                let g = *generation.borrow();
                 if g != seen_generation {
                     server.inventory_changed(&ViewRef(&current));
                     seen_generation = g;
@@ -312,8 +318,16 @@ pub async fn spawn(
                                     _ => None,
                                 };
                                 let pending = Pending { change, hostname, reply, event: e, relay_port };
-                                if commit_tx.send(pending).await.is_err() {
-                                    break;
+                                // Never wait on the store here: a committer that has fallen
+                                // behind (a slow or busy disk) turns into counted drops, which
+                                // the client's retransmission repairs.
+                                match commit_tx.try_send(pending) {
+                                    Ok(()) => {}
+                                    Err(mpsc::error::TrySendError::Full(p)) => {
+                                        metrics.dhcp_packet(p.event.received.as_str(), "dropped");
+                                        metrics.dhcp_drop("store_busy");
+                                    }
+                                    Err(mpsc::error::TrySendError::Closed(_)) => break,
                                 }
                             }
                             None => {
@@ -357,6 +371,14 @@ fn sent(metrics: &Metrics, timeline: &Timeline, e: &Event) {
     };
     let detail = serde_json::json!({ "ip": ip, "xid": e.xid, "static": e.is_static });
     timeline.record(Subject::Mac(e.mac), stage, ok, detail);
+}
+
+/// A received datagram on its way to the engine.
+struct Datagram {
+    src: SocketAddrV4,
+    bytes: Vec<u8>,
+    /// Back from an upstream lookup: answered now, whatever the inventory says.
+    looked_up: bool,
 }
 
 struct Pending {

@@ -6,20 +6,26 @@
 //!   parameters, filtered to the rack's scope (an xname prefix or an upstream group), applied
 //!   as a diff (`Store::apply_upstream`): unchanged data costs no write; objects are marked
 //!   upstream-owned and the upstream wins for them.
-//! - **On demand**: a bootscript request for a MAC the store does not know asks the upstream
-//!   (within `lookup_deadline`) before falling back to the unknown-node script.
+//! - **On demand**: a bootscript request or a DHCP DISCOVER for a MAC the store does not know
+//!   asks the upstream (within `lookup_deadline`) before falling back to the unknown-node
+//!   answer. Bounded (`lookup.rs`): `lookup_concurrency` at once, `lookup_rate` a second, one
+//!   per MAC at a time, unknown MACs not asked again within `lookup_negative_ttl`; a lookup
+//!   refused by a limit is answered as unknown at once and counted in
+//!   `rackboot_upstream_lookups_total{outcome}`.
 //! - **Push**: RedfishEndpoint writes queue an outbox row in the same transaction; the
 //!   deliverer sends them in order (POST, and PUT on 409, so a resend after a crash is
 //!   harmless), retrying with backoff, deleting a row only after the upstream accepted it.
 //!
 //! Owns: pull loop, outbox deliverer, on-demand lookups, `/rackboot/v1/upstream`, `rackboot
-//! upstream`. May call: `client`, `config`, `http`, `output`, `store`, `timeline`.
+//! upstream`. May call: `client`, `config`, `http`, `metrics`, `output`, `store`, `timeline`.
 
 pub mod cli;
+mod lookup;
 mod pull;
 mod push;
 mod upstream_http;
 
+pub use lookup::Outcome as LookupOutcome;
 pub use pull::in_prefix;
 
 use std::sync::{Arc, Mutex};
@@ -31,6 +37,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Upstream;
+use crate::metrics::Metrics;
 use crate::store::{ApplyStats, Store};
 
 /// What `/rackboot/v1/upstream` and `rackboot upstream` show.
@@ -63,8 +70,9 @@ struct Inner {
     http: reqwest::Client,
     tokens: tokio::sync::Mutex<TokenCache>,
     status: Mutex<Status>,
-    /// MACs looked up on demand recently (no upstream storm from one retrying node).
-    recent: Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// Admission for on-demand lookups (no upstream storm from a MAC flood).
+    lookups: Arc<lookup::Limits>,
+    metrics: Arc<Metrics>,
     wake: tokio::sync::Notify,
 }
 
@@ -85,7 +93,16 @@ fn rfc3339_now() -> String {
 }
 
 impl Federation {
+    /// A client whose counters go to a metrics registry of its own (tests, the CLI).
     pub fn new(cfg: Upstream, store: Store) -> anyhow::Result<Federation> {
+        Self::with_metrics(cfg, store, Arc::new(Metrics::new()))
+    }
+
+    pub fn with_metrics(
+        cfg: Upstream,
+        store: Store,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Federation> {
         let mut b = reqwest::Client::builder()
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout.min(Duration::from_secs(5)))
@@ -122,11 +139,12 @@ impl Federation {
         Ok(Federation {
             inner: Arc::new(Inner {
                 http: b.build().context("cannot build the upstream HTTP client")?,
+                lookups: Arc::new(lookup::Limits::new(&cfg, metrics.clone())),
+                metrics,
                 cfg,
                 store,
                 tokens: Default::default(),
                 status: Mutex::new(status),
-                recent: Default::default(),
                 wake: tokio::sync::Notify::new(),
             }),
         })
@@ -178,13 +196,21 @@ impl Federation {
         });
     }
 
-    /// For the DHCP service: looks an unknown client up upstream (within the lookup deadline).
+    /// For the DHCP service and the bootscript: admits a lookup of an unknown client (at once;
+    /// `None` when a limit refuses it, counted), whose future asks the upstream within the
+    /// lookup deadline.
     pub fn unknown_lookup(&self) -> crate::timeline::UnknownLookup {
         let me = self.clone();
         Arc::new(move |mac: pxe_core::MacAddr| {
-            let me = me.clone();
-            Box::pin(async move { me.lookup_mac(&mac.to_string()).await })
+            let lookup = me.admit(mac)?;
+            let fut: crate::timeline::LookupFuture = Box::pin(lookup);
+            Some(fut)
         })
+    }
+
+    /// On-demand lookups running now.
+    pub fn lookups_in_flight(&self) -> usize {
+        self.inner.lookups.in_flight()
     }
 
     /// Whether inventory and boot data may also be created here (`upstream.allow_local`).

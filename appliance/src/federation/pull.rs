@@ -1,11 +1,10 @@
 //! Pulling the rack's share: fetch, scope filter (xname prefix or upstream group), apply as a
 //! diff; cloud-init data; and the on-demand lookup of one unknown MAC.
 
-use std::collections::BTreeSet;
-use std::time::Duration;
-
 use serde_json::Value;
+use std::collections::BTreeSet;
 
+use super::lookup::Outcome;
 use super::upstream_http::list;
 use super::{Federation, rfc3339_now};
 use crate::store::{ApplyStats, BootParameters, Component, EthernetInterface, UpstreamSnapshot};
@@ -202,18 +201,45 @@ impl Federation {
         Ok((written, unchanged))
     }
 
-    /// On demand: asks the upstream about `mac` (within the lookup deadline) and stores what
-    /// is in this rack's scope. True if something was stored.
+    /// On demand: asks the upstream about `mac` (within the lookup deadline, if the lookup
+    /// limits admit it now) and stores what is in this rack's scope. True if something was
+    /// stored.
     pub async fn lookup_mac(&self, mac: &str) -> bool {
-        {
-            let mut recent = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
-            let now = std::time::Instant::now();
-            recent.retain(|_, t| now.duration_since(*t) < Duration::from_secs(30));
-            if recent.contains_key(mac) {
-                return false;
-            }
-            recent.insert(mac.to_owned(), now);
+        match mac.parse::<pxe_core::MacAddr>() {
+            Ok(m) => match self.admit(m) {
+                Some(lookup) => lookup.await,
+                None => false,
+            },
+            Err(_) => false,
         }
+    }
+
+    /// Admits a lookup of `mac` now, or counts why not (`None`). The future holds one of the
+    /// `lookup_concurrency` slots until it ends or is dropped.
+    pub(super) fn admit(
+        &self,
+        mac: pxe_core::MacAddr,
+    ) -> Option<impl std::future::Future<Output = bool> + Send + 'static> {
+        let ticket = match self.inner.lookups.admit(mac) {
+            Ok(t) => t,
+            Err(outcome) => {
+                tracing::debug!(%mac, outcome = outcome.as_str(), "upstream lookup not made");
+                self.inner.metrics.upstream_lookup(outcome.as_str());
+                return None;
+            }
+        };
+        let me = self.clone();
+        Some(async move {
+            let outcome = me.ask(mac).await;
+            me.inner.metrics.upstream_lookup(outcome.as_str());
+            ticket.finish(outcome);
+            outcome == Outcome::Found
+        })
+    }
+
+    async fn ask(&self, mac: pxe_core::MacAddr) -> Outcome {
+        let mac = mac.to_string();
+        let mac = mac.as_str();
         let work = async {
             let eis: Vec<EthernetInterface> = self
                 .get_list(
@@ -246,15 +272,19 @@ impl Federation {
         match tokio::time::timeout(self.inner.cfg.lookup_deadline, work).await {
             Ok(Ok(found)) => {
                 tracing::info!(mac, found, "upstream lookup for an unknown MAC");
-                found
+                if found {
+                    Outcome::Found
+                } else {
+                    Outcome::Unknown
+                }
             }
             Ok(Err(e)) => {
                 tracing::warn!(mac, error = %format!("{e:#}"), "upstream lookup failed");
-                false
+                Outcome::Error
             }
             Err(_) => {
                 tracing::warn!(mac, deadline = ?self.inner.cfg.lookup_deadline, "upstream lookup timed out");
-                false
+                Outcome::Error
             }
         }
     }

@@ -25,7 +25,7 @@ impl Federation {
                     }
                     bail!("PUT {put}: {}", resp.status());
                 }
-                let body = resp.text().await.unwrap_or_default();
+                let body = crate::http::capped::read_prefix(resp, 200).await;
                 bail!(
                     "POST {url}: {status}: {}",
                     body.chars().take(200).collect::<String>()

@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 
 use super::{Federation, rfc3339_now};
+use crate::http::capped::{read_capped, read_prefix};
 
 /// `application/x-www-form-urlencoded` (reqwest's form feature is not built in).
 pub(super) fn form_urlencode(pairs: &[(&str, String)]) -> String {
@@ -29,6 +30,11 @@ pub(super) fn list(v: Value, key: &str) -> Vec<Value> {
 }
 
 impl Federation {
+    /// Largest upstream answer read (`upstream.max_body`).
+    pub(super) fn max_body(&self) -> u64 {
+        self.inner.cfg.max_body.0
+    }
+
     pub(super) fn smd(&self, path: &str) -> String {
         format!("{}/hsm/v2{path}", self.inner.cfg.smd.trim_end_matches('/'))
     }
@@ -101,7 +107,10 @@ impl Federation {
                 .await
                 .with_context(|| format!("token endpoint {}", o.token_url))?;
             let status = resp.status();
-            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            let body = read_capped(resp, self.max_body())
+                .await
+                .with_context(|| format!("token endpoint {} (upstream.max_body)", o.token_url))?;
+            let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
             if !status.is_success() {
                 bail!(
                     "token endpoint {} refused the client credentials: {status} {body}",
@@ -141,7 +150,7 @@ impl Federation {
                     continue;
                 }
                 let url = resp.url().to_string();
-                let body = resp.text().await.unwrap_or_default();
+                let body = read_prefix(resp, 200).await;
                 let how = match (&self.inner.cfg.token_file, &self.inner.cfg.oauth2) {
                     (Some(f), _) => format!("the token in upstream.token_file {} was refused (expired or revoked?): replace it", f.display()),
                     (_, Some(_)) => "the OAuth2 token was refused even after a refresh".to_owned(),
@@ -164,16 +173,16 @@ impl Federation {
         if status == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        let body = resp.bytes().await?;
         if !status.is_success() {
+            let body = read_prefix(resp, 200).await;
             bail!(
                 "GET {url}: {status}: {}",
-                String::from_utf8_lossy(&body)
-                    .chars()
-                    .take(200)
-                    .collect::<String>()
+                body.chars().take(200).collect::<String>()
             );
         }
+        let body = read_capped(resp, self.max_body())
+            .await
+            .with_context(|| format!("GET {url} (upstream.max_body)"))?;
         Ok(Some(
             serde_json::from_slice(&body).with_context(|| format!("GET {url}: not JSON"))?,
         ))

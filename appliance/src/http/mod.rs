@@ -1,8 +1,10 @@
-//! HTTP plumbing shared by every route: problem errors, the JSON extractor, the server loop.
+//! HTTP plumbing shared by every route: problem errors, the JSON extractor, the server loop;
+//! and capped reading of what peers answer (`capped.rs`).
 //!
-//! Owns: RFC 7807 problems, the JSON extractor, the HTTP(S) server loop with its limits. May call:
-//! `store`.
+//! Owns: RFC 7807 problems, the JSON extractor, the HTTP(S) server loop with its limits, capped
+//! client bodies. May call: `store`.
 
+pub mod capped;
 pub mod problem;
 pub mod server;
 

@@ -17,6 +17,9 @@ pub struct Problem {
     pub detail: String,
     #[serde(skip)]
     pub www_authenticate: Option<String>,
+    /// Seconds for a `Retry-After` header (503: come back shortly).
+    #[serde(skip)]
+    pub retry_after: Option<u32>,
 }
 
 impl Problem {
@@ -28,6 +31,7 @@ impl Problem {
             status: status.as_u16(),
             detail: detail.into(),
             www_authenticate: None,
+            retry_after: None,
         }
     }
 
@@ -63,6 +67,12 @@ impl Problem {
     pub fn service_unavailable(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, detail)
     }
+    /// 503 with `Retry-After: seconds`: overloaded now, worth retrying soon.
+    pub fn busy(detail: impl Into<String>, seconds: u32) -> Self {
+        let mut p = Self::new(StatusCode::SERVICE_UNAVAILABLE, detail);
+        p.retry_after = Some(seconds);
+        p
+    }
     /// 500. The detail is logged, the client sees a generic message.
     pub fn internal(err: impl std::fmt::Display) -> Self {
         tracing::error!(error = %err, "internal error while serving a request");
@@ -95,6 +105,10 @@ impl IntoResponse for Problem {
             .and_then(|v| v.parse().ok())
         {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+        if let Some(s) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(s));
         }
         resp
     }
@@ -153,7 +167,26 @@ impl From<crate::store::StoreError> for Problem {
             e @ (StoreError::Full { .. } | StoreError::Headroom { .. }) => {
                 Problem::insufficient_storage(e.to_string())
             }
+            // The writer's queue is full: refused rather than queued without bound.
+            e @ StoreError::Busy { .. } => Problem::busy(e.to_string(), 1),
             other => Problem::internal(other),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_busy_store_is_a_503_problem_with_retry_after() {
+        let resp = Problem::from(crate::store::StoreError::Busy { queued: 4096 }).into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(
+            resp.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
     }
 }

@@ -64,6 +64,17 @@ pub enum AgentCommand {
         #[command(flatten)]
         args: AgentArgs,
     },
+    /// Enroll under policy `tpm`: prove this node's TPM (EK certificate, AK, credential
+    /// activation, a quote over the CSR); no join token or CA fingerprint needed. Needs a
+    /// rackboot built with the `tpm` feature.
+    TpmEnroll {
+        #[command(flatten)]
+        args: AgentArgs,
+        /// The TPM's TCTI (default: device:/dev/tpmrm0, else device:/dev/tpm0), e.g.
+        /// `swtpm:host=127.0.0.1,port=2321`.
+        #[arg(long, env = "RACKBOOT_TCTI")]
+        tcti: Option<String>,
+    },
 }
 
 /// The `rackboot.*` parameters of a kernel command line.
@@ -154,7 +165,7 @@ fn client(ca_pem: &str, identity: Option<&[u8]>) -> anyhow::Result<reqwest::Clie
     Ok(b.build()?)
 }
 
-fn new_csr(xname: &str) -> anyhow::Result<(KeyPair, String)> {
+pub(super) fn new_csr(xname: &str) -> anyhow::Result<(KeyPair, String)> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(vec![xname.to_owned()])?;
     let mut dn = DistinguishedName::new();
@@ -177,7 +188,7 @@ async fn answer(resp: reqwest::Response, what: &str) -> anyhow::Result<Enrolled>
     serde_json::from_slice(&body).with_context(|| format!("{what}: unexpected answer"))
 }
 
-fn store(dir: &Path, key: &KeyPair, chain: &str, ca: &str) -> anyhow::Result<()> {
+pub(super) fn store(dir: &Path, key: &KeyPair, chain: &str, ca: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     write_file(&dir.join("key.pem"), key.serialize_pem().as_bytes(), 0o600)?;
     write_file(&dir.join("cert.pem"), chain.as_bytes(), 0o644)?;
@@ -377,6 +388,17 @@ pub async fn run(cmd: AgentCommand) -> anyhow::Result<()> {
             }
             std::io::stdout().write_all(&body)?;
             Ok(())
+        }
+        AgentCommand::TpmEnroll { args, tcti } => {
+            #[cfg(feature = "tpm")]
+            return super::agent_tpm::enroll(args, tcti).await;
+            #[cfg(not(feature = "tpm"))]
+            {
+                let _ = (args, tcti);
+                bail!(
+                    "this rackboot was built without the `tpm` feature (cargo build --features tpm)"
+                )
+            }
         }
         AgentCommand::UserData { args } => {
             let n = load(&args)?;

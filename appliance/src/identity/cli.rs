@@ -80,6 +80,131 @@ pub enum CertCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// A node's TPM endorsement key (policy `tpm`): pre-register, show or clear its hash.
+    #[command(subcommand)]
+    Ek(EkCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EkCommand {
+    /// Pre-register the node's EK: only a TPM with this EK enrolls as the node.
+    Set {
+        xname: String,
+        /// `sha256:<hex>` of the EK's public key (DER SubjectPublicKeyInfo).
+        #[arg(long, conflicts_with = "ek", required_unless_present = "ek")]
+        hash: Option<String>,
+        /// The EK certificate or public key (PEM or DER): the hash is computed from it.
+        #[arg(long)]
+        ek: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The node's bound EK (operator-registered or bound on first use).
+    Show {
+        xname: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Forget the node's EK (a replaced TPM): its next enrollment needs a new one.
+    Clear {
+        xname: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `sha256:<hex>` of the public key in `bytes` (a certificate or a public key, PEM or DER).
+pub fn ek_hash_of(bytes: &[u8]) -> anyhow::Result<String> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let text = String::from_utf8_lossy(bytes);
+    let der = if text.contains("-----BEGIN") {
+        let (label, der) = pem_block(&text).context("no PEM block")?;
+        if label == "CERTIFICATE" {
+            let (_, c) = X509Certificate::from_der(&der)
+                .map_err(|e| anyhow::anyhow!("the certificate does not parse: {e}"))?;
+            return Ok(super::tpm_wire::ek_hash(c.tbs_certificate.subject_pki.raw));
+        }
+        der
+    } else {
+        bytes.to_vec()
+    };
+    if let Ok((_, c)) = X509Certificate::from_der(&der) {
+        return Ok(super::tpm_wire::ek_hash(c.tbs_certificate.subject_pki.raw));
+    }
+    let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(&der)
+        .map_err(|e| anyhow::anyhow!("neither a certificate nor a public key: {e}"))?;
+    Ok(super::tpm_wire::ek_hash(spki.raw))
+}
+
+fn pem_block(text: &str) -> Option<(String, Vec<u8>)> {
+    use base64::Engine;
+    let start = text.find("-----BEGIN ")?;
+    let rest = &text[start + 11..];
+    let label_end = rest.find("-----")?;
+    let label = rest[..label_end].to_owned();
+    let body_start = label_end + 5;
+    let end = rest.find("-----END ")?;
+    let b64: String = rest
+        .get(body_start..end)?
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    Some((label, der))
+}
+
+async fn ek(cmd: EkCommand) -> anyhow::Result<()> {
+    let (client, ek) = match cmd {
+        EkCommand::Set {
+            xname,
+            hash,
+            ek,
+            client,
+        } => {
+            let hash = match (hash, ek) {
+                (Some(h), _) => h,
+                (None, Some(f)) => ek_hash_of(
+                    &std::fs::read(&f).with_context(|| format!("cannot read {}", f.display()))?,
+                )?,
+                (None, None) => anyhow::bail!("give --hash or --ek FILE"),
+            };
+            let api = ApiClient::new(&client)?;
+            let r = api
+                .put(
+                    &format!("/identity/v1/tpm/eks/{xname}"),
+                    &super::tpm::EkBody { ek_hash: hash },
+                )
+                .await?
+                .context("rackboot sent no answer")?;
+            (client, serde_json::from_value::<crate::store::TpmEk>(r)?)
+        }
+        EkCommand::Show { xname, client } => {
+            let api = ApiClient::new(&client)?;
+            let r = api.get(&format!("/identity/v1/tpm/eks/{xname}")).await?;
+            (client, r)
+        }
+        EkCommand::Clear { xname, client } => {
+            let api = ApiClient::new(&client)?;
+            api.delete(&format!("/identity/v1/tpm/eks/{xname}"), None::<&()>)
+                .await?;
+            println!("cleared the EK of {xname}");
+            return Ok(());
+        }
+    };
+    if client.json() {
+        print_json(&ek);
+    } else {
+        print_table(
+            &["NODE", "EK", "SOURCE", "SINCE"],
+            &[vec![
+                ek.xname.clone(),
+                ek.ek_hash.clone(),
+                ek.source.clone(),
+                when(Some(ek.updated_ms)),
+            ]],
+        );
+    }
+    Ok(())
 }
 
 #[derive(Debug, Subcommand)]
@@ -172,6 +297,7 @@ fn when(ms: Option<i64>) -> String {
 
 pub async fn cert(cmd: CertCommand) -> anyhow::Result<()> {
     match cmd {
+        CertCommand::Ek(cmd) => ek(cmd).await,
         CertCommand::List { node, client } => {
             let api = ApiClient::new(&client)?;
             let path = match &node {

@@ -2,7 +2,9 @@
 //! rackboot booted, and node secrets travel only over mTLS to the node (or group) they are for.
 //!
 //! - A node's boot script carries a **join token** (single use, short TTL, bound to the node's
-//!   xname and inventory address), the CA fingerprint and the HTTPS URL.
+//!   xname and inventory address), the CA fingerprint and the HTTPS URL, only when the request
+//!   comes from the node itself: its inventory address, its MAC, a current lease, the first
+//!   fetch after that lease's ACK, within a per-source rate limit ([`join`]).
 //! - `POST /identity/v1/enroll {token, csr}` over HTTPS: every check is made, then the token is
 //!   used up and the certificate recorded in one transaction (policy `token`), or the request
 //!   waits for `rackboot cert approve` (policy `approval`).
@@ -10,16 +12,24 @@
 //!   rack CA, validity and the ClientAuth EKU; rackboot then maps the serial to an issued,
 //!   unrevoked certificate and its xname ([`NodeIdentity`]). A revocation takes effect on the
 //!   next request, and is published in the CRL.
+//! - Policy `tpm` replaces the token with TPM attestation (EK certificate, credential
+//!   activation, a quote over the CSR): [`tpm`].
 //! - Every issuance, renewal, refusal, revocation and secret read is in the append-only audit.
 //!
 //! Owns: rack CA, `certs`, `join_tokens`, `enroll_requests`, `secrets`, `identity_audit`,
-//! `/identity/v1/*`, `rackboot ca/cert/secret/agent`. May call: `client`, `cloudinit`, `config`,
-//! `http`, `inventory`, `output`, `seal`, `store`, `timeline`.
+//! `tpm_eks`, `/identity/v1/*`, `rackboot ca/cert/secret/agent`. May call: `client`,
+//! `cloudinit`, `config`, `http`, `inventory`, `metrics`, `output`, `seal`, `store`, `timeline`.
 
 pub mod agent;
+#[cfg(feature = "tpm")]
+pub mod agent_tpm;
 pub mod ca;
 pub mod cli;
+pub mod join;
 pub mod routes;
+pub mod tpm;
+pub mod tpm_routes;
+pub mod tpm_wire;
 
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -77,6 +87,8 @@ struct Inner {
     /// The HTTPS listener's config, replaced when its certificate is renewed.
     server: RwLock<Option<Arc<rustls::ServerConfig>>>,
     crl_number: std::sync::atomic::AtomicU64,
+    /// TPM credential challenges waiting for their answer.
+    tpm: tpm::Challenges,
 }
 
 impl std::fmt::Debug for Identity {
@@ -103,7 +115,7 @@ fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
 }
 
-fn parse_csr(pem: &str) -> Result<CertificateSigningRequestParams, Problem> {
+pub(crate) fn parse_csr(pem: &str) -> Result<CertificateSigningRequestParams, Problem> {
     if pem.len() > 16 * 1024 {
         return Err(Problem::bad_request("the CSR is larger than 16 KiB"));
     }
@@ -135,6 +147,7 @@ impl Identity {
                 timeline,
                 server: RwLock::new(None),
                 crl_number: std::sync::atomic::AtomicU64::new(start),
+                tpm: tpm::Challenges::default(),
             }),
         })
     }
@@ -151,24 +164,67 @@ impl Identity {
         &self.inner.store
     }
 
-    /// Makes a join token for `xname` at `ip` and stores its hash; the token goes on the
-    /// node's kernel command line.
+    /// Makes a join token for `xname` at `ip` and stores its hash (superseding the node's unused
+    /// token: one live token per node), audited as `join-token` with `detail`. Unconditional:
+    /// the boot path goes through [`join::BootTokens`], which decides whether a request may
+    /// have one.
     pub async fn mint_join_token(&self, xname: &str, ip: Ipv4Addr) -> anyhow::Result<String> {
+        match self
+            .mint_since(
+                xname,
+                ip,
+                None,
+                format!(
+                    "issued by an administrator (POST /identity/v1/join-tokens), bound to {ip}"
+                ),
+                String::new(),
+            )
+            .await?
+        {
+            (Some(token), _) => Ok(token),
+            (None, _) => anyhow::bail!("no join token minted for {xname}"),
+        }
+    }
+
+    /// Mints a token for `xname` at `ip` unless one was issued at or after `since_ms` (then
+    /// `None` and the time it was issued, with the refusal audited in the same write).
+    async fn mint_since(
+        &self,
+        xname: &str,
+        ip: Ipv4Addr,
+        since_ms: Option<i64>,
+        detail: String,
+        refused: String,
+    ) -> anyhow::Result<(Option<String>, i64)> {
         use base64::Engine;
         let mut raw = [0u8; 32];
         aws_lc_rs::rand::fill(&mut raw).map_err(|_| anyhow::anyhow!("no randomness"))?;
         let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
         let expires = crate::store::now_ms() + ms(self.inner.cfg.token_ttl);
-        self.inner
+        let audit = |ok: bool, detail: String| Audit {
+            xname: Some(xname.to_owned()),
+            action: "join-token",
+            serial: None,
+            ok,
+            detail,
+        };
+        let issued = self
+            .inner
             .store
-            .put_join_token(
+            .issue_join_token(
                 hash_token(&token),
                 xname.to_owned(),
                 ip.to_string(),
                 expires,
+                since_ms,
+                audit(true, detail),
+                audit(false, refused),
             )
             .await?;
-        Ok(token)
+        Ok(match issued {
+            crate::store::Issued::Minted => (Some(token), expires),
+            crate::store::Issued::AlreadyIssued { at_ms } => (None, at_ms),
+        })
     }
 
     /// Records a refusal (audit, timeline, log) and returns it as a problem.
@@ -240,6 +296,17 @@ impl Identity {
                 )
                 .await);
         }
+        if t.superseded() {
+            return Err(self
+                .refuse(
+                    Some(&x),
+                    "enroll",
+                    Problem::conflict(format!(
+                        "the join token for {x} was replaced by a newer one (from {peer}): its boot script was served again after a new DHCP lease; if the node did not reboot, someone else fetched it (`rackboot cert audit --node {x}`)"
+                    )),
+                )
+                .await);
+        }
         if t.expires_ms < crate::store::now_ms() {
             return Err(self
                 .refuse(
@@ -280,7 +347,19 @@ impl Identity {
                 .refuse(Some(&x), "enroll", Problem::forbidden(why))
                 .await);
         }
-        if self.policy_for(&x).await? == config::EnrollPolicy::Approval {
+        let policy = self.policy_for(&x).await?;
+        if policy == config::EnrollPolicy::Tpm {
+            return Err(self
+                .refuse(
+                    Some(&x),
+                    "enroll",
+                    Problem::forbidden(format!(
+                        "{x} enrolls under policy tpm: a join token is not enough (`rackboot agent tpm-enroll`)"
+                    )),
+                )
+                .await);
+        }
+        if policy == config::EnrollPolicy::Approval {
             let id = hash.get(..16).unwrap_or(&hash).to_owned();
             let req = EnrollRequest {
                 id: id.clone(),

@@ -6,7 +6,7 @@
 //! - HTTPS with a client certificate (`/identity/v1/node/…`): renew, secrets, cloud-init
 //!   user-data, phone-home, whoami.
 //! - HTTP admin API (scope `identity`): CA info, certificates, revocation, approvals, audit,
-//!   secrets.
+//!   secrets, join tokens issued by an administrator.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
@@ -60,7 +60,7 @@ pub struct ScopeQuery {
     pub group: Option<String>,
 }
 
-fn v4(peer: SocketAddr) -> Result<Ipv4Addr, Problem> {
+pub(super) fn v4(peer: SocketAddr) -> Result<Ipv4Addr, Problem> {
     match peer.ip() {
         IpAddr::V4(ip) => Ok(ip),
         IpAddr::V6(ip) => ip
@@ -97,6 +97,7 @@ pub fn https_router(id: Identity) -> Router {
         .route("/identity/v1/enroll", post(enroll))
         .route("/identity/v1/enroll/{id}", get(enroll_status))
         .with_state(id.clone())
+        .merge(super::tpm_routes::https_router(id.clone()))
         .merge(node.with_state(id))
 }
 
@@ -109,12 +110,14 @@ pub fn admin_router(id: Identity) -> Router {
         .route("/identity/v1/requests", get(list_requests))
         .route("/identity/v1/requests/{id}/approve", post(approve))
         .route("/identity/v1/audit", get(audit))
+        .route("/identity/v1/join-tokens", post(issue_join_token))
         .route("/identity/v1/secrets", get(list_secrets))
         .route(
             "/identity/v1/secrets/{name}",
             put(set_secret).delete(delete_secret),
         )
-        .with_state(id)
+        .with_state(id.clone())
+        .merge(super::tpm_routes::admin_router(id))
 }
 
 /// Maps the verified client certificate to its node, or refuses.
@@ -342,6 +345,46 @@ async fn revoke(
     }
     tracing::warn!(serials = ?revoked, "certificates revoked");
     Ok(Json(serde_json::json!({ "revoked": revoked })))
+}
+
+#[derive(Debug, Deserialize)]
+struct IssueBody {
+    node: String,
+}
+
+/// An administrator's join token for a node (bound to its first inventory address, superseding
+/// its unused one), e.g. to enroll it by hand or for a benchmark; audited like the boot path's.
+async fn issue_join_token(
+    State(id): State<Identity>,
+    Json(b): Json<IssueBody>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    xname::parse_node(&b.node).map_err(Problem::bad_request)?;
+    let info = id
+        .store()
+        .node_info(b.node.clone())
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("no node {} in the inventory", b.node)))?;
+    let ip = info
+        .interfaces
+        .iter()
+        .find_map(|(_, ip)| *ip)
+        .ok_or_else(|| {
+            Problem::unprocessable(format!(
+                "{} has no EthernetInterface with an address to bind a token to",
+                b.node
+            ))
+        })?;
+    let token = id
+        .mint_join_token(&b.node, ip)
+        .await
+        .map_err(Problem::internal)?;
+    tracing::info!(xname = %b.node, %ip, "join token issued through the admin API");
+    Ok(Json(serde_json::json!({
+        "node": b.node,
+        "token": token,
+        "bound_to": ip.to_string(),
+        "ca": id.ca().fingerprint(),
+    })))
 }
 
 async fn list_requests(

@@ -9,10 +9,10 @@
 
 pub mod cli;
 mod components;
-mod endpoints;
+pub(crate) mod endpoints;
 mod enums;
-mod groups;
-mod hardware;
+pub(crate) mod groups;
+pub(crate) mod hardware;
 mod magellan;
 pub(crate) mod query;
 mod routes;

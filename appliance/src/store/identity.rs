@@ -12,8 +12,27 @@ use super::{Store, StoreError, now_ms};
 pub struct JoinToken {
     pub xname: String,
     pub ip: String,
+    pub created_ms: i64,
+    /// Equal to `created_ms` once a newer token of the same node replaced this one.
     pub expires_ms: i64,
     pub used_ms: Option<i64>,
+}
+
+impl JoinToken {
+    /// A newer token of the same node replaced this one before it was used.
+    pub fn superseded(&self) -> bool {
+        self.used_ms.is_none() && self.expires_ms <= self.created_ms
+    }
+}
+
+/// What [`Store::issue_join_token`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Issued {
+    /// The token is stored; the node's other unused tokens are superseded.
+    Minted,
+    /// The node already had a token issued at `at_ms`, at or after the `since_ms` given: nothing
+    /// was minted (the refusal audit row was appended instead).
+    AlreadyIssued { at_ms: i64 },
 }
 
 /// An issued certificate.
@@ -75,13 +94,23 @@ pub struct Audit {
     pub detail: String,
 }
 
-fn append_audit(tx: &Transaction<'_>, a: &Audit) -> Result<(), StoreError> {
+pub(super) fn append_audit(tx: &Transaction<'_>, a: &Audit) -> Result<(), StoreError> {
     tx.execute(
         "INSERT INTO identity_audit (ts_ms, xname, action, serial, ok, detail)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![now_ms(), a.xname, a.action, a.serial, a.ok, a.detail],
     )?;
     Ok(())
+}
+
+fn join_token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JoinToken> {
+    Ok(JoinToken {
+        xname: r.get(0)?,
+        ip: r.get(1)?,
+        created_ms: r.get(2)?,
+        expires_ms: r.get(3)?,
+        used_ms: r.get(4)?,
+    })
 }
 
 fn cert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CertRow> {
@@ -113,25 +142,77 @@ const CERT_COLS: &str =
     "serial, xname, not_before_ms, not_after_ms, issued_ms, pem, revoked_ms, reason";
 
 impl Store {
-    /// Stores a new join token (by hash) and forgets tokens that expired a day ago.
-    pub async fn put_join_token(
+    /// In one write: unless the node has a token issued at or after `since_ms` (then `refused`
+    /// is appended and nothing minted), stores token `hash` for `xname` bound to `ip`,
+    /// supersedes the node's other unused tokens, and appends `issued`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn issue_join_token(
         &self,
         hash: String,
         xname: String,
         ip: String,
         expires_ms: i64,
-    ) -> Result<(), StoreError> {
+        since_ms: Option<i64>,
+        issued: Audit,
+        refused: Audit,
+    ) -> Result<Issued, StoreError> {
         self.write(move |tx| {
             let now = now_ms();
+            if let Some(since) = since_ms {
+                let at: Option<i64> = tx.query_row(
+                    "SELECT max(created_ms) FROM join_tokens WHERE xname = ?1",
+                    [&xname],
+                    |r| r.get(0),
+                )?;
+                if let Some(at) = at.filter(|at| *at >= since) {
+                    append_audit(tx, &refused)?;
+                    return Ok(Issued::AlreadyIssued { at_ms: at });
+                }
+            }
             tx.execute(
-                "DELETE FROM join_tokens WHERE expires_ms < ?1",
-                [now - 86_400_000],
+                "UPDATE join_tokens SET expires_ms = created_ms
+                 WHERE xname = ?1 AND used_ms IS NULL AND expires_ms > created_ms",
+                [&xname],
             )?;
             tx.execute(
                 "INSERT INTO join_tokens (hash, xname, ip, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![hash, xname, ip, now, expires_ms],
+                params![hash, xname, ip, now, expires_ms.max(now + 1)],
             )?;
-            Ok(())
+            append_audit(tx, &issued)?;
+            Ok(Issued::Minted)
+        })
+        .await
+    }
+
+    /// When the newest join token of `xname` was issued (Unix ms), if it has one.
+    pub async fn last_join_token_ms(&self, xname: String) -> Result<Option<i64>, StoreError> {
+        self.read(move |c| {
+            Ok(c.query_row(
+                "SELECT max(created_ms) FROM join_tokens WHERE xname = ?1",
+                [xname],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
+    /// Deletes join tokens that expired (or were superseded) before `cutoff_ms`; how many.
+    pub async fn prune_join_tokens(&self, cutoff_ms: i64) -> Result<usize, StoreError> {
+        self.write(move |tx| {
+            Ok(tx.execute("DELETE FROM join_tokens WHERE expires_ms < ?1", [cutoff_ms])?)
+        })
+        .await
+    }
+
+    /// Every join token row of `xname` (tests and diagnostics; hashes are not returned).
+    pub async fn join_tokens_of(&self, xname: String) -> Result<Vec<JoinToken>, StoreError> {
+        self.read(move |c| {
+            let mut st = c.prepare(
+                "SELECT xname, ip, created_ms, expires_ms, used_ms FROM join_tokens
+                 WHERE xname = ?1 ORDER BY created_ms",
+            )?;
+            let rows = st.query_map([xname], join_token_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
     }
@@ -139,16 +220,9 @@ impl Store {
     pub async fn join_token(&self, hash: String) -> Result<Option<JoinToken>, StoreError> {
         self.read(move |c| {
             Ok(c.query_row(
-                "SELECT xname, ip, expires_ms, used_ms FROM join_tokens WHERE hash = ?1",
+                "SELECT xname, ip, created_ms, expires_ms, used_ms FROM join_tokens WHERE hash = ?1",
                 [hash],
-                |r| {
-                    Ok(JoinToken {
-                        xname: r.get(0)?,
-                        ip: r.get(1)?,
-                        expires_ms: r.get(2)?,
-                        used_ms: r.get(3)?,
-                    })
-                },
+                join_token_row,
             )
             .optional()?)
         })

@@ -3,7 +3,7 @@
 use std::net::Ipv4Addr;
 
 use pxe_core::MacAddr;
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 
 use super::{Store, StoreError, now_ms};
 
@@ -34,7 +34,38 @@ pub struct LeaseRecord {
     pub hostname: Option<String>,
 }
 
+/// A MAC's current lease and when it was last acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseAck {
+    pub ip: Ipv4Addr,
+    pub expires_ms: i64,
+    /// Unix ms of the write that preceded the latest ACK (every ACK rewrites its lease before
+    /// it is sent, renewals included, so this is not the start of a boot).
+    pub acked_ms: i64,
+}
+
 impl Store {
+    /// The lease of `mac`, with the time of its latest ACK.
+    pub async fn lease_ack(&self, mac: MacAddr) -> Result<Option<LeaseAck>, StoreError> {
+        self.read(move |c| {
+            let row: Option<(String, i64, i64)> = c
+                .query_row(
+                    "SELECT ip, expires_ms, updated_ms FROM leases WHERE mac = ?1",
+                    [mac.to_string()],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            Ok(row.and_then(|(ip, expires_ms, acked_ms)| {
+                Some(LeaseAck {
+                    ip: ip.parse().ok()?,
+                    expires_ms,
+                    acked_ms,
+                })
+            }))
+        })
+        .await
+    }
+
     /// Upserts leases in one durable write.
     pub async fn put_leases(&self, leases: Vec<LeaseRecord>) -> Result<(), StoreError> {
         self.write(move |tx| {

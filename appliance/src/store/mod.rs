@@ -6,12 +6,17 @@
 //! answers every caller. So a lease is durable before its ACK leaves, and durability does not cap
 //! DHCP throughput. Reads use separate connections (WAL lets them run beside the writer).
 //!
+//! The writer's queue is bounded ([`WRITE_QUEUE`] writes): a write offered to a full queue is
+//! refused at once with [`StoreError::Busy`] (nothing stored; HTTP 503 with Retry-After, a
+//! counted drop in DHCP), so a burst of writes costs bounded memory, never a growing backlog.
+//!
 //! Every inventory-like table has an `owner` column: `local` today, `upstream` for objects a
 //! federation upstream owns.
 //!
 //! Owns: `rackboot.db`: every table, migrations, the group-commit writer, the store's health. May
 //! call: nothing of ours.
 
+pub mod backup;
 mod bmc;
 mod bss;
 mod cloudinit;
@@ -26,6 +31,7 @@ mod schema;
 mod smd;
 mod smd_bulk;
 mod timeline;
+mod tpm;
 mod upstream;
 
 use std::path::{Path, PathBuf};
@@ -40,14 +46,15 @@ pub use bss::{BootParameters, BootSelector, CloudInit};
 pub use cloudinit::{CLOUD_INIT_DEFAULTS_KEY, CiKind, NodeInfo};
 pub use health::{StoreHealth, StoreState};
 pub use hosts::{Host, HostKind, bmc_of};
-pub use identity::{Audit, AuditRow, CertRow, EnrollRequest, JoinToken, SecretScope};
+pub use identity::{Audit, AuditRow, CertRow, EnrollRequest, Issued, JoinToken, SecretScope};
 pub use images::ImageRecord;
-pub use leases::{LeaseRecord, LeaseRecordKind};
+pub use leases::{LeaseAck, LeaseRecord, LeaseRecordKind};
 pub use outbox::OutboxItem;
 pub use smd::{
     Component, EthernetInterface, Group, GroupMembers, IpAddressEntry, RedfishEndpoint, Reservation,
 };
 pub use timeline::{BootEvent, NodeStatusRow};
+pub use tpm::TpmEk;
 pub use upstream::{ApplyStats, UpstreamSnapshot};
 
 /// Store errors. `Conflict`/`NotFound`/`Invalid` carry a message a person can act on.
@@ -88,6 +95,11 @@ pub enum StoreError {
     NotDurable(String),
     #[error("the store writer has stopped")]
     WriterGone,
+    /// The writer's queue is full: nothing of this write was queued or stored.
+    #[error(
+        "the store is busy ({queued} writes already waiting for the disk), so the change was not stored; retry in a moment"
+    )]
+    Busy { queued: usize },
 }
 
 impl StoreError {
@@ -124,7 +136,9 @@ impl std::fmt::Debug for Store {
 struct Inner {
     path: PathBuf,
     health: Arc<health::Health>,
-    jobs: Mutex<mpsc::Sender<Job>>,
+    jobs: mpsc::SyncSender<Job>,
+    /// The writer queue's capacity.
+    queue: usize,
     readers: Mutex<Vec<Connection>>,
     inventory: watch::Sender<u64>,
     /// Set when an upstream is configured: RedfishEndpoint writes also queue a push in the
@@ -134,10 +148,16 @@ struct Inner {
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 1024;
+/// Writes waiting for the writer, at most (past it: [`StoreError::Busy`]).
+pub const WRITE_QUEUE: usize = 4 * MAX_BATCH;
 
 impl Store {
     /// Opens (creating if needed) `<data_dir>/rackboot.db` and migrates it.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        Self::open_with_queue(data_dir, WRITE_QUEUE)
+    }
+
+    fn open_with_queue(data_dir: &Path, queue: usize) -> Result<Store, StoreError> {
         let open_err = |reason: String| StoreError::Open {
             path: data_dir.to_path_buf(),
             reason,
@@ -155,7 +175,7 @@ impl Store {
             StoreError::Invalid(m) => open_err(m),
             other => other,
         })?;
-        let (tx, rx) = mpsc::channel::<Job>();
+        let (tx, rx) = mpsc::sync_channel::<Job>(queue);
         let health = Arc::new(health::Health::new(data_dir));
         {
             let health = health.clone();
@@ -169,7 +189,8 @@ impl Store {
             inner: Arc::new(Inner {
                 path,
                 health,
-                jobs: Mutex::new(tx),
+                jobs: tx,
+                queue,
                 readers: Mutex::new(Vec::new()),
                 inventory,
                 push_upstream: std::sync::atomic::AtomicBool::new(false),
@@ -177,8 +198,13 @@ impl Store {
         })
     }
 
-    /// Runs `f` in the next group-committed transaction; resolves once it is durable.
-    pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    /// Runs `f` in the next group-committed transaction; resolves once it is durable. The write
+    /// is queued when this is called (not when the future is first polled), or refused at once
+    /// with [`StoreError::Busy`] when the writer's queue is full.
+    pub fn write<T, F>(
+        &self,
+        f: F,
+    ) -> impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static
     where
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
@@ -200,13 +226,14 @@ impl Store {
             });
             (completion, full)
         });
-        self.inner
-            .jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send(job)
-            .map_err(|_| StoreError::WriterGone)?;
-        wait.await.map_err(|_| StoreError::WriterGone)?
+        let queued = match self.inner.jobs.try_send(job) {
+            Ok(()) => Ok(wait),
+            Err(mpsc::TrySendError::Full(_)) => Err(StoreError::Busy {
+                queued: self.inner.queue,
+            }),
+            Err(mpsc::TrySendError::Disconnected(_)) => Err(StoreError::WriterGone),
+        };
+        async move { queued?.await.map_err(|_| StoreError::WriterGone)? }
     }
 
     /// Like [`Store::write`] for inventory and boot data: also notifies

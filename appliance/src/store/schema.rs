@@ -4,6 +4,9 @@ use rusqlite::Connection;
 
 use super::StoreError;
 
+/// The schema version after every migration: `PRAGMA user_version` of an up-to-date store.
+pub const LATEST: i64 = MIGRATIONS.len() as i64;
+
 /// Applied in order; never edit one that has shipped, append a new one.
 const MIGRATIONS: &[&str] = &[
     // 1: leases, SMD inventory, BSS boot parameters.
@@ -182,7 +185,17 @@ const MIGRATIONS: &[&str] = &[
         last_error TEXT
     );
     "#,
-    // 9: the DNS zones' SOA serial and a digest of what it was given for, so the serial moves
+    // 9: TPM-attested enrollment: each node's EK (by the SHA-256 of its public key), bound by
+    // an operator or on first use; one EK belongs to one node.
+    r#"
+    CREATE TABLE tpm_eks (
+        xname TEXT PRIMARY KEY,
+        ek_hash TEXT NOT NULL UNIQUE,
+        source TEXT NOT NULL,
+        updated_ms INTEGER NOT NULL
+    );
+    "#,
+    // 10: the DNS zones' SOA serial and a digest of what it was given for, so the serial moves
     // only when the zone does and never goes back across restarts.
     r#"
     CREATE TABLE dns_serial (

@@ -295,3 +295,61 @@ fn acknowledged_writes_survive_kill_9() {
         assert_eq!(n, 1, "acknowledged lease {i} is missing after kill -9");
     }
 }
+
+/// A full writer queue refuses the next write at once (nothing stored, no growth), every
+/// accepted write is durable once acknowledged, and the queue takes writes again once drained.
+#[tokio::test]
+async fn a_full_write_queue_refuses_at_once_and_loses_nothing_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open_with_queue(dir.path(), 4).unwrap();
+    // Hold the writer inside a transaction until released.
+    let (running_tx, running) = std::sync::mpsc::channel::<()>();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let blocker = s.write(move |_| {
+        running_tx.send(()).unwrap();
+        released.recv().unwrap();
+        Ok(())
+    });
+    let blocker = tokio::spawn(blocker);
+    running.recv().unwrap();
+
+    let put = |i: u8| {
+        let s = s.clone();
+        async move {
+            s.put_leases(vec![LeaseRecord {
+                mac: pxe_core::MacAddr([2, 0, 0, 0, 0, i]),
+                ip: std::net::Ipv4Addr::new(192, 0, 2, i),
+                expires_ms: i64::MAX,
+                kind: LeaseRecordKind::Dynamic,
+                hostname: None,
+            }])
+            .await
+        }
+    };
+    // Four fit in the queue (each queued on its task's first poll); the fifth is refused
+    // without waiting.
+    let accepted: Vec<_> = (1..=4).map(|i| tokio::spawn(put(i))).collect();
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    match put(5).await {
+        Err(StoreError::Busy { queued: 4 }) => {}
+        other => panic!("expected Busy, got {other:?}"),
+    }
+    assert!(
+        StoreError::Busy { queued: 4 }
+            .to_string()
+            .contains("not stored"),
+    );
+    release.send(()).unwrap();
+    blocker.await.unwrap().unwrap();
+    for a in accepted {
+        a.await.unwrap().unwrap();
+    }
+    let leases = s.list_leases().await.unwrap();
+    let macs: Vec<u8> = leases.iter().map(|l| l.mac.0[5]).collect();
+    assert_eq!(macs.len(), 4, "{macs:?}");
+    assert!(!macs.contains(&5), "the refused write was not stored");
+    // Drained: writes are taken again.
+    put(6).await.unwrap();
+}

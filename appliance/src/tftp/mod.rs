@@ -4,8 +4,10 @@
 //! Requests arrive on :69; every transfer gets its own socket (its TID, RFC 1350 §4) and task.
 //! Unknown files are answered with ERROR 1 at once: iPXE asks for `autoexec.ipxe` on every boot.
 //!
-//! Whether an RRQ starts a transfer is `pxe_core::tftp::Transfers`' decision (the rules, and why
-//! a retransmitted RRQ is ignored rather than answered, are documented there): the listener keeps
+//! What an RRQ does is `pxe_core::tftp::frontend::accept`'s decision, shared with the embassy
+//! loop: it parses and normalises the request and asks `pxe_core::tftp::Transfers` whether it
+//! starts a transfer (the rules, and why a retransmitted RRQ is ignored rather than answered,
+//! are documented there). The listener keeps
 //! one table of the active transfers, keyed by the client's address and port and bounded by
 //! [`MAX_SESSIONS`]. Each transfer task owns a [`Registered`] guard that takes its entry out of
 //! the table however the task ends. An ERROR from the client on a transfer's socket (ERROR 5 from
@@ -18,9 +20,8 @@ use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant as StdInstant;
 
-use pxe_core::tftp::{
-    self, Admit, ErrorCode, Session, SessionConfig, State, TransferId, Transfers,
-};
+use pxe_core::tftp::frontend::{self, Decision, Refusal, Unopened};
+use pxe_core::tftp::{self, ErrorCode, Session, SessionConfig, State, TransferId, Transfers};
 use pxe_core::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::task::JoinSet;
@@ -92,101 +93,70 @@ pub fn spawn(
             let Some(datagram) = buf.get(..n) else {
                 continue;
             };
-            let req = match tftp::parse_request(datagram) {
-                Ok(r) => r,
-                Err(tftp::RequestError::NotARequest) => continue,
-                Err(e) => {
-                    let (code, msg) = e.code();
-                    tracing::info!(%peer, reason = msg, "TFTP: request refused");
-                    reply_error(&sock, peer, code, msg, &mut out, &obs, "").await;
-                    continue;
-                }
-            };
-            let mut name_buf = [0u8; 256];
-            let name = match tftp::normalize_path(req.filename, &mut name_buf) {
-                Ok(n) => n.to_owned(),
-                Err(e) => {
-                    tracing::warn!(%peer, reason = ?e, "TFTP: refused file name");
-                    reply_error(
-                        &sock,
-                        peer,
-                        ErrorCode::AccessViolation,
-                        "invalid file name",
-                        &mut out,
-                        &obs,
-                        "",
-                    )
-                    .await;
-                    continue;
-                }
-            };
             let stop = shutdown.child_token();
-            let admitted = lock(&table).admit(peer, name.as_bytes(), stop.clone());
-            let id = match admitted {
-                Admit::Start(id) => id,
-                Admit::Duplicate(_) => {
-                    tracing::debug!(%peer, file = %name, "TFTP: retransmitted read request ignored; its transfer is running");
+            let mut name_buf = [0u8; frontend::MAX_NAME];
+            let decision = frontend::accept(
+                &mut lock(&table),
+                peer,
+                datagram,
+                &mut name_buf,
+                stop.clone(),
+                |name| {
+                    let path = root.resolve(name).ok_or(Unopened::NotFound)?;
+                    std::fs::File::open(&path)
+                        .and_then(|f| f.metadata().map(|m| (f, m.len())))
+                        .map_err(|err| {
+                            tracing::error!(file = %path.display(), error = %err, "TFTP: cannot open");
+                            Unopened::Unreadable
+                        })
+                },
+            );
+            let start = match decision {
+                Decision::Start(start) => start,
+                Decision::Duplicate { file } => {
+                    tracing::debug!(%peer, file, "TFTP: retransmitted read request ignored; its transfer is running");
                     obs.metrics.tftp_done("duplicate", 0, 0);
                     continue;
                 }
-                Admit::Replaced { id, old } => {
-                    tracing::debug!(%peer, file = %name, "TFTP: client asked for another file; its running transfer is abandoned");
-                    old.cancel();
-                    id
-                }
-                // Busy, and any decision added later: the client retries.
-                _ => {
-                    tracing::warn!(%peer, "TFTP: too many transfers; asking the client to retry");
-                    reply_error(
-                        &sock,
-                        peer,
-                        ErrorCode::NotDefined,
-                        "server busy, retry",
-                        &mut out,
-                        &obs,
-                        &name,
-                    )
-                    .await;
+                Decision::Refuse {
+                    why,
+                    file,
+                    replaced,
+                } => {
+                    if let Some(old) = replaced {
+                        tracing::debug!(%peer, "TFTP: client asked for another file; its running transfer is abandoned");
+                        old.cancel();
+                    }
+                    match why {
+                        Refusal::Request(e) => {
+                            tracing::info!(%peer, reason = e.code().1, "TFTP: request refused");
+                        }
+                        Refusal::Path(e) => {
+                            tracing::warn!(%peer, reason = ?e, "TFTP: refused file name");
+                        }
+                        Refusal::Busy => {
+                            tracing::warn!(%peer, "TFTP: too many transfers; asking the client to retry");
+                        }
+                        _ => tracing::debug!(%peer, file, reason = ?why, "TFTP: file not served"),
+                    }
+                    let (code, msg) = why.code();
+                    reply_error(&sock, peer, code, msg, &mut out, &obs, file.unwrap_or("")).await;
                     continue;
                 }
+                // Not a request; and any decision added later.
+                _ => continue,
             };
+            if let Some(old) = start.replaced {
+                tracing::debug!(%peer, file = start.file, "TFTP: client asked for another file; its running transfer is abandoned");
+                old.cancel();
+            }
             let entry = Registered {
                 table: table.clone(),
-                id,
+                id: start.id,
             };
-            let Some(path) = root.resolve(&name) else {
-                tracing::debug!(%peer, file = %name, "TFTP: file not found");
-                reply_error(
-                    &sock,
-                    peer,
-                    ErrorCode::FileNotFound,
-                    "file not found",
-                    &mut out,
-                    &obs,
-                    &name,
-                )
-                .await;
-                continue;
-            };
-            let file =
-                match std::fs::File::open(&path).and_then(|f| f.metadata().map(|m| (f, m.len()))) {
-                    Ok(v) => v,
-                    Err(err) => {
-                        tracing::error!(file = %path.display(), error = %err, "TFTP: cannot open");
-                        reply_error(
-                            &sock,
-                            peer,
-                            ErrorCode::AccessViolation,
-                            "cannot open file",
-                            &mut out,
-                            &obs,
-                            &name,
-                        )
-                        .await;
-                        continue;
-                    }
-                };
-            let options = req.options;
+            let name = start.file.to_owned();
+            let file = start.opened;
+            let options = start.options;
             let iface = iface.clone();
             let shutdown = shutdown.clone();
             let obs = obs.clone();

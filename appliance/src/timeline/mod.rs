@@ -6,7 +6,8 @@
 //! feeds the stage metrics and fans events out to `/rackboot/v1/events` subscribers.
 //!
 //! Owns: `boot_events` writer task, `/rackboot/v1/status`, `/nodes/*/timeline`, `/events`,
-//! `rackboot status`. May call: `client`, `http`, `inventory`, `metrics`, `output`, `store`.
+//! `rackboot status`. May call: `client`, `http`, `inventory`, `metrics`, `output`, `store`,
+//! `version`.
 
 pub mod cli;
 pub mod routes;
@@ -54,7 +55,8 @@ pub struct Observers {
     /// Told about every address DHCP hands out (BMC auto-discovery listens here).
     pub on_lease: Option<LeaseHook>,
     /// Asked about DHCP clients the inventory does not know (federation looks them up
-    /// upstream); true if the inventory now has the client.
+    /// upstream): `None` at once when the lookup is not made now (a limit, or a MAC known to
+    /// be unknown); else a future that is true if the inventory now has the client.
     pub on_unknown: Option<UnknownLookup>,
 }
 
@@ -68,11 +70,10 @@ impl std::fmt::Debug for Observers {
 }
 
 /// See [`Observers::on_unknown`].
-pub type UnknownLookup = Arc<
-    dyn Fn(pxe_core::MacAddr) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
-        + Send
-        + Sync,
->;
+pub type UnknownLookup = Arc<dyn Fn(pxe_core::MacAddr) -> Option<LookupFuture> + Send + Sync>;
+
+/// An admitted lookup: true if the inventory now has the client.
+pub type LookupFuture = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
 
 /// Addresses ACKed inside `first..=last` are sent to `tx` (never blocks; full = skipped).
 #[derive(Debug, Clone)]
@@ -127,9 +128,39 @@ pub struct Timeline {
     live: broadcast::Sender<BootEvent>,
     metrics: Arc<Metrics>,
     dropped: Arc<AtomicU64>,
+    boot_acks: Arc<std::sync::Mutex<std::collections::HashMap<MacAddr, (Ipv4Addr, i64)>>>,
 }
 
+/// MACs whose latest boot-firmware ACK is remembered at most (a DHCP client is one entry).
+const MAX_BOOT_ACKS: usize = 65_536;
+
 impl Timeline {
+    /// Notes that boot firmware (PXE, UEFI HTTP Boot or iPXE) with `mac` is being acknowledged
+    /// `ip` now: the start of a boot, which is when a node may be handed a join token. Called by
+    /// the DHCP committer after the lease is stored and before the ACK is sent; an installed
+    /// system's DHCP (no PXE vendor class, no iPXE user class) is not a boot. In memory only:
+    /// after a restart, a node gets a token at its next boot.
+    pub fn boot_acked(&self, mac: MacAddr, ip: Ipv4Addr) {
+        let mut acks = self.boot_acks.lock().unwrap_or_else(|p| p.into_inner());
+        if acks.len() >= MAX_BOOT_ACKS && !acks.contains_key(&mac) {
+            // The oldest half goes: those boots are long past their token's lifetime.
+            let mut times: Vec<i64> = acks.values().map(|(_, t)| *t).collect();
+            times.sort_unstable();
+            let cut = times.get(times.len() / 2).copied().unwrap_or(i64::MAX);
+            acks.retain(|_, (_, t)| *t > cut);
+        }
+        acks.insert(mac, (ip, now_ms()));
+    }
+
+    /// The address and time (Unix ms) of `mac`'s latest boot-firmware ACK since start.
+    pub fn boot_ack(&self, mac: MacAddr) -> Option<(Ipv4Addr, i64)> {
+        self.boot_acks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&mac)
+            .copied()
+    }
+
     /// Starts the writer task.
     pub fn spawn(
         tasks: &mut JoinSet<()>,
@@ -145,6 +176,7 @@ impl Timeline {
             live: live.clone(),
             metrics: metrics.clone(),
             dropped: Arc::new(AtomicU64::new(0)),
+            boot_acks: Arc::default(),
         };
         let dropped = timeline.dropped.clone();
         tasks.spawn(async move {

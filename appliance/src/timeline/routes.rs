@@ -14,6 +14,7 @@ use super::{Timeline, stage};
 use crate::http::{Json, Problem};
 use crate::inventory::xname;
 use crate::store::{BootEvent, Store, StoreHealth, now_ms};
+use crate::version::BuildInfo;
 
 #[derive(Clone)]
 struct Ctx {
@@ -62,6 +63,9 @@ pub struct RackStatus {
     /// Whether the store is storing (ok, full, failing) and the data partition's free space.
     #[serde(default)]
     pub store: Option<StoreHealth>,
+    /// The running binary: version, git commit, whether its tree was dirty (`rackboot --version`).
+    #[serde(default)]
+    pub build: Option<BuildInfo>,
     pub nodes: Vec<NodeStatus>,
 }
 
@@ -116,6 +120,7 @@ pub async fn rack_status(store: &Store, stuck_after: Duration) -> Result<RackSta
     Ok(RackStatus {
         stuck_after_s: stuck_after.as_secs(),
         store: Some(store.health()),
+        build: Some(BuildInfo::current()),
         nodes,
     })
 }

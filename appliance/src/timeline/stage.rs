@@ -26,6 +26,8 @@ pub const PHONE_HOME: &str = "phone_home";
 pub const IDENTITY_ENROLLED: &str = "identity_enrolled";
 pub const IDENTITY_RENEWED: &str = "identity_renewed";
 pub const IDENTITY_REFUSED: &str = "identity_refused";
+/// A TPM quote was verified at enrollment (detail: the EK hash and PCRs 0-7).
+pub const IDENTITY_ATTESTED: &str = "identity_attested";
 
 /// Every stage, in boot order (for tables and docs).
 pub const ALL: &[&str] = &[
@@ -51,6 +53,7 @@ pub const ALL: &[&str] = &[
     CLOUD_INIT_USER_DATA,
     CLOUD_INIT_VENDOR_DATA,
     CLOUD_INIT_ERROR,
+    IDENTITY_ATTESTED,
     IDENTITY_ENROLLED,
     IDENTITY_RENEWED,
     IDENTITY_REFUSED,
@@ -69,7 +72,7 @@ pub fn rank(stage: &str) -> u8 {
         CLOUD_INIT_META_DATA | CLOUD_INIT_USER_DATA | CLOUD_INIT_VENDOR_DATA | CLOUD_INIT_ERROR => {
             7
         }
-        IDENTITY_ENROLLED | IDENTITY_RENEWED | IDENTITY_REFUSED => 7,
+        IDENTITY_ATTESTED | IDENTITY_ENROLLED | IDENTITY_RENEWED | IDENTITY_REFUSED => 7,
         PHONE_HOME => 8,
         _ => 9,
     }

@@ -1,26 +1,26 @@
 //! Read-only TFTP server sessions (RFC 1350, options RFC 2347/2348/2349/7440), sans-IO.
 //!
-//! The driver owns one UDP socket per transfer (the server TID). It calls
-//! [`parse_request`] on an RRQ, resolves the file with [`normalize_path`], creates a
-//! [`Session`], then loops: send what [`Session::poll_transmit`] yields, feed datagrams from the
+//! The driver owns one UDP socket per transfer (the server TID). It hands every datagram of port
+//! 69 to [`frontend::accept`], which parses the RRQ ([`parse_request`]), normalises its name
+//! ([`normalize_path`]), asks the driver's [`Transfers`] table whether it starts a transfer at all
+//! (a retransmitted RRQ from the client TID of an active transfer is ignored; the rules and why
+//! are in [`transfers`]) and opens the file. For a transfer that starts, the driver creates its
+//! [`Session`] and loops: send what [`Session::poll_transmit`] yields, feed datagrams from the
 //! client's TID to [`Session::handle`], and call [`Session::handle_timeout`] at
-//! [`Session::poll_timeout`], until [`Session::state`] is no longer `Running`. Before creating a
-//! session it asks its [`Transfers`] table whether the RRQ starts a transfer at all: a
-//! retransmitted RRQ from the client TID of an active transfer is ignored (the rules and why are
-//! in [`transfers`]). Any ERROR the client sends to a session's TID ends that session at once.
+//! [`Session::poll_timeout`], until [`Session::state`] is no longer `Running`. Any ERROR the
+//! client sends to a session's TID ends that session at once.
 //!
 //! Blocks are numbered absolutely inside the session (u64) and wrap to u16 on the wire, so files
 //! of more than 65,535 blocks work (block-number rollover). Only a timeout, or an ACK showing a
 //! gap inside a window (RFC 7440), retransmits; duplicate ACKs never do (the Sorcerer's
 //! Apprentice bug, RFC 1123 §4.2.3.1).
 
+pub mod frontend;
 mod path;
-pub mod queue;
 pub mod transfers;
 mod wire;
 
 pub use path::{PathError, normalize_path};
-pub use queue::{Arrival, Queue};
 pub use transfers::{Admit, TransferId, Transfers};
 pub use wire::{
     ErrorCode, Opcode, Request, RequestError, TftpOptions, error_packet, parse_request,

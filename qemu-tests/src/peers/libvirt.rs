@@ -16,11 +16,11 @@ use crate::{Netns, have, root};
 pub fn preflight_libvirt() -> bool {
     let mut missing = Vec::new();
     if !Path::new(LIBVIRTD).exists() {
-        missing.push("libvirtd (libvirt-daemon)");
+        missing.push("libvirtd (libvirt-daemon)".to_owned());
     }
     for prog in ["unshare", "qemu-system-x86_64"] {
         if !have(prog) {
-            missing.push(prog);
+            missing.push(prog.to_owned());
         }
     }
     let imports = Command::new(root().join("build/venv/bin/python3"))
@@ -29,20 +29,9 @@ pub fn preflight_libvirt() -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !imports {
-        missing.push("the libvirt binding in build/venv (python3-libvirt)");
+        missing.push("the libvirt binding in build/venv (python3-libvirt)".to_owned());
     }
-    if missing.is_empty() {
-        return true;
-    }
-    let msg = format!(
-        "libvirt prerequisites missing: {}; `cargo xtask deps` installs them",
-        missing.join(", ")
-    );
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{msg}");
-    }
-    eprintln!("SKIPPED (not in CI): {msg}");
-    false
+    crate::prerequisites("libvirt", &missing)
 }
 
 const LIBVIRTD: &str = "/usr/sbin/libvirtd";

@@ -45,6 +45,33 @@ impl PerfdhcpStats {
         })
     }
 
+    /// Parses the report of a DISCOVER-OFFER only run (`-i`): no REQUEST-ACK section.
+    pub fn parse_discover_only(text: &str) -> Option<PerfdhcpStats> {
+        let d = text
+            .split("Statistics for: DISCOVER-OFFER")
+            .nth(1)?
+            .trim_start_matches('*')
+            .split("***")
+            .next()?
+            .to_owned();
+        let get = |key: &str| -> Option<u64> {
+            d.lines()
+                .find_map(|l| l.trim().strip_prefix(key))
+                .and_then(|v| {
+                    v.trim_start_matches(':')
+                        .split_whitespace()
+                        .next()?
+                        .parse()
+                        .ok()
+                })
+        };
+        Some(PerfdhcpStats {
+            discovers: get("sent packets")?,
+            offers: get("received packets")?,
+            ..Default::default()
+        })
+    }
+
     /// Lost exchanges as a fraction of started ones.
     pub fn drop_ratio(&self) -> f64 {
         if self.discovers == 0 {

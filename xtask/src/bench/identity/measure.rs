@@ -166,12 +166,12 @@ pub(super) fn measure(rackboot: &Path, gen_bin: &Path) -> anyhow::Result<Measure
     let token = rb.mint_token(rackboot, "60m")?;
 
     crate::stage(&format!(
-        "identity: register {NODES} nodes, fetch their boot scripts"
+        "identity: register {NODES} nodes, mint their join tokens"
     ));
     let setup = Instant::now();
     register(&ns, &token, d, &nodes)?;
     let list = d.join("nodes.txt");
-    let (url, ca) = mint(&ns, d, &nodes, &list)?;
+    let (url, ca) = mint(&ns, &token, d, &nodes, &list)?;
     let setup_s = setup.elapsed().as_secs_f64();
     eprintln!("registered and minted {NODES} tokens in {setup_s:.1} s ({url}, {ca})");
 

@@ -5,8 +5,9 @@
 //!   sit at `198.18.64.10` and up, below it) with `NODES` nodes registered through the API:
 //!   one SMD Components POST, one EthernetInterface POST each (curl `--parallel`), one BSS
 //!   boot-parameters row for every MAC.
-//! - Every node's boot script is fetched once (untimed), which mints its join token bound to
-//!   its inventory address.
+//! - Every node's join token is minted once (untimed) through the admin API
+//!   (`POST /identity/v1/join-tokens`), bound to its inventory address: the boot path hands a
+//!   token only to the node itself after its DHCP ACK.
 //! - A client namespace holds every node address; the server namespace routes the node range
 //!   via the client's own address, so replies need one neighbour entry instead of `NODES`
 //!   (the kernel's neighbour table is shared by all namespaces and holds 1,024 by default).

@@ -1,5 +1,5 @@
-//! Setup: the nodes, their registration through the API and the boot scripts that mint
-//! their join tokens.
+//! Setup: the nodes, their registration through the API and their join tokens (minted through
+//! the admin API).
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
@@ -160,62 +160,60 @@ pub(super) fn register(ns: &Netns, token: &str, dir: &Path, nodes: &[Node]) -> a
     Ok(())
 }
 
-/// The rackboot.* values of a boot script's kernel line: (xname, token, url, ca).
-fn boot_params(script: &str) -> Option<(String, String, String, String)> {
-    let line = script.lines().find(|l| l.starts_with("kernel "))?;
-    let get = |key: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(key))
-            .map(str::to_owned)
-    };
-    Some((
-        get("xname=")?,
-        get("rackboot.join=")?,
-        get("rackboot.url=")?,
-        get("rackboot.ca=")?,
-    ))
-}
-
-/// Fetches every node's boot script (minting its token); writes `ip token xname` lines to
-/// `file`; returns (rackboot.url, rackboot.ca).
+/// Mints every node's join token through the admin API (`POST /identity/v1/join-tokens`; the
+/// boot path hands a token only to the node itself, after its DHCP ACK, from its own address);
+/// writes `ip token xname` lines to `file`; returns (rackboot.url, rackboot.ca).
 pub(super) fn mint(
     ns: &Netns,
+    token: &str,
     dir: &Path,
     nodes: &[Node],
     file: &Path,
 ) -> anyhow::Result<(String, String)> {
-    let scripts = dir.join("scripts");
-    std::fs::create_dir_all(&scripts)?;
+    let answers = dir.join("tokens");
+    std::fs::create_dir_all(&answers)?;
     let cfg: Vec<String> = nodes
         .iter()
         .enumerate()
         .map(|(i, n)| {
             format!(
-                "url = {}\noutput = {}\nwrite-out = \"%{{http_code}} %{{errormsg}}\\n\"\n",
-                q(&format!("http://{SERVER}/boot/v1/bootscript?mac={}", n.mac)),
-                q(&scripts.join(i.to_string()).display().to_string())
+                "url = {}\nheader = {}\nheader = \"Content-Type: application/json\"\ndata-binary = {}\noutput = {}\nwrite-out = \"%{{http_code}} %{{errormsg}}\\n\"\n",
+                q(&format!("http://{SERVER}/identity/v1/join-tokens")),
+                q(&format!("Authorization: Bearer {token}")),
+                q(&serde_json::json!({"node": n.xname}).to_string()),
+                q(&answers.join(i.to_string()).display().to_string())
             )
         })
         .collect();
-    let served = curl_many(ns, dir, "scripts.curl", &cfg, 200)?;
-    if served != nodes.len() {
-        bail!("{served} of {} boot scripts served", nodes.len());
+    let issued = curl_many(ns, dir, "tokens.curl", &cfg, 200)?;
+    if issued != nodes.len() {
+        bail!("{issued} of {} join tokens issued", nodes.len());
     }
     let mut lines = String::new();
-    let mut server = None;
+    let mut ca = None;
     for (i, n) in nodes.iter().enumerate() {
-        let script = std::fs::read_to_string(scripts.join(i.to_string()))?;
-        let (xname, token, url, ca) = boot_params(&script).with_context(|| {
-            format!("no join token in the boot script of {}:\n{script}", n.xname)
-        })?;
-        if xname != n.xname {
-            bail!("the boot script for {} names {xname}", n.mac);
+        let answer = std::fs::read_to_string(answers.join(i.to_string()))?;
+        let v: Value = serde_json::from_str(&answer)
+            .with_context(|| format!("join token answer for {}: {answer}", n.xname))?;
+        let (Some(t), Some(bound), Some(fp)) = (
+            v["token"].as_str(),
+            v["bound_to"].as_str(),
+            v["ca"].as_str(),
+        ) else {
+            bail!("join token answer for {}: {answer}", n.xname);
+        };
+        if bound != n.ip.to_string() {
+            bail!(
+                "the token for {} is bound to {bound}, not {}",
+                n.xname,
+                n.ip
+            );
         }
-        let _ = writeln!(lines, "{} {token} {xname}", n.ip);
-        server.get_or_insert((url, ca));
+        let _ = writeln!(lines, "{} {t} {}", n.ip, n.xname);
+        ca.get_or_insert_with(|| fp.to_owned());
     }
     std::fs::write(file, lines)?;
-    server.context("no nodes")
+    Ok((format!("https://{SERVER}"), ca.context("no nodes")?))
 }
 
 /// The pid of the rackboot process in `ns`.
@@ -232,18 +230,6 @@ pub(super) fn server_pid(ns: &Netns) -> anyhow::Result<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn boot_script_parameters() {
-        let script = "#!ipxe\nkernel --name kernel http://x/vmlinuz initrd=initrd console=ttyS0 \
-                      xname=x1000c0s0b0n0 nid=1 rackboot.join=tok-_1 rackboot.ca=sha256:00 \
-                      rackboot.url=https://198.18.0.1\ninitrd --name initrd http://x/i\nboot\n";
-        let (x, t, u, c) = boot_params(script).unwrap();
-        assert_eq!(
-            (x.as_str(), t.as_str(), u.as_str(), c.as_str()),
-            ("x1000c0s0b0n0", "tok-_1", "https://198.18.0.1", "sha256:00")
-        );
-    }
 
     #[test]
     fn node_names_addresses_and_macs_are_distinct() {

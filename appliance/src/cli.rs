@@ -2,7 +2,7 @@
 //!
 //! Owns: the `rackboot` command line. May call: `version`, `config`, `netif`, `sys`, `seal`, `output`,
 //! `store`, `http`, `metrics`, `auth`, `client`, `inventory`, `timeline`, `ipxe`, `tftp`, `dhcp`,
-//! `images`, `cloudinit`, `identity`, `boot`, `discovery`, `federation`, `backup`, `serve`,
+//! `images`, `cloudinit`, `identity`, `boot`, `discovery`, `federation`, `backup`, `ansible`, `dns`, `serve`,
 //! `services`.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -99,6 +99,10 @@ pub enum Command {
     /// (`cargo xtask release` runs it, so they describe exactly the shipped command line).
     #[command(name = "__generate", hide = true)]
     Generate(GenerateArgs),
+    /// Ansible dynamic inventory (`--list`, `--host NAME`) from the rack's inventory; a symlink
+    /// named `rackboot-ansible-inventory` to this binary is an inventory script.
+    #[command(name = "ansible-inventory")]
+    AnsibleInventory(crate::ansible::cli::AnsibleInventoryArgs),
 }
 
 #[derive(Debug, Args)]
@@ -133,6 +137,20 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The process arguments; started as `rackboot-ansible-inventory` (a symlink Ansible runs as
+/// an inventory script with `--list` or `--host NAME`), as `rackboot ansible-inventory …`.
+pub fn args() -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let script = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .is_some_and(|n| n == crate::ansible::cli::SCRIPT_NAME);
+    if script {
+        args.insert(1, "ansible-inventory".into());
+    }
+    args
 }
 
 /// Sets up `tracing` for the whole process. Logs go to stderr; stdout is for command output.
@@ -178,5 +196,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Upstream(args) => crate::federation::cli::run(args).await,
         Command::Generate(args) => generate(&args),
         Command::Backup(cmd) => crate::backup::cli::run(cmd).await,
+        Command::AnsibleInventory(args) => crate::ansible::cli::run(args).await,
     }
 }

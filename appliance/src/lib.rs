@@ -2,6 +2,7 @@
 //!
 //! Modules are cut by capability: each owns its routes, its store tables and its tests.
 
+pub(crate) mod ansible;
 pub mod auth;
 pub mod backup;
 pub(crate) mod boot;
@@ -11,6 +12,7 @@ pub(crate) mod cloudinit;
 pub mod config;
 pub(crate) mod dhcp;
 pub mod discovery;
+pub(crate) mod dns;
 pub mod federation;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

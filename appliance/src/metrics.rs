@@ -58,6 +58,12 @@ struct StageLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DnsLabels {
+    transport: &'static str,
+    rcode: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PoolLabel {
     state: String,
 }
@@ -99,6 +105,7 @@ pub struct Metrics {
     upstream_lookups: Family<Outcome, Counter>,
     upstream_lookups_in_flight: Gauge,
     tasks: Gauge,
+    dns_responses: Family<DnsLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -134,6 +141,7 @@ impl Metrics {
             upstream_lookups: Family::default(),
             upstream_lookups_in_flight: Gauge::default(),
             tasks: Gauge::default(),
+            dns_responses: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -247,6 +255,11 @@ impl Metrics {
             "Tasks alive in rackboot's async runtime (at scrape time)",
             m.tasks.clone(),
         );
+        registry.register(
+            "dns_responses",
+            "DNS requests by transport and what was answered: the response code (FORMERR for malformed requests), axfr, or dropped (too short, a response, or over the concurrency cap)",
+            m.dns_responses.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -264,6 +277,12 @@ impl Metrics {
             .get_or_create(&Reason {
                 reason: reason.to_owned(),
             })
+            .inc();
+    }
+
+    pub fn dns_response(&self, transport: &'static str, rcode: &'static str) {
+        self.dns_responses
+            .get_or_create(&DnsLabels { transport, rcode })
             .inc();
     }
 

@@ -7,7 +7,7 @@
 //! Owns: starts every listener and task, assembles the HTTP surface, `services::run`. May call:
 //! `version`, `config`, `netif`, `sys`, `seal`, `output`, `store`, `http`, `metrics`, `auth`,
 //! `client`, `inventory`, `timeline`, `ipxe`, `tftp`, `dhcp`, `images`, `cloudinit`, `identity`,
-//! `boot`, `discovery`, `federation`, `backup`, `serve`.
+//! `boot`, `discovery`, `federation`, `backup`, `ansible`, `dns`, `serve`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -171,6 +171,19 @@ pub async fn start(
                     .as_ref()
                     .map(crate::federation::Federation::unknown_lookup),
             },
+            shutdown.clone(),
+        )
+        .await?;
+    }
+
+    if settings.config.dns.enabled && settings.config.dns.port != 0 {
+        crate::dns::spawn(
+            &mut tasks,
+            &settings.config.dns,
+            &settings.iface.name,
+            settings.iface.addr,
+            store.clone(),
+            metrics.clone(),
             shutdown.clone(),
         )
         .await?;
@@ -417,6 +430,7 @@ fn http_surface(
     let admin = admin
         .merge(images::admin_router(images.clone()).layer(guard("images")))
         .merge(mirror(crate::inventory::router(store.clone())).layer(guard("inventory")))
+        .merge(crate::ansible::router(store.clone()).layer(guard("inventory")))
         .merge(mirror(crate::boot::admin_router(store.clone())).layer(guard("boot")))
         .merge(crate::dhcp::api::router(store.clone()).layer(guard("dhcp")))
         .merge(crate::cloudinit::routes::admin_router(ci).layer(guard("cloud-init")))
@@ -634,7 +648,18 @@ fn subnet(
         dns.push(*d)
             .map_err(|_| anyhow::anyhow!("dhcp.subnet {net}: at most 4 dns servers"))?;
     }
-    let domain = cfg.and_then(|c| c.domain.as_deref()).unwrap_or("");
+    // With rackboot's DNS on, nodes resolve through it (option 6) in its zone (option 15),
+    // where their DHCP hostname (option 12) is their name; a subnet's own settings win.
+    let ours = &settings.config.dns;
+    let ours_on = ours.enabled && ours.port != 0;
+    if ours_on && dns.is_empty() {
+        let _ = dns.push(settings.iface.addr);
+    }
+    let domain = match cfg.and_then(|c| c.domain.as_deref()) {
+        Some(d) => d,
+        None if ours_on => ours.domain.as_str(),
+        None => "",
+    };
     Ok(SubnetConfig {
         network: net.network(),
         prefix: net.prefix_len(),

@@ -62,6 +62,7 @@ fn start() -> Server {
             .env("RACKBOOT_LOG_FORMAT", "text")
             .env("RACKBOOT_LISTEN__DHCP_PORT", "0")
             .env("RACKBOOT_LISTEN__TFTP_PORT", "0")
+            .env("RACKBOOT_DNS__ENABLED", "false")
             .env("RACKBOOT_IDENTITY__ENABLED", "false")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

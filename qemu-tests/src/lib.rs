@@ -18,7 +18,7 @@ use std::process::Command;
 use anyhow::{Context, bail};
 
 pub use netns::{Netns, run_in};
-pub use node_image::agent_initrd;
+pub use node_image::{agent_initrd, ssh_initrd};
 pub use peers::{
     FakeBmc, LibvirtBmc, PerfdhcpStats, StaticBmc, preflight_libvirt, preflight_sushy,
 };

@@ -28,6 +28,7 @@ fn up_env() -> Vec<(&'static str, &'static str)> {
         ("RACKBOOT_HTTP_LISTEN", UP),
         ("RACKBOOT_LISTEN__DHCP_PORT", "0"),
         ("RACKBOOT_LISTEN__TFTP_PORT", "0"),
+        ("RACKBOOT_DNS__ENABLED", "false"),
         ("RACKBOOT_IDENTITY__ENABLED", "false"),
     ]
 }

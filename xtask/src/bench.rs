@@ -3,6 +3,7 @@
 //!
 //! These are measurements, not tests: nothing here fails on a slow number.
 
+mod dns;
 mod federation;
 mod flood;
 mod identity;
@@ -148,6 +149,12 @@ pub fn run_bench() -> anyhow::Result<()> {
         format!("{}\n\n**failed**: {e:#}\n", tiny::HEADING)
     });
     let _ = write!(report, "\n{section}");
+    crate::stage("DNS: dnsperf against rackboot and dnsmasq, 10,000 names");
+    let section = dns::section(&root, &bin).unwrap_or_else(|e| {
+        eprintln!("dns bench failed: {e:#}");
+        format!("{}\n\n**failed**: {e:#}\n", dns::HEADING)
+    });
+    let _ = write!(report, "\n{section}");
     let path = root.join("docs/benchmarks.md");
     // The fuzzing section is written by hand after long fuzz runs (not measured here): keep it.
     let old = std::fs::read_to_string(&path).unwrap_or_default();
@@ -220,6 +227,11 @@ pub fn run_identity_only() -> anyhow::Result<()> {
 /// `cargo xtask bench flood`: only the DHCP flood on a federated rack.
 pub fn run_flood_only() -> anyhow::Result<()> {
     run_section_only(flood::HEADING, flood::section)
+}
+
+/// `cargo xtask bench dns`: only the DNS comparison with dnsmasq.
+pub fn run_dns_only() -> anyhow::Result<()> {
+    run_section_only(dns::HEADING, dns::section)
 }
 
 /// `cargo xtask bench federation`: only the federation benchmark.

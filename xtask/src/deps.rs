@@ -143,6 +143,22 @@ pub const PACKAGES: &[(&str, &str)] = &[
         "util-linux",
         "setpriv: rackboot serve with the unit's user and capabilities",
     ),
+    (
+        "bind9-dnsutils",
+        "dig: DNS queries, AXFR and TCP fallback against rackboot's DNS",
+    ),
+    (
+        "knot-dnsutils",
+        "kdig: DNS peer client (TCP, AXFR, malformed-query tests)",
+    ),
+    (
+        "bind9",
+        "named as the secondary that transfers rackboot's zone (AXFR, NOTIFY, TSIG)",
+    ),
+    (
+        "dnsperf",
+        "DNS load for the benchmark (rackboot vs dnsmasq)",
+    ),
 ];
 
 /// Where Debian's python3-libvirt puts its modules.
@@ -161,6 +177,10 @@ pub const PYPI: &[(&str, &str)] = &[
     (
         "jsonschema",
         "validates rackboot's SMD/BSS answers against the contract schemas (appliance/tests/openchami_contract.rs)",
+    ),
+    (
+        "ansible-core",
+        "ansible-inventory runs `rackboot-ansible-inventory` as a dynamic inventory script (qemu-tests/tests/ansible.rs)",
     ),
 ];
 
@@ -213,6 +233,7 @@ pub fn install() -> anyhow::Result<()> {
     if !venv.join("bin/sushy-emulator").exists()
         || !venv.join("bin/virt-fw-vars").exists()
         || !has_jsonschema
+        || !venv.join("bin/ansible-inventory").exists()
     {
         eprintln!("installing PyPI test peers into {}", venv.display());
         run(Command::new("/usr/bin/python3")

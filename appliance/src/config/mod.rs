@@ -9,7 +9,7 @@
 //! Values are read as TOML when they parse as TOML (numbers, booleans, arrays, inline tables),
 //! otherwise as strings.
 //!
-//! One file per group of sections (`backup.rs`, `upstream.rs`, `identity.rs`, `discovery.rs`, `network.rs`,
+//! One file per group of sections (`backup.rs`, `upstream.rs`, `identity.rs`, `discovery.rs`, `dns.rs`, `network.rs`,
 //! `services.rs`; value types in `units.rs`). They stay in this module, at the bottom of the
 //! module graph, rather than beside the capabilities they configure: every capability reads its
 //! section, and `config` depends on none of them.
@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 mod backup;
 mod discovery;
+mod dns;
 mod identity;
 mod network;
 mod services;
@@ -33,6 +34,7 @@ mod upstream;
 
 pub use backup::Backup;
 pub use discovery::{BmcTls, Discovery, XnameRule};
+pub use dns::Dns;
 pub use identity::{EnrollPolicy, Identity, Tpm};
 pub use network::{Boot, Dhcp, DhcpMode, Listen, Subnet, default_pool, parse_pool};
 pub use services::{Auth, CloudInit, Issuer, StoreConfig, Timeline};
@@ -60,6 +62,7 @@ pub struct Config {
     pub cloud_init: CloudInit,
     pub discovery: Discovery,
     pub identity: Identity,
+    pub dns: Dns,
     pub upstream: Option<Upstream>,
     pub backup: Backup,
 }

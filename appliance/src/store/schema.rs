@@ -195,6 +195,15 @@ const MIGRATIONS: &[&str] = &[
         updated_ms INTEGER NOT NULL
     );
     "#,
+    // 10: the DNS zones' SOA serial and a digest of what it was given for, so the serial moves
+    // only when the zone does and never goes back across restarts.
+    r#"
+    CREATE TABLE dns_serial (
+        zone TEXT PRIMARY KEY,
+        serial INTEGER NOT NULL,
+        digest TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// Brings `conn` to the latest schema; refuses a database from a newer rackboot.

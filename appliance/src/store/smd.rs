@@ -395,6 +395,14 @@ fn doc_by_key<T: serde::de::DeserializeOwned>(
     Ok(doc.map(|d| serde_json::from_str(&d)).transpose()?)
 }
 
+/// Every JSON document of an inventory table (`components`, `ethernet_interfaces`, …), by id.
+pub(super) fn all_docs<T: serde::de::DeserializeOwned>(
+    c: &rusqlite::Connection,
+    table: &'static str,
+) -> Result<Vec<T>, StoreError> {
+    docs(c, &format!("SELECT doc FROM {table} ORDER BY id"))
+}
+
 fn docs<T: serde::de::DeserializeOwned>(
     c: &rusqlite::Connection,
     sql: &str,

@@ -72,6 +72,7 @@ pub fn section(_root: &Path, rackboot: &Path) -> anyhow::Result<String> {
             ("RACKBOOT_HTTP_LISTEN", UP),
             ("RACKBOOT_LISTEN__DHCP_PORT", "0"),
             ("RACKBOOT_LISTEN__TFTP_PORT", "0"),
+            ("RACKBOOT_DNS__ENABLED", "false"),
             ("RACKBOOT_IDENTITY__ENABLED", "false"),
         ],
     )?;

@@ -138,6 +138,8 @@ pub fn run(bin: &Path, cfg: &FloodConfig) -> anyhow::Result<FloodReport> {
         ("RACKBOOT_LISTEN__DHCP_PORT", "0"),
         ("RACKBOOT_LISTEN__TFTP_PORT", "0"),
         ("RACKBOOT_IDENTITY__ENABLED", "false"),
+        // The downstream serves the rack's DNS on 192.0.2.1:53; the upstream must not.
+        ("RACKBOOT_DNS__ENABLED", "false"),
     ];
     let up = Rackboot::start_bin_env_at(&ns, bin, &up_env, UP)?;
     up.register_node(KNOWN.0, 1, KNOWN.1, KNOWN.2)?;

@@ -538,9 +538,10 @@ fn appliance_boots_under_secure_boot_hardened_and_serves_its_ports() {
     // DHCP client's 68/udp aside). No packet filter in the offline image: rackboot binds each
     // listener to its interface (--admin-interface).
     let rack = open_ports(&ns, RACK_ADDR).expect("nmap rack");
+    // DNS (53, [dns], on by default on the rack address), DHCP, TFTP, HTTP, identity HTTPS.
     assert_eq!(
         rack,
-        ["443/tcp", "67/udp", "69/udp", "80/tcp"],
+        ["443/tcp", "53/tcp", "53/udp", "67/udp", "69/udp", "80/tcp"],
         "open on the rack network"
     );
     let mgmt = open_ports(&ns, MGMT_ADDR).expect("nmap management");

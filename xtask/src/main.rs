@@ -41,6 +41,7 @@ fn main() {
         Some("bench") => match args.get(1).map(String::as_str) {
             None => bench::run_bench(),
             Some("http") => bench::run_http_only(),
+            Some("dhcp") => bench::run_dhcp_only(),
             Some("boot") => bench::run_boot_only(),
             Some("redfish") => bench::run_redfish_only(),
             Some("identity") => bench::run_identity_only(),
@@ -50,7 +51,7 @@ fn main() {
             Some("dns") => bench::run_dns_only(),
             Some("appliance") => appliance::bench(),
             Some(other) => Err(anyhow::anyhow!(
-                "unknown bench {other:?}; known: http, boot, redfish, identity, federation, flood, tiny, dns, appliance"
+                "unknown bench {other:?}; known: dhcp, http, boot, redfish, identity, federation, flood, tiny, dns, appliance"
             )),
         },
         Some("capture-vectors") => vectors::capture(),
@@ -63,6 +64,7 @@ fn main() {
                  demo appliance  boot the appliance image under Secure Boot and PXE-boot a node from it\n  \
                  test        install test dependencies, build, run the whole suite (QEMU end-to-end included)\n  \
                  bench       run the benchmarks and write docs/benchmarks.md\n  \
+                 bench dhcp  only DHCP, sustained DORA/s over 6 s steps (perfdhcp relay mode), rackboot vs Kea; updates its section of docs/benchmarks.md\n  \
                  bench http  only the wrk comparison with nginx (prints, writes nothing)\n  \
                  bench boot  only the QEMU boot-time comparison with dnsmasq + nginx (prints)\n  \
                  bench redfish  only Redfish discovery (silent /20, 64/128/256 fixture BMCs); updates its section of docs/benchmarks.md\n  \

@@ -8,6 +8,9 @@ pub struct PerfdhcpStats {
     pub requests: u64,
     pub acks: u64,
     pub non_unique: u64,
+    /// perfdhcp's achieved rate (`Rate:` in its rate statistics): completed exchanges per
+    /// second over the test period, not the offered `-r`.
+    pub rate: Option<f64>,
 }
 
 impl PerfdhcpStats {
@@ -42,6 +45,7 @@ impl PerfdhcpStats {
             requests: get(&r, "sent packets")?,
             acks: get(&r, "received packets")?,
             non_unique: get(&r, "non unique addresses").unwrap_or(0),
+            rate: achieved_rate(text),
         })
     }
 
@@ -68,6 +72,7 @@ impl PerfdhcpStats {
         Some(PerfdhcpStats {
             discovers: get("sent packets")?,
             offers: get("received packets")?,
+            rate: achieved_rate(text),
             ..Default::default()
         })
     }
@@ -78,5 +83,26 @@ impl PerfdhcpStats {
             return 1.0;
         }
         1.0 - self.acks as f64 / self.discovers as f64
+    }
+}
+
+/// The number after `Rate:` in perfdhcp's rate statistics
+/// (`Rate: 3998.1 4-way exchanges/second, expected rate: 4000`).
+fn achieved_rate(text: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("Rate:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_achieved_rate_is_read_not_the_offered_one() {
+        let text =
+            "***Rate statistics***\nRate: 3998.17 4-way exchanges/second, expected rate: 4000\n";
+        assert_eq!(achieved_rate(text), Some(3998.17));
+        assert_eq!(achieved_rate("no statistics"), None);
     }
 }

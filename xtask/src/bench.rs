@@ -23,16 +23,7 @@ use crate::run::{output, run};
 pub fn run_bench() -> anyhow::Result<()> {
     crate::deps::install()?;
     let root = crate::root();
-    crate::stage("build (release)");
-    run(Command::new(env!("CARGO")).current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "appliance",
-        "--bin",
-        "rackboot",
-    ]))?;
-    let bin = target_dir(&root).join("release/rackboot");
+    let bin = release_binary(&root)?;
     let mut report = String::new();
     let _ = writeln!(
         report,
@@ -158,16 +149,8 @@ fn run_section_only(
     section: fn(&Path, &Path) -> anyhow::Result<String>,
 ) -> anyhow::Result<()> {
     let root = crate::root();
-    crate::stage("build (release)");
-    run(Command::new(env!("CARGO")).current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "appliance",
-        "--bin",
-        "rackboot",
-    ]))?;
-    let text = section(&root, &target_dir(&root).join("release/rackboot"))?;
+    let bin = release_binary(&root)?;
+    let text = section(&root, &bin)?;
     println!("{text}");
     let path = root.join("docs/benchmarks.md");
     let old = std::fs::read_to_string(&path).unwrap_or_default();
@@ -188,10 +171,30 @@ fn section_of(doc: &str, heading: &str) -> Option<String> {
 }
 
 /// Where cargo puts its output: `$CARGO_TARGET_DIR`, else `<root>/target`.
-fn target_dir(root: &Path) -> std::path::PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
+/// The optimised binary the benchmarks measure: `RACKBOOT_BENCH_BIN` when set (e.g. the
+/// release's `dist/rackboot`, profile `dist`: the release profile, stripped and static), else
+/// a fresh `cargo build --release`.
+fn release_binary(root: &Path) -> anyhow::Result<std::path::PathBuf> {
+    if let Some(bin) = std::env::var_os("RACKBOOT_BENCH_BIN") {
+        let bin = std::path::PathBuf::from(bin);
+        anyhow::ensure!(
+            bin.is_file(),
+            "RACKBOOT_BENCH_BIN={} is not a file",
+            bin.display()
+        );
+        eprintln!("benchmarking {} (RACKBOOT_BENCH_BIN)", bin.display());
+        return Ok(bin);
+    }
+    crate::stage("build (release)");
+    run(Command::new(env!("CARGO")).current_dir(root).args([
+        "build",
+        "--release",
+        "-p",
+        "appliance",
+        "--bin",
+        "rackboot",
+    ]))?;
+    Ok(crate::release::target_dir().join("release/rackboot"))
 }
 
 /// `cargo xtask bench tiny`: only the embedded profile's benchmark.

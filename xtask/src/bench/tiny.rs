@@ -35,7 +35,7 @@ pub fn section(root: &Path, bin: &Path) -> anyhow::Result<String> {
         "-p",
         "rackboot-tiny",
     ]))?;
-    let tiny = super::target_dir(root).join("release/rackboot-tiny");
+    let tiny = crate::release::target_dir().join("release/rackboot-tiny");
     let sections = static_ram(&tiny)?;
     let get = |name: &str| {
         sections

@@ -79,6 +79,7 @@ fn main() {
                  image appliance-recipe  check the production defconfig with Buildroot (make show-info; downloads nothing)\n  \
                  release     build dist/: static binary, .deb, .rpm, OCI image, SBOMs, SHA256SUMS, signed provenance\n  \
                  release --check-reproducible  build twice from two clean clones and compare byte for byte\n  \
+                 release --check-reproducible-against DIR  one more release from a clean clone elsewhere, compared with DIR (cargo xtask test runs it)\n  \
                  capture-vectors  record real firmware DHCP messages into pxe-core/tests/vectors/"
             );
             std::process::exit(2);

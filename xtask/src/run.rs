@@ -39,3 +39,9 @@ pub fn have(prog: &str) -> bool {
         .status()
         .is_ok_and(|s| s.success())
 }
+
+/// Whether this runs in CI (`CI=true`): there, what cannot be checked fails instead of being
+/// skipped.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}

@@ -12,7 +12,9 @@
 //!   `ssh-keygen -Y` signatures by the release key (`sign.rs`).
 //!
 //! Flags: `--out DIR` (default `dist/`), `--with-appliance` (copy the cached appliance disk
-//! image), `--check-reproducible` (build twice from two clean clones and compare, `repro.rs`).
+//! image), `--check-reproducible` (build twice from two clean clones and compare, `repro.rs`),
+//! `--check-reproducible-against DIR` (a release of this clean checkout in DIR against one more
+//! from a clean clone elsewhere: what `cargo xtask test` runs).
 //!
 //! Reproducible by construction: `SOURCE_DATE_EPOCH` is the commit's time, the cargo home and
 //! the target dir are remapped (`--remap-path-prefix`, `-ffile-prefix-map`; cargo passes
@@ -108,19 +110,30 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
     let mut out = crate::root().join("dist");
     let mut appliance = false;
     let mut check = false;
+    let mut against = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--out" => out = PathBuf::from(it.next().context("--out needs a directory")?),
             "--with-appliance" => appliance = true,
             "--check-reproducible" => check = true,
+            "--check-reproducible-against" => {
+                against = Some(PathBuf::from(
+                    it.next()
+                        .context("--check-reproducible-against needs a release directory")?,
+                ));
+            }
             other => bail!(
-                "unknown release flag {other:?}; known: --out DIR, --with-appliance, --check-reproducible"
+                "unknown release flag {other:?}; known: --out DIR, --with-appliance, \
+                 --check-reproducible, --check-reproducible-against DIR"
             ),
         }
     }
     if check {
         return repro::check();
+    }
+    if let Some(dist) = against {
+        return repro::check_against(&dist);
     }
     let src = Source::of(&crate::root())?;
     if src.dirty {

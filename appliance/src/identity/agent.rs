@@ -132,9 +132,8 @@ async fn fetch_ca(url: &str, fp: &str) -> anyhow::Result<String> {
         .send()
         .await
         .with_context(|| format!("cannot reach rackboot at {url}"))?
-        .error_for_status()?
-        .text()
-        .await?;
+        .error_for_status()?;
+    let pem = text(pem).await?;
     let chain = pem_certs(&pem)?;
     verify_ca_chain(&chain).context("the CA chain rackboot served")?;
     let root = chain.last().context("empty CA chain")?;
@@ -177,7 +176,7 @@ pub(super) fn new_csr(xname: &str) -> anyhow::Result<(KeyPair, String)> {
 
 async fn answer(resp: reqwest::Response, what: &str) -> anyhow::Result<Enrolled> {
     let status = resp.status();
-    let body = resp.bytes().await?;
+    let body = body(resp).await?;
     if !status.is_success() {
         let detail = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
@@ -251,14 +250,14 @@ fn renew_at(dir: &Path) -> anyhow::Result<(SystemTime, SystemTime)> {
 /// One renewal: a new key and CSR, sent over mTLS with the current certificate.
 async fn renew_once(n: &Node) -> anyhow::Result<()> {
     let http = client(&n.ca, Some(&identity_pem(&n.dir)?))?;
-    let who: serde_json::Value = http
+    let who = http
         .get(format!("{}/identity/v1/node/whoami", n.url))
         .send()
         .await?
         .error_for_status()
-        .context("rackboot refused this node's certificate")?
-        .json()
-        .await?;
+        .context("rackboot refused this node's certificate")?;
+    let who: serde_json::Value = serde_json::from_slice(&body(who).await?)
+        .context("rackboot's whoami answer is not JSON")?;
     let xname = who
         .get("xname")
         .and_then(|x| x.as_str())
@@ -379,7 +378,7 @@ pub async fn run(cmd: AgentCommand) -> anyhow::Result<()> {
                 .send()
                 .await?;
             let status = resp.status();
-            let body = resp.bytes().await?;
+            let body = body(resp).await?;
             if !status.is_success() {
                 bail!(
                     "secret {name}: {status}: {}",
@@ -403,17 +402,31 @@ pub async fn run(cmd: AgentCommand) -> anyhow::Result<()> {
         AgentCommand::UserData { args } => {
             let n = load(&args)?;
             let http = client(&n.ca, Some(&identity_pem(&n.dir)?))?;
-            let text = http
+            let resp = http
                 .get(format!("{}/identity/v1/node/cloud-init/user-data", n.url))
                 .send()
                 .await?
-                .error_for_status()?
-                .text()
-                .await?;
+                .error_for_status()?;
+            let text = text(resp).await?;
             print!("{text}");
             Ok(())
         }
     }
+}
+
+/// The most the agent reads of any answer: the appliance is reached over the rack network,
+/// where something else may answer in its place, so an endless body must be an error on the
+/// node, not its memory filling up. Certificates, secrets and user-data are far below it.
+const MAX_ANSWER: u64 = 1 << 20;
+
+/// The whole answer, capped at [`MAX_ANSWER`].
+pub(super) async fn body(resp: reqwest::Response) -> anyhow::Result<bytes::Bytes> {
+    Ok(crate::http::capped::read_capped(resp, MAX_ANSWER).await?)
+}
+
+/// The whole answer as UTF-8 text, capped at [`MAX_ANSWER`].
+async fn text(resp: reqwest::Response) -> anyhow::Result<String> {
+    String::from_utf8(body(resp).await?.to_vec()).context("the answer is not UTF-8 text")
 }
 
 #[cfg(test)]
@@ -430,5 +443,42 @@ mod tests {
         assert_eq!(p.url.as_deref(), Some("https://192.0.2.1"));
         assert_eq!(p.xname.as_deref(), Some("x1000c0s0b0n0"));
         assert_eq!(parse_cmdline("quiet"), BootParams::default());
+    }
+
+    /// A peer answering in the appliance's place with an endless body, or a declared length
+    /// over the cap: the agent stops with an error instead of reading on.
+    #[tokio::test]
+    async fn an_endless_or_oversized_answer_is_refused() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            for endless in [true, false] {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                let mut req = [0u8; 1024];
+                let _ = conn.read(&mut req).await;
+                if endless {
+                    let _ = conn
+                        .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                        .await;
+                    let chunk = format!("{:x}\r\n{}\r\n", 65536, "a".repeat(65536));
+                    while conn.write_all(chunk.as_bytes()).await.is_ok() {}
+                } else {
+                    let _ = conn
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\n\r\n")
+                        .await;
+                }
+            }
+        });
+        let http = reqwest::Client::new();
+        for _ in 0..2 {
+            let resp = http
+                .get(format!("http://{addr}/identity/v1/ca.pem"))
+                .send()
+                .await
+                .unwrap();
+            let err = text(resp).await.unwrap_err().to_string();
+            assert!(err.contains("larger than the 1048576-byte cap"), "{err}");
+        }
     }
 }

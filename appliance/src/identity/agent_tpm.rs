@@ -100,7 +100,7 @@ async fn post<T: serde::de::DeserializeOwned>(
         .await
         .with_context(|| format!("cannot reach rackboot at {url}"))?;
     let status = resp.status();
-    let bytes = resp.bytes().await?;
+    let bytes = super::agent::body(resp).await?;
     if !status.is_success() {
         let detail = serde_json::from_slice::<serde_json::Value>(&bytes)
             .ok()

@@ -142,17 +142,20 @@ pub fn section(root: &Path, bin: &Path) -> anyhow::Result<String> {
 /// What a packet capture on the bridge showed (a one-off measurement, kept with the figures).
 const WHERE_THE_TIME_GOES: &str = "Where the time goes (tcpdump on the bridge, one boot per \
 server, 2026-12-02): QEMU's iPXE ROM runs DHCP 2–5 s after QEMU's start (iPXE's own retry \
-schedule), then sends IPv6 router solicitations for ~13 s before its first HTTP request, for \
-both servers alike; this path has no TFTP. The phases differ only in HTTP (boot script, 8.2 MB \
-kernel, 1.1 MB initrd): 0.17 s from rackboot-tiny and 0.26 s from `rackboot serve` (a debug build in this probe) at load 5. \
+schedule), then sends nothing but two IPv6 router solicitations for ~13 s before its first \
+HTTP request (the same for both servers: a cost of the node, not of the server); this path has \
+no TFTP. The phases differ only in HTTP (boot script, 8.2 MB kernel, 1.1 MB initrd): 0.17 s \
+from rackboot-tiny and 0.26 s from `rackboot serve` (a debug build in this probe) at load 5. \
 At load ~14, with the 16 KiB TCP send buffer rackboot-tiny had then, the kernel alone took \
 11.9 s (0.7 MB/s) against 3.1 s for kernel and initrd from `rackboot serve` (Linux TCP, up to \
 256 KiB in flight): the window was full 93 % of the time, waiting for ACKs from a QEMU short \
 of CPU (8 ms median, 48 ms p90 each), so every 16 KiB cost a round trip. rackboot-tiny's own \
 turnaround from an ACK to its next segment stayed under 0.1 ms (p99), which rules out the TAP \
 driver's wakeups and embassy-time's granularity. Since then each HTTP connection has a 48 KiB \
-send buffer, filled from flash in place. The HTTP phase still ranges from 0.2 to 4.7 s from one \
-boot to the next on a loaded machine, whatever the buffer: the node's share of CPU decides.";
+send buffer, filled from flash in place: three times the data per round trip. It is no proven \
+cure: in 5 boots each at load ~12, alternating the 16 KiB and 48 KiB builds, the kernel's \
+transfer took 0.15–2.4 s and 0.5–4.7 s, with no retransmission: on a loaded machine the node's \
+share of CPU decides, whatever the buffer.";
 
 /// Seconds from QEMU's start to the node's userspace marker, for one boot in `ns`.
 fn boot_secs(ns: &mut Netns) -> anyhow::Result<f64> {

@@ -1,6 +1,8 @@
 //! A minimal HTTP/1.1 responder on embassy-net TCP: the iPXE boot script, boot files (GET and
 //! HEAD, one byte range), and the profile's own gauges. One request per connection
-//! (`Connection: close`), fixed buffers, no allocation.
+//! (`Connection: close`), fixed buffers, no allocation. A body is read from flash straight into
+//! the free part of the socket's send buffer (no staging copy), so each step fills the whole
+//! buffer and every acknowledgement from the node opens a full window of new data.
 //!
 //! Routes (the same paths as `rackboot serve`, so DHCP's boot URLs are the appliance's):
 //! - `/boot/v1/bootscript?mac=<mac>`: the reserved node's kernel, initrd and parameters;
@@ -24,8 +26,9 @@ use crate::store::{NetConfig, Tables};
 
 /// Longest request head read (request line and headers).
 pub const MAX_HEAD: usize = 1024;
-/// Body bytes read from flash and written per step.
-pub const CHUNK: usize = 4096;
+
+/// How long a closed connection waits for the node to acknowledge its FIN.
+const FIN_WAIT: Duration = Duration::from_secs(2);
 
 /// A parsed request: what the responder needs of it.
 #[derive(Debug, PartialEq, Eq)]
@@ -48,16 +51,22 @@ pub async fn serve<B: BootFlash, const R: usize>(
     flash: &mut B,
 ) -> ! {
     let mut head = [0u8; MAX_HEAD];
-    let mut chunk = [0u8; CHUNK];
     loop {
         let mut socket = TcpSocket::new(stack, rx, tx);
         socket.set_timeout(Some(Duration::from_secs(30)));
+        // Responses are written in whole blocks (a head, then the send buffer's free space):
+        // Nagle would only hold back each file's last partial segment for one more round trip.
+        socket.set_nagle_enabled(false);
         if socket.accept(80).await.is_ok() {
-            let _ = respond(&mut socket, &mut head, &mut chunk, tables, flash).await;
+            let _ = respond(&mut socket, &mut head, tables, flash).await;
             let _ = socket.flush().await;
         }
         socket.close();
-        let _ = socket.flush().await;
+        // Wait for the node to acknowledge our FIN, but not for long: a node that has started
+        // its kernel never will (its NIC is gone), and until this returns the connection's
+        // buffers cannot take the next one. The FIN would otherwise be retransmitted until the
+        // 30 s timeout.
+        let _ = embassy_time::with_timeout(FIN_WAIT, socket.flush()).await;
         socket.abort();
         let _ = socket.flush().await;
     }
@@ -66,7 +75,6 @@ pub async fn serve<B: BootFlash, const R: usize>(
 async fn respond<B: BootFlash, const R: usize>(
     socket: &mut TcpSocket<'_>,
     head: &mut [u8; MAX_HEAD],
-    chunk: &mut [u8; CHUNK],
     tables: &Tables<R>,
     flash: &mut B,
 ) -> Result<(), embassy_net::tcp::Error> {
@@ -179,13 +187,21 @@ async fn respond<B: BootFlash, const R: usize>(
     let mut at = start;
     let end = start + count;
     while at < end {
-        let want = usize::try_from(end - at).unwrap_or(CHUNK).min(CHUNK);
-        let buf = chunk.get_mut(..want).unwrap_or_default();
-        let n = match file.read_at(at, buf) {
-            Ok(0) | Err(_) => return Ok(()), // the file shrank: the length is now wrong, close
-            Ok(n) => n,
-        };
-        socket.write_all(buf.get(..n).unwrap_or_default()).await?;
+        // The largest contiguous free part of the send buffer, filled from flash in place.
+        let n = socket
+            .write_with(|free| {
+                let want = usize::try_from(end - at)
+                    .unwrap_or(free.len())
+                    .min(free.len());
+                match file.read_at(at, free.get_mut(..want).unwrap_or_default()) {
+                    Ok(n) => (n, n),
+                    Err(_) => (0, 0),
+                }
+            })
+            .await?;
+        if n == 0 {
+            return Ok(()); // the file shrank or failed: the length is now wrong, close
+        }
         at += n as u64;
     }
     Ok(())

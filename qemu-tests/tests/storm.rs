@@ -124,6 +124,13 @@ fn storm(client: &Netns, dir: &Path, nodes: u32, extra: &[&str]) -> (bool, Strin
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or(serde_json::Value::Null);
+    // The report goes to the test's output; the chart and JSON are kept where
+    // `RACKBOOT_STORM_KEEP` says (to look at them).
+    eprintln!("{out}");
+    if let Ok(keep) = std::env::var("RACKBOOT_STORM_KEEP") {
+        let _ = std::fs::copy(&chart, Path::new(&keep).join(format!("storm-{nodes}.svg")));
+        let _ = std::fs::copy(&json, Path::new(&keep).join(format!("storm-{nodes}.json")));
+    }
     let svg = std::fs::read_to_string(&chart).unwrap_or_default();
     assert!(svg.contains("<svg") && svg.contains("booted"), "chart: {svg}\n{out}");
     (ok, out, report)
@@ -193,8 +200,8 @@ fn a_fifty_node_storm_boots_every_node_and_fills_the_timelines() {
 }
 
 /// Packets the rule counted (`counter packets N bytes M`).
-fn counted(client: &Netns) -> u64 {
-    let out = client.cmd("nft").args(["list", "chain", "inet", "storm", "out"]).output().unwrap();
+fn counted(ns: &Netns) -> u64 {
+    let out = ns.cmd("nft").args(["list", "chain", "inet", "storm", "inp"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     text.split("counter packets ")
         .nth(1)
@@ -210,21 +217,21 @@ fn a_storm_that_loses_half_its_tftp_acks_boots_through_retransmissions() {
     }
     assert!(have("nft"));
     let nodes = 10;
-    let (_ns, rb, client, dir) = setup("stormloss", nodes);
+    let (ns, rb, client, dir) = setup("stormloss", nodes);
     // Drop half of the TFTP ACKs (opcode 4, the first two bytes of the UDP payload) the
-    // nodes send to the server; DHCP (port 67) passes.
+    // nodes send, as they arrive at the server (lost on the wire); DHCP (port 67) passes.
     for rule in [
         &["add", "table", "inet", "storm"][..],
-        &["add", "chain", "inet", "storm", "out", "{ type filter hook output priority 0 ; }"],
+        &["add", "chain", "inet", "storm", "inp", "{ type filter hook input priority 0 ; }"],
         &[
-            "add", "rule", "inet", "storm", "out", "ip", "daddr", SERVER, "udp", "dport", "!=",
+            "add", "rule", "inet", "storm", "inp", "ip", "daddr", SERVER, "udp", "dport", "!=",
             "67", "@th,64,16", "4", "numgen", "random", "mod", "2", "0", "counter", "drop",
         ],
     ] {
-        let st = client.cmd("nft").args(rule).status().unwrap();
+        let st = ns.cmd("nft").args(rule).status().unwrap();
         assert!(st.success(), "nft {rule:?}");
     }
-    assert_eq!(counted(&client), 0);
+    assert_eq!(counted(&ns), 0);
     let (ok, out, report) = storm(
         &client,
         dir.path(),
@@ -232,7 +239,7 @@ fn a_storm_that_loses_half_its_tftp_acks_boots_through_retransmissions() {
         &["--time-scale", "0.1", "--tftp-retries", "16"],
     );
     assert!(ok, "storm failed:\n{out}\n---- rackboot ----\n{}", rb.log_text());
-    let dropped = counted(&client);
+    let dropped = counted(&ns);
     assert!(dropped > 0, "the rule dropped nothing");
     let s = &report["summary"];
     assert_eq!(s["booted"], nodes, "{out}");

@@ -59,6 +59,14 @@ pub fn rrq(file: &str, p: &TftpParams) -> Vec<u8> {
     v
 }
 
+/// Sends, treating a failed send as a lost packet (the timeout resends it), as a NIC's
+/// transmit error is to firmware.
+async fn send(sock: &UdpSocket, bytes: &[u8], to: SocketAddr) {
+    if let Err(e) = sock.send_to(bytes, to).await {
+        tracing::debug!(%to, error = %e, "storm: TFTP send failed");
+    }
+}
+
 fn ack(block: u16) -> [u8; 4] {
     let b = block.to_be_bytes();
     [0, 4, b[0], b[1]]
@@ -90,7 +98,7 @@ pub async fn fetch(
     let sock = UdpSocket::bind(SocketAddrV4::new(local, 0)).await?;
     let mut last: Vec<u8> = rrq(file, p);
     let mut to: SocketAddr = SocketAddrV4::new(server, 69).into();
-    sock.send_to(&last, to).await?;
+    send(&sock, &last, to).await;
     let mut out = Fetched::default();
     let mut blksize = 512usize;
     let mut window = 1u16;
@@ -109,7 +117,7 @@ pub async fn fetch(
                     return Err(TftpError::Timeout(out.retransmits));
                 }
                 out.retransmits += 1;
-                sock.send_to(&last, to).await?;
+                send(&sock, &last, to).await;
                 continue;
             }
         };
@@ -130,7 +138,7 @@ pub async fn fetch(
                 blksize = usize::from(b.unwrap_or(512));
                 window = w.unwrap_or(1).max(1);
                 last = ack(0).to_vec();
-                sock.send_to(&last, to).await?;
+                send(&sock, &last, to).await;
                 timeouts = 0;
             }
             3 => {
@@ -151,7 +159,7 @@ pub async fn fetch(
                     let end = data.len() < blksize;
                     if end || since_ack >= window {
                         last = ack(have).to_vec();
-                        sock.send_to(&last, to).await?;
+                        send(&sock, &last, to).await;
                         since_ack = 0;
                     }
                     if end {
@@ -161,8 +169,9 @@ pub async fn fetch(
                     // A duplicate (our ACK was lost, the server resent) or a gap in a window:
                     // ACK the last block we hold (RFC 7440 §4).
                     out.retransmits += 1;
+                    timeouts = 0;
                     last = ack(have).to_vec();
-                    sock.send_to(&last, to).await?;
+                    send(&sock, &last, to).await;
                     since_ack = 0;
                 }
             }

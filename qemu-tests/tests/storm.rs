@@ -35,19 +35,20 @@ fn xname(i: u32) -> String {
 }
 
 /// rackboot with `nodes` inventory nodes (MACs as the storm generates them from its default
-/// first MAC), a 96 KiB boot file, a 1 MiB kernel and a 2 MiB initrd; the relay namespace.
-fn setup(tag: &str, nodes: u32) -> (Netns, Rackboot, Netns, tempfile::TempDir) {
+/// first MAC), a boot file of `boot_file` bytes, a 1 MiB kernel and a 2 MiB initrd; the relay
+/// namespace.
+fn setup(tag: &str, nodes: u32, boot_file: u64) -> (Netns, Rackboot, Netns, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let ipxe = dir.path().join("ipxe");
     std::fs::create_dir(&ipxe).unwrap();
     for f in ["snponly.efi", "ipxe.efi", "undionly.kpxe"] {
-        random_file(&ipxe.join(f), 96 * 1024);
+        random_file(&ipxe.join(f), boot_file);
     }
     random_file(&dir.path().join("vmlinuz"), 1 << 20);
     random_file(&dir.path().join("initrd.img"), 2 << 20);
     let ns = Netns::new(tag).unwrap();
-    let rb = Rackboot::start_with_env(&ns, &[("RACKBOOT_IPXE_DIR", ipxe.to_str().unwrap())])
-        .unwrap();
+    let rb =
+        Rackboot::start_with_env(&ns, &[("RACKBOOT_IPXE_DIR", ipxe.to_str().unwrap())]).unwrap();
     rb.import_image("vmlinuz", &dir.path().join("vmlinuz"))
         .unwrap();
     rb.import_image("initrd.img", &dir.path().join("initrd.img"))
@@ -95,7 +96,12 @@ fn setup(tag: &str, nodes: u32) -> (Netns, Rackboot, Netns, tempfile::TempDir) {
 }
 
 /// Runs `rackboot storm` in `client` with `extra` options: (success, output, JSON report).
-fn storm(client: &Netns, dir: &Path, nodes: u32, extra: &[&str]) -> (bool, String, serde_json::Value) {
+fn storm(
+    client: &Netns,
+    dir: &Path,
+    nodes: u32,
+    extra: &[&str],
+) -> (bool, String, serde_json::Value) {
     let json = dir.join("storm.json");
     let chart = dir.join("storm.svg");
     let n = nodes.to_string();
@@ -132,7 +138,10 @@ fn storm(client: &Netns, dir: &Path, nodes: u32, extra: &[&str]) -> (bool, Strin
         let _ = std::fs::copy(&json, Path::new(&keep).join(format!("storm-{nodes}.json")));
     }
     let svg = std::fs::read_to_string(&chart).unwrap_or_default();
-    assert!(svg.contains("<svg") && svg.contains("booted"), "chart: {svg}\n{out}");
+    assert!(
+        svg.contains("<svg") && svg.contains("booted"),
+        "chart: {svg}\n{out}"
+    );
     (ok, out, report)
 }
 
@@ -160,9 +169,13 @@ fn a_fifty_node_storm_boots_every_node_and_fills_the_timelines() {
         return;
     }
     let nodes = 50;
-    let (_ns, rb, client, dir) = setup("storm", nodes);
+    let (_ns, rb, client, dir) = setup("storm", nodes, 96 * 1024);
     let (ok, out, report) = storm(&client, dir.path(), nodes, &["--time-scale", "0.25"]);
-    assert!(ok, "storm failed:\n{out}\n---- rackboot ----\n{}", rb.log_text());
+    assert!(
+        ok,
+        "storm failed:\n{out}\n---- rackboot ----\n{}",
+        rb.log_text()
+    );
     let s = &report["summary"];
     assert_eq!(s["booted"], nodes, "{out}");
     assert_eq!(s["failed"], 0, "{out}");
@@ -175,7 +188,17 @@ fn a_fifty_node_storm_boots_every_node_and_fills_the_timelines() {
         "{out}"
     );
     assert_eq!(s["tftp_bytes"], u64::from(nodes) * 96 * 1024, "{out}");
-    for stage in ["dhcp", "tftp", "ipxe_dhcp", "bootscript", "kernel", "initrd", "os_dhcp", "cloud_init", "phone_home"] {
+    for stage in [
+        "dhcp",
+        "tftp",
+        "ipxe_dhcp",
+        "bootscript",
+        "kernel",
+        "initrd",
+        "os_dhcp",
+        "cloud_init",
+        "phone_home",
+    ] {
         assert_eq!(s["latency"][stage]["count"], nodes, "{stage}: {out}");
     }
     assert!(out.contains("timeline (nodes in each stage"), "{out}");
@@ -201,7 +224,11 @@ fn a_fifty_node_storm_boots_every_node_and_fills_the_timelines() {
 
 /// Packets the rule counted (`counter packets N bytes M`).
 fn counted(ns: &Netns) -> u64 {
-    let out = ns.cmd("nft").args(["list", "chain", "inet", "storm", "inp"]).output().unwrap();
+    let out = ns
+        .cmd("nft")
+        .args(["list", "chain", "inet", "storm", "inp"])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     text.split("counter packets ")
         .nth(1)
@@ -217,15 +244,41 @@ fn a_storm_that_loses_half_its_tftp_acks_boots_through_retransmissions() {
     }
     assert!(have("nft"));
     let nodes = 10;
-    let (ns, rb, client, dir) = setup("stormloss", nodes);
+    let (ns, rb, client, dir) = setup("stormloss", nodes, 32 * 1024);
     // Drop half of the TFTP ACKs (opcode 4, the first two bytes of the UDP payload) the
     // nodes send, as they arrive at the server (lost on the wire); DHCP (port 67) passes.
     for rule in [
         &["add", "table", "inet", "storm"][..],
-        &["add", "chain", "inet", "storm", "inp", "{ type filter hook input priority 0 ; }"],
         &[
-            "add", "rule", "inet", "storm", "inp", "ip", "daddr", SERVER, "udp", "dport", "!=",
-            "67", "@th,64,16", "4", "numgen", "random", "mod", "2", "0", "counter", "drop",
+            "add",
+            "chain",
+            "inet",
+            "storm",
+            "inp",
+            "{ type filter hook input priority 0 ; }",
+        ],
+        &[
+            "add",
+            "rule",
+            "inet",
+            "storm",
+            "inp",
+            "ip",
+            "daddr",
+            SERVER,
+            "udp",
+            "dport",
+            "!=",
+            "67",
+            "@th,64,16",
+            "4",
+            "numgen",
+            "random",
+            "mod",
+            "2",
+            "0",
+            "counter",
+            "drop",
         ],
     ] {
         let st = ns.cmd("nft").args(rule).status().unwrap();
@@ -236,14 +289,18 @@ fn a_storm_that_loses_half_its_tftp_acks_boots_through_retransmissions() {
         &client,
         dir.path(),
         nodes,
-        &["--time-scale", "0.1", "--tftp-retries", "16"],
+        &["--time-scale", "0.05", "--tftp-retries", "16"],
     );
-    assert!(ok, "storm failed:\n{out}\n---- rackboot ----\n{}", rb.log_text());
+    assert!(
+        ok,
+        "storm failed:\n{out}\n---- rackboot ----\n{}",
+        rb.log_text()
+    );
     let dropped = counted(&ns);
     assert!(dropped > 0, "the rule dropped nothing");
     let s = &report["summary"];
     assert_eq!(s["booted"], nodes, "{out}");
-    assert_eq!(s["tftp_bytes"], u64::from(nodes) * 96 * 1024, "{out}");
+    assert_eq!(s["tftp_bytes"], u64::from(nodes) * 32 * 1024, "{out}");
     let retx = s["tftp_retransmits"].as_u64().unwrap();
     assert!(retx > 0, "no TFTP retransmissions reported:\n{out}");
     assert!(out.contains("TFTP "), "{out}");

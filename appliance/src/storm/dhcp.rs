@@ -8,9 +8,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pxe_core::dhcp::wire::{
-    MessageType, OptionIter, Packet, ReplyBuilder, ReplyHeader, opt,
-};
+use pxe_core::dhcp::wire::{MessageType, OptionIter, Packet, ReplyBuilder, ReplyHeader, opt};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
@@ -48,14 +46,14 @@ const IPXE_PRL: &[u8] = &[
 ];
 /// Option 175 (iPXE's feature list) as snponly.efi sends it (ovmf-pxe-03-discover.bin).
 const IPXE_EFI_175: &[u8] = &[
-    0xb1, 5, 1, 0x1a, 0xf4, 0x10, 0, 0xeb, 3, 1, 0, 0, 0x17, 1, 1, 0x24, 1, 1, 0x13, 1, 1, 0x11,
-    1, 1, 0x27, 1, 1, 0x29, 1, 1, 0x15, 1, 1, 0x12, 1, 1,
+    0xb1, 5, 1, 0x1a, 0xf4, 0x10, 0, 0xeb, 3, 1, 0, 0, 0x17, 1, 1, 0x24, 1, 1, 0x13, 1, 1, 0x11, 1,
+    1, 0x27, 1, 1, 0x29, 1, 1, 0x15, 1, 1, 0x12, 1, 1,
 ];
 /// Option 175 as the ipxe-qemu ROM sends it (seabios-ipxe-01-discover.bin).
 const IPXE_BIOS_175: &[u8] = &[
-    0xb1, 5, 1, 0x1a, 0xf4, 0x10, 0, 0xeb, 3, 1, 0, 0, 0x17, 1, 1, 0x22, 1, 1, 0x13, 1, 1, 0x11,
-    1, 1, 0x27, 1, 1, 0x19, 1, 1, 0x29, 1, 1, 0x10, 1, 2, 0x21, 1, 1, 0x15, 1, 1, 0x18, 1, 1,
-    0x12, 1, 1,
+    0xb1, 5, 1, 0x1a, 0xf4, 0x10, 0, 0xeb, 3, 1, 0, 0, 0x17, 1, 1, 0x22, 1, 1, 0x13, 1, 1, 0x11, 1,
+    1, 0x27, 1, 1, 0x19, 1, 1, 0x29, 1, 1, 0x10, 1, 2, 0x21, 1, 1, 0x15, 1, 1, 0x18, 1, 1, 0x12, 1,
+    1,
 ];
 /// Option 55 of busybox udhcpc (the test node's OS client).
 const OS_PRL: &[u8] = &[1, 3, 6, 12, 15, 28, 42];
@@ -209,7 +207,11 @@ pub fn decode(bytes: &[u8]) -> Option<Reply> {
     let mut kind = None;
     for o in OptionIter::new(p.options()) {
         let (code, value) = o.ok()?;
-        let text = || String::from_utf8_lossy(value).trim_end_matches('\0').to_owned();
+        let text = || {
+            String::from_utf8_lossy(value)
+                .trim_end_matches('\0')
+                .to_owned()
+        };
         match code {
             opt::MESSAGE_TYPE => kind = value.first().copied().and_then(MessageType::from_u8),
             opt::SERVER_ID => {
@@ -315,7 +317,11 @@ impl Transport {
                 let Some(reply) = buf.get(..n).and_then(decode) else {
                     continue;
                 };
-                let tx = t.waiting.lock().ok().and_then(|w| w.get(&reply.xid).cloned());
+                let tx = t
+                    .waiting
+                    .lock()
+                    .ok()
+                    .and_then(|w| w.get(&reply.xid).cloned());
                 if let Some(tx) = tx {
                     let _ = tx.send(reply);
                 }
@@ -364,10 +370,26 @@ mod tests {
     fn messages_match_the_captured_firmware_vectors() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../pxe-core/tests/vectors/");
         let cases = [
-            ("ovmf-pxe-01-discover.bin", Client::Firmware(Firmware::Ovmf), false),
-            ("ovmf-pxe-02-request.bin", Client::Firmware(Firmware::Ovmf), true),
-            ("ovmf-pxe-03-discover.bin", Client::Ipxe(Firmware::Ovmf), false),
-            ("ovmf-pxe-05-request.bin", Client::Ipxe(Firmware::Ovmf), true),
+            (
+                "ovmf-pxe-01-discover.bin",
+                Client::Firmware(Firmware::Ovmf),
+                false,
+            ),
+            (
+                "ovmf-pxe-02-request.bin",
+                Client::Firmware(Firmware::Ovmf),
+                true,
+            ),
+            (
+                "ovmf-pxe-03-discover.bin",
+                Client::Ipxe(Firmware::Ovmf),
+                false,
+            ),
+            (
+                "ovmf-pxe-05-request.bin",
+                Client::Ipxe(Firmware::Ovmf),
+                true,
+            ),
             (
                 "seabios-ipxe-01-discover.bin",
                 Client::Firmware(Firmware::SeabiosIpxe),
@@ -379,9 +401,25 @@ mod tests {
             let real = Request::parse(&real).unwrap();
             let ours = if request {
                 let r = (real.server_id.unwrap(), real.requested_ip.unwrap());
-                encode(MessageType::Request, client, real.mac.0, 7, 0, Ipv4Addr::UNSPECIFIED, Some(r))
+                encode(
+                    MessageType::Request,
+                    client,
+                    real.mac.0,
+                    7,
+                    0,
+                    Ipv4Addr::UNSPECIFIED,
+                    Some(r),
+                )
             } else {
-                encode(MessageType::Discover, client, real.mac.0, 7, 0, Ipv4Addr::UNSPECIFIED, None)
+                encode(
+                    MessageType::Discover,
+                    client,
+                    real.mac.0,
+                    7,
+                    0,
+                    Ipv4Addr::UNSPECIFIED,
+                    None,
+                )
             };
             let ours = Request::parse(&ours).unwrap();
             assert_eq!(ours.message_type, real.message_type, "{file}");
@@ -389,11 +427,17 @@ mod tests {
             assert_eq!(ours.client_ndi, real.client_ndi, "{file}");
             assert_eq!(ours.vendor_class, real.vendor_class, "{file}");
             assert_eq!(ours.user_class, real.user_class, "{file}");
-            assert_eq!(ours.parameter_request_list, real.parameter_request_list, "{file}");
+            assert_eq!(
+                ours.parameter_request_list, real.parameter_request_list,
+                "{file}"
+            );
             assert_eq!(ours.client_uuid, real.client_uuid, "{file}");
             assert_eq!(ours.client_id, real.client_id, "{file}");
             assert_eq!(ours.broadcast, real.broadcast, "{file}");
-            assert_eq!((ours.server_id, ours.requested_ip), (real.server_id, real.requested_ip));
+            assert_eq!(
+                (ours.server_id, ours.requested_ip),
+                (real.server_id, real.requested_ip)
+            );
         }
     }
 

@@ -170,7 +170,11 @@ pub async fn image(resp: reqwest::Response, verify: &Verify) -> Result<Image, St
         .headers()
         .get(reqwest::header::ETAG)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim_start_matches("W/").trim_matches('"').strip_prefix("sha256:"))
+        .and_then(|v| {
+            v.trim_start_matches("W/")
+                .trim_matches('"')
+                .strip_prefix("sha256:")
+        })
         .map(str::to_ascii_lowercase);
     let want = verify
         .expect

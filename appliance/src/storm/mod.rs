@@ -67,12 +67,22 @@ pub struct StormArgs {
     #[arg(long, env = "RACKBOOT_STORM_WINDOW", default_value_t = 10.0)]
     pub window: f64,
     /// The first node's MAC; node i gets this MAC + i.
-    #[arg(long, env = "RACKBOOT_STORM_FIRST_MAC", default_value = "52:54:00:5e:00:01")]
+    #[arg(
+        long,
+        env = "RACKBOOT_STORM_FIRST_MAC",
+        default_value = "52:54:00:5e:00:01"
+    )]
     pub first_mac: pxe_core::MacAddr,
     /// Firmware of the nodes, assigned round-robin (e.g. `ovmf,seabios-ipxe`). `ovmf`: EDK2's
     /// PXE client, TFTP of the boot file, then iPXE's DHCP. `seabios-ipxe`: QEMU's iPXE ROM,
     /// whose first DHCP is already iPXE's (no TFTP stage).
-    #[arg(long, env = "RACKBOOT_STORM_FIRMWARE", value_enum, value_delimiter = ',', default_value = "ovmf")]
+    #[arg(
+        long,
+        env = "RACKBOOT_STORM_FIRMWARE",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "ovmf"
+    )]
     pub firmware: Vec<Firmware>,
     /// TFTP block size the firmware asks for (EDK2 asks for 1468).
     #[arg(long, default_value_t = 1468)]

@@ -210,7 +210,9 @@ pub async fn run(plan: Arc<Plan>, mac: [u8; 6], fw: Firmware, power_on: Duration
             power_on: plan.now(),
             ..Default::default()
         },
-        rng: Rng::new(u64::from_be_bytes([0, 0, mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]])),
+        rng: Rng::new(u64::from_be_bytes([
+            0, 0, mac[0], mac[1], mac[2], mac[3], mac[4], mac[5],
+        ])),
         mac,
     };
     let _ = walk(&mut w, fw).await;
@@ -282,8 +284,10 @@ async fn walk(w: &mut Walk, fw: Firmware) -> Result<(), ()> {
         .await?;
     w.rec.xname = script.kernel_arg("xname").map(str::to_owned);
     let (kernel, _) = script.kernel.clone().ok_or(())?;
-    w.stage(Stage::Kernel, async |w| fetch_image(w, &client, &kernel).await)
-        .await?;
+    w.stage(Stage::Kernel, async |w| {
+        fetch_image(w, &client, &kernel).await
+    })
+    .await?;
     w.stage(Stage::Initrd, async |w| {
         for url in &script.initrds {
             fetch_image(w, &client, url).await?;
@@ -295,7 +299,9 @@ async fn walk(w: &mut Walk, fw: Firmware) -> Result<(), ()> {
         .await?;
     let seed = script.seed();
     w.stage(Stage::CloudInit, async |w| {
-        let seed = seed.clone().ok_or("no ds=nocloud;s=URL on the kernel line")?;
+        let seed = seed
+            .clone()
+            .ok_or("no ds=nocloud;s=URL on the kernel line")?;
         for doc in ["meta-data", "user-data", "vendor-data"] {
             let url = seed.join(doc).map_err(|e| e.to_string())?;
             let (resp, tries) = http::get(&client, &url, w.plan.http_retries, pause(w)).await?;
@@ -318,7 +324,9 @@ async fn walk(w: &mut Walk, fw: Firmware) -> Result<(), ()> {
                 .replace("{mac}", &w.rec.mac)
                 .replace("{ip}", w.rec.ip.as_deref().unwrap_or("")),
             None => {
-                let seed = seed.clone().ok_or("no seed URL to derive phone-home from")?;
+                let seed = seed
+                    .clone()
+                    .ok_or("no seed URL to derive phone-home from")?;
                 if xname.is_empty() {
                     return Err("no xname= on the kernel line (give --phone-home-url)".into());
                 }

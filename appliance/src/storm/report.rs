@@ -62,7 +62,11 @@ pub fn table(s: &Summary) -> String {
             }
         }
     }
-    let _ = write!(o, "\ntimeline (nodes in each stage, per second)\n{:>5} {:>5}", "t", "wait");
+    let _ = write!(
+        o,
+        "\ntimeline (nodes in each stage, per second)\n{:>5} {:>5}",
+        "t", "wait"
+    );
     for c in SHORT {
         let _ = write!(o, " {c:>6}");
     }
@@ -112,8 +116,16 @@ fn layers(s: &Summary) -> Vec<(&'static str, &'static str, Vec<usize>)> {
         "#d62728",
     ];
     let mut l = vec![
-        ("failed", "#000000", s.timeline.iter().map(|t| t.failed).collect()),
-        ("booted", "#2ca02c", s.timeline.iter().map(|t| t.booted).collect()),
+        (
+            "failed",
+            "#000000",
+            s.timeline.iter().map(|t| t.failed).collect(),
+        ),
+        (
+            "booted",
+            "#2ca02c",
+            s.timeline.iter().map(|t| t.booted).collect(),
+        ),
     ];
     for (i, stage) in Stage::ALL.iter().enumerate().rev() {
         let v: Vec<usize> = s
@@ -123,7 +135,11 @@ fn layers(s: &Summary) -> Vec<(&'static str, &'static str, Vec<usize>)> {
             .collect();
         l.push((stage.as_str(), colors[i % colors.len()], v));
     }
-    l.push(("waiting", "#e0e0e0", s.timeline.iter().map(|t| t.waiting).collect()));
+    l.push((
+        "waiting",
+        "#e0e0e0",
+        s.timeline.iter().map(|t| t.waiting).collect(),
+    ));
     l
 }
 
@@ -249,7 +265,10 @@ mod tests {
     #[test]
     fn reports_show_failures_and_draw_every_layer() {
         let ok = NodeRecord {
-            stages: vec![(Stage::Dhcp, 0.0, Some(0.5)), (Stage::PhoneHome, 0.5, Some(0.9))],
+            stages: vec![
+                (Stage::Dhcp, 0.0, Some(0.5)),
+                (Stage::PhoneHome, 0.5, Some(0.9)),
+            ],
             ..Default::default()
         };
         let bad = NodeRecord {

@@ -228,7 +228,9 @@ pub fn decode(bytes: &[u8]) -> Option<Reply> {
         let f = p.file();
         let end = f.iter().position(|b| *b == 0).unwrap_or(f.len());
         if end > 0 {
-            r.boot_file = Some(String::from_utf8_lossy(&f[..end]).into_owned());
+            r.boot_file = f
+                .get(..end)
+                .map(|b| String::from_utf8_lossy(b).into_owned());
         }
     }
     r.kind = kind?;
@@ -264,7 +266,7 @@ impl Transport {
         sock.set_nonblocking(true)?;
         let _ = sock.set_recv_buffer_size(4 << 20);
         sock.bind(&SocketAddrV4::new(relay, 67).into())?;
-        Ok(Self::wrap(sock, SocketAddrV4::new(server, 67), relay)?)
+        Self::wrap(sock, SocketAddrV4::new(server, 67), relay)
     }
 
     /// On an interface: port 68, broadcast, as a client on the wire would.
@@ -280,11 +282,11 @@ impl Transport {
         sock.bind_device(Some(interface.as_bytes()))?;
         let _ = sock.set_recv_buffer_size(4 << 20);
         sock.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68).into())?;
-        Ok(Self::wrap(
+        Self::wrap(
             sock,
             SocketAddrV4::new(Ipv4Addr::BROADCAST, 67),
             Ipv4Addr::UNSPECIFIED,
-        )?)
+        )
     }
 
     fn wrap(
@@ -352,6 +354,7 @@ impl Transport {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
     use pxe_core::dhcp::wire::Request;
 

@@ -209,6 +209,7 @@ pub async fn image(resp: reqwest::Response, verify: &Verify) -> Result<Image, St
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
 
     const RACKBOOT: &str = "#!ipxe\n\

@@ -135,7 +135,8 @@ pub async fn run(args: StormArgs) -> anyhow::Result<()> {
     if args.nodes == 0 {
         bail!("--nodes must be at least 1");
     }
-    if !(args.time_scale > 0.0) || !(args.window >= 0.0) {
+    let finite_pos = |v: f64, zero_ok: bool| v.is_finite() && (v > 0.0 || (zero_ok && v == 0.0));
+    if !finite_pos(args.time_scale, false) || !finite_pos(args.window, true) {
         bail!("--time-scale must be > 0 and --window ≥ 0");
     }
     if args.bind_leases && args.interface.is_none() {
@@ -186,7 +187,10 @@ pub async fn run(args: StormArgs) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for i in 0..args.nodes {
         let mac = u64_to_mac(base.wrapping_add(u64::from(i)));
-        let fw = firmware[i as usize % firmware.len()];
+        let fw = firmware
+            .get(i as usize % firmware.len())
+            .copied()
+            .unwrap_or(Firmware::Ovmf);
         let at = Duration::from_secs_f64(args.window * (rng.jitter() + 1.0) / 2.0);
         tasks.push(tokio::spawn(node::run(plan.clone(), mac, fw, at)));
     }
@@ -226,6 +230,7 @@ fn u64_to_mac(v: u64) -> [u8; 6] {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
 
     #[test]

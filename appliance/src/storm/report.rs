@@ -133,7 +133,11 @@ fn layers(s: &Summary) -> Vec<(&'static str, &'static str, Vec<usize>)> {
             .iter()
             .map(|t| t.stages.get(i).copied().unwrap_or(0))
             .collect();
-        l.push((stage.as_str(), colors[i % colors.len()], v));
+        l.push((
+            stage.as_str(),
+            colors.get(i).copied().unwrap_or("#7f7f7f"),
+            v,
+        ));
     }
     l.push((
         "waiting",
@@ -166,13 +170,13 @@ pub fn svg(s: &Summary) -> String {
     for (i, (name, color, values)) in layers(s).into_iter().enumerate() {
         let mut top = Vec::new();
         let mut bottom = Vec::new();
-        for (t, v) in values.iter().enumerate() {
-            let (b, u) = (below[t] as f64, (below[t] + v) as f64);
+        for ((t, v), under) in values.iter().enumerate().zip(below.iter_mut()) {
+            let (b, u) = (*under as f64, (*under + v) as f64);
             for edge in [t as f64, t as f64 + 1.0] {
                 top.push(format!("{:.1},{:.1}", x(edge), y(u)));
                 bottom.push(format!("{:.1},{:.1}", x(edge), y(b)));
             }
-            below[t] += v;
+            *under += v;
         }
         bottom.reverse();
         if values.iter().any(|v| *v > 0) {
@@ -258,6 +262,7 @@ fn nice_step(span: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
     use crate::storm::stats::{Failure, NodeRecord};
     use std::time::Duration;

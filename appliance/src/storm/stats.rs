@@ -274,6 +274,7 @@ fn state_at(r: &NodeRecord, at: f64) -> State {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
 
     #[test]

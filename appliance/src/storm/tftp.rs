@@ -192,6 +192,7 @@ pub async fn fetch(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
 
     #[test]
@@ -204,19 +205,19 @@ mod tests {
         };
         assert_eq!(
             rrq("snponly.efi", &p),
-            b"\0\x01snponly.efi\0octet\0tsize\00\0blksize\01468\0".to_vec()
+            b"\x00\x01snponly.efi\x00octet\x00tsize\x000\x00blksize\x001468\x00".to_vec()
         );
         let w = TftpParams {
             windowsize: Some(4),
             ..p
         };
-        assert!(rrq("a", &w).ends_with(b"windowsize\04\0"));
+        assert!(rrq("a", &w).ends_with(b"windowsize\x004\x00"));
     }
 
     #[test]
     fn oack_options_are_read_case_insensitively() {
         assert_eq!(
-            parse_oack(b"tsize\0100\0BLKSIZE\01468\0windowsize\04\0"),
+            parse_oack(b"tsize\x00100\x00BLKSIZE\x001468\x00windowsize\x004\x00"),
             (Some(1468), Some(4))
         );
         assert_eq!(parse_oack(b"blksize\0x\0"), (None, None));

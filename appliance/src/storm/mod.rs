@@ -85,48 +85,53 @@ pub struct StormArgs {
     )]
     pub firmware: Vec<Firmware>,
     /// TFTP block size the firmware asks for (EDK2 asks for 1468).
-    #[arg(long, default_value_t = 1468)]
+    #[arg(long, env = "RACKBOOT_STORM_TFTP_BLKSIZE", default_value_t = 1468)]
     pub tftp_blksize: u16,
     /// TFTP window size to ask for (RFC 7440); unset, none is asked for (lock-step).
-    #[arg(long)]
+    #[arg(long, env = "RACKBOOT_STORM_TFTP_WINDOWSIZE")]
     pub tftp_windowsize: Option<u16>,
     /// Seconds without a packet before the last ACK (or the RRQ) is sent again.
-    #[arg(long, default_value_t = 4.0)]
+    #[arg(long, env = "RACKBOOT_STORM_TFTP_TIMEOUT", default_value_t = 4.0)]
     pub tftp_timeout: f64,
     /// Timeouts in a row before a TFTP download fails.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, env = "RACKBOOT_STORM_TFTP_RETRIES", default_value_t = 5)]
     pub tftp_retries: u32,
     /// Transmissions of each DHCP message before the stage fails; the waits are RFC 2131's
     /// 4, 8, 16, 32, 64 s (±1 s, capped at 64).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, env = "RACKBOOT_STORM_DHCP_TRIES", default_value_t = 5)]
     pub dhcp_tries: u32,
     /// HTTP request timeout, seconds (a kernel or initrd must arrive within it).
-    #[arg(long, default_value_t = 120.0)]
+    #[arg(long, env = "RACKBOOT_STORM_HTTP_TIMEOUT", default_value_t = 120.0)]
     pub http_timeout: f64,
     /// Extra tries of an HTTP request whose connection failed, one second apart.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, env = "RACKBOOT_STORM_HTTP_RETRIES", default_value_t = 3)]
     pub http_retries: u32,
     /// The sha256 an image must have, by the last segment of its URL (`vmlinuz=HEX`);
-    /// repeatable. Without it the server's `ETag: "sha256:HEX"` is used (rackboot publishes
-    /// one for every image), and an image with neither is a failure.
-    #[arg(long = "expect-sha256", value_name = "NAME=HEX")]
+    /// repeatable or comma-separated. Without it the server's `ETag: "sha256:HEX"` is used
+    /// (rackboot publishes one for every image), and an image with neither is a failure.
+    #[arg(
+        long = "expect-sha256",
+        env = "RACKBOOT_STORM_EXPECT_SHA256",
+        value_name = "NAME=HEX",
+        value_delimiter = ','
+    )]
     pub expect_sha256: Vec<String>,
     /// Download images without checking their sha256 (counted as unchecked).
-    #[arg(long)]
+    #[arg(long, env = "RACKBOOT_STORM_NO_VERIFY")]
     pub no_verify: bool,
     /// Where phone-home is POSTed; `{xname}`, `{mac}` and `{ip}` are filled in. Default:
     /// `<seed origin>/cloud-init/phone-home/{xname}` (rackboot's route).
-    #[arg(long)]
+    #[arg(long, env = "RACKBOOT_STORM_PHONE_HOME_URL")]
     pub phone_home_url: Option<String>,
     /// Multiply every firmware timeout and pause by this (e.g. 0.05). For tests only: real
     /// firmware does not hurry.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, env = "RACKBOOT_STORM_TIME_SCALE", default_value_t = 1.0)]
     pub time_scale: f64,
     /// Write the full report (summary, per-second timeline, every node) as JSON here.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "RACKBOOT_STORM_JSON", value_name = "FILE")]
     pub json: Option<PathBuf>,
     /// Write an SVG chart of nodes per stage over time here.
-    #[arg(long, value_name = "FILE.svg")]
+    #[arg(long, env = "RACKBOOT_STORM_CHART", value_name = "FILE.svg")]
     pub chart: Option<PathBuf>,
 }
 

@@ -304,3 +304,78 @@ fn a_storm_that_loses_half_its_tftp_acks_boots_through_retransmissions() {
     assert!(retx > 0, "no TFTP retransmissions reported:\n{out}");
     assert!(out.contains("TFTP "), "{out}");
 }
+
+#[test]
+fn a_direct_storm_of_seabios_nodes_boots_and_unknown_nodes_fail_with_their_stage() {
+    if !preflight_with(false, &[]) {
+        return;
+    }
+    let nodes = 4;
+    let (_ns, rb, client, dir) = setup("stormdirect", nodes, 32 * 1024);
+    // On the segment (broadcast from port 68, no relay), SeaBIOS + iPXE ROM: no TFTP stage.
+    let bin = rackboot_bin().unwrap();
+    let json = dir.path().join("direct.json");
+    let n = nodes.to_string();
+    let base = [
+        "storm",
+        "--server",
+        SERVER,
+        "--interface",
+        "vc",
+        "--bind-leases",
+        "--window",
+        "1",
+        "--time-scale",
+        "0.05",
+        "--firmware",
+        "seabios-ipxe",
+    ];
+    let mut args = base.to_vec();
+    args.extend_from_slice(&["--nodes", &n, "--json", json.to_str().unwrap()]);
+    let (ok, out) = run_in(&client, bin.to_str().unwrap(), &args, &[], None).unwrap();
+    eprintln!("{out}");
+    assert!(
+        ok,
+        "storm failed:\n{out}\n---- rackboot ----\n{}",
+        rb.log_text()
+    );
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let s = &report["summary"];
+    assert_eq!(s["booted"], nodes, "{out}");
+    assert_eq!(s["tftp_bytes"], 0, "{out}");
+    assert!(s["latency"].get("tftp").is_none(), "{out}");
+    assert_eq!(s["latency"]["ipxe_dhcp"], serde_json::Value::Null, "{out}");
+    assert_eq!(s["sha256_verified"], 2 * nodes, "{out}");
+    for i in 0..nodes {
+        let got = timeline_stages(&rb, &xname(i));
+        for want in ["ipxe_dhcp", "kernel", "initrd", "phone_home"] {
+            assert!(
+                got.iter().any(|g| g == want),
+                "{}: no {want} in {got:?}",
+                xname(i)
+            );
+        }
+    }
+
+    // MACs the inventory does not know: the storm fails, exits non-zero and says where.
+    let mut args = base.to_vec();
+    args.extend_from_slice(&[
+        "--nodes",
+        "2",
+        "--first-mac",
+        "52:54:00:5e:99:01",
+        "--dhcp-tries",
+        "2",
+    ]);
+    let (ok, out) = run_in(&client, bin.to_str().unwrap(), &args, &[], None).unwrap();
+    eprintln!("{out}");
+    assert!(!ok, "a storm of unknown nodes succeeded:\n{out}");
+    assert!(out.contains("2 of 2 nodes failed"), "{out}");
+    assert!(out.contains("failures (stage: reason × nodes)"), "{out}");
+    // rackboot answers an unknown MAC (a pool lease, a wait-and-retry script): the storm
+    // stops at the boot script, which has no kernel line.
+    assert!(
+        out.contains("bootscript: the script has no kernel line"),
+        "{out}"
+    );
+}

@@ -92,7 +92,11 @@ impl Walk {
             }
             Err(reason) => {
                 tracing::debug!(mac = %self.rec.mac, stage = stage.as_str(), %reason, "storm: node failed");
-                self.rec.failure = Some(Failure { stage, reason });
+                self.rec.failure = Some(Failure {
+                    stage,
+                    reason,
+                    at: self.plan.now(),
+                });
                 Err(())
             }
         }

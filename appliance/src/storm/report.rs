@@ -281,6 +281,7 @@ mod tests {
             failure: Some(Failure {
                 stage: Stage::Tftp,
                 reason: "timeout".into(),
+                at: 0.5,
             }),
             ..Default::default()
         };

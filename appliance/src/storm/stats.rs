@@ -59,10 +59,12 @@ impl Stage {
 }
 
 /// Why a node stopped.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Failure {
     pub stage: Stage,
     pub reason: String,
+    /// When the node gave up, seconds since the storm began.
+    pub at: f64,
 }
 
 /// One simulated node's run: when it powered on, when each stage started and ended (seconds
@@ -249,26 +251,26 @@ fn state_at(r: &NodeRecord, at: f64) -> State {
     if at < r.power_on {
         return State::Waiting;
     }
+    if r.failure.as_ref().is_some_and(|f| f.at <= at) {
+        return State::Failed;
+    }
+    let index_of = |stage: Stage| Stage::ALL.iter().position(|s| *s == stage).unwrap_or(0);
     // The last stage started by `at`; before the first one starts the node is in DHCP.
-    let current = r.stages.iter().rev().find(|(_, start, _)| *start <= at);
-    let Some((stage, _, end)) = current else {
+    let Some(pos) = r.stages.iter().rposition(|(_, start, _)| *start <= at) else {
         return State::In(0);
     };
-    let index = Stage::ALL.iter().position(|s| s == stage).unwrap_or(0);
+    let Some(&(stage, _, end)) = r.stages.get(pos) else {
+        return State::In(0);
+    };
     match end {
-        Some(e) if *e <= at => {
-            if *stage == Stage::PhoneHome {
-                State::Booted
-            } else {
-                // Between stages (e.g. the kernel "booting"): count it in the next one.
-                State::In((index + 1).min(Stage::ALL.len() - 1))
-            }
-        }
-        Some(_) => State::In(index),
-        None if r.failure.is_some() && r.stages.last().is_some_and(|l| l.0 == *stage) => {
-            State::Failed
-        }
-        None => State::In(index),
+        Some(e) if e <= at => match r.stages.get(pos + 1) {
+            // Between stages (e.g. the kernel "booting"): count it in the one it enters next.
+            Some(next) => State::In(index_of(next.0)),
+            None if stage == Stage::PhoneHome => State::Booted,
+            None => State::In(index_of(stage)),
+        },
+        Some(_) => State::In(index_of(stage)),
+        None => State::In(index_of(stage)),
     }
 }
 
@@ -308,6 +310,7 @@ mod tests {
             failure: fail.then(|| Failure {
                 stage: stages.last().unwrap().0,
                 reason: "timeout".into(),
+                at: 1.2,
             }),
             ..Default::default()
         }
@@ -336,5 +339,25 @@ mod tests {
         assert_eq!((s.timeline[1].stages[1], s.timeline[1].failed), (1, 1));
         // t=2.5: booted.
         assert_eq!(s.timeline[2].booted, 1);
+    }
+
+    #[test]
+    fn a_node_between_stages_counts_in_the_stage_it_enters_next() {
+        // SeaBIOS: no TFTP; DHCP ends at 0.2, the boot script starts at 0.8.
+        let n = record(
+            0.0,
+            &[
+                (Stage::Dhcp, 0.0, Some(0.2)),
+                (Stage::Bootscript, 0.8, Some(0.9)),
+            ],
+            false,
+        );
+        let s = Summary::of(&[n], Duration::from_secs(1));
+        let bootscript = Stage::ALL
+            .iter()
+            .position(|s| *s == Stage::Bootscript)
+            .unwrap();
+        assert_eq!(s.timeline[0].stages[bootscript], 1);
+        assert_eq!(s.timeline[0].stages.iter().sum::<usize>(), 1);
     }
 }

@@ -3,7 +3,7 @@
 //! Owns: the `rackboot` command line. May call: `version`, `config`, `netif`, `sys`, `seal`, `output`,
 //! `store`, `http`, `metrics`, `auth`, `client`, `inventory`, `timeline`, `ipxe`, `tftp`, `dhcp`,
 //! `images`, `cloudinit`, `identity`, `boot`, `discovery`, `federation`, `backup`, `ansible`, `dns`, `serve`,
-//! `services`.
+//! `services`, `storm`.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -103,6 +103,8 @@ pub enum Command {
     /// named `rackboot-ansible-inventory` to this binary is an inventory script.
     #[command(name = "ansible-inventory")]
     AnsibleInventory(crate::ansible::cli::AnsibleInventoryArgs),
+    /// Load-test a PXE server (rackboot or any other) with a boot storm of simulated nodes.
+    Storm(crate::storm::StormArgs),
 }
 
 #[derive(Debug, Args)]
@@ -197,5 +199,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(args) => generate(&args),
         Command::Backup(cmd) => crate::backup::cli::run(cmd).await,
         Command::AnsibleInventory(args) => crate::ansible::cli::run(args).await,
+        Command::Storm(args) => crate::storm::run(args).await,
     }
 }

@@ -29,6 +29,7 @@ pub mod seal;
 pub(crate) mod serve;
 pub(crate) mod services;
 pub mod store;
+pub(crate) mod storm;
 pub(crate) mod sys;
 pub(crate) mod tftp;
 pub mod timeline;

@@ -24,6 +24,14 @@ pub const PACKAGES: &[(&str, &str)] = &[
         "raw-socket TFTP clients in qemu-tests/tests/tftp.rs (source ports, ERROR 5)",
     ),
     ("tcpdump", "packet captures"),
+    (
+        "nftables",
+        "nft: drops half the TFTP ACKs in qemu-tests/tests/storm.rs",
+    ),
+    (
+        "librsvg2-bin",
+        "rsvg-convert: renders `rackboot storm --chart` SVGs to PNG to look at them",
+    ),
     ("iproute2", "network namespaces, TAP, veth"),
     ("cpio", "initramfs packing"),
     ("kmod", "kernel module tools"),

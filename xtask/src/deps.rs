@@ -28,10 +28,6 @@ pub const PACKAGES: &[(&str, &str)] = &[
         "nftables",
         "nft: drops half the TFTP ACKs in qemu-tests/tests/storm.rs",
     ),
-    (
-        "librsvg2-bin",
-        "rsvg-convert: renders `rackboot storm --chart` SVGs to PNG to look at them",
-    ),
     ("iproute2", "network namespaces, TAP, veth"),
     ("cpio", "initramfs packing"),
     ("kmod", "kernel module tools"),

@@ -144,13 +144,20 @@ fn describe(e: &reqwest::Error) -> String {
     }
 }
 
-/// The response body as text, for a 200.
+/// The most read of a boot script or cloud-init document: the server under test is a
+/// network peer like any other, and an endless answer must fail its node, not fill memory.
+const MAX_TEXT: u64 = 1 << 20;
+
+/// The response body as text, for a 200, capped at [`MAX_TEXT`].
 pub async fn text(resp: reqwest::Response) -> Result<String, String> {
     let status = resp.status();
     if !status.is_success() {
         return Err(format!("HTTP {}", status.as_u16()));
     }
-    resp.text().await.map_err(|e| describe(&e))
+    let body = crate::http::capped::read_capped(resp, MAX_TEXT)
+        .await
+        .map_err(|e| e.to_string())?;
+    String::from_utf8(body.to_vec()).map_err(|_| "the answer is not UTF-8 text".to_owned())
 }
 
 /// Downloads an image and checks its sha256 against `--expect-sha256`, else against the

@@ -6,7 +6,7 @@
 //! phone-home. DHCP goes through one socket acting as a relay (giaddr), so one host simulates
 //! many nodes without raw sockets. See docs/runbook-storm.md.
 //!
-//! Owns: `rackboot storm`. May call: nothing of ours. It uses pxe-core's DHCP wire types and
+//! Owns: `rackboot storm`. May call: `http` (its capped body reader). It uses pxe-core's DHCP wire types and
 //! holds no store and no server state.
 
 mod dhcp;

@@ -169,8 +169,28 @@ pub fn jwt(data: &[u8]) {
 }
 
 /// A CSR as `/identity/v1/enroll` and renewal take it (PEM text), then the name checks.
+///
+/// The first byte picks the shape: odd, the rest is the PEM text as sent; even, the rest is DER,
+/// armoured here as a PEM `CERTIFICATE REQUEST`, so the fuzzer reaches the DER and X.509
+/// parsers instead of spending its time on the PEM framing (which random text rarely gets
+/// right).
 pub fn csr(data: &[u8]) {
-    let pem = String::from_utf8_lossy(data);
+    use base64::Engine as _;
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let pem = if mode % 2 == 1 {
+        String::from_utf8_lossy(rest).into_owned()
+    } else {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(rest);
+        let mut pem = String::from("-----BEGIN CERTIFICATE REQUEST-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(&String::from_utf8_lossy(line));
+            pem.push('\n');
+        }
+        pem.push_str("-----END CERTIFICATE REQUEST-----\n");
+        pem
+    };
     if let Ok(csr) = crate::identity::parse_csr(&pem) {
         let _ = crate::identity::ca::requested_names(&csr);
         let _ =

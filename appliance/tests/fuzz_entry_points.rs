@@ -164,13 +164,23 @@ fn jwt_never_panics() {
 
 #[test]
 fn csr_never_panics() {
-    let csr = "-----BEGIN CERTIFICATE REQUEST-----\nMIIBJzCBzwIBADAYMRYwFAYDVQQDDA14MTAwMGMwczBiMG4wMFkwEwYHKoZIzj0C\nAQYIKoZIzj0DAQcDQgAE\n-----END CERTIFICATE REQUEST-----\n";
-    mutations(
-        &seeds(&[
-            csr,
+    // A real CSR, as PEM text (mode byte 1) and as DER (mode byte 0, armoured by the target).
+    let key = rcgen::KeyPair::generate().unwrap();
+    let req = rcgen::CertificateParams::new(vec!["x1000c0s0b0n0".to_owned()])
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap();
+    let pem = req.pem().unwrap();
+    let mut der = vec![0u8];
+    der.extend_from_slice(req.der());
+    let mut inputs = tagged(&[
+        (1, &pem),
+        (
+            1,
             "-----BEGIN CERTIFICATE REQUEST-----\n\n-----END CERTIFICATE REQUEST-----\n",
-        ]),
-        5_000,
-        fuzzing::csr,
-    );
+        ),
+        (0, ""),
+    ]);
+    inputs.push(der);
+    mutations(&inputs, 5_000, fuzzing::csr);
 }

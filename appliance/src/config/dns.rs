@@ -131,3 +131,38 @@ impl Dns {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str, alg: &str, peers: &[Ipv4Addr]) -> TsigKey {
+        TsigKey {
+            name: name.to_owned(),
+            algorithm: alg.to_owned(),
+            secret_file: "/nonexistent".into(),
+            secondaries: peers.to_vec(),
+        }
+    }
+
+    #[test]
+    fn tsig_keys_name_known_secondaries_once_with_a_supported_algorithm() {
+        let a = Ipv4Addr::new(192, 0, 2, 53);
+        let mut d = Dns {
+            secondaries: vec![a],
+            ..Dns::default()
+        };
+        d.tsig_keys = vec![key("xfr.rack1", "hmac-sha256", &[a])];
+        assert!(d.validate().is_ok());
+        d.tsig_keys = vec![key("xfr.rack1", "hmac-md5", &[a])];
+        assert!(d.validate().is_err(), "unsupported algorithm");
+        d.tsig_keys = vec![key("xfr", "hmac-sha256", &[Ipv4Addr::new(192, 0, 2, 9)])];
+        assert!(d.validate().is_err(), "not a secondary");
+        d.tsig_keys = vec![key("a", "hmac-sha256", &[a]), key("b", "hmac-sha512", &[a])];
+        assert!(d.validate().is_err(), "two keys for one secondary");
+        d.tsig_keys = vec![key("a", "hmac-sha256", &[]), key("A.", "hmac-sha256", &[])];
+        assert!(d.validate().is_err(), "the same name twice");
+        d.tsig_keys = vec![key("bad name", "hmac-sha256", &[])];
+        assert!(d.validate().is_err());
+    }
+}

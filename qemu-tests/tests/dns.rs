@@ -524,3 +524,78 @@ fn qemu_node_resolves_its_own_name_and_the_appliance() {
     assert_eq!(field("self"), Some(ip), "{line}");
     assert_eq!(field("appliance"), Some("192.0.2.1"), "{line}");
 }
+
+/// DNS listens on the rack device only (SO_BINDTODEVICE): a query for the rack address that
+/// arrives through another interface of the appliance is not answered, over UDP or TCP.
+#[test]
+fn dns_is_not_answered_on_another_interface() {
+    if !preflight(false) || !have_tools(&["dig", "python3"]) {
+        return;
+    }
+    let ns = Netns::new("dnsdev").unwrap();
+    let rb = Rackboot::start_with_env(&ns, &env(&[])).unwrap();
+    let c = clients(&ns, &[STRANGER]);
+    rb.register_node("x1000c0s0b0n0", 1, "52:54:00:aa:00:01", "192.0.2.11")
+        .unwrap();
+    eventually("answered on the rack interface", || {
+        short(&c, STRANGER, &["nid0001.rack1.cluster"]) == ["192.0.2.11"]
+    });
+    // Another interface of the appliance (198.51.100.1), a host behind it routing the rack
+    // subnet through it.
+    let o = Netns::new("dnsother").unwrap();
+    o.ip(&["link", "del", "br0"]).unwrap();
+    ns.ip(&[
+        "link", "add", "oth0", "type", "veth", "peer", "name", "othc", "netns", &o.name,
+    ])
+    .unwrap();
+    ns.ip(&["addr", "add", "198.51.100.1/24", "dev", "oth0"])
+        .unwrap();
+    ns.ip(&["link", "set", "oth0", "up"]).unwrap();
+    o.ip(&["addr", "add", "198.51.100.2/24", "dev", "othc"])
+        .unwrap();
+    o.ip(&["link", "set", "othc", "up"]).unwrap();
+    o.ip(&["route", "add", "192.0.2.0/24", "via", "198.51.100.1"])
+        .unwrap();
+    // The rack address is reachable from there: the kernel answers a TCP connect to a closed
+    // port on any interface with a reset …
+    let probe = r#"
+import socket
+try:
+    socket.create_connection(("192.0.2.1", 9), timeout=1)
+    print("open")
+except ConnectionRefusedError:
+    print("refused")
+except OSError as e:
+    print(e)
+"#;
+    eventually("192.0.2.1 is reachable from the other side", || {
+        o.cmd("python3")
+            .args(["-c", probe])
+            .output()
+            .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "refused")
+    });
+    // … but DNS is not answered there, over UDP or TCP.
+    for transport in ["+notcp", "+tcp"] {
+        let out = o
+            .cmd("dig")
+            .args([
+                "@192.0.2.1",
+                transport,
+                "+time=2",
+                "+tries=1",
+                "nid0001.rack1.cluster",
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !text.contains("status:") && !text.contains("192.0.2.11"),
+            "answered through another interface ({transport}):\n{text}"
+        );
+    }
+    // The rack side still is.
+    assert_eq!(
+        short(&c, STRANGER, &["+tcp", "nid0001.rack1.cluster"]),
+        ["192.0.2.11"]
+    );
+}

@@ -6,7 +6,9 @@
 //! The zones are rebuilt when the store reports an inventory change (the signal DHCP reloads
 //! on: API writes, discovery, federation pulls) and swapped in whole; the SOA serial moves only
 //! when their content does and is kept in the store (`dns_serial`), so it never goes back.
-//! Listeners bind only to the rack interface's address: never an open resolver elsewhere.
+//! Listeners bind only to the rack interface's address and device (SO_BINDTODEVICE, UDP and
+//! TCP): a packet for that address arriving on another interface is not answered, so this is
+//! never an open resolver elsewhere.
 //! Malformed requests get FORMERR (or nothing, when too short or a response), counted in
 //! `rackboot_dns_responses_total`.
 //!
@@ -77,7 +79,7 @@ pub async fn spawn(
     let udp = crate::netif::udp_socket(Some(iface), bind, false).with_context(|| {
         format!("cannot listen for DNS on UDP {bind} (dns.port; or dns.enabled = false)")
     })?;
-    let tcp = tokio::net::TcpListener::bind(bind).await.with_context(|| {
+    let tcp = crate::netif::tcp_listener(Some(iface), bind.into()).with_context(|| {
         format!("cannot listen for DNS on TCP {bind} (dns.port; or dns.enabled = false)")
     })?;
     let shared = Arc::new(Shared {

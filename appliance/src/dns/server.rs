@@ -179,21 +179,21 @@ fn answer_request(
     resp.metadata.response_code = rcode;
     resp.answers = found.answers;
     resp.authorities = found.authority;
-    if !tcp {
-        let limit = if req.edns.is_some() {
-            req.max_payload().min(EDNS_UDP_MAX)
-        } else {
-            512
-        };
-        if let Ok(b) = resp.to_vec()
-            && b.len() > usize::from(limit)
-        {
-            // RFC 1035 §4.2.1 / RFC 7766: too big for UDP → TC, the client asks again over TCP.
-            let cut = resp.truncate();
-            return reply(shared, transport, &cut, rcode);
+    let limit = match (tcp, req.edns.is_some()) {
+        (true, _) => usize::MAX,
+        (false, true) => usize::from(req.max_payload().min(EDNS_UDP_MAX)),
+        (false, false) => 512,
+    };
+    // Encoded once: the hot path (one A query over UDP) allocates no second buffer.
+    match resp.to_vec() {
+        Ok(b) if b.len() <= limit => {
+            shared.metrics.dns_response(transport, rcode_label(rcode));
+            Outcome::Reply(vec![b])
         }
+        // RFC 1035 §4.2.1 / RFC 7766: too big for UDP → TC, the client asks again over TCP.
+        Ok(_) => reply(shared, transport, &resp.truncate(), rcode),
+        Err(_) => reply(shared, transport, &resp, rcode),
     }
-    reply(shared, transport, &resp, rcode)
 }
 
 /// A response skeleton for `req`: same ID, opcode, RD, question; EDNS when the request had it.

@@ -112,7 +112,7 @@ pub fn section(_root: &Path, bin: &Path) -> anyhow::Result<String> {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{HEADING}: 10,000 names (5,000 nodes × xname + nidNNNN), dnsperf, rackboot vs dnsmasq\n\n\
+        "{HEADING}\n\n10,000 names (5,000 nodes × xname + nidNNNN), dnsperf, rackboot vs dnsmasq. \
          Both servers in one namespace, dnsperf in another over a veth; all 10,000 A queries in a \
          loop, {MEASURE_S} s after a 3 s warm-up, at most {OUTSTANDING} queries in flight; a paced run \
          (`-Q` at 90 % of the first rate) when the first lost more than 0.1 %. \

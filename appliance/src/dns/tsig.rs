@@ -110,17 +110,19 @@ impl Keys {
         bytes: &[u8],
         req: &Message,
         now: u64,
-    ) -> Result<Option<Signing>, Failure> {
+    ) -> Result<Option<Signing>, Box<Failure>> {
         let Some(sig) = req.signature() else {
             return Ok(None);
         };
         let id = req.metadata.id;
-        let fail = |error, badtime| Failure {
-            error,
-            key: sig.name.clone(),
-            badtime,
-            algorithm: sig.data.algorithm.clone(),
-            id,
+        let fail = |error, badtime| {
+            Box::new(Failure {
+                error,
+                key: sig.name.clone(),
+                badtime,
+                algorithm: sig.data.algorithm.clone(),
+                id,
+            })
         };
         // §5.2.1: an unknown key or algorithm is BADKEY.
         let Some(signer) = self

@@ -231,7 +231,13 @@ print(r[0:2].hex(), r[3] & 0x0f, r[2] >> 7)
     );
 }
 
-/// `named` as a secondary of both zones, in the client namespace.
+/// The TSIG key rackboot and the secondary share (32 bytes, as `tsig-keygen` makes).
+const KEY_NAME: &str = "xfr.rack1";
+const SECRET: &str = "K2tyZWJvb3QtdHNpZy10ZXN0LXNlY3JldC0zMmJ5dGU=";
+const WRONG_SECRET: &str = "d3Jvbmctd3Jvbmctd3Jvbmctd3Jvbmctd3Jvbmc0MiE=";
+
+/// `named` as a secondary of both zones, in the client namespace, signing its requests to
+/// rackboot with the TSIG key.
 fn start_named(c: &Netns, dir: &std::path::Path) -> Child {
     let d = dir.display();
     let conf = format!(
@@ -244,8 +250,10 @@ fn start_named(c: &Netns, dir: &std::path::Path) -> Child {
     dnssec-validation no;
     notify no;
 }};
-zone "{DOMAIN}" {{ type secondary; primaries {{ 192.0.2.1; }}; file "{d}/fwd.db"; }};
-zone "2.0.192.in-addr.arpa" {{ type secondary; primaries {{ 192.0.2.1; }}; file "{d}/rev.db"; }};
+key "{KEY_NAME}" {{ algorithm hmac-sha256; secret "{SECRET}"; }};
+server 192.0.2.1 {{ keys {{ "{KEY_NAME}"; }}; }};
+zone "{DOMAIN}" {{ type secondary; primaries {{ 192.0.2.1 key "{KEY_NAME}"; }}; file "{d}/fwd.db"; }};
+zone "2.0.192.in-addr.arpa" {{ type secondary; primaries {{ 192.0.2.1 key "{KEY_NAME}"; }}; file "{d}/rev.db"; }};
 "#
     );
     let path = dir.join("named.conf");
@@ -279,21 +287,108 @@ fn ask_secondary(c: &Netns, name: &str) -> Vec<String> {
         .collect()
 }
 
+/// BIND 9 as a TSIG-keyed secondary: it holds the zone after a signed transfer and the new
+/// record after a signed NOTIFY; `dig -y` with the key transfers, a wrong key or none is refused.
 #[test]
-fn bind_secondary_transfers_the_zone_and_follows_notify() {
+fn bind_secondary_transfers_the_zone_with_tsig_and_follows_notify() {
     if !preflight(false) || !have_tools(&["dig", "named"]) {
         return;
     }
     let ns = Netns::new("dnsxfr").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("xfr.key");
+    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+    let keys: &'static str = Box::leak(
+        format!(
+            r#"[{{ name = "{KEY_NAME}", algorithm = "hmac-sha256", secret_file = "{}", secondaries = ["{SECONDARY}"] }}]"#,
+            secret_file.display()
+        )
+        .into_boxed_str(),
+    );
     let rb = Rackboot::start_with_env(
         &ns,
-        &env(&[("RACKBOOT_DNS__SECONDARIES", r#"["192.0.2.53"]"#)]),
+        &env(&[
+            ("RACKBOOT_DNS__SECONDARIES", r#"["192.0.2.53"]"#),
+            ("RACKBOOT_DNS__TSIG_KEYS", keys),
+        ]),
     )
     .unwrap();
     let c = clients(&ns, &[SECONDARY]);
     rb.register_node("x1000c0s0b0n0", 1, "52:54:00:aa:00:01", "192.0.2.11")
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
+
+    // 3 names of 90 addresses (BIND takes at most 100 per RRset): the transfer takes more
+    // than one message, each signed.
+    for n in 0..3u32 {
+        let ips: Vec<String> = (1..=90)
+            .map(|i| format!(r#"{{"IPAddress":"198.51.{}.{i}"}}"#, 100 + n))
+            .collect();
+        let (code, body) = rb
+            .http(
+                "POST",
+                "/hsm/v2/Inventory/EthernetInterfaces",
+                Some(&format!(
+                    r#"{{"MACAddress":"52:54:00:aa:01:0{n}","ComponentID":"x1000c0s{}b0n0","IPAddresses":[{}]}}"#,
+                    n + 2,
+                    ips.join(",")
+                )),
+            )
+            .unwrap();
+        assert_eq!(code, 201, "{body}");
+    }
+    eventually("the big names exist", || {
+        short(&c, SECONDARY, &["+tcp", "x1000c0s4b0n0.rack1.cluster"]).len() == 90
+    });
+
+    // dig -y: the right key transfers (and dig verifies every message's signature), a wrong
+    // secret, an unknown key name and no key at all are refused.
+    let right = format!("hmac-sha256:{KEY_NAME}:{SECRET}");
+    let axfr = dig(&c, SECONDARY, &["-y", &right, DOMAIN, "AXFR"]);
+    assert!(
+        axfr.contains("nid0001.rack1.cluster.")
+            && !axfr.contains("failure")
+            && !axfr.contains("Couldn't verify")
+            && !axfr.contains("Transfer failed"),
+        "{axfr}"
+    );
+    let messages = axfr
+        .split("(messages ")
+        .nth(1)
+        .and_then(|t| t.split(',').next())
+        .and_then(|n| n.parse::<u32>().ok());
+    assert!(
+        messages.is_some_and(|n| n > 1),
+        "a multi-message transfer: {axfr}"
+    );
+    let wrong = format!("hmac-sha256:{KEY_NAME}:{WRONG_SECRET}");
+    let out = dig(&c, SECONDARY, &["-y", &wrong, DOMAIN, "AXFR"]);
+    assert!(!out.contains("nid0001.rack1.cluster."), "{out}");
+    assert!(
+        out.contains("Transfer failed") || out.contains("NOTAUTH"),
+        "{out}"
+    );
+    let unknown = format!("hmac-sha256:someone.else:{SECRET}");
+    let out = dig(&c, SECONDARY, &["-y", &unknown, DOMAIN, "AXFR"]);
+    assert!(!out.contains("nid0001.rack1.cluster."), "{out}");
+    let out = dig(&c, SECONDARY, &[DOMAIN, "AXFR"]);
+    assert!(!out.contains("nid0001.rack1.cluster."), "{out}");
+    assert!(
+        out.contains("Transfer failed") || out.contains("REFUSED"),
+        "{out}"
+    );
+    let (_, metrics) = rb.http("GET", "/metrics", None).unwrap();
+    for label in ["BADSIG", "BADKEY", "tsig_required"] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("rackboot_dns_responses_total") && l.contains(label)),
+            "no {label} counter:\n{metrics}"
+        );
+    }
+    let log = rb.log_text();
+    assert!(log.contains("TSIG verification failed"), "{log}");
+    assert!(!log.contains(SECRET), "the secret is never logged");
+
     let mut named = start_named(&c, dir.path());
     let log = || std::fs::read_to_string(dir.path().join("named.log")).unwrap_or_default();
     // The secondary holds the zone after its first transfer (AXFR at start-up).
@@ -319,6 +414,17 @@ fn bind_secondary_transfers_the_zone_and_follows_notify() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(log().contains("notify from 192.0.2.1"), "{}", log());
+    // named verified our signatures on the transfers and on the NOTIFY.
+    assert!(
+        log().contains("transferred serial") && log().contains(": TSIG 'xfr.rack1'"),
+        "{}",
+        log()
+    );
+    assert!(
+        log().contains("/key xfr.rack1: received notify for zone 'rack1.cluster'"),
+        "{}",
+        log()
+    );
     let _ = named.kill();
     let _ = named.wait();
 }
@@ -417,4 +523,79 @@ fn qemu_node_resolves_its_own_name_and_the_appliance() {
     );
     assert_eq!(field("self"), Some(ip), "{line}");
     assert_eq!(field("appliance"), Some("192.0.2.1"), "{line}");
+}
+
+/// DNS listens on the rack device only (SO_BINDTODEVICE): a query for the rack address that
+/// arrives through another interface of the appliance is not answered, over UDP or TCP.
+#[test]
+fn dns_is_not_answered_on_another_interface() {
+    if !preflight(false) || !have_tools(&["dig", "python3"]) {
+        return;
+    }
+    let ns = Netns::new("dnsdev").unwrap();
+    let rb = Rackboot::start_with_env(&ns, &env(&[])).unwrap();
+    let c = clients(&ns, &[STRANGER]);
+    rb.register_node("x1000c0s0b0n0", 1, "52:54:00:aa:00:01", "192.0.2.11")
+        .unwrap();
+    eventually("answered on the rack interface", || {
+        short(&c, STRANGER, &["nid0001.rack1.cluster"]) == ["192.0.2.11"]
+    });
+    // Another interface of the appliance (198.51.100.1), a host behind it routing the rack
+    // subnet through it.
+    let o = Netns::new("dnsother").unwrap();
+    o.ip(&["link", "del", "br0"]).unwrap();
+    ns.ip(&[
+        "link", "add", "oth0", "type", "veth", "peer", "name", "othc", "netns", &o.name,
+    ])
+    .unwrap();
+    ns.ip(&["addr", "add", "198.51.100.1/24", "dev", "oth0"])
+        .unwrap();
+    ns.ip(&["link", "set", "oth0", "up"]).unwrap();
+    o.ip(&["addr", "add", "198.51.100.2/24", "dev", "othc"])
+        .unwrap();
+    o.ip(&["link", "set", "othc", "up"]).unwrap();
+    o.ip(&["route", "add", "192.0.2.0/24", "via", "198.51.100.1"])
+        .unwrap();
+    // The rack address is reachable from there: the kernel answers a TCP connect to a closed
+    // port on any interface with a reset …
+    let probe = r#"
+import socket
+try:
+    socket.create_connection(("192.0.2.1", 9), timeout=1)
+    print("open")
+except ConnectionRefusedError:
+    print("refused")
+except OSError as e:
+    print(e)
+"#;
+    eventually("192.0.2.1 is reachable from the other side", || {
+        o.cmd("python3")
+            .args(["-c", probe])
+            .output()
+            .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "refused")
+    });
+    // … but DNS is not answered there, over UDP or TCP.
+    for transport in ["+notcp", "+tcp"] {
+        let out = o
+            .cmd("dig")
+            .args([
+                "@192.0.2.1",
+                transport,
+                "+time=2",
+                "+tries=1",
+                "nid0001.rack1.cluster",
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !text.contains("status:") && !text.contains("192.0.2.11"),
+            "answered through another interface ({transport}):\n{text}"
+        );
+    }
+    // The rack side still is.
+    assert_eq!(
+        short(&c, STRANGER, &["+tcp", "nid0001.rack1.cluster"]),
+        ["192.0.2.11"]
+    );
 }

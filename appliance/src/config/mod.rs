@@ -34,7 +34,7 @@ mod upstream;
 
 pub use backup::Backup;
 pub use discovery::{BmcTls, Discovery, XnameRule};
-pub use dns::Dns;
+pub use dns::{Dns, TsigKey};
 pub use identity::{EnrollPolicy, Identity, Tpm};
 pub use network::{Boot, Dhcp, DhcpMode, Listen, Subnet, default_pool, parse_pool};
 pub use services::{Auth, CloudInit, Issuer, StoreConfig, Timeline};
@@ -119,6 +119,7 @@ impl Config {
             }
         }
         self.backup.validate()?;
+        self.dns.validate()?;
         if self.boot.max_retries == 0 {
             bail!("boot.max_retries must be at least 1");
         }

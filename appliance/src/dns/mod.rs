@@ -6,7 +6,9 @@
 //! The zones are rebuilt when the store reports an inventory change (the signal DHCP reloads
 //! on: API writes, discovery, federation pulls) and swapped in whole; the SOA serial moves only
 //! when their content does and is kept in the store (`dns_serial`), so it never goes back.
-//! Listeners bind only to the rack interface's address: never an open resolver elsewhere.
+//! Listeners bind only to the rack interface's address and device (SO_BINDTODEVICE, UDP and
+//! TCP): a packet for that address arriving on another interface is not answered, so this is
+//! never an open resolver elsewhere.
 //! Malformed requests get FORMERR (or nothing, when too short or a response), counted in
 //! `rackboot_dns_responses_total`.
 //!
@@ -15,6 +17,9 @@
 
 mod forward;
 mod server;
+mod tsig;
+#[cfg(test)]
+mod tsig_tests;
 mod zone;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -23,7 +28,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use hickory_proto::op::Message;
-use hickory_proto::rr::{Name, RecordType};
+use hickory_proto::rr::{Name, RecordType, TSigner};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +44,7 @@ pub struct Shared {
     secondaries: Vec<Ipv4Addr>,
     forwarders: Vec<SocketAddr>,
     cache: forward::Cache,
+    tsig: tsig::Keys,
     metrics: Arc<Metrics>,
 }
 
@@ -68,11 +74,12 @@ pub async fn spawn(
         server: addr,
         aliases: cfg.aliases.clone(),
     };
+    let tsig = tsig::Keys::load(&cfg.tsig_keys)?;
     let bind = SocketAddrV4::new(addr, cfg.port);
     let udp = crate::netif::udp_socket(Some(iface), bind, false).with_context(|| {
         format!("cannot listen for DNS on UDP {bind} (dns.port; or dns.enabled = false)")
     })?;
-    let tcp = tokio::net::TcpListener::bind(bind).await.with_context(|| {
+    let tcp = crate::netif::tcp_listener(Some(iface), bind.into()).with_context(|| {
         format!("cannot listen for DNS on TCP {bind} (dns.port; or dns.enabled = false)")
     })?;
     let shared = Arc::new(Shared {
@@ -80,6 +87,7 @@ pub async fn spawn(
         secondaries: cfg.secondaries.clone(),
         forwarders: cfg.forwarders.clone(),
         cache: forward::Cache::new(cfg.cache_size.max(1)),
+        tsig,
         metrics,
     });
     // The first build before answering: a query never sees an empty zone after start-up.
@@ -146,20 +154,40 @@ async fn reload(store: &Store, zcfg: &ZoneConfig, shared: &Shared, notify: &[Soc
     }
     tracing::info!(serial, hosts = hosts.len(), "DNS: zones rebuilt");
     if !notify.is_empty() {
-        let targets = notify.to_vec();
+        let targets: Vec<_> = notify
+            .iter()
+            .map(|t| {
+                let key = match t.ip() {
+                    std::net::IpAddr::V4(ip) => shared.tsig.for_peer(ip).cloned(),
+                    std::net::IpAddr::V6(_) => None,
+                };
+                (*t, key)
+            })
+            .collect();
         tokio::spawn(send_notifies(zones, targets, zcfg.server));
     }
 }
 
-/// RFC 1996 §3.6: NOTIFY each secondary for each zone, retried a few times until answered.
-async fn send_notifies(zones: Arc<Zones>, targets: Vec<SocketAddr>, from: Ipv4Addr) {
+/// RFC 1996 §3.6: NOTIFY each secondary for each zone, retried a few times until answered;
+/// signed with the secondary's TSIG key when it has one.
+async fn send_notifies(
+    zones: Arc<Zones>,
+    targets: Vec<(SocketAddr, Option<TSigner>)>,
+    from: Ipv4Addr,
+) {
     for z in &zones.zones {
         let soa = z
             .transfer
             .first()
             .filter(|r| r.record_type() == RecordType::SOA);
-        for t in &targets {
-            let msg = server::notify_message(&z.origin, soa);
+        for (t, key) in &targets {
+            let mut msg = server::notify_message(&z.origin, soa);
+            if let Some(k) = key
+                && let Err(err) = tsig::sign_request(&mut msg, k, tsig::now())
+            {
+                tracing::warn!(secondary = %t, error = %err, "DNS: cannot sign a NOTIFY");
+                continue;
+            }
             if !notify_one(from, *t, &msg).await {
                 tracing::warn!(secondary = %t, zone = %z.origin, "DNS: NOTIFY not acknowledged");
             }

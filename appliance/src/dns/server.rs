@@ -13,6 +13,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
+use super::tsig::Signing;
 
 /// Largest UDP answer we send with EDNS (the DNS flag day 2020 size, no fragmentation).
 const EDNS_UDP_MAX: u16 = 1232;
@@ -55,6 +56,56 @@ pub fn answer(shared: &Shared, bytes: &[u8], src: SocketAddr, tcp: bool) -> Outc
         shared.metrics.dns_response(transport, "dropped");
         return Outcome::Drop;
     }
+    if req.signature().is_none() {
+        return answer_request(shared, req, src, tcp, None);
+    }
+    // Signed (RFC 8945): verified first; the answer, whatever it is, is signed.
+    let now = super::tsig::now();
+    let signing = match shared.tsig.verify(bytes, &req, now) {
+        Ok(s) => s,
+        Err(fail) => {
+            tracing::warn!(peer = %src, key = %fail.key, error = fail.label(), "DNS: TSIG verification failed");
+            let mut resp = response(&req);
+            resp.metadata.response_code = ResponseCode::NotAuth;
+            shared.metrics.dns_response(transport, fail.label());
+            return match fail.finish(&mut resp, now) {
+                Ok(b) => Outcome::Reply(vec![b]),
+                Err(_) => Outcome::Drop,
+            };
+        }
+    };
+    let Some(signing) = signing else {
+        return Outcome::Drop;
+    };
+    let op = req.metadata.op_code;
+    let msgs = match answer_request(shared, req, src, tcp, Some(&signing)) {
+        Outcome::Reply(m) => m,
+        // A signed request is answered here, never by a forwarder that cannot sign it.
+        Outcome::Forward(req) => match error_for(shared, transport, &req, ResponseCode::Refused) {
+            Outcome::Reply(m) => m,
+            _ => return Outcome::Drop,
+        },
+        Outcome::Drop => return Outcome::Drop,
+    };
+    match signing.sign_all(msgs, now) {
+        Ok(m) => Outcome::Reply(m),
+        Err(err) => {
+            tracing::warn!(error = %err, "DNS: cannot sign an answer");
+            error(shared, transport, id, op, ResponseCode::ServFail)
+        }
+    }
+}
+
+/// Answers a parsed request (its TSIG, if any, verified as `signed`).
+fn answer_request(
+    shared: &Shared,
+    req: Message,
+    src: SocketAddr,
+    tcp: bool,
+    signed: Option<&Signing>,
+) -> Outcome {
+    let transport = if tcp { "tcp" } else { "udp" };
+    let id = req.metadata.id;
     let op = req.metadata.op_code;
     if op != OpCode::Query {
         return error(shared, transport, id, op, ResponseCode::NotImp);
@@ -79,6 +130,22 @@ pub fn answer(shared: &Shared, bytes: &[u8], src: SocketAddr, tcp: bool) -> Outc
         if !allowed || zone.origin != name {
             tracing::info!(peer = %src, zone = %name, "DNS: zone transfer refused (not in dns.secondaries)");
             return error_for(shared, transport, &req, ResponseCode::Refused);
+        }
+        let required = match src.ip() {
+            IpAddr::V4(ip) => shared.tsig.for_peer(ip),
+            IpAddr::V6(_) => None,
+        };
+        if let Some(key) = required
+            && signed.is_none_or(|s| s.key() != key.signer_name())
+        {
+            tracing::warn!(peer = %src, zone = %name, key = %key.signer_name(), "DNS: zone transfer refused (not signed with the secondary's TSIG key)");
+            shared.metrics.dns_response(transport, "tsig_required");
+            let mut resp = response(&req);
+            resp.metadata.response_code = ResponseCode::Refused;
+            return match resp.to_vec() {
+                Ok(b) => Outcome::Reply(vec![b]),
+                Err(_) => Outcome::Drop,
+            };
         }
         if !tcp {
             // RFC 5936 §4.2: AXFR is TCP only; IXFR over UDP may answer with TC to move it.
@@ -112,21 +179,21 @@ pub fn answer(shared: &Shared, bytes: &[u8], src: SocketAddr, tcp: bool) -> Outc
     resp.metadata.response_code = rcode;
     resp.answers = found.answers;
     resp.authorities = found.authority;
-    if !tcp {
-        let limit = if req.edns.is_some() {
-            req.max_payload().min(EDNS_UDP_MAX)
-        } else {
-            512
-        };
-        if let Ok(b) = resp.to_vec()
-            && b.len() > usize::from(limit)
-        {
-            // RFC 1035 §4.2.1 / RFC 7766: too big for UDP → TC, the client asks again over TCP.
-            let cut = resp.truncate();
-            return reply(shared, transport, &cut, rcode);
+    let limit = match (tcp, req.edns.is_some()) {
+        (true, _) => usize::MAX,
+        (false, true) => usize::from(req.max_payload().min(EDNS_UDP_MAX)),
+        (false, false) => 512,
+    };
+    // Encoded once: the hot path (one A query over UDP) allocates no second buffer.
+    match resp.to_vec() {
+        Ok(b) if b.len() <= limit => {
+            shared.metrics.dns_response(transport, rcode_label(rcode));
+            Outcome::Reply(vec![b])
         }
+        // RFC 1035 §4.2.1 / RFC 7766: too big for UDP → TC, the client asks again over TCP.
+        Ok(_) => reply(shared, transport, &resp.truncate(), rcode),
+        Err(_) => reply(shared, transport, &resp, rcode),
     }
-    reply(shared, transport, &resp, rcode)
 }
 
 /// A response skeleton for `req`: same ID, opcode, RD, question; EDNS when the request had it.
@@ -364,6 +431,7 @@ mod tests {
             secondaries: vec![Ipv4Addr::new(192, 0, 2, 53)],
             forwarders: vec![],
             cache: super::super::forward::Cache::new(4),
+            tsig: super::super::tsig::Keys::default(),
             metrics: Arc::new(crate::metrics::Metrics::new()),
         }
     }

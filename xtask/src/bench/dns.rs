@@ -93,12 +93,14 @@ pub fn section(_root: &Path, bin: &Path) -> anyhow::Result<String> {
     wait_answer(&client, RACKBOOT, &format!("{last}.{DOMAIN}"), &last_ip)?;
 
     let mut dnsmasq = start_dnsmasq(&ns, &hosts_file)?;
+    let load_before = loadavg();
     let res = (|| {
         wait_answer(&client, DNSMASQ, &format!("{last}.{DOMAIN}"), &last_ip)?;
         let rb = measure(&client, RACKBOOT, &query_file)?;
         let dm = measure(&client, DNSMASQ, &query_file)?;
         Ok::<_, anyhow::Error>((rb, dm))
     })();
+    let load_after = loadavg();
     let _ = dnsmasq.kill();
     let _ = dnsmasq.wait();
     let ((rb_max, rb_paced), (dm_max, dm_paced)) = res?;
@@ -110,7 +112,7 @@ pub fn section(_root: &Path, bin: &Path) -> anyhow::Result<String> {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{HEADING}: 10,000 names (5,000 nodes × xname + nidNNNN), dnsperf, rackboot vs dnsmasq\n\n\
+        "{HEADING}\n\n10,000 names (5,000 nodes × xname + nidNNNN), dnsperf, rackboot vs dnsmasq. \
          Both servers in one namespace, dnsperf in another over a veth; all 10,000 A queries in a \
          loop, {MEASURE_S} s after a 3 s warm-up, at most {OUTSTANDING} queries in flight; a paced run \
          (`-Q` at 90 % of the first rate) when the first lost more than 0.1 %. \
@@ -135,6 +137,12 @@ pub fn section(_root: &Path, bin: &Path) -> anyhow::Result<String> {
         s,
         "\nRatio rackboot / dnsmasq at ≤ 0.1 % loss (the better qualifying run of each): **{:.2}×** (target ≥ 1.5×).",
         rb_best.qps / dm_best.qps.max(1.0)
+    );
+    let _ = writeln!(
+        s,
+        "\nMachine: {}, shared with other work; 1-minute load average {load_before} before \
+         the runs, {load_after} after.",
+        super::machine()
     );
     Ok(s)
 }
@@ -298,4 +306,12 @@ fn dnsperf(
             String::from_utf8_lossy(&out.stderr)
         ),
     }
+}
+
+/// The 1-minute load average (`/proc/loadavg`), or "?".
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned())
 }

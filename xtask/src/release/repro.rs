@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 
 use super::{Names, Source, release, target_dir};
 use crate::run::{have, run};
@@ -40,13 +40,28 @@ pub fn check() -> anyhow::Result<()> {
 pub fn check_against(dist: &Path) -> anyhow::Result<()> {
     let root = crate::root();
     let src = Source::of(&root)?;
-    if src.dirty {
-        let why = "the tree has uncommitted changes, so the release in dist/ is not the \
-                   commit's and cannot be compared with a clean clone of it";
+    // The commit the release in `dist` was built from, as its provenance names it: the clone
+    // must be of that commit, whatever HEAD is now.
+    let provenance = dist.join(Names::of(&src.version).provenance);
+    let stmt: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&provenance).with_context(|| format!("no release in {}", dist.display()))?,
+    )
+    .with_context(|| format!("{} is not JSON", provenance.display()))?;
+    let source = &stmt["predicate"]["buildDefinition"]["externalParameters"]["source"];
+    let commit = source["commit"]
+        .as_str()
+        .with_context(|| format!("{} names no source commit", provenance.display()))?
+        .to_owned();
+    if source["dirty"].as_bool() != Some(false) {
+        let why = format!(
+            "the release in {} was built from a tree with uncommitted changes, so it is not \
+             its commit's and cannot be compared with a clean clone of it",
+            dist.display()
+        );
         if crate::run::in_ci() {
             bail!("reproducibility check: {why}");
         }
-        eprintln!("reproducibility check NOT RUN: {why} (commit, then run it again)");
+        eprintln!("reproducibility check NOT RUN: {why} (commit, release, then run it again)");
         return Ok(());
     }
     let tmp = tempfile::Builder::new()
@@ -54,7 +69,7 @@ pub fn check_against(dist: &Path) -> anyhow::Result<()> {
         .tempdir()?;
     let b = build_clone(
         &root,
-        &src.commit,
+        &commit,
         &tmp.path().join("elsewhere/second-build/rackboot"),
     )?;
     compare(&src.version, dist, &b, tmp)

@@ -104,6 +104,7 @@ pub enum Command {
     #[command(name = "ansible-inventory")]
     AnsibleInventory(crate::ansible::cli::AnsibleInventoryArgs),
     /// Load-test a PXE server (rackboot or any other) with a boot storm of simulated nodes.
+    #[cfg(feature = "storm")]
     Storm(crate::storm::StormArgs),
 }
 
@@ -199,6 +200,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(args) => generate(&args),
         Command::Backup(cmd) => crate::backup::cli::run(cmd).await,
         Command::AnsibleInventory(args) => crate::ansible::cli::run(args).await,
+        #[cfg(feature = "storm")]
         Command::Storm(args) => crate::storm::run(args).await,
     }
 }

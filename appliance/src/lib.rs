@@ -29,6 +29,7 @@ pub mod seal;
 pub(crate) mod serve;
 pub(crate) mod services;
 pub mod store;
+#[cfg(feature = "storm")]
 pub(crate) mod storm;
 pub(crate) mod sys;
 pub(crate) mod tftp;

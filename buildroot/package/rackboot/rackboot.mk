@@ -42,10 +42,11 @@ RACKBOOT_CARGO_ENV = \
 	AR_$(subst -,_,$(RACKBOOT_RUST_TARGET))="$(TARGET_AR)"
 
 # The workspace's `appliance` profile: release, optimised for size (opt-level s, fat LTO, one
-# codegen unit, stripped).
+# codegen unit, stripped). Without default features: the image leaves out `rackboot storm`, the
+# load generator (run from another host; docs/appliance.md).
 define RACKBOOT_BUILD_CMDS
 	cd $(@D) && $(TARGET_MAKE_ENV) $(RACKBOOT_CARGO_ENV) \
-		$(RACKBOOT_CARGO) build --profile appliance \
+		$(RACKBOOT_CARGO) build --profile appliance --no-default-features \
 		-p appliance --bin rackboot --target $(RACKBOOT_RUST_TARGET)
 endef
 

@@ -141,7 +141,11 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ),
     (
         "openssh-client",
-        "ssh-keygen -Y sign/verify: release signatures",
+        "ssh-keygen -Y sign/verify: release signatures; ssh for ansible in qemu-tests/tests/ansible.rs",
+    ),
+    (
+        "dropbear-bin",
+        "the SSH server copied into the test node's initrd (qemu-tests/tests/ansible.rs; binaries only, no service)",
     ),
     (
         "util-linux",

@@ -6,8 +6,9 @@
 //! phone-home. DHCP goes through one socket acting as a relay (giaddr), so one host simulates
 //! many nodes without raw sockets. See docs/runbook-storm.md.
 //!
-//! Owns: `rackboot storm`. May call: `http` (its capped body reader). It uses pxe-core's DHCP wire types and
-//! holds no store and no server state.
+//! Owns: `rackboot storm`. May call: `http`.
+//! It reads answers with `http`'s capped reader, uses pxe-core's DHCP wire types, and holds no
+//! store and no server state.
 
 mod dhcp;
 mod http;

@@ -466,16 +466,8 @@ fn start_kea(ns: &Netns) -> anyhow::Result<Box<dyn std::any::Any>> {
 /// (rackboot MiB/s, nginx MiB/s) for a 64 MiB file.
 /// `cargo xtask bench http`: only the wrk comparison, printed (for iterating on image serving).
 pub fn run_http_only() -> anyhow::Result<()> {
-    let root = crate::root();
-    run(Command::new(env!("CARGO")).current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "appliance",
-        "--bin",
-        "rackboot",
-    ]))?;
-    let (rb, nginx) = http_compare(&root.join("target/release/rackboot"))?;
+    let bin = release_binary(&crate::root())?;
+    let (rb, nginx) = http_compare(&bin)?;
     println!(
         "rackboot /images: {rb:.0} MiB/s, nginx: {nginx:.0} MiB/s, ratio {:.2}",
         rb / nginx.max(1.0)
@@ -485,16 +477,8 @@ pub fn run_http_only() -> anyhow::Result<()> {
 
 /// `cargo xtask bench boot`: only the boot-time comparison, printed.
 pub fn run_boot_only() -> anyhow::Result<()> {
-    let root = crate::root();
-    run(Command::new(env!("CARGO")).current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "appliance",
-        "--bin",
-        "rackboot",
-    ]))?;
-    let (rb, peer) = boot_compare(&root.join("target/release/rackboot"))?;
+    let bin = release_binary(&crate::root())?;
+    let (rb, peer) = boot_compare(&bin)?;
     println!(
         "boot (median of 3): rackboot {rb:.1} s, dnsmasq + nginx {peer:.1} s, ratio {:.2}",
         rb / peer.max(0.001)

@@ -95,6 +95,9 @@ pub enum Command {
     /// Encrypted backups of the store, keys, config and images; verify and restore them.
     #[command(subcommand)]
     Backup(crate::backup::cli::BackupCommand),
+    /// The appliance image itself: check signed update bundles.
+    #[command(subcommand)]
+    Appliance(crate::update::cli::ApplianceCommand),
     /// For packagers: writes the man pages or shell completions of this binary into a directory
     /// (`cargo xtask release` runs it, so they describe exactly the shipped command line).
     #[command(name = "__generate", hide = true)]
@@ -199,6 +202,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Upstream(args) => crate::federation::cli::run(args).await,
         Command::Generate(args) => generate(&args),
         Command::Backup(cmd) => crate::backup::cli::run(cmd).await,
+        Command::Appliance(cmd) => crate::update::cli::run(cmd).await,
         Command::AnsibleInventory(args) => crate::ansible::cli::run(args).await,
         #[cfg(feature = "storm")]
         Command::Storm(args) => crate::storm::run(args).await,

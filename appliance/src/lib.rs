@@ -34,4 +34,5 @@ pub(crate) mod storm;
 pub(crate) mod sys;
 pub(crate) mod tftp;
 pub mod timeline;
+pub(crate) mod update;
 pub mod version;

@@ -682,6 +682,13 @@ fn renewal_expiry_and_approval() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // openssl calls a certificate expired from the first instant of its notAfter second; RFC 5280
+    // (and rustls/webpki) count that whole second as valid. Expired for both means the wall
+    // clock has moved into the next whole second.
+    let expired_at = unix_secs();
+    while unix_secs() <= expired_at {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let (ok, out) = agent(&["agent", "secret", "s"]);
     assert!(!ok, "an expired certificate fetched a secret: {out}");
     let (ok, out) = agent(&["agent", "renew"]);
@@ -1120,4 +1127,11 @@ fn an_intermediate_signed_elsewhere_is_imported_and_issues() {
         ],
     );
     assert!(v.contains("leaf.pem: OK"), "{v}");
+}
+
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }

@@ -8,14 +8,22 @@
 #                   named on the command line and switches root
 #   rackboot-a.efi  UKI (systemd-boot's EFI stub + kernel + initramfs + command line), signed
 #                   with the Secure Boot db key
+#   rackboot-b.efi  the same UKI for slot b (only its command line's rackboot.slot differs)
 #   rackboot-appliance.img  GPT: esp, root-a, root-b (empty until the first update), data
 #                   (empty: made on first boot)
+#   rackboot-update.rbu  the update bundle: manifest.json (board, version, root hash, every
+#                   payload's size and SHA-256), manifest.json.sig (Ed25519, the update key),
+#                   root.img, rackboot-a.efi, rackboot-b.efi (appliance/src/update/bundle.rs)
 #
 # Inputs (environment):
 #   RACKBOOT_KERNEL_ROOT  a directory holding boot/vmlinuz-* and lib/modules/<ver> (the offline
 #                         build: Debian's unpacked linux-image); default: Buildroot's kernel
 #   RACKBOOT_SB_DIR       Secure Boot keys (db.key, db.crt; PK/KEK certificates for enrolment);
 #                         made here, with test keys, when absent. Default $BASE_DIR/secureboot.
+#   RACKBOOT_UPDATE_KEY   the release's Ed25519 update signing key (PEM, `openssl genpkey
+#                         -algorithm ed25519`); its public half is baked into the root as
+#                         /etc/rackboot/update-keys/release.pub. Made here, as a TEST key, when
+#                         absent. Default $RACKBOOT_SB_DIR/update.key.
 #   RACKBOOT_EFI_STUB     default /usr/lib/systemd/boot/efi/linuxx64.efi.stub
 #   RACKBOOT_CMDLINE_EXTRA  appended to the kernel command line
 set -euo pipefail
@@ -26,7 +34,7 @@ rm -rf "$work"
 mkdir -p "$work"
 stub=${RACKBOOT_EFI_STUB:-/usr/lib/systemd/boot/efi/linuxx64.efi.stub}
 sb=${RACKBOOT_SB_DIR:-$BASE_DIR/secureboot}
-for tool in mksquashfs veritysetup sbsign sgdisk mkfs.vfat mcopy mmd setcap objcopy depmod modprobe cpio; do
+for tool in mksquashfs veritysetup sbsign sgdisk mkfs.vfat mcopy mmd setcap objcopy depmod modprobe cpio openssl tar; do
 	command -v "$tool" >/dev/null || { echo "post-image: $tool is missing (cargo xtask deps installs it)" >&2; exit 1; }
 done
 [ -e "$stub" ] || { echo "post-image: no EFI stub $stub (Debian: systemd-boot-efi)" >&2; exit 1; }
@@ -86,6 +94,15 @@ cp "$kroot/lib/modules/$kver"/modules.{order,builtin,builtin.modinfo} "$rootfs/l
 depmod -b "$rootfs" "$kver"
 # rackboot's only privilege: binding ports below 1024 (DHCP 67, TFTP 69, HTTP 80, HTTPS 443).
 setcap cap_net_bind_service=ep "$rootfs/usr/bin/rackboot"
+# The update key the image trusts: bundles verify against this public key only.
+update_key=${RACKBOOT_UPDATE_KEY:-$sb/update.key}
+if [ ! -e "$update_key" ]; then
+	echo "post-image: making a TEST update signing key $update_key (a site uses its release key: docs/appliance.md)"
+	mkdir -p "$(dirname "$update_key")"
+	(umask 077 && openssl genpkey -algorithm ed25519 -out "$update_key")
+fi
+mkdir -p "$rootfs/etc/rackboot/update-keys"
+openssl pkey -in "$update_key" -pubout -out "$rootfs/etc/rackboot/update-keys/release.pub"
 mksquashfs "$rootfs" "$work/root.squashfs" -comp xz -all-root -noappend -no-progress -quiet \
 	-mkfs-time 0 -all-time 0 >/dev/null
 squash_size=$(stat -c %s "$work/root.squashfs")
@@ -146,6 +163,14 @@ objcopy \
 	--add-section .linux="$vmlinuz" --change-section-vma .linux=0x2000000 \
 	--add-section .initrd="$work/initramfs.cpio.gz" --change-section-vma .initrd=0x3000000 \
 	"$stub" "$work/rackboot-a.unsigned.efi"
+# Slot b's UKI: the same kernel and initramfs, its own signed command line.
+echo -n "${cmdline/rackboot.slot=a/rackboot.slot=b}" >"$work/cmdline-b"
+objcopy \
+	--add-section .osrel="$osrel" --change-section-vma .osrel=0x20000 \
+	--add-section .cmdline="$work/cmdline-b" --change-section-vma .cmdline=0x30000 \
+	--add-section .linux="$vmlinuz" --change-section-vma .linux=0x2000000 \
+	--add-section .initrd="$work/initramfs.cpio.gz" --change-section-vma .initrd=0x3000000 \
+	"$stub" "$work/rackboot-b.unsigned.efi"
 
 # --- Secure Boot keys and signature ---------------------------------------------------------------
 if [ ! -e "$sb/db.key" ]; then
@@ -158,7 +183,26 @@ if [ ! -e "$sb/db.key" ]; then
 	done
 	uuidgen 2>/dev/null >"$sb/owner.guid" || cat /proc/sys/kernel/random/uuid >"$sb/owner.guid"
 fi
-sbsign --key "$sb/db.key" --cert "$sb/db.crt" --output "$work/rackboot-a.efi" "$work/rackboot-a.unsigned.efi" 2>/dev/null
+for slot in a b; do
+	sbsign --key "$sb/db.key" --cert "$sb/db.crt" --output "$work/rackboot-$slot.efi" "$work/rackboot-$slot.unsigned.efi" 2>/dev/null
+done
+
+# --- update bundle --------------------------------------------------------------------------------
+board=$(cat "$TARGET_DIR/etc/rackboot/board")
+version=$("$TARGET_DIR/usr/bin/rackboot" --version | head -n1 | sed 's/^rackboot //; s/["\\]//g')
+bundle=$work/bundle
+mkdir -p "$bundle"
+files=""
+for f in root.img rackboot-a.efi rackboot-b.efi; do
+	cp "$work/$f" "$bundle/$f"
+	files="$files${files:+,}{\"name\":\"$f\",\"size\":$(stat -c %s "$work/$f"),\"sha256\":\"$(sha256sum "$work/$f" | cut -c1-64)\"}"
+done
+printf '{"format":"rackboot-update/1","board":"%s","version":"%s","roothash":"%s","files":[%s]}\n' \
+	"$board" "$version" "$roothash" "$files" >"$bundle/manifest.json"
+openssl pkeyutl -sign -inkey "$update_key" -rawin -in "$bundle/manifest.json" -out "$bundle/manifest.json.sig"
+# Member order is the format: manifest, signature, then the payloads.
+tar --format=gnu --owner=0 --group=0 --numeric-owner --mtime=@0 --mode=0644 -cf "$work/rackboot-update.rbu" \
+	-C "$bundle" manifest.json manifest.json.sig root.img rackboot-a.efi rackboot-b.efi
 
 # --- ESP and disk -------------------------------------------------------------------------------
 esp=$work/esp.img
@@ -182,11 +226,12 @@ start() { sgdisk -i "$1" "$disk" | awk '/^First sector:/ { print $3 }'; }
 dd if="$esp" of="$disk" bs=512 seek="$(start 1)" conv=notrunc,sparse status=none
 dd if="$work/root.img" of="$disk" bs=512 seek="$(start 2)" conv=notrunc,sparse status=none
 
-for f in rackboot-appliance.img rackboot-a.efi rackboot-a.unsigned.efi root.img initramfs.cpio.gz cmdline; do
+for f in rackboot-appliance.img rackboot-a.efi rackboot-b.efi rackboot-a.unsigned.efi root.img initramfs.cpio.gz cmdline rackboot-update.rbu; do
 	cp "$work/$f" "$BINARIES_DIR/$f"
 done
 mkdir -p "$BINARIES_DIR/secureboot"
 cp "$sb"/{PK,KEK,db}.crt "$sb/owner.guid" "$BINARIES_DIR/secureboot/"
+cp "$rootfs/etc/rackboot/update-keys/release.pub" "$BINARIES_DIR/update-key.pub"
 {
 	echo "roothash=$roothash"
 	echo "hashoffset=$hashoffset"
@@ -194,6 +239,8 @@ cp "$sb"/{PK,KEK,db}.crt "$sb/owner.guid" "$BINARIES_DIR/secureboot/"
 	echo "kernel=$kver"
 	echo "rackboot_bytes=$(stat -c %s "$TARGET_DIR/usr/bin/rackboot")"
 	echo "uki_bytes=$(stat -c %s "$work/rackboot-a.efi")"
+	echo "board=$board"
+	echo "update_bundle_bytes=$(stat -c %s "$work/rackboot-update.rbu")"
 	echo "root_img_bytes=$(stat -c %s "$work/root.img")"
 	echo "disk_bytes=$(stat -c %s "$disk")"
 } >"$BINARIES_DIR/appliance.env"

@@ -1,0 +1,452 @@
+//! `rackboot appliance verify-bundle | update | status | boot-check`.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::json;
+
+use super::bundle;
+use super::install::{self, Slot, Target};
+use super::state::{self, Failure, Pending, SlotInfo, State};
+use super::{efi, system};
+use crate::client::OutputFormat;
+use crate::output::{print_json, print_table};
+
+#[derive(Debug, Subcommand)]
+#[command(after_help = "\
+An update bundle (`rackboot-update.rbu`, written by `cargo xtask image appliance`) holds the \
+root slot image and one signed UKI per slot, listed with their sizes and SHA-256s in a \
+manifest signed with the release's Ed25519 update key. The appliance trusts the keys in \
+/etc/rackboot/update-keys/*.pub of its running image. `update` writes the slot that is not \
+running and boots it once at the next reset (EFI BootNext); the slot becomes the default only \
+after rackboot came up healthy on it, otherwise the next reset boots the old slot again. \
+See docs/appliance.md.")]
+pub enum ApplianceCommand {
+    /// Check an update bundle and print what it holds. Writes nothing: verifies the manifest's
+    /// signature against the trusted update keys, the board, and every payload's size and
+    /// SHA-256.
+    VerifyBundle(VerifyArgs),
+    /// Verify a bundle, write it into the slot that is not running, and make the next boot try
+    /// it once. Must run as root on the appliance (it writes the disk and EFI variables).
+    Update(UpdateArgs),
+    /// The booted slot, what each slot holds, and the pending or failed update.
+    Status(StatusArgs),
+    /// Run once per boot by the appliance's bootstrap after rackboot's health check: marks a
+    /// trial slot good (first in BootOrder), or records why it failed and reboots into the
+    /// previous slot.
+    #[command(hide = true)]
+    BootCheck(BootCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TrustArgs {
+    /// Directory of trusted Ed25519 update keys (PEM `*.pub`) [default: /etc/rackboot/update-keys].
+    #[arg(long)]
+    pub keys: Option<PathBuf>,
+    /// The board to accept [default: the contents of /etc/rackboot/board].
+    #[arg(long)]
+    pub board: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The bundle file.
+    pub bundle: PathBuf,
+    #[command(flatten)]
+    pub trust: TrustArgs,
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Reboot {
+    /// Reboot into the new slot as soon as it is written.
+    Now,
+    /// Leave the running slot up; the new slot is tried at the next reboot, whenever it comes.
+    Never,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// The bundle file.
+    pub bundle: PathBuf,
+    #[command(flatten)]
+    pub trust: TrustArgs,
+    /// When to reboot into the new slot.
+    #[arg(long, value_enum, default_value_t = Reboot::Never)]
+    pub reboot: Reboot,
+    #[command(flatten)]
+    pub system: SystemArgs,
+}
+
+/// Where the appliance's pieces are; the defaults are the appliance's, the flags let the same
+/// code run against a disk image and plain directories (tests).
+#[derive(Debug, Args)]
+pub struct SystemArgs {
+    /// rackboot's data dir (the updater's state lives in its `update/`).
+    #[arg(long, default_value = "/data/rackboot")]
+    pub data_dir: PathBuf,
+    /// The kernel command line naming the booted slot.
+    #[arg(long, default_value = "/proc/cmdline", hide = true)]
+    pub cmdline: PathBuf,
+    /// The whole disk holding the slots [default: the disk of the booted root slot].
+    #[arg(long, hide = true)]
+    pub disk: Option<PathBuf>,
+    /// The new slot's partition [default: the partition named root-<slot> on the disk].
+    #[arg(long, hide = true)]
+    pub slot_device: Option<PathBuf>,
+    /// The ESP's mount point (remounted read-write while the UKI is written).
+    #[arg(long, default_value = "/boot", hide = true)]
+    pub esp: PathBuf,
+    /// efivarfs.
+    #[arg(long, default_value = "/sys/firmware/efi/efivars", hide = true)]
+    pub efivars: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[arg(long, default_value = "/data/rackboot")]
+    pub data_dir: PathBuf,
+    #[arg(long, default_value = "/proc/cmdline", hide = true)]
+    pub cmdline: PathBuf,
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct BootCheckArgs {
+    /// rackboot failed its health check on this boot, for this reason.
+    #[arg(long)]
+    pub failed: Option<String>,
+    /// Do not reboot after recording a failed trial (tests).
+    #[arg(long, hide = true)]
+    pub no_reboot: bool,
+    #[command(flatten)]
+    pub system: SystemArgs,
+}
+
+pub async fn run(cmd: ApplianceCommand) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || match cmd {
+        ApplianceCommand::VerifyBundle(args) => verify(args),
+        ApplianceCommand::Update(args) => update(args),
+        ApplianceCommand::Status(args) => status(args),
+        ApplianceCommand::BootCheck(args) => boot_check(args),
+    })
+    .await?
+}
+
+fn open_verified(path: &Path, trust: TrustArgs) -> anyhow::Result<bundle::Bundle> {
+    let board = super::board(trust.board)?;
+    let dir = super::key_dir(trust.keys);
+    let keys = bundle::trusted_keys(&dir)?;
+    let refused =
+        |e: bundle::Refused| anyhow::anyhow!("{}: refused, nothing written: {e}", path.display());
+    let b = bundle::open(path, &keys, &dir, &board).map_err(refused)?;
+    b.check_payloads(|_, _| {}).map_err(refused)?;
+    Ok(b)
+}
+
+fn verify(args: VerifyArgs) -> anyhow::Result<()> {
+    let b = open_verified(&args.bundle, args.trust)?;
+    let m = &b.manifest;
+    match args.output {
+        OutputFormat::Json => print_json(&json!({
+            "ok": true,
+            "signed_by": b.signed_by,
+            "manifest": m,
+        })),
+        OutputFormat::Table => {
+            println!(
+                "bundle {}: signature ok (key {}), board {}, every payload matches",
+                args.bundle.display(),
+                b.signed_by,
+                m.board
+            );
+            println!("version   {}", m.version);
+            println!("roothash  {}", m.roothash);
+            let rows: Vec<Vec<String>> = m
+                .files
+                .iter()
+                .map(|f| vec![f.name.clone(), f.size.to_string(), f.sha256.clone()])
+                .collect();
+            print_table(&["FILE", "BYTES", "SHA256"], &rows);
+        }
+    }
+    Ok(())
+}
+
+fn update(args: UpdateArgs) -> anyhow::Result<()> {
+    let booted = system::booted_slot(&args.system.cmdline)?;
+    let slot = booted.other();
+    // Verified in full before anything is written or any state changes.
+    let b = open_verified(&args.bundle, args.trust)?;
+    let version = b.manifest.version.clone();
+    eprintln!(
+        "bundle verified: {version} (key {}); writing slot {} (running: slot {})",
+        b.signed_by,
+        slot.name(),
+        booted.name()
+    );
+    let sys = &args.system;
+    let disk = system::disk(sys)?;
+    let parts = efi::read_gpt(&mut std::fs::File::open(&disk)?)?;
+    let find = |name: &str| {
+        parts
+            .iter()
+            .find(|p| p.name == name)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("{}: no partition named {name}", disk.display()))
+    };
+    let esp_part = find("esp")?;
+    let slot_part = find(&format!("root-{}", slot.name()))?;
+    let root_device = match &sys.slot_device {
+        Some(d) => d.clone(),
+        None => system::partition_device(&disk, slot_part.number)?,
+    };
+
+    let mut st = State::load(&sys.data_dir)?;
+    st.pending = Some(Pending {
+        slot,
+        version: version.clone(),
+        stage: "writing".into(),
+        at: state::now(),
+    });
+    st.set_slot(
+        slot,
+        SlotInfo {
+            version: version.clone(),
+            state: "writing".into(),
+            at: state::now(),
+        },
+    );
+    st.save(&sys.data_dir)?;
+
+    let target = Target {
+        slot,
+        root_device,
+        esp: sys.esp.clone(),
+    };
+    let mut shown = 0;
+    let written = system::with_esp_writable(&sys.esp, || {
+        install::install(&b, &target, |done, total| {
+            let pct = done * 100 / total.max(1);
+            if pct >= shown + 10 || done == total {
+                shown = pct;
+                eprintln!("writing slot {}: {pct}%", slot.name());
+            }
+        })
+        .map_err(anyhow::Error::from)
+    });
+    if let Err(e) = written {
+        st.pending = None;
+        st.set_slot(
+            slot,
+            SlotInfo {
+                version: version.clone(),
+                state: "failed".into(),
+                at: state::now(),
+            },
+        );
+        st.last_failure = Some(Failure {
+            slot,
+            version,
+            reason: format!("writing the slot: {e}"),
+            at: state::now(),
+        });
+        st.save(&sys.data_dir)?;
+        anyhow::bail!(
+            "update failed while writing slot {}: {e}; slot {} keeps running",
+            slot.name(),
+            booted.name()
+        );
+    }
+
+    // Boot it once: a load option for the slot's UKI, then BootNext.
+    let vars = efi::Vars(sys.efivars.clone());
+    let n = efi::entry_number(slot);
+    let file = format!(r"\EFI\rackboot\{}", slot.uki());
+    vars.set_boot_entry(
+        n,
+        &efi::load_option(&format!("rackboot slot {}", slot.name()), &esp_part, &file),
+    )?;
+    vars.set_boot_next(n)?;
+    st.pending = Some(Pending {
+        slot,
+        version: version.clone(),
+        stage: "trial".into(),
+        at: state::now(),
+    });
+    st.set_slot(
+        slot,
+        SlotInfo {
+            version: version.clone(),
+            state: "installed".into(),
+            at: state::now(),
+        },
+    );
+    st.save(&sys.data_dir)?;
+    eprintln!(
+        "slot {} holds {version}; the next boot tries it once (Boot{n:04X}, BootNext), and it becomes the default after rackboot comes up healthy on it",
+        slot.name()
+    );
+    if args.reboot == Reboot::Now {
+        eprintln!("rebooting now");
+        system::reboot()?;
+    }
+    Ok(())
+}
+
+fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let booted = system::booted_slot(&args.cmdline).ok();
+    let st = State::load(&args.data_dir)?;
+    let running = crate::version::LONG.to_owned();
+    let describe = |s: Slot| -> (String, String) {
+        match (st.slot(s), booted) {
+            (Some(i), _) => (i.version.clone(), i.state.clone()),
+            (None, Some(b)) if b == s => (running.clone(), "flashed".into()),
+            (None, _) if s == Slot::A => ("as flashed".into(), "flashed".into()),
+            (None, _) => ("(empty)".into(), "empty".into()),
+        }
+    };
+    let keys = "not sealed: the CA, token issuer and sealing keys are plain files on the data partition (TPM sealing is not built yet)";
+    match args.output {
+        OutputFormat::Json => print_json(&json!({
+            "booted_slot": booted,
+            "running_version": running,
+            "slots": {
+                "a": { "version": describe(Slot::A).0, "state": describe(Slot::A).1 },
+                "b": { "version": describe(Slot::B).0, "state": describe(Slot::B).1 },
+            },
+            "pending": st.pending,
+            "last_failure": st.last_failure,
+            "keys": keys,
+        })),
+        OutputFormat::Table => {
+            println!(
+                "booted slot: {}",
+                booted
+                    .map(|s| s.name())
+                    .unwrap_or("unknown (not booted from a slot)")
+            );
+            println!("running:     rackboot {running}");
+            let rows: Vec<Vec<String>> = [Slot::A, Slot::B]
+                .into_iter()
+                .map(|s| {
+                    let (v, state) = describe(s);
+                    let mark = if Some(s) == booted { "*" } else { "" };
+                    vec![format!("{}{mark}", s.name()), state, v]
+                })
+                .collect();
+            print_table(&["SLOT", "STATE", "VERSION"], &rows);
+            match &st.pending {
+                Some(p) => println!(
+                    "pending:     slot {} {} ({}, since {})",
+                    p.slot.name(),
+                    p.version,
+                    p.stage,
+                    p.at
+                ),
+                None => println!("pending:     none"),
+            }
+            if let Some(f) = &st.last_failure {
+                println!(
+                    "last failure: slot {} {} at {}: {}",
+                    f.slot.name(),
+                    f.version,
+                    f.at,
+                    f.reason
+                );
+            }
+            println!("keys:        {keys}");
+        }
+    }
+    Ok(())
+}
+
+fn boot_check(args: BootCheckArgs) -> anyhow::Result<()> {
+    let sys = &args.system;
+    let booted = system::booted_slot(&sys.cmdline)?;
+    let mut st = State::load(&sys.data_dir)?;
+    let Some(p) = st.pending.clone().filter(|p| p.stage == "trial") else {
+        return Ok(());
+    };
+    if p.slot != booted {
+        // The trial slot was not the one that came up: its boot failed before this check
+        // could run (firmware, kernel, verity, or a reset during the trial).
+        st.pending = None;
+        st.set_slot(
+            p.slot,
+            SlotInfo {
+                version: p.version.clone(),
+                state: "failed".into(),
+                at: state::now(),
+            },
+        );
+        st.last_failure = Some(Failure {
+            slot: p.slot,
+            version: p.version,
+            reason: st
+                .last_failure
+                .as_ref()
+                .filter(|f| f.slot == p.slot && f.at >= p.at)
+                .map(|f| f.reason.clone())
+                .unwrap_or_else(|| {
+                    format!(
+                        "the trial boot of slot {} never reached its health check; slot {} booted again",
+                        p.slot.name(),
+                        booted.name()
+                    )
+                }),
+            at: state::now(),
+        });
+        st.save(&sys.data_dir)?;
+        eprintln!(
+            "update to slot {} failed; running slot {}",
+            p.slot.name(),
+            booted.name()
+        );
+        return Ok(());
+    }
+    if let Some(reason) = args.failed {
+        // Unhealthy on trial: say why, and reset; BootNext is spent, so BootOrder brings the
+        // previous slot back.
+        st.last_failure = Some(Failure {
+            slot: p.slot,
+            version: p.version.clone(),
+            reason: format!("health check failed on slot {}: {reason}", p.slot.name()),
+            at: state::now(),
+        });
+        st.save(&sys.data_dir)?;
+        eprintln!(
+            "slot {} failed its health check ({reason}); rebooting into the previous slot",
+            p.slot.name()
+        );
+        if !args.no_reboot {
+            system::reboot()?;
+        }
+        return Ok(());
+    }
+    // Healthy: first in BootOrder.
+    let vars = efi::Vars(sys.efivars.clone());
+    let n = efi::entry_number(booted);
+    let mut order = vars.boot_order()?;
+    order.retain(|&e| e != n);
+    order.insert(0, n);
+    vars.set_boot_order(&order)?;
+    st.pending = None;
+    st.set_slot(
+        booted,
+        SlotInfo {
+            version: p.version.clone(),
+            state: "good".into(),
+            at: state::now(),
+        },
+    );
+    st.save(&sys.data_dir)?;
+    eprintln!(
+        "slot {} ({}) is healthy: it boots by default now",
+        booted.name(),
+        p.version
+    );
+    Ok(())
+}

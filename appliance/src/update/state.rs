@@ -1,0 +1,102 @@
+//! What the updater knows across reboots: which slot holds which version, the update in
+//! progress (writing, then waiting for its trial boot), and the last failure and why. One JSON
+//! file in the data dir, replaced atomically (write, fsync, rename, fsync the directory), so a
+//! power cut leaves the old state or the new one.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::install::Slot;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct State {
+    /// What each slot holds, as far as the updater wrote it (a slot never written by an update
+    /// holds what the disk image was flashed with).
+    #[serde(default)]
+    pub slot_a: Option<SlotInfo>,
+    #[serde(default)]
+    pub slot_b: Option<SlotInfo>,
+    /// The update being installed or on trial.
+    #[serde(default)]
+    pub pending: Option<Pending>,
+    /// The last update that failed, and why.
+    #[serde(default)]
+    pub last_failure: Option<Failure>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SlotInfo {
+    pub version: String,
+    /// `installed` (written, never booted), `good` (booted and healthy), `failed`, `writing`.
+    pub state: String,
+    pub at: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Pending {
+    pub slot: Slot,
+    pub version: String,
+    /// `writing`, then `trial` (installed; the next boot tries it once).
+    pub stage: String,
+    pub at: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Failure {
+    pub slot: Slot,
+    pub version: String,
+    pub reason: String,
+    pub at: String,
+}
+
+impl State {
+    pub fn path(data_dir: &Path) -> PathBuf {
+        data_dir.join("update").join("state.json")
+    }
+
+    /// The state, or the empty one if none was ever written. A damaged file is an error.
+    pub fn load(data_dir: &Path) -> anyhow::Result<State> {
+        let path = Self::path(data_dir);
+        match std::fs::read(&path) {
+            Ok(b) => {
+                serde_json::from_slice(&b).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+            Err(e) => Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+        }
+    }
+
+    pub fn save(&self, data_dir: &Path) -> anyhow::Result<()> {
+        let path = Self::path(data_dir);
+        let dir = path.parent().unwrap_or(data_dir);
+        std::fs::create_dir_all(dir)?;
+        let tmp = dir.join(".state.json.new");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(self)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(dir)?.sync_all()?;
+        Ok(())
+    }
+
+    pub fn slot(&self, s: Slot) -> Option<&SlotInfo> {
+        match s {
+            Slot::A => self.slot_a.as_ref(),
+            Slot::B => self.slot_b.as_ref(),
+        }
+    }
+
+    pub fn set_slot(&mut self, s: Slot, info: SlotInfo) {
+        match s {
+            Slot::A => self.slot_a = Some(info),
+            Slot::B => self.slot_b = Some(info),
+        }
+    }
+}
+
+/// Now, RFC 3339 UTC.
+pub fn now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}

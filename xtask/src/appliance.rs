@@ -115,7 +115,10 @@ pub fn appliance() -> anyhow::Result<PathBuf> {
     for f in [
         "rackboot-appliance.img",
         "rackboot-a.efi",
+        "rackboot-b.efi",
         "rackboot-a.unsigned.efi",
+        "rackboot-update.rbu",
+        "update-key.pub",
         "root.img",
         "initramfs.cpio.gz",
         "cmdline",

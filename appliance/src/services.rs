@@ -232,6 +232,7 @@ pub async fn start(
         discovery,
         identity: identity.clone(),
         upstream,
+        data_dir: data_dir.clone(),
     };
     let surface = http_surface(&authn, ipxe, images, store.clone(), boot_ctx, observe);
     let rack_device = settings.rack_device();
@@ -451,7 +452,8 @@ fn http_surface(
             crate::timeline::routes::router(store, obs.timeline.clone(), obs.stuck_after)
                 .layer(guard("status")),
         )
-        .merge(crate::federation::router(obs.upstream.clone()).layer(guard("status")));
+        .merge(crate::federation::router(obs.upstream.clone()).layer(guard("status")))
+        .merge(crate::update::api::router(obs.data_dir.clone()).layer(guard("appliance")));
     let metrics = obs.metrics;
     let counted = move |r: Router| {
         let metrics = metrics.clone();
@@ -511,6 +513,8 @@ struct Observe {
     discovery: crate::discovery::Discovery,
     identity: Option<crate::identity::Identity>,
     upstream: Option<crate::federation::Federation>,
+    /// For the appliance update routes (the updater's hand-over file lives there).
+    data_dir: std::path::PathBuf,
 }
 
 /// Counts every request by route class and status, with its time to response headers.
@@ -586,7 +590,10 @@ async fn metrics_page(
 /// the server loop; the upload handler enforces its own).
 fn http_limits() -> HttpLimits {
     HttpLimits {
-        streaming_prefixes: vec![crate::images::ADMIN_PREFIX.to_owned()],
+        streaming_prefixes: vec![
+            crate::images::ADMIN_PREFIX.to_owned(),
+            crate::update::api::STREAMING_PREFIX.to_owned(),
+        ],
         ..HttpLimits::default()
     }
 }

@@ -15,6 +15,7 @@ pub const AREAS: &[&str] = &[
     "power",
     "firmware",
     "identity",
+    "appliance",
 ];
 
 /// Whether `s` is a scope rackboot knows (minting refuses anything else, so typos fail early).

@@ -36,6 +36,22 @@ pub enum ApplianceCommand {
     /// previous slot.
     #[command(hide = true)]
     BootCheck(BootCheckArgs),
+    /// Run by the appliance's init as root: installs bundles that `rackboot serve` received
+    /// through `PUT /rackboot/v1/appliance/update` (it verifies them itself).
+    #[command(hide = true)]
+    Updater(UpdaterArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UpdaterArgs {
+    /// The Unix socket `rackboot serve` asks on.
+    #[arg(long, default_value = super::daemon::SOCKET)]
+    pub socket: PathBuf,
+    /// The group allowed to use the socket (the one `rackboot serve` runs as).
+    #[arg(long, default_value = "rackboot")]
+    pub group: String,
+    #[command(flatten)]
+    pub system: SystemArgs,
 }
 
 #[derive(Debug, Args)]
@@ -131,6 +147,9 @@ pub async fn run(cmd: ApplianceCommand) -> anyhow::Result<()> {
         ApplianceCommand::Update(args) => update(args),
         ApplianceCommand::Status(args) => status(args),
         ApplianceCommand::BootCheck(args) => boot_check(args),
+        ApplianceCommand::Updater(args) => {
+            super::daemon::run(&args.socket, &args.group, &args.system)
+        }
     })
     .await?
 }
@@ -176,18 +195,44 @@ fn verify(args: VerifyArgs) -> anyhow::Result<()> {
 }
 
 fn update(args: UpdateArgs) -> anyhow::Result<()> {
-    let booted = system::booted_slot(&args.system.cmdline)?;
+    let done = apply(&args.bundle, args.trust, &args.system, &mut |line: &str| {
+        eprintln!("{line}")
+    })?;
+    if args.reboot == Reboot::Now {
+        eprintln!("rebooting now");
+        system::reboot()?;
+    }
+    drop(done);
+    Ok(())
+}
+
+/// What [`apply`] installed.
+#[derive(Debug, serde::Serialize)]
+pub struct Applied {
+    pub slot: Slot,
+    pub version: String,
+    pub signed_by: String,
+}
+
+/// Verifies `bundle` in full, writes it into the slot that is not running and makes the next
+/// boot try it once. `say` gets one line per step (and progress every 10 %).
+pub fn apply(
+    bundle_path: &Path,
+    trust: TrustArgs,
+    sys: &SystemArgs,
+    say: &mut dyn FnMut(&str),
+) -> anyhow::Result<Applied> {
+    let booted = system::booted_slot(&sys.cmdline)?;
     let slot = booted.other();
     // Verified in full before anything is written or any state changes.
-    let b = open_verified(&args.bundle, args.trust)?;
+    let b = open_verified(bundle_path, trust)?;
     let version = b.manifest.version.clone();
-    eprintln!(
+    say(&format!(
         "bundle verified: {version} (key {}); writing slot {} (running: slot {})",
         b.signed_by,
         slot.name(),
         booted.name()
-    );
-    let sys = &args.system;
+    ));
     let disk = system::disk(sys)?;
     let parts = efi::read_gpt(&mut std::fs::File::open(&disk)?)?;
     let find = |name: &str| {
@@ -210,6 +255,7 @@ fn update(args: UpdateArgs) -> anyhow::Result<()> {
         version: version.clone(),
         stage: "writing".into(),
         at: state::now(),
+        failed: None,
     });
     st.set_slot(
         slot,
@@ -232,7 +278,7 @@ fn update(args: UpdateArgs) -> anyhow::Result<()> {
             let pct = done * 100 / total.max(1);
             if pct >= shown + 10 || done == total {
                 shown = pct;
-                eprintln!("writing slot {}: {pct}%", slot.name());
+                say(&format!("writing slot {}: {pct}%", slot.name()));
             }
         })
         .map_err(anyhow::Error::from)
@@ -275,6 +321,7 @@ fn update(args: UpdateArgs) -> anyhow::Result<()> {
         version: version.clone(),
         stage: "trial".into(),
         at: state::now(),
+        failed: None,
     });
     st.set_slot(
         slot,
@@ -285,81 +332,93 @@ fn update(args: UpdateArgs) -> anyhow::Result<()> {
         },
     );
     st.save(&sys.data_dir)?;
-    eprintln!(
+    say(&format!(
         "slot {} holds {version}; the next boot tries it once (Boot{n:04X}, BootNext), and it becomes the default after rackboot comes up healthy on it",
         slot.name()
-    );
-    if args.reboot == Reboot::Now {
-        eprintln!("rebooting now");
-        system::reboot()?;
-    }
-    Ok(())
+    ));
+    Ok(Applied {
+        slot,
+        version,
+        signed_by: b.signed_by.clone(),
+    })
 }
 
-fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let booted = system::booted_slot(&args.cmdline).ok();
-    let st = State::load(&args.data_dir)?;
+/// `rackboot appliance status -o json` and `GET /rackboot/v1/appliance`.
+pub fn status_view(data_dir: &Path, cmdline: &Path) -> anyhow::Result<serde_json::Value> {
+    let booted = system::booted_slot(cmdline).ok();
+    let st = State::load(data_dir)?;
     let running = crate::version::LONG.to_owned();
-    let describe = |s: Slot| -> (String, String) {
-        match (st.slot(s), booted) {
+    let describe = |s: Slot| -> serde_json::Value {
+        let (version, state) = match (st.slot(s), booted) {
             (Some(i), _) => (i.version.clone(), i.state.clone()),
             (None, Some(b)) if b == s => (running.clone(), "flashed".into()),
             (None, _) if s == Slot::A => ("as flashed".into(), "flashed".into()),
             (None, _) => ("(empty)".into(), "empty".into()),
-        }
+        };
+        json!({ "version": version, "state": state })
     };
-    let keys = "not sealed: the CA, token issuer and sealing keys are plain files on the data partition (TPM sealing is not built yet)";
-    match args.output {
-        OutputFormat::Json => print_json(&json!({
-            "booted_slot": booted,
-            "running_version": running,
-            "slots": {
-                "a": { "version": describe(Slot::A).0, "state": describe(Slot::A).1 },
-                "b": { "version": describe(Slot::B).0, "state": describe(Slot::B).1 },
-            },
-            "pending": st.pending,
-            "last_failure": st.last_failure,
-            "keys": keys,
-        })),
-        OutputFormat::Table => {
-            println!(
-                "booted slot: {}",
-                booted
-                    .map(|s| s.name())
-                    .unwrap_or("unknown (not booted from a slot)")
-            );
-            println!("running:     rackboot {running}");
-            let rows: Vec<Vec<String>> = [Slot::A, Slot::B]
-                .into_iter()
-                .map(|s| {
-                    let (v, state) = describe(s);
-                    let mark = if Some(s) == booted { "*" } else { "" };
-                    vec![format!("{}{mark}", s.name()), state, v]
-                })
-                .collect();
-            print_table(&["SLOT", "STATE", "VERSION"], &rows);
-            match &st.pending {
-                Some(p) => println!(
-                    "pending:     slot {} {} ({}, since {})",
-                    p.slot.name(),
-                    p.version,
-                    p.stage,
-                    p.at
-                ),
-                None => println!("pending:     none"),
-            }
-            if let Some(f) = &st.last_failure {
-                println!(
-                    "last failure: slot {} {} at {}: {}",
-                    f.slot.name(),
-                    f.version,
-                    f.at,
-                    f.reason
-                );
-            }
-            println!("keys:        {keys}");
-        }
+    Ok(json!({
+        "booted_slot": booted,
+        "running_version": running,
+        "slots": { "a": describe(Slot::A), "b": describe(Slot::B) },
+        "pending": st.pending,
+        "last_failure": st.last_failure,
+        "keys": "not sealed: the CA, token issuer and sealing keys are plain files on the data partition (TPM sealing is not built yet)",
+    }))
+}
+
+fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let v = status_view(&args.data_dir, &args.cmdline)?;
+    if args.output == OutputFormat::Json {
+        print_json(&v);
+        return Ok(());
     }
+    let at = |v: &serde_json::Value, path: &[&str]| -> String {
+        path.iter()
+            .try_fold(v, |v, k| v.get(k))
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let booted = v.get("booted_slot").and_then(serde_json::Value::as_str);
+    println!(
+        "booted slot: {}",
+        booted.unwrap_or("unknown (not booted from a slot)")
+    );
+    println!("running:     rackboot {}", at(&v, &["running_version"]));
+    let rows: Vec<Vec<String>> = ["a", "b"]
+        .into_iter()
+        .map(|s| {
+            let mark = if Some(s) == booted { "*" } else { "" };
+            vec![
+                format!("{s}{mark}"),
+                at(&v, &["slots", s, "state"]),
+                at(&v, &["slots", s, "version"]),
+            ]
+        })
+        .collect();
+    print_table(&["SLOT", "STATE", "VERSION"], &rows);
+    if v.get("pending").is_none_or(serde_json::Value::is_null) {
+        println!("pending:     none");
+    } else {
+        println!(
+            "pending:     slot {} {} ({}, since {})",
+            at(&v, &["pending", "slot"]),
+            at(&v, &["pending", "version"]),
+            at(&v, &["pending", "stage"]),
+            at(&v, &["pending", "at"])
+        );
+    }
+    if v.get("last_failure").is_some_and(|f| !f.is_null()) {
+        println!(
+            "last failure: slot {} {} at {}: {}",
+            at(&v, &["last_failure", "slot"]),
+            at(&v, &["last_failure", "version"]),
+            at(&v, &["last_failure", "at"]),
+            at(&v, &["last_failure", "reason"])
+        );
+    }
+    println!("keys:        {}", at(&v, &["keys"]));
     Ok(())
 }
 
@@ -385,12 +444,7 @@ fn boot_check(args: BootCheckArgs) -> anyhow::Result<()> {
         st.last_failure = Some(Failure {
             slot: p.slot,
             version: p.version,
-            reason: st
-                .last_failure
-                .as_ref()
-                .filter(|f| f.slot == p.slot && f.at >= p.at)
-                .map(|f| f.reason.clone())
-                .unwrap_or_else(|| {
+            reason: p.failed.clone().unwrap_or_else(|| {
                     format!(
                         "the trial boot of slot {} never reached its health check; slot {} booted again",
                         p.slot.name(),
@@ -409,11 +463,16 @@ fn boot_check(args: BootCheckArgs) -> anyhow::Result<()> {
     }
     if let Some(reason) = args.failed {
         // Unhealthy on trial: say why, and reset; BootNext is spent, so BootOrder brings the
-        // previous slot back.
+        // previous slot back, whose boot-check turns this into the update's failure.
+        let why = format!("health check failed on slot {}: {reason}", p.slot.name());
+        st.pending = Some(Pending {
+            failed: Some(why.clone()),
+            ..p.clone()
+        });
         st.last_failure = Some(Failure {
             slot: p.slot,
             version: p.version.clone(),
-            reason: format!("health check failed on slot {}: {reason}", p.slot.name()),
+            reason: why,
             at: state::now(),
         });
         st.save(&sys.data_dir)?;

@@ -8,10 +8,13 @@
 //! the board named in `/etc/rackboot/board`.
 //!
 //! Owns: the update bundle format, the A/B slot installer and its state (`<data-dir>/update/`),
-//! `rackboot appliance`. May call: `client`, `output`, `version`.
+//! `rackboot appliance`, `/rackboot/v1/appliance`, the root updater (`daemon.rs`). May call: `client`,
+//! `http`, `output`, `version`.
 
+pub mod api;
 pub mod bundle;
 pub mod cli;
+pub mod daemon;
 pub mod efi;
 pub mod install;
 pub mod state;

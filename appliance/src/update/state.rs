@@ -41,6 +41,9 @@ pub struct Pending {
     /// `writing`, then `trial` (installed; the next boot tries it once).
     pub stage: String,
     pub at: String,
+    /// Why the trial boot failed, recorded by that boot before it reset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

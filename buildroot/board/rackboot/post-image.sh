@@ -188,21 +188,9 @@ for slot in a b; do
 done
 
 # --- update bundle --------------------------------------------------------------------------------
-board=$(cat "$TARGET_DIR/etc/rackboot/board")
+board_name=$(cat "$TARGET_DIR/etc/rackboot/board")
 version=$("$TARGET_DIR/usr/bin/rackboot" --version | head -n1 | sed 's/^rackboot //; s/["\\]//g')
-bundle=$work/bundle
-mkdir -p "$bundle"
-files=""
-for f in root.img rackboot-a.efi rackboot-b.efi; do
-	cp "$work/$f" "$bundle/$f"
-	files="$files${files:+,}{\"name\":\"$f\",\"size\":$(stat -c %s "$work/$f"),\"sha256\":\"$(sha256sum "$work/$f" | cut -c1-64)\"}"
-done
-printf '{"format":"rackboot-update/1","board":"%s","version":"%s","roothash":"%s","files":[%s]}\n' \
-	"$board" "$version" "$roothash" "$files" >"$bundle/manifest.json"
-openssl pkeyutl -sign -inkey "$update_key" -rawin -in "$bundle/manifest.json" -out "$bundle/manifest.json.sig"
-# Member order is the format: manifest, signature, then the payloads.
-tar --format=gnu --owner=0 --group=0 --numeric-owner --mtime=@0 --mode=0644 -cf "$work/rackboot-update.rbu" \
-	-C "$bundle" manifest.json manifest.json.sig root.img rackboot-a.efi rackboot-b.efi
+"$board/make-bundle.sh" "$work/rackboot-update.rbu" "$update_key" "$board_name" "$version" "$roothash" "$work"
 
 # --- ESP and disk -------------------------------------------------------------------------------
 esp=$work/esp.img
@@ -239,7 +227,7 @@ cp "$rootfs/etc/rackboot/update-keys/release.pub" "$BINARIES_DIR/update-key.pub"
 	echo "kernel=$kver"
 	echo "rackboot_bytes=$(stat -c %s "$TARGET_DIR/usr/bin/rackboot")"
 	echo "uki_bytes=$(stat -c %s "$work/rackboot-a.efi")"
-	echo "board=$board"
+	echo "board=$board_name"
 	echo "update_bundle_bytes=$(stat -c %s "$work/rackboot-update.rbu")"
 	echo "root_img_bytes=$(stat -c %s "$work/root.img")"
 	echo "disk_bytes=$(stat -c %s "$disk")"

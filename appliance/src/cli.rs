@@ -3,7 +3,7 @@
 //! Owns: the `rackboot` command line. May call: `version`, `config`, `netif`, `sys`, `seal`, `output`,
 //! `store`, `http`, `metrics`, `auth`, `client`, `inventory`, `timeline`, `ipxe`, `tftp`, `dhcp`,
 //! `images`, `cloudinit`, `identity`, `boot`, `discovery`, `federation`, `backup`, `ansible`, `dns`, `serve`,
-//! `services`, `storm`.
+//! `services`, `storm`, `update`.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 

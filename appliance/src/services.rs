@@ -7,7 +7,7 @@
 //! Owns: starts every listener and task, assembles the HTTP surface, `services::run`. May call:
 //! `version`, `config`, `netif`, `sys`, `seal`, `output`, `store`, `http`, `metrics`, `auth`,
 //! `client`, `inventory`, `timeline`, `ipxe`, `tftp`, `dhcp`, `images`, `cloudinit`, `identity`,
-//! `boot`, `discovery`, `federation`, `backup`, `ansible`, `dns`, `serve`.
+//! `boot`, `discovery`, `federation`, `backup`, `ansible`, `dns`, `serve`, `update`.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -383,3 +383,105 @@ fn refused_bundles_write_nothing() {
         "{out}"
     );
 }
+
+/// The root updater behind `PUT /rackboot/v1/appliance/update`: it installs only the bundle at
+/// its fixed hand-over path, verifies it itself, and never follows a symlink there.
+#[test]
+fn the_root_updater_installs_only_its_own_verified_hand_over_file() {
+    use std::io::{BufRead, BufReader, Write};
+    let rig = Rig::new();
+    let good = rig.bundle("good", &rig.p("release.key"), "x86_64-uefi", "0.4.0");
+    ok(tool("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-out"])
+        .arg(rig.p("stranger.key")));
+    let forged = rig.bundle("forged", &rig.p("stranger.key"), "x86_64-uefi", "6.6.6");
+    std::fs::write(rig.p("cmdline"), "rackboot.slot=a\n").unwrap();
+    let socket = rig.p("updater.sock");
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_rackboot"))
+        .args(["appliance", "updater", "--group", "root"])
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--keys")
+        .arg(rig.p("keys"))
+        .args(["--board", "x86_64-uefi"])
+        .arg("--data-dir")
+        .arg(rig.p("data"))
+        .arg("--cmdline")
+        .arg(rig.p("cmdline"))
+        .arg("--disk")
+        .arg(rig.p("disk.img"))
+        .arg("--slot-device")
+        .arg(rig.p("root-b.dev"))
+        .arg("--esp")
+        .arg(rig.p("esp"))
+        .arg("--efivars")
+        .arg(rig.p("efivars"))
+        .env("RACKBOOT_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Ready when it accepts a connection.
+    let ask = |reboot: &str| -> Vec<serde_json::Value> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut conn = loop {
+            match std::os::unix::net::UnixStream::connect(&socket) {
+                Ok(c) => break c,
+                Err(e) => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "updater never listened: {e}"
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+            }
+        };
+        writeln!(conn, "{{\"reboot\":\"{reboot}\"}}").unwrap();
+        BufReader::new(conn)
+            .lines()
+            .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+            .collect()
+    };
+    let incoming = rig.p("data/update/incoming.rbu");
+    std::fs::create_dir_all(incoming.parent().unwrap()).unwrap();
+
+    // A forged bundle: refused, nothing written, and the hand-over file is gone.
+    std::fs::copy(&forged, &incoming).unwrap();
+    let answer = ask("never");
+    let last = answer.last().unwrap();
+    assert_eq!(last["ok"], false, "{answer:?}");
+    assert!(
+        last["error"].as_str().unwrap().contains("does not verify"),
+        "{last}"
+    );
+    assert!(rig.var("BootNext").is_none());
+    assert!(!incoming.exists());
+
+    // A symlink at the hand-over path (to a signed bundle, even) is not followed.
+    std::os::unix::fs::symlink(&good, &incoming).unwrap();
+    let answer = ask("never");
+    assert_eq!(answer.last().unwrap()["ok"], false, "{answer:?}");
+    assert!(rig.var("BootNext").is_none());
+    std::fs::remove_file(&incoming).unwrap();
+
+    // The signed bundle: progress lines, then the result; slot b is written and tried next.
+    std::fs::copy(&good, &incoming).unwrap();
+    let answer = ask("never");
+    let last = answer.last().unwrap();
+    assert_eq!(last["ok"], true, "{answer:?}");
+    assert_eq!(last["slot"], "b");
+    assert_eq!(last["version"], "0.4.0");
+    assert_eq!(last["rebooting"], false);
+    assert!(
+        answer
+            .iter()
+            .any(|l| l["say"].as_str().is_some_and(|s| s.contains("100%")))
+    );
+    assert_eq!(rig.var("BootNext").unwrap(), vec![7, 0, 0, 0, 0x0B, 0x0B]);
+
+    // A request that is not `now` or `never` is refused.
+    let answer = ask("later");
+    assert_eq!(answer.last().unwrap()["ok"], false);
+
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}

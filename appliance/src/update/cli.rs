@@ -51,10 +51,12 @@ pub struct UpdaterArgs {
     #[arg(long, default_value = "rackboot")]
     pub group: String,
     #[command(flatten)]
+    pub trust: TrustArgs,
+    #[command(flatten)]
     pub system: SystemArgs,
 }
 
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct TrustArgs {
     /// Directory of trusted Ed25519 update keys (PEM `*.pub`) [default: /etc/rackboot/update-keys].
     #[arg(long)]
@@ -148,7 +150,7 @@ pub async fn run(cmd: ApplianceCommand) -> anyhow::Result<()> {
         ApplianceCommand::Status(args) => status(args),
         ApplianceCommand::BootCheck(args) => boot_check(args),
         ApplianceCommand::Updater(args) => {
-            super::daemon::run(&args.socket, &args.group, &args.system)
+            super::daemon::run(&args.socket, &args.group, &args.trust, &args.system)
         }
     })
     .await?

@@ -37,7 +37,7 @@ pub struct Request {
 }
 
 /// Serves requests one at a time, forever.
-pub fn run(socket: &Path, group: &str, sys: &SystemArgs) -> anyhow::Result<()> {
+pub fn run(socket: &Path, group: &str, trust: &TrustArgs, sys: &SystemArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(socket);
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir)?;
@@ -52,7 +52,7 @@ pub fn run(socket: &Path, group: &str, sys: &SystemArgs) -> anyhow::Result<()> {
     tracing::info!(socket = %socket.display(), "appliance updater listening");
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };
-        let reboot = match serve_one(conn, sys) {
+        let reboot = match serve_one(conn, trust, sys) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "appliance updater: request failed");
@@ -68,7 +68,7 @@ pub fn run(socket: &Path, group: &str, sys: &SystemArgs) -> anyhow::Result<()> {
 }
 
 /// One request; returns whether to reboot now.
-fn serve_one(conn: UnixStream, sys: &SystemArgs) -> anyhow::Result<bool> {
+fn serve_one(conn: UnixStream, trust: &TrustArgs, sys: &SystemArgs) -> anyhow::Result<bool> {
     let mut out = conn.try_clone()?;
     let mut line = String::new();
     BufReader::new(std::io::Read::take(&conn, 4096)).read_line(&mut line)?;
@@ -108,11 +108,7 @@ fn serve_one(conn: UnixStream, sys: &SystemArgs) -> anyhow::Result<bool> {
     let mut say = |s: &str| {
         let _ = writeln!(progress, "{}", json!({ "say": s }));
     };
-    let trust = TrustArgs {
-        keys: None,
-        board: None,
-    };
-    let result = super::cli::apply(&path, trust, sys, &mut say);
+    let result = super::cli::apply(&path, trust.clone(), sys, &mut say);
     let _ = std::fs::remove_file(&path);
     match result {
         Ok(done) => {

@@ -118,6 +118,13 @@ fn serve_one(conn: UnixStream, trust: &TrustArgs, sys: &SystemArgs) -> anyhow::R
                 json!({"ok": true, "slot": done.slot, "version": done.version, "signed_by": done.signed_by, "rebooting": reboot == Reboot::Now})
             )?;
             out.flush()?;
+            if reboot == Reboot::Now {
+                // Let `serve` answer its HTTP client before init stops everything: wait until it
+                // hung up (it does once it has the result), then a moment for the answer to go.
+                let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+                let _ = std::io::Read::read(&mut &conn, &mut [0u8; 64]);
+                std::thread::sleep(std::time::Duration::from_secs(2));
+            }
             Ok(reboot == Reboot::Now)
         }
         Err(e) => {

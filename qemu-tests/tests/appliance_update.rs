@@ -1,0 +1,176 @@
+//! An A→B update of the appliance image the way a sysadmin does it: the bundle uploaded through
+//! the admin API, the appliance rebooting into slot b under OVMF Secure Boot with its NVRAM
+//! kept across boots, the data partition kept, slot b made the default only once healthy, and
+//! a node PXE-booting from the updated appliance. A bundle signed with another key is refused
+//! first, with nothing changed.
+
+#[path = "support/appliance_vm.rs"]
+mod vm;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use vm::*;
+
+fn api(ns: &qemu_tests::Netns, token: &str, method: &str, path: &str) -> (u16, Value) {
+    let (code, body) = http(
+        ns,
+        method,
+        &format!("http://{MGMT_ADDR}{path}"),
+        Some(token),
+        None,
+    )
+    .expect("curl");
+    (code, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+/// Uploads `bundle` with curl (streamed from the file) and returns (status, JSON body).
+fn upload(ns: &qemu_tests::Netns, token: &str, bundle: &Path, reboot: &str) -> (u16, Value) {
+    let out = ns
+        .cmd("curl")
+        .args(["-s", "-m", "600", "-X", "PUT", "-w", "\n%{http_code}", "-H"])
+        .arg(format!("Authorization: Bearer {token}"))
+        .arg("-T")
+        .arg(bundle)
+        .arg(format!(
+            "http://{MGMT_ADDR}/rackboot/v1/appliance/update?reboot={reboot}"
+        ))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
+    (
+        code.trim().parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(Value::String(body.to_owned())),
+    )
+}
+
+/// The build's payloads re-bundled and signed with a key the appliance does not trust.
+fn forged_bundle(dir: &Path) -> std::path::PathBuf {
+    let key = dir.join("stranger.key");
+    let st = Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-out"])
+        .arg(&key)
+        .status()
+        .expect("openssl");
+    assert!(st.success());
+    let out = dir.join("forged.rbu");
+    let st = Command::new(qemu_tests::root().join("buildroot/board/rackboot/make-bundle.sh"))
+        .arg(&out)
+        .arg(&key)
+        .args(["x86_64-uefi", "6.6.6", &image_env("roothash").expect("roothash")])
+        .arg(image_dir())
+        .status()
+        .expect("make-bundle.sh");
+    assert!(st.success());
+    out
+}
+
+fn wait_exit(vm: &mut Appliance, deadline: Duration) {
+    let until = Instant::now() + deadline;
+    while vm.child.try_wait().expect("qemu").is_none() {
+        assert!(
+            Instant::now() < until,
+            "the appliance did not reboot; console:\n{}",
+            vm.console_text()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn update_a_to_b_through_the_api_keeps_the_data_and_boots_nodes() {
+    if !preflight() {
+        return;
+    }
+    let bundle = image_dir().join("rackboot-update.rbu");
+    assert!(bundle.exists(), "no {} (cargo xtask image appliance)", bundle.display());
+    let mut ns = network("aupd").expect("test network");
+    let disk = Disk::new().expect("disk copy");
+    // Room on the data partition for the uploaded bundle and the node images.
+    disk.grow(384).expect("grow the disk");
+    let nvram = tempfile::tempdir().expect("tempdir");
+    let vars = enrolled_vars(nvram.path()).expect("OVMF vars");
+    let boot = || {
+        Appliance::boot_with_vars(&ns, &disk, &vars, tempfile::tempdir().expect("tempdir"))
+            .expect("start the appliance VM")
+    };
+
+    let mut vm = boot();
+    wait_ready(&ns, &mut vm).unwrap_or_else(|e| panic!("first boot: {e:#}"));
+    let token = admin_token(&vm.console_text());
+    let (code, st) = api(&ns, &token, "GET", "/rackboot/v1/appliance");
+    assert_eq!(code, 200, "{st}");
+    assert_eq!(st["booted_slot"], "a");
+    // Something to keep: a node in the inventory.
+    let (code, _) = http(
+        &ns,
+        "POST",
+        &format!("http://{MGMT_ADDR}/hsm/v2/State/Components"),
+        Some(&token),
+        Some(br#"{"Components":[{"ID":"x1000c0s9b0n0","Type":"Node","State":"Ready","Enabled":true,"NID":9}]}"#),
+    )
+    .expect("curl");
+    assert_eq!(code, 204);
+
+    // Without the scope, or signed by a stranger: refused, nothing changes.
+    let (code, _) = http(
+        &ns,
+        "PUT",
+        &format!("http://{MGMT_ADDR}/rackboot/v1/appliance/update"),
+        None,
+        Some(b"x"),
+    )
+    .expect("curl");
+    assert_eq!(code, 401);
+    let work = tempfile::tempdir().expect("tempdir");
+    let (code, body) = upload(&ns, &token, &forged_bundle(work.path()), "now");
+    assert_eq!(code, 422, "{body}");
+    assert!(body["detail"].as_str().unwrap_or_default().contains("does not verify"), "{body}");
+    let (_, st) = api(&ns, &token, "GET", "/rackboot/v1/appliance");
+    assert!(st["pending"].is_null(), "{st}");
+    assert_eq!(st["slots"]["b"]["state"], "empty", "{st}");
+
+    // The real bundle: written into slot b, then the appliance reboots into it.
+    let (code, body) = upload(&ns, &token, &bundle, "now");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["slot"], "b", "{body}");
+    assert_eq!(body["rebooting"], true, "{body}");
+    wait_exit(&mut vm, BOOT_DEADLINE);
+    drop(vm);
+
+    // Second boot: the firmware's BootNext picks slot b once; healthy, it becomes the default.
+    let mut vm = boot();
+    wait_ready(&ns, &mut vm).unwrap_or_else(|e| panic!("boot into slot b: {e:#}"));
+    assert!(
+        vm.console_text().contains("rackboot.slot=b"),
+        "the kernel command line is not slot b's"
+    );
+    let until = Instant::now() + Duration::from_secs(300);
+    let st = loop {
+        let (code, st) = api(&ns, &token, "GET", "/rackboot/v1/appliance");
+        assert_eq!(code, 200, "the admin token from before the update no longer works: {st}");
+        if st["slots"]["b"]["state"] == "good" {
+            break st;
+        }
+        assert!(Instant::now() < until, "slot b never became good: {st}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(st["booted_slot"], "b", "{st}");
+    assert!(st["pending"].is_null(), "{st}");
+    // The data partition came along.
+    let (code, c) = api(&ns, &token, "GET", "/hsm/v2/State/Components/x1000c0s9b0n0");
+    assert_eq!(code, 200, "the inventory was lost: {c}");
+
+    // A power cut now: the firmware's BootOrder starts with slot b.
+    drop(vm);
+    let mut vm = boot();
+    wait_ready(&ns, &mut vm).unwrap_or_else(|e| panic!("third boot: {e:#}"));
+    let (_, st) = api(&ns, &token, "GET", "/rackboot/v1/appliance");
+    assert_eq!(st["booted_slot"], "b", "slot b is not the default: {st}");
+
+    // Nodes boot from the updated appliance.
+    pxe_boot_nodes(&mut ns, &token);
+}

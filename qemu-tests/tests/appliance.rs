@@ -206,7 +206,6 @@ fn appliance_boots_under_secure_boot_hardened_and_serves_its_ports() {
     pxe_boot_nodes(&mut ns, &token);
 }
 
-
 #[test]
 fn maintenance_console_login_only_when_configured() {
     if !preflight() {

@@ -60,7 +60,11 @@ fn forged_bundle(dir: &Path) -> std::path::PathBuf {
     let st = Command::new(qemu_tests::root().join("buildroot/board/rackboot/make-bundle.sh"))
         .arg(&out)
         .arg(&key)
-        .args(["x86_64-uefi", "6.6.6", &image_env("roothash").expect("roothash")])
+        .args([
+            "x86_64-uefi",
+            "6.6.6",
+            &image_env("roothash").expect("roothash"),
+        ])
         .arg(image_dir())
         .status()
         .expect("make-bundle.sh");
@@ -86,7 +90,11 @@ fn update_a_to_b_through_the_api_keeps_the_data_and_boots_nodes() {
         return;
     }
     let bundle = image_dir().join("rackboot-update.rbu");
-    assert!(bundle.exists(), "no {} (cargo xtask image appliance)", bundle.display());
+    assert!(
+        bundle.exists(),
+        "no {} (cargo xtask image appliance)",
+        bundle.display()
+    );
     let mut ns = network("aupd").expect("test network");
     let disk = Disk::new().expect("disk copy");
     // Room on the data partition for the uploaded bundle and the node images.
@@ -128,7 +136,13 @@ fn update_a_to_b_through_the_api_keeps_the_data_and_boots_nodes() {
     let work = tempfile::tempdir().expect("tempdir");
     let (code, body) = upload(&ns, &token, &forged_bundle(work.path()), "now");
     assert_eq!(code, 422, "{body}");
-    assert!(body["detail"].as_str().unwrap_or_default().contains("does not verify"), "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("does not verify"),
+        "{body}"
+    );
     let (_, st) = api(&ns, &token, "GET", "/rackboot/v1/appliance");
     assert!(st["pending"].is_null(), "{st}");
     assert_eq!(st["slots"]["b"]["state"], "empty", "{st}");
@@ -151,7 +165,10 @@ fn update_a_to_b_through_the_api_keeps_the_data_and_boots_nodes() {
     let until = Instant::now() + Duration::from_secs(300);
     let st = loop {
         let (code, st) = api(&ns, &token, "GET", "/rackboot/v1/appliance");
-        assert_eq!(code, 200, "the admin token from before the update no longer works: {st}");
+        assert_eq!(
+            code, 200,
+            "the admin token from before the update no longer works: {st}"
+        );
         if st["slots"]["b"]["state"] == "good" {
             break st;
         }

@@ -60,8 +60,10 @@ pub const REQUIRED: [&str; 3] = ["root.img", "rackboot-a.efi", "rackboot-b.efi"]
 /// Why a bundle was refused. Each is a refusal before anything is written.
 #[derive(Debug, thiserror::Error)]
 pub enum Refused {
-    #[error("cannot read the bundle: {0}")]
+    #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    #[error("writing {0}")]
+    Write(String),
     #[error("not an update bundle: {0}")]
     Malformed(String),
     #[error("the bundle is truncated: {0}")]

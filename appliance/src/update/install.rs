@@ -117,7 +117,8 @@ pub fn install(
     copy(&mut src, &mut dev, |n| {
         done += n;
         progress(done, total);
-    })?;
+    })
+    .map_err(|e| Refused::Write(format!("{}: {e}", target.root_device.display())))?;
     src.finish()?;
     dev.sync_all()?;
     dev.seek(SeekFrom::Start(0))?;
@@ -142,7 +143,8 @@ pub fn install(
     let dir = path.parent().unwrap_or(Path::new("/"));
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(".{uki_name}.new"));
-    let mut out = File::create(&tmp)?;
+    let mut out =
+        File::create(&tmp).map_err(|e| Refused::Write(format!("{}: {e}", tmp.display())))?;
     let mut src = HashCheck::new(bundle.payload(&uki_name)?, uki);
     let mut written = root.size;
     let copied = copy(&mut src, &mut out, |n| {
@@ -153,7 +155,7 @@ pub fn install(
     .and_then(|()| out.sync_all());
     if let Err(e) = copied {
         let _ = std::fs::remove_file(&tmp);
-        return Err(Refused::Io(e));
+        return Err(Refused::Write(format!("{}: {e}", tmp.display())));
     }
     std::fs::rename(&tmp, &path)?;
     File::open(dir)?.sync_all()?;

@@ -40,10 +40,12 @@ done
 [ -e "$stub" ] || { echo "post-image: no EFI stub $stub (Debian: systemd-boot-efi)" >&2; exit 1; }
 
 # Sizes (MiB). The whole image stays at or under 128 MiB; the data partition is made on first
-# boot and its file system grows to the partition when a larger one is written.
-ESP_MB=40
-ROOT_MB=32
-DATA_MB=16
+# boot and its file system grows to the partition when a larger one is written. The ESP holds
+# three UKIs (\EFI\BOOT\BOOTX64.EFI, slot a's, slot b's) and room for a fourth while an update
+# writes one beside the old; a root slot holds about twice today's root image.
+ESP_MB=64
+ROOT_MB=24
+DATA_MB=8
 
 # --- kernel and modules -----------------------------------------------------------------------
 kroot=$work/kernel
@@ -193,6 +195,9 @@ version=$("$TARGET_DIR/usr/bin/rackboot" --version | head -n1 | sed 's/^rackboot
 "$board/make-bundle.sh" "$work/rackboot-update.rbu" "$update_key" "$board_name" "$version" "$roothash" "$work"
 
 # --- ESP and disk -------------------------------------------------------------------------------
+uki_bytes=$(stat -c %s "$work/rackboot-a.efi")
+[ $((4 * uki_bytes)) -le $((ESP_MB * 1048576 * 95 / 100)) ] ||
+	{ echo "post-image: the ${ESP_MB} MiB ESP cannot hold four ${uki_bytes}-byte UKIs (updates need that)" >&2; exit 1; }
 esp=$work/esp.img
 rm -f "$esp"
 mkfs.vfat -C -n RACKBOOT "$esp" $((ESP_MB * 1024)) >/dev/null

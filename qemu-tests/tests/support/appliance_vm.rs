@@ -280,7 +280,11 @@ impl Appliance {
 
     /// Waits until the console shows one of `patterns` (returns the first line matching any),
     /// or the VM exits, or the deadline passes (both errors, with the console's tail).
-    pub fn wait_for_any(&mut self, patterns: &[&str], deadline: Duration) -> anyhow::Result<String> {
+    pub fn wait_for_any(
+        &mut self,
+        patterns: &[&str],
+        deadline: Duration,
+    ) -> anyhow::Result<String> {
         let until = Instant::now() + deadline;
         loop {
             let text = self.console_text();

@@ -281,9 +281,14 @@ impl Metrics {
     }
 
     pub fn dns_response(&self, transport: &'static str, rcode: &'static str) {
+        self.dns_responses(transport, rcode, 1);
+    }
+
+    /// `n` responses at once (the UDP threads count per batch, not per query).
+    pub fn dns_responses(&self, transport: &'static str, rcode: &'static str, n: u64) {
         self.dns_responses
             .get_or_create(&DnsLabels { transport, rcode })
-            .inc();
+            .inc_by(n);
     }
 
     pub fn tftp_done(&self, outcome: &str, bytes: u64, retransmits: u64) {

@@ -99,6 +99,26 @@ pub fn udp_socket(
     bind: SocketAddrV4,
     broadcast: bool,
 ) -> io::Result<tokio::net::UdpSocket> {
+    let sock = udp_bound(iface, bind, broadcast, None)?;
+    tokio::net::UdpSocket::from_std(sock)
+}
+
+/// A blocking UDP socket bound like [`udp_socket`], for a thread that reads it with a timeout
+/// (`wake`: how long a read waits before the thread looks at its shutdown token again).
+pub fn udp_socket_blocking(
+    iface: Option<&str>,
+    bind: SocketAddrV4,
+    wake: std::time::Duration,
+) -> io::Result<std::net::UdpSocket> {
+    udp_bound(iface, bind, false, Some(wake))
+}
+
+fn udp_bound(
+    iface: Option<&str>,
+    bind: SocketAddrV4,
+    broadcast: bool,
+    blocking: Option<std::time::Duration>,
+) -> io::Result<std::net::UdpSocket> {
     let sock = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     sock.set_reuse_address(true)?;
     if broadcast {
@@ -109,9 +129,12 @@ pub fn udp_socket(
         // answer DHCP on any other interface of the appliance.
         sock.bind_device(Some(iface.as_bytes()))?;
     }
-    sock.set_nonblocking(true)?;
+    match blocking {
+        Some(wake) => sock.set_read_timeout(Some(wake))?,
+        None => sock.set_nonblocking(true)?,
+    }
     sock.bind(&SocketAddr::V4(bind).into())?;
-    tokio::net::UdpSocket::from_std(sock.into())
+    Ok(sock.into())
 }
 
 #[cfg(test)]

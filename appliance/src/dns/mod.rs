@@ -9,20 +9,26 @@
 //! Listeners bind only to the rack interface's address and device (SO_BINDTODEVICE, UDP and
 //! TCP): a packet for that address arriving on another interface is not answered, so this is
 //! never an open resolver elsewhere.
+//! UDP is read by one OS thread per core (`udp.rs`, recvmmsg/sendmmsg on one blocking socket);
+//! plain queries for our names are answered from answers encoded at each zone build
+//! (`fast.rs`), everything else by `server::answer`, which also serves TCP.
 //! Malformed requests get FORMERR (or nothing, when too short or a response), counted in
 //! `rackboot_dns_responses_total`.
 //!
 //! Owns: the DNS service (:53 UDP and TCP), `dns_serial`, NOTIFY. May call: `config`,
 //! `metrics`, `netif`, `store`.
 
+mod fast;
 mod forward;
 mod server;
 mod tsig;
 #[cfg(test)]
 mod tsig_tests;
+mod udp;
 mod zone;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -38,9 +44,11 @@ use crate::metrics::Metrics;
 use crate::store::Store;
 use zone::{ZoneConfig, Zones};
 
-/// What every listener task shares.
+/// What every listener shares.
 pub struct Shared {
     zones: RwLock<Arc<Zones>>,
+    /// Moves after every swap of `zones`: the UDP threads re-read `zones` only then.
+    generation: AtomicU64,
     secondaries: Vec<Ipv4Addr>,
     forwarders: Vec<SocketAddr>,
     cache: forward::Cache,
@@ -51,6 +59,30 @@ pub struct Shared {
 impl Shared {
     fn zones(&self) -> Arc<Zones> {
         self.zones.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// No secondaries, forwarders or keys: what the fast path's tests answer from.
+    #[cfg(test)]
+    fn for_tests(zones: Zones) -> Self {
+        Shared {
+            zones: RwLock::new(Arc::new(zones)),
+            generation: AtomicU64::new(0),
+            secondaries: Vec::new(),
+            forwarders: Vec::new(),
+            cache: forward::Cache::new(4),
+            tsig: tsig::Keys::default(),
+            metrics: Arc::new(Metrics::new()),
+        }
+    }
+
+    /// Swaps in `zones`; returns the ones it replaces.
+    fn swap(&self, zones: Arc<Zones>) -> Arc<Zones> {
+        let old = std::mem::replace(
+            &mut *self.zones.write().unwrap_or_else(|p| p.into_inner()),
+            zones,
+        );
+        self.generation.fetch_add(1, Ordering::Release);
+        old
     }
 }
 
@@ -76,14 +108,16 @@ pub async fn spawn(
     };
     let tsig = tsig::Keys::load(&cfg.tsig_keys)?;
     let bind = SocketAddrV4::new(addr, cfg.port);
-    let udp = crate::netif::udp_socket(Some(iface), bind, false).with_context(|| {
-        format!("cannot listen for DNS on UDP {bind} (dns.port; or dns.enabled = false)")
-    })?;
+    let udp =
+        crate::netif::udp_socket_blocking(Some(iface), bind, udp::WAKE).with_context(|| {
+            format!("cannot listen for DNS on UDP {bind} (dns.port; or dns.enabled = false)")
+        })?;
     let tcp = crate::netif::tcp_listener(Some(iface), bind.into()).with_context(|| {
         format!("cannot listen for DNS on TCP {bind} (dns.port; or dns.enabled = false)")
     })?;
     let shared = Arc::new(Shared {
         zones: RwLock::new(Arc::new(Zones::empty())),
+        generation: AtomicU64::new(0),
         secondaries: cfg.secondaries.clone(),
         forwarders: cfg.forwarders.clone(),
         cache: forward::Cache::new(cfg.cache_size.max(1)),
@@ -95,14 +129,11 @@ pub async fn spawn(
     reload(&store, &zcfg, &shared, &notify).await;
     let udp = Arc::new(udp);
     let limit = Arc::new(Semaphore::new(cfg.max_concurrent.max(1)));
-    let readers = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
-    for _ in 0..readers {
-        tasks.spawn(server::udp_loop(
-            udp.clone(),
-            shared.clone(),
-            limit.clone(),
-            shutdown.clone(),
-        ));
+    let runtime = tokio::runtime::Handle::current();
+    for _ in 0..udp::threads() {
+        let (sock, shared, limit) = (udp.clone(), shared.clone(), limit.clone());
+        let (runtime, stop) = (runtime.clone(), shutdown.clone());
+        tasks.spawn_blocking(move || udp::serve(sock, shared, limit, runtime, stop));
     }
     let tcp_limit = Arc::new(Semaphore::new(cfg.max_concurrent.max(1)));
     tasks.spawn(server::tcp_loop(
@@ -144,15 +175,26 @@ async fn reload(store: &Store, zcfg: &ZoneConfig, shared: &Shared, notify: &[Soc
             return;
         }
     };
-    let zones = Arc::new(Zones::build(zcfg, &hosts, serial));
-    let old = std::mem::replace(
-        &mut *shared.zones.write().unwrap_or_else(|p| p.into_inner()),
-        zones.clone(),
-    );
+    // Built off the runtime's workers: the fast path's answers are encoded here too.
+    let (zcfg2, count) = (zcfg.clone(), hosts.len());
+    let zones =
+        match tokio::task::spawn_blocking(move || Zones::build(&zcfg2, &hosts, serial)).await {
+            Ok(z) => Arc::new(z),
+            Err(err) => {
+                tracing::warn!(error = %err, "DNS: cannot build the zones; zones unchanged");
+                return;
+            }
+        };
+    let old = shared.swap(zones.clone());
     if old.serial == serial {
         return;
     }
-    tracing::info!(serial, hosts = hosts.len(), "DNS: zones rebuilt");
+    tracing::info!(
+        serial,
+        hosts = count,
+        fast_answers = zones.fast.len(),
+        "DNS: zones rebuilt"
+    );
     if !notify.is_empty() {
         let targets: Vec<_> = notify
             .iter()

@@ -1,6 +1,7 @@
-//! The DNS listeners: UDP (a few reader tasks on one socket) and TCP (one task per connection,
-//! capped), and [`answer`], which turns one request into its response messages. The wire format
-//! is hickory-proto's; nothing here parses or writes DNS bytes by hand.
+//! The TCP listener (one task per connection, capped) and [`answer`], which turns one request
+//! into its response messages: the whole answer for TCP, and for UDP every request the fast
+//! path (`fast.rs`, called by the UDP threads in `udp.rs`) does not take. The wire format is
+//! hickory-proto's; nothing here parses or writes DNS bytes by hand.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::tsig::Signing;
+use super::zone::{ZoneInfo, Zones};
 
 /// Largest UDP answer we send with EDNS (the DNS flag day 2020 size, no fragmentation).
 const EDNS_UDP_MAX: u16 = 1232;
@@ -168,17 +170,7 @@ fn answer_request(
         tracing::info!(peer = %src, zone = %name, serial = zones.serial, "DNS: zone transferred");
         return Outcome::Reply(out);
     }
-    let found = zones.lookup(zone, &name, qtype);
-    let mut resp = response(&req);
-    resp.metadata.authoritative = true;
-    let rcode = if found.nxdomain {
-        ResponseCode::NXDomain
-    } else {
-        ResponseCode::NoError
-    };
-    resp.metadata.response_code = rcode;
-    resp.answers = found.answers;
-    resp.authorities = found.authority;
+    let (resp, rcode) = zone_answer(&zones, zone, &req, &name, qtype);
     let limit = match (tcp, req.edns.is_some()) {
         (true, _) => usize::MAX,
         (false, true) => usize::from(req.max_payload().min(EDNS_UDP_MAX)),
@@ -194,6 +186,30 @@ fn answer_request(
         Ok(_) => reply(shared, transport, &resp.truncate(), rcode),
         Err(_) => reply(shared, transport, &resp, rcode),
     }
+}
+
+/// The authoritative answer to `req`, whose question is `name` (lowercased) and `qtype` in
+/// `zone`, before any size limit. The UDP fast path (`fast.rs`) pre-encodes its answers with
+/// this same function.
+pub fn zone_answer(
+    zones: &Zones,
+    zone: &ZoneInfo,
+    req: &Message,
+    name: &LowerName,
+    qtype: RecordType,
+) -> (Message, ResponseCode) {
+    let found = zones.lookup(zone, name, qtype);
+    let mut resp = response(req);
+    resp.metadata.authoritative = true;
+    let rcode = if found.nxdomain {
+        ResponseCode::NXDomain
+    } else {
+        ResponseCode::NoError
+    };
+    resp.metadata.response_code = rcode;
+    resp.answers = found.answers;
+    resp.authorities = found.authority;
+    (resp, rcode)
 }
 
 /// A response skeleton for `req`: same ID, opcode, RD, question; EDNS when the request had it.
@@ -264,52 +280,6 @@ pub fn rcode_label(rcode: ResponseCode) -> &'static str {
         ResponseCode::NotImp => "NOTIMP",
         ResponseCode::Refused => "REFUSED",
         _ => "other",
-    }
-}
-
-/// Reads UDP requests until shutdown. Several of these share one socket.
-pub async fn udp_loop(
-    sock: Arc<tokio::net::UdpSocket>,
-    shared: Arc<Shared>,
-    limit: Arc<Semaphore>,
-    shutdown: CancellationToken,
-) {
-    let mut buf = vec![0u8; 4096];
-    loop {
-        let (n, src) = tokio::select! {
-            () = shutdown.cancelled() => return,
-            r = sock.recv_from(&mut buf) => match r {
-                Ok(v) => v,
-                Err(err) => {
-                    tracing::debug!(error = %err, "DNS: UDP receive failed");
-                    continue;
-                }
-            },
-        };
-        let Some(bytes) = buf.get(..n) else { continue };
-        match answer(&shared, bytes, src, false) {
-            Outcome::Reply(msgs) => {
-                for m in msgs {
-                    let _ = sock.send_to(&m, src).await;
-                }
-            }
-            Outcome::Forward(req) => {
-                // Forwarding waits on another server: off this loop, and bounded.
-                let Ok(permit) = limit.clone().try_acquire_owned() else {
-                    shared.metrics.dns_response("udp", "dropped");
-                    continue;
-                };
-                let (sock, shared) = (sock.clone(), shared.clone());
-                tokio::spawn(async move {
-                    let resp = super::forward::resolve(&shared, &req, false).await;
-                    if let Some(b) = resp {
-                        let _ = sock.send_to(&b, src).await;
-                    }
-                    drop(permit);
-                });
-            }
-            Outcome::Drop => {}
-        }
     }
 }
 
@@ -428,6 +398,7 @@ mod tests {
         };
         Shared {
             zones: std::sync::RwLock::new(Arc::new(Zones::build(&cfg, &[host], 1))),
+            generation: std::sync::atomic::AtomicU64::new(0),
             secondaries: vec![Ipv4Addr::new(192, 0, 2, 53)],
             forwarders: vec![],
             cache: super::super::forward::Cache::new(4),

@@ -55,6 +55,7 @@ fn shared() -> Shared {
         .collect();
     Shared {
         zones: std::sync::RwLock::new(Arc::new(Zones::build(&cfg, &hosts, 7))),
+        generation: std::sync::atomic::AtomicU64::new(0),
         secondaries: vec![Ipv4Addr::new(192, 0, 2, 53), Ipv4Addr::new(192, 0, 2, 54)],
         forwarders: vec![],
         cache: super::forward::Cache::new(4),

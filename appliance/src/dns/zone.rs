@@ -1,6 +1,7 @@
 //! The rack's zones, built from the inventory: the forward zone (`dns.domain`) and one
 //! `in-addr.arpa` zone per /24 that holds a host address. Immutable once built; a change in the
-//! inventory builds a new one (`super::reload`).
+//! inventory builds a new one (`super::reload`), with the pre-encoded answers of the UDP fast
+//! path (`super::fast`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
@@ -28,12 +29,13 @@ pub struct ZoneInfo {
     pub transfer: Vec<Record>,
 }
 
-/// Every zone, indexed for lookups.
+/// Every zone, indexed for lookups, with the UDP fast path's pre-encoded answers.
 #[derive(Debug)]
 pub struct Zones {
     pub serial: u32,
     records: HashMap<LowerName, Vec<Record>>,
     pub zones: Vec<ZoneInfo>,
+    pub fast: super::fast::Table,
 }
 
 /// The answer to one question.
@@ -51,6 +53,7 @@ impl Zones {
             serial: 0,
             records: HashMap::new(),
             zones: Vec::new(),
+            fast: super::fast::Table::default(),
         }
     }
 
@@ -95,11 +98,19 @@ impl Zones {
         for r in records {
             by_name.entry(LowerName::from(&r.name)).or_default().push(r);
         }
-        Zones {
+        let mut built = Zones {
             serial,
             records: by_name,
             zones,
-        }
+            fast: super::fast::Table::default(),
+        };
+        built.fast = super::fast::Table::build(&built);
+        built
+    }
+
+    /// Every owner name with its records.
+    pub fn names(&self) -> impl Iterator<Item = (&LowerName, &[Record])> {
+        self.records.iter().map(|(n, r)| (n, r.as_slice()))
     }
 
     /// A fingerprint of everything but the serial: the serial moves when it changes.

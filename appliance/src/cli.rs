@@ -95,12 +95,13 @@ pub enum Command {
     /// Encrypted backups of the store, keys, config and images; verify and restore them.
     #[command(subcommand)]
     Backup(crate::backup::cli::BackupCommand),
-    /// The appliance image itself: check signed update bundles.
+    /// The appliance image itself: its A/B root slots, signed update bundles, updates.
     #[command(subcommand)]
     Appliance(crate::update::cli::ApplianceCommand),
     /// For packagers: writes the man pages or shell completions of this binary into a directory
     /// (`cargo xtask release` runs it, so they describe exactly the shipped command line).
     #[command(name = "__generate", hide = true)]
+    #[cfg(feature = "generate")]
     Generate(GenerateArgs),
     /// Ansible dynamic inventory (`--list`, `--host NAME`) from the rack's inventory; a symlink
     /// named `rackboot-ansible-inventory` to this binary is an inventory script.
@@ -127,6 +128,7 @@ pub enum Generated {
 }
 
 /// Writes man pages (clap_mangen) or completions (clap_complete) for the `rackboot` command line.
+#[cfg(feature = "generate")]
 pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
     use anyhow::Context;
     use clap::CommandFactory;
@@ -200,6 +202,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Secret(cmd) => crate::identity::cli::secret(cmd).await,
         Command::Agent(cmd) => crate::identity::agent::run(cmd).await,
         Command::Upstream(args) => crate::federation::cli::run(args).await,
+        #[cfg(feature = "generate")]
         Command::Generate(args) => generate(&args),
         Command::Backup(cmd) => crate::backup::cli::run(cmd).await,
         Command::Appliance(cmd) => crate::update::cli::run(cmd).await,

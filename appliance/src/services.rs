@@ -64,7 +64,11 @@ pub async fn start(
             data_dir.display()
         )
     })?;
-    let store = Store::open(data_dir).with_context(|| {
+    // On an appliance update's trial boot, or the previous slot's after a failed one, a schema
+    // migration is guarded by a copy of the store (store/trial.rs).
+    let migration =
+        crate::update::state::migration_mode(data_dir, std::path::Path::new("/proc/cmdline"));
+    let store = Store::open_for(data_dir, migration).with_context(|| {
         format!(
             "cannot open the store in {} (--data-dir)",
             data_dir.display()

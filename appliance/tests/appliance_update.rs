@@ -188,6 +188,19 @@ fn sgdisk_field(disk: &Path, n: u32, field: &str) -> String {
 fn an_update_writes_the_other_slot_boots_it_once_and_keeps_it_only_when_healthy() {
     let rig = Rig::new();
     let bundle = rig.bundle("v2", &rig.p("release.key"), "x86_64-uefi", "0.2.0");
+    // A reboot time that does not parse is refused before anything is read or written.
+    let (ok, _, err) = rig.rackboot(
+        "a",
+        &[
+            "appliance",
+            "update",
+            bundle.to_str().unwrap(),
+            "--reboot",
+            "tomorrow",
+        ],
+    );
+    assert!(!ok && err.contains("`at HH:MM`"), "{err}");
+    assert!(rig.var("BootNext").is_none());
     let (ok, _, err) = rig.update(&bundle);
     assert!(ok, "{err}");
     assert!(
@@ -478,9 +491,24 @@ fn the_root_updater_installs_only_its_own_verified_hand_over_file() {
     );
     assert_eq!(rig.var("BootNext").unwrap(), vec![7, 0, 0, 0, 0x0B, 0x0B]);
 
-    // A request that is not `now` or `never` is refused.
+    // A request that is not `now`, `never` or `at TIME` is refused, and says the syntax.
     let answer = ask("later");
-    assert_eq!(answer.last().unwrap()["ok"], false);
+    let last = answer.last().unwrap();
+    assert_eq!(last["ok"], false);
+    assert!(
+        last["error"].as_str().unwrap().contains("`at HH:MM`"),
+        "{last}"
+    );
+
+    // A reboot at a chosen time is kept with the pending update (far ahead here: the updater
+    // would reboot this machine when it comes).
+    std::fs::copy(&good, &incoming).unwrap();
+    let answer = ask("at 2099-01-01T00:00:00Z");
+    let last = answer.last().unwrap();
+    assert_eq!(last["ok"], true, "{answer:?}");
+    assert_eq!(last["reboot"], "at 2099-01-01T00:00:00Z");
+    let st = rig.status("a");
+    assert_eq!(st["pending"]["reboot_at"], "2099-01-01T00:00:00Z", "{st}");
 
     let _ = daemon.kill();
     let _ = daemon.wait();

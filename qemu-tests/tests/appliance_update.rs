@@ -147,12 +147,27 @@ fn update_a_to_b_through_the_api_keeps_the_data_and_boots_nodes() {
     assert!(st["pending"].is_null(), "{st}");
     assert_eq!(st["slots"]["b"]["state"], "empty", "{st}");
 
-    // The real bundle: written into slot b, then the appliance reboots into it.
-    let (code, body) = upload(&ns, &token, &bundle, "now");
+    // The real bundle: written into slot b, and the appliance's updater reboots into it at the
+    // time asked for (a little ahead: the install itself takes a while under TCG).
+    let at = std::time::SystemTime::now() + Duration::from_secs(45);
+    let at_text = humantime::format_rfc3339_seconds(at).to_string();
+    let (code, body) = upload(&ns, &token, &bundle, &format!("at%20{at_text}"));
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["slot"], "b", "{body}");
-    assert_eq!(body["rebooting"], true, "{body}");
+    assert_eq!(body["rebooting"], false, "{body}");
+    assert_eq!(body["reboot"], format!("at {at_text}"), "{body}");
+    let (code, st) = api(&ns, &token, "GET", "/rackboot/v1/appliance");
+    if code == 200 {
+        // Still up (the install took less than the lead): the schedule is on record.
+        assert_eq!(st["pending"]["stage"], "trial", "{st}");
+        assert_eq!(st["pending"]["reboot_at"], at_text.as_str(), "{st}");
+    }
     wait_exit(&mut vm, BOOT_DEADLINE);
+    // The guest's clock is the host's (QEMU's RTC, UTC), to the second.
+    assert!(
+        std::time::SystemTime::now() + Duration::from_secs(1) >= at,
+        "the appliance rebooted before the time it was given ({at_text})"
+    );
     drop(vm);
 
     // Second boot: the firmware's BootNext picks slot b once; healthy, it becomes the default.

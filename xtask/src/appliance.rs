@@ -76,6 +76,9 @@ pub fn appliance() -> anyhow::Result<PathBuf> {
         )?;
     }
     let kernel = debian_kernel(&cache)?;
+    // Buildroot builds rackboot from an rsync of the tree without `.git`: the version string
+    // (`rackboot --version`, the update bundle's manifest) gets the commit from here.
+    let src = crate::release::Source::of(&root)?;
 
     // BR2_EXTERNAL on every call: the output directory outlives the clone that made it, and
     // Buildroot would otherwise keep using the path saved by the first run.
@@ -95,6 +98,8 @@ pub fn appliance() -> anyhow::Result<PathBuf> {
                 "/sbin/mke2fs /sbin/e2fsck /sbin/resize2fs /sbin/sgdisk /usr/bin/resizepart",
             )
             .env("RACKBOOT_CARGO_TARGET_DIR", cache.join("cargo-target"))
+            .env("RACKBOOT_GIT_COMMIT", &src.commit)
+            .env("RACKBOOT_GIT_DIRTY", src.dirty.to_string())
             // Set by `cargo xtask`; they would point the inner cargo at this workspace's paths.
             .env_remove("CARGO_TARGET_DIR")
             .env_remove("CARGO_MANIFEST_DIR")

@@ -32,6 +32,7 @@ mod smd;
 mod smd_bulk;
 mod timeline;
 mod tpm;
+pub mod trial;
 mod upstream;
 
 use std::path::{Path, PathBuf};
@@ -55,6 +56,7 @@ pub use smd::{
 };
 pub use timeline::{BootEvent, NodeStatusRow};
 pub use tpm::TpmEk;
+pub use trial::Migration;
 pub use upstream::{ApplyStats, UpstreamSnapshot};
 
 /// Store errors. `Conflict`/`NotFound`/`Invalid` carry a message a person can act on.
@@ -154,10 +156,20 @@ pub const WRITE_QUEUE: usize = 4 * MAX_BATCH;
 impl Store {
     /// Opens (creating if needed) `<data_dir>/rackboot.db` and migrates it.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
-        Self::open_with_queue(data_dir, WRITE_QUEUE)
+        Self::open_with_queue(data_dir, WRITE_QUEUE, Migration::Plain)
     }
 
-    fn open_with_queue(data_dir: &Path, queue: usize) -> Result<Store, StoreError> {
+    /// Like [`Store::open`], on an appliance boot that `mode` describes (an update's trial, or
+    /// the previous slot after a failed one): see [`trial`].
+    pub fn open_for(data_dir: &Path, mode: Migration) -> Result<Store, StoreError> {
+        Self::open_with_queue(data_dir, WRITE_QUEUE, mode)
+    }
+
+    fn open_with_queue(
+        data_dir: &Path,
+        queue: usize,
+        mode: Migration,
+    ) -> Result<Store, StoreError> {
         let open_err = |reason: String| StoreError::Open {
             path: data_dir.to_path_buf(),
             reason,
@@ -168,6 +180,7 @@ impl Store {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700));
         }
+        trial::before_open(data_dir, mode)?;
         let path = data_dir.join("rackboot.db");
         let mut conn = Connection::open(&path)?;
         configure(&conn)?;

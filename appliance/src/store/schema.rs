@@ -208,6 +208,11 @@ const MIGRATIONS: &[&str] = &[
 
 /// Brings `conn` to the latest schema; refuses a database from a newer rackboot.
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    migrate_to(conn, MIGRATIONS.len())
+}
+
+/// Applies the migrations up to schema version `target` (tests make older stores with it).
+pub(super) fn migrate_to(conn: &mut Connection, target: usize) -> Result<(), StoreError> {
     let version: usize = conn
         .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))?
         .try_into()
@@ -219,7 +224,7 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             MIGRATIONS.len()
         )));
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+    for (i, sql) in MIGRATIONS.iter().enumerate().take(target).skip(version) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
         tx.pragma_update(

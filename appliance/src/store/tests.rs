@@ -301,7 +301,7 @@ fn acknowledged_writes_survive_kill_9() {
 #[tokio::test]
 async fn a_full_write_queue_refuses_at_once_and_loses_nothing_accepted() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open_with_queue(dir.path(), 4).unwrap();
+    let s = Store::open_with_queue(dir.path(), 4, Migration::Plain).unwrap();
     // Hold the writer inside a transaction until released.
     let (running_tx, running) = std::sync::mpsc::channel::<()>();
     let (release, released) = std::sync::mpsc::channel::<()>();
@@ -352,4 +352,120 @@ async fn a_full_write_queue_refuses_at_once_and_loses_nothing_accepted() {
     assert!(!macs.contains(&5), "the refused write was not stored");
     // Drained: writes are taken again.
     put(6).await.unwrap();
+}
+
+/// A store at schema version `version` holding one static lease, as an older rackboot left it.
+fn older_store(dir: &Path, version: usize) {
+    let mut conn = rusqlite::Connection::open(dir.join("rackboot.db")).unwrap();
+    configure(&conn).unwrap();
+    schema::migrate_to(&mut conn, version).unwrap();
+    conn.execute(
+        "INSERT INTO leases (mac, ip, expires_ms, kind, hostname, updated_ms) \
+         VALUES ('02:00:00:00:00:01', '192.0.2.1', 0, 'static', NULL, 0)",
+        [],
+    )
+    .unwrap();
+}
+
+fn user_version(db: &Path) -> i64 {
+    rusqlite::Connection::open(db)
+        .unwrap()
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_failed_trial_that_migrated_the_store_rolls_back_to_the_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let before = schema::LATEST as usize - 1;
+    older_store(data, before);
+    let copy = data.join(trial::PRE_UPDATE_COPY);
+
+    // The trial boot copies the store before migrating it, then serves and takes writes.
+    {
+        let s = Store::open_for(data, Migration::Trial).unwrap();
+        s.put_components(vec![comp("x1000c0s0b0n9", 9)])
+            .await
+            .unwrap();
+    }
+    assert_eq!(user_version(&copy), before as i64);
+    assert_eq!(user_version(&data.join("rackboot.db")), schema::LATEST);
+    // A restart within the same trial keeps the older copy.
+    drop(Store::open_for(data, Migration::Trial).unwrap());
+    assert_eq!(user_version(&copy), before as i64);
+
+    // Say the trial's version had one migration more than the one that comes back.
+    let conn = rusqlite::Connection::open(data.join("rackboot.db")).unwrap();
+    conn.pragma_update(None, "user_version", schema::LATEST + 1)
+        .unwrap();
+    drop(conn);
+    // Outside a rollback, a newer store is refused as ever, and the copy is left alone.
+    let err = Store::open(data).err().unwrap().to_string();
+    assert!(err.contains("newer"), "{err}");
+    assert!(copy.exists());
+
+    // The previous slot after the failed trial: back to the copy, the trial's store set aside.
+    let s = Store::open_for(data, Migration::RolledBack).unwrap();
+    let leases = s.list_leases().await.unwrap();
+    assert_eq!(leases.len(), 1, "the lease from before the update is kept");
+    assert!(
+        s.get_component("x1000c0s0b0n9".into())
+            .await
+            .unwrap()
+            .is_none(),
+        "the trial's write is only in the set-aside store"
+    );
+    drop(s);
+    assert!(!copy.exists());
+    assert_eq!(
+        user_version(&data.join(trial::FAILED_UPDATE)),
+        schema::LATEST + 1
+    );
+    let kept = rusqlite::Connection::open(data.join(trial::FAILED_UPDATE)).unwrap();
+    let n: i64 = kept
+        .query_row(
+            "SELECT count(*) FROM components WHERE id = 'x1000c0s0b0n9'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 1, "what the failed trial wrote is kept for an operator");
+}
+
+#[tokio::test]
+async fn a_trial_that_left_an_openable_store_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    older_store(data, schema::LATEST as usize - 1);
+    let copy = data.join(trial::PRE_UPDATE_COPY);
+    {
+        let s = Store::open_for(data, Migration::Trial).unwrap();
+        s.put_components(vec![comp("x1000c0s0b0n9", 9)])
+            .await
+            .unwrap();
+    }
+    assert!(copy.exists());
+    // Rolled back, but this version opens the trial's store: every write stays.
+    let s = Store::open_for(data, Migration::RolledBack).unwrap();
+    assert!(
+        s.get_component("x1000c0s0b0n9".into())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(!copy.exists());
+    assert!(!data.join(trial::FAILED_UPDATE).exists());
+    drop(s);
+
+    // A current store is never copied; a confirmed trial drops the copy.
+    drop(Store::open_for(data, Migration::Trial).unwrap());
+    assert!(!copy.exists());
+    let other = tempfile::tempdir().unwrap();
+    older_store(other.path(), 3);
+    drop(Store::open_for(other.path(), Migration::Trial).unwrap());
+    assert!(other.path().join(trial::PRE_UPDATE_COPY).exists());
+    trial::confirm(other.path()).unwrap();
+    assert!(!other.path().join(trial::PRE_UPDATE_COPY).exists());
+    trial::confirm(other.path()).unwrap();
 }

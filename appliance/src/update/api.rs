@@ -1,5 +1,5 @@
 //! `/rackboot/v1/appliance` (scope `appliance`): the update status, and
-//! `PUT /rackboot/v1/appliance/update?reboot=now|never`, a streamed bundle upload installed by
+//! `PUT /rackboot/v1/appliance/update?reboot=now|never|at TIME`, a streamed bundle upload installed by
 //! the root updater (`daemon.rs`) into the inactive slot.
 
 use std::path::PathBuf;
@@ -65,10 +65,13 @@ async fn update(
     body: Body,
 ) -> Result<Json<Value>, Problem> {
     let Query(q) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
-    let reboot = q.reboot.unwrap_or_else(|| "never".into());
-    if reboot != "now" && reboot != "never" {
-        return Err(Problem::bad_request("reboot must be `now` or `never`"));
-    }
+    // `at HH:MM` is resolved here, once: the updater gets an absolute time.
+    let reboot: super::schedule::Reboot = q
+        .reboot
+        .as_deref()
+        .unwrap_or("never")
+        .parse()
+        .map_err(Problem::bad_request)?;
     let Ok(_one) = ctx.busy.clone().try_lock_owned() else {
         return Err(Problem::conflict("an update is already being installed"));
     };
@@ -106,7 +109,7 @@ async fn update(
             ctx.socket.display()
         ))
     })?;
-    let req = json!({ "reboot": reboot }).to_string() + "\n";
+    let req = json!({ "reboot": reboot.to_string() }).to_string() + "\n";
     conn.write_all(req.as_bytes())
         .await
         .map_err(Problem::internal)?;

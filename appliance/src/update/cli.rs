@@ -2,11 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use serde_json::json;
 
 use super::bundle;
 use super::install::{self, Slot, Target};
+pub use super::schedule::Reboot;
 use super::state::{self, Failure, Pending, SlotInfo, State};
 use super::{efi, system};
 use crate::client::OutputFormat;
@@ -76,22 +77,16 @@ pub struct VerifyArgs {
     pub output: OutputFormat,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Reboot {
-    /// Reboot into the new slot as soon as it is written.
-    Now,
-    /// Leave the running slot up; the new slot is tried at the next reboot, whenever it comes.
-    Never,
-}
-
 #[derive(Debug, Args)]
 pub struct UpdateArgs {
     /// The bundle file.
     pub bundle: PathBuf,
     #[command(flatten)]
     pub trust: TrustArgs,
-    /// When to reboot into the new slot.
-    #[arg(long, value_enum, default_value_t = Reboot::Never)]
+    /// When to reboot into the new slot: `now`; `never` (the next reboot, whenever it comes,
+    /// tries it); or `at HH:MM` (the next such time, UTC) or `at <RFC 3339 time>`, when the
+    /// appliance's updater reboots it (the time is kept with the pending update).
+    #[arg(long, default_value = "never", value_name = "now|never|at TIME")]
     pub reboot: Reboot,
     #[command(flatten)]
     pub system: SystemArgs,
@@ -197,14 +192,24 @@ fn verify(args: VerifyArgs) -> anyhow::Result<()> {
 }
 
 fn update(args: UpdateArgs) -> anyhow::Result<()> {
-    let done = apply(&args.bundle, args.trust, &args.system, &mut |line: &str| {
-        eprintln!("{line}")
-    })?;
-    if args.reboot == Reboot::Now {
-        eprintln!("rebooting now");
-        system::reboot()?;
+    apply(
+        &args.bundle,
+        args.trust,
+        &args.system,
+        args.reboot,
+        &mut |line: &str| eprintln!("{line}"),
+    )?;
+    match args.reboot {
+        Reboot::Now => {
+            eprintln!("rebooting now");
+            system::reboot()?;
+        }
+        Reboot::At(_) => eprintln!(
+            "the appliance's updater reboots into it {} (`rackboot appliance status` shows it)",
+            args.reboot
+        ),
+        Reboot::Never => eprintln!("it is tried at the next reboot"),
     }
-    drop(done);
     Ok(())
 }
 
@@ -222,6 +227,7 @@ pub fn apply(
     bundle_path: &Path,
     trust: TrustArgs,
     sys: &SystemArgs,
+    reboot: Reboot,
     say: &mut dyn FnMut(&str),
 ) -> anyhow::Result<Applied> {
     let booted = system::booted_slot(&sys.cmdline)?;
@@ -258,6 +264,7 @@ pub fn apply(
         stage: "writing".into(),
         at: state::now(),
         failed: None,
+        reboot_at: None,
     });
     st.set_slot(
         slot,
@@ -324,6 +331,7 @@ pub fn apply(
         stage: "trial".into(),
         at: state::now(),
         failed: None,
+        reboot_at: reboot.at(),
     });
     st.set_slot(
         slot,
@@ -410,6 +418,10 @@ fn status(args: StatusArgs) -> anyhow::Result<()> {
             at(&v, &["pending", "stage"]),
             at(&v, &["pending", "at"])
         );
+        let when = at(&v, &["pending", "reboot_at"]);
+        if !when.is_empty() {
+            println!("reboot:      scheduled at {when} (by the appliance's updater)");
+        }
     }
     if v.get("last_failure").is_some_and(|f| !f.is_null()) {
         println!(
@@ -494,6 +506,8 @@ fn boot_check(args: BootCheckArgs) -> anyhow::Result<()> {
     order.retain(|&e| e != n);
     order.insert(0, n);
     vars.set_boot_order(&order)?;
+    // The trial's store migration (if it made one) stands: the copy taken before it goes.
+    crate::store::trial::confirm(&sys.data_dir)?;
     st.pending = None;
     st.set_slot(
         booted,

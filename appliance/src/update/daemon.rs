@@ -9,7 +9,7 @@
 //! only then writes, exactly as `rackboot appliance update` does. A compromised `serve` can ask
 //! for an install, never for an unsigned one.
 //!
-//! Protocol: one JSON line in (`{"reboot":"now"|"never"}`), JSON lines out:
+//! Protocol: one JSON line in (`{"reboot":"now"|"never"|"at <RFC 3339>"}`), JSON lines out:
 //! `{"say":"..."}` per step, then `{"ok":true,"slot":..,"version":..}` or
 //! `{"ok":false,"error":".."}`.
 
@@ -21,7 +21,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::cli::{Reboot, SystemArgs, TrustArgs};
+use super::cli::{SystemArgs, TrustArgs};
+use super::schedule::{self, Reboot};
 
 /// Where `serve` and the updater meet.
 pub const SOCKET: &str = "/run/rackboot/updater.sock";
@@ -50,6 +51,13 @@ pub fn run(socket: &Path, group: &str, trust: &TrustArgs, sys: &SystemArgs) -> a
     nix::unistd::chown(socket, None, Some(gid))?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))?;
     tracing::info!(socket = %socket.display(), "appliance updater listening");
+    {
+        let data_dir = sys.data_dir.clone();
+        let cmdline = sys.cmdline.clone();
+        std::thread::Builder::new()
+            .name("reboot-schedule".into())
+            .spawn(move || scheduled_reboot(&data_dir, &cmdline))?;
+    }
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };
         let reboot = match serve_one(conn, trust, sys) {
@@ -67,21 +75,47 @@ pub fn run(socket: &Path, group: &str, trust: &TrustArgs, sys: &SystemArgs) -> a
     Ok(())
 }
 
+/// Reboots when a pending update's chosen time comes (`--reboot at TIME`, `?reboot=at …`),
+/// reading the state again at least every [`schedule::POLL`]: `rackboot appliance update`
+/// schedules through the state file, not through this socket.
+fn scheduled_reboot(data_dir: &Path, cmdline: &Path) {
+    loop {
+        let Ok(booted) = super::system::booted_slot(cmdline) else {
+            return;
+        };
+        let due = match super::state::State::load(data_dir) {
+            Ok(st) => schedule::due(&st, booted, std::time::SystemTime::now()),
+            Err(e) => {
+                tracing::warn!(error = %e, "appliance updater: cannot read the update state");
+                schedule::Due::Wait(schedule::POLL)
+            }
+        };
+        match due {
+            schedule::Due::Nothing => std::thread::sleep(schedule::POLL),
+            schedule::Due::Wait(d) => std::thread::sleep(d),
+            schedule::Due::Reboot => {
+                tracing::info!(
+                    "appliance updater: the scheduled time has come; rebooting into the new slot"
+                );
+                if let Err(e) = super::system::reboot() {
+                    tracing::warn!(error = %e, "appliance updater: the scheduled reboot failed");
+                    std::thread::sleep(schedule::POLL);
+                }
+            }
+        }
+    }
+}
+
 /// One request; returns whether to reboot now.
 fn serve_one(conn: UnixStream, trust: &TrustArgs, sys: &SystemArgs) -> anyhow::Result<bool> {
     let mut out = conn.try_clone()?;
     let mut line = String::new();
     BufReader::new(std::io::Read::take(&conn, 4096)).read_line(&mut line)?;
     let req: Request = serde_json::from_str(&line)?;
-    let reboot = match req.reboot.as_str() {
-        "now" => Reboot::Now,
-        "never" => Reboot::Never,
-        other => {
-            writeln!(
-                out,
-                "{}",
-                json!({"ok": false, "error": format!("reboot {other:?}: now or never")})
-            )?;
+    let reboot: Reboot = match req.reboot.parse() {
+        Ok(r) => r,
+        Err(e) => {
+            writeln!(out, "{}", json!({"ok": false, "error": e}))?;
             return Ok(false);
         }
     };
@@ -108,14 +142,14 @@ fn serve_one(conn: UnixStream, trust: &TrustArgs, sys: &SystemArgs) -> anyhow::R
     let mut say = |s: &str| {
         let _ = writeln!(progress, "{}", json!({ "say": s }));
     };
-    let result = super::cli::apply(&path, trust.clone(), sys, &mut say);
+    let result = super::cli::apply(&path, trust.clone(), sys, reboot, &mut say);
     let _ = std::fs::remove_file(&path);
     match result {
         Ok(done) => {
             writeln!(
                 out,
                 "{}",
-                json!({"ok": true, "slot": done.slot, "version": done.version, "signed_by": done.signed_by, "rebooting": reboot == Reboot::Now})
+                json!({"ok": true, "slot": done.slot, "version": done.version, "signed_by": done.signed_by, "rebooting": reboot == Reboot::Now, "reboot": reboot.to_string()})
             )?;
             out.flush()?;
             if reboot == Reboot::Now {

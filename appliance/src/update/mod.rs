@@ -9,7 +9,7 @@
 //!
 //! Owns: the update bundle format, the A/B slot installer and its state (`<data-dir>/update/`),
 //! `rackboot appliance`, `/rackboot/v1/appliance`, the root updater (`daemon.rs`). May call: `client`,
-//! `http`, `output`, `version`.
+//! `http`, `output`, `store` (to confirm a trial's migration), `version`.
 
 pub mod api;
 pub mod bundle;
@@ -17,6 +17,7 @@ pub mod cli;
 pub mod daemon;
 pub mod efi;
 pub mod install;
+pub mod schedule;
 pub mod state;
 mod system;
 #[cfg(test)]

@@ -44,6 +44,9 @@ pub struct Pending {
     /// Why the trial boot failed, recorded by that boot before it reset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed: Option<String>,
+    /// When the updater reboots into the trial (RFC 3339), if the sysadmin chose a time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot_at: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -102,4 +105,30 @@ impl State {
 /// Now, RFC 3339 UTC.
 pub fn now() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+/// How this boot's `rackboot serve` treats a store migration (see `store::trial`): on the
+/// trial boot of an update that has not failed yet, copy before migrating; on the previous slot
+/// after a failed trial, go back to that copy if it must. Anything else (not an appliance, no
+/// update, a state file that cannot be read) is a plain boot.
+pub fn migration_mode(data_dir: &Path, cmdline: &Path) -> crate::store::Migration {
+    use crate::store::Migration;
+    let Ok(booted) = super::system::booted_slot(cmdline) else {
+        return Migration::Plain;
+    };
+    let st = match State::load(data_dir) {
+        Ok(st) => st,
+        Err(e) => {
+            tracing::warn!(error = %e, "the update state cannot be read: opening the store as on a plain boot");
+            return Migration::Plain;
+        }
+    };
+    match &st.pending {
+        Some(p) if p.stage == "trial" && p.slot == booted && p.failed.is_none() => Migration::Trial,
+        Some(p) if p.stage == "trial" => Migration::RolledBack,
+        // boot-check already turned the trial into a failure (it runs once rackboot answers,
+        // which a store it cannot open prevents, but a restart may come after it).
+        None if st.last_failure.is_some() => Migration::RolledBack,
+        _ => Migration::Plain,
+    }
 }

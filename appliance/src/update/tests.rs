@@ -353,3 +353,64 @@ mod install {
         assert_eq!(Slot::A.other(), Slot::B);
     }
 }
+
+#[test]
+fn the_store_migration_is_guarded_on_a_trial_boot_and_after_a_failed_one() {
+    use super::install::Slot;
+    use super::state::{Failure, Pending, State, migration_mode};
+    use crate::store::Migration;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cmdline = dir.path().join("cmdline");
+    let boot =
+        |slot: &str| std::fs::write(&cmdline, format!("quiet rackboot.slot={slot}\n")).unwrap();
+    let pending = |stage: &str, failed: Option<&str>| Pending {
+        slot: Slot::B,
+        version: "0.2.0".into(),
+        stage: stage.into(),
+        at: "2026-12-03T00:00:00Z".into(),
+        failed: failed.map(str::to_owned),
+        reboot_at: None,
+    };
+
+    // Not an appliance boot, or no update: plain.
+    std::fs::write(&cmdline, "quiet\n").unwrap();
+    assert_eq!(migration_mode(&data, &cmdline), Migration::Plain);
+    boot("a");
+    assert_eq!(migration_mode(&data, &cmdline), Migration::Plain);
+
+    let mut st = State {
+        pending: Some(pending("writing", None)),
+        ..State::default()
+    };
+    st.save(&data).unwrap();
+    assert_eq!(migration_mode(&data, &cmdline), Migration::Plain);
+
+    // Installed, on trial in slot b: copy before migrating.
+    st.pending = Some(pending("trial", None));
+    st.save(&data).unwrap();
+    boot("b");
+    assert_eq!(migration_mode(&data, &cmdline), Migration::Trial);
+    // Slot a came back instead: the trial failed.
+    boot("a");
+    assert_eq!(migration_mode(&data, &cmdline), Migration::RolledBack);
+    // The trial recorded its own failure before resetting: not a trial any more.
+    st.pending = Some(pending("trial", Some("health check failed")));
+    st.save(&data).unwrap();
+    boot("b");
+    assert_eq!(migration_mode(&data, &cmdline), Migration::RolledBack);
+    // boot-check already turned it into the last failure.
+    st.pending = None;
+    st.last_failure = Some(Failure {
+        slot: Slot::B,
+        version: "0.2.0".into(),
+        reason: "health check failed".into(),
+        at: "2026-12-03T00:00:00Z".into(),
+    });
+    st.save(&data).unwrap();
+    boot("a");
+    assert_eq!(migration_mode(&data, &cmdline), Migration::RolledBack);
+    // A damaged state file is a plain boot, not a failed start.
+    std::fs::write(State::path(&data), b"{").unwrap();
+    assert_eq!(migration_mode(&data, &cmdline), Migration::Plain);
+}

@@ -7,14 +7,26 @@ use serde::Serialize;
 
 /// Prints rows as an aligned table with a header line.
 pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
-    print!("{}", format_table(headers, rows));
+    emit(&format_table(headers, rows));
 }
 
 /// Prints `v` as pretty JSON on stdout.
 pub fn print_json(v: &impl Serialize) {
     match serde_json::to_string_pretty(v) {
-        Ok(s) => println!("{s}"),
+        Ok(s) => emit(&(s + "\n")),
         Err(err) => eprintln!("error: cannot print JSON: {err}"),
+    }
+}
+
+/// Writes `text` to stdout. A reader that went away (`rackboot … | head`) ends the command
+/// quietly, as it does for any Unix tool, instead of a panic.
+fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => eprintln!("error: cannot write to stdout: {e}"),
     }
 }
 

@@ -206,3 +206,100 @@ fn update_a_to_b_through_the_api_keeps_the_data_and_boots_nodes() {
     // Nodes boot from the updated appliance.
     pxe_boot_nodes(&mut ns, &token);
 }
+
+/// An update whose trial boot fails its health check: the failure is recorded on the trial
+/// boot, the firmware boots slot a again (BootNext spent, BootOrder unchanged), slot a reports
+/// the failed update and why, and stays the default. The trial is made to fail by a
+/// rackboot.toml on the ESP that rackboot cannot parse while slot b is on trial (restored
+/// before slot a boots again): rackboot never answers, exactly as a broken new version would not.
+#[test]
+fn an_unhealthy_trial_boots_slot_a_again_and_is_reported() {
+    if !preflight() {
+        return;
+    }
+    let bundle = image_dir().join("rackboot-update.rbu");
+    assert!(
+        bundle.exists(),
+        "no {} (cargo xtask image appliance)",
+        bundle.display()
+    );
+    let ns = network("aufl").expect("test network");
+    let disk = Disk::new().expect("disk copy");
+    disk.grow(256).expect("grow the disk");
+    let nvram = tempfile::tempdir().expect("tempdir");
+    let vars = enrolled_vars(nvram.path()).expect("OVMF vars");
+    let boot = || {
+        Appliance::boot_with_vars(&ns, &disk, &vars, tempfile::tempdir().expect("tempdir"))
+            .expect("start the appliance VM")
+    };
+
+    let mut vm = boot();
+    wait_ready(&ns, &mut vm).unwrap_or_else(|e| panic!("first boot: {e:#}"));
+    let token = admin_token(&vm.console_text());
+    let (code, body) = upload(&ns, &token, &bundle, "now");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["slot"], "b", "{body}");
+    assert_eq!(body["rebooting"], true, "{body}");
+    wait_exit(&mut vm, BOOT_DEADLINE);
+    drop(vm);
+
+    // The trial boot: slot b comes up, rackboot cannot start, the health check gives up, the
+    // failure is recorded and the appliance resets.
+    let work = tempfile::tempdir().expect("tempdir");
+    let broken = work.path().join("rackboot.toml");
+    std::fs::write(&broken, test_config() + "[dhcp\nthis is not TOML\n").expect("write");
+    disk.put_on_esp(&broken, "::/rackboot.toml")
+        .expect("break rackboot.toml");
+    let mut vm = boot();
+    wait_exit(&mut vm, BOOT_DEADLINE);
+    let console = vm.console_text();
+    drop(vm);
+    assert!(
+        console.contains("rackboot.slot=b"),
+        "the trial boot was not slot b's:\n{console}"
+    );
+    assert!(
+        console.contains("failed its health check"),
+        "the trial did not record its failure:\n{console}"
+    );
+
+    // Back to slot a, with the sysadmin's config restored.
+    let good = work.path().join("good.toml");
+    std::fs::write(&good, test_config()).expect("write");
+    disk.put_on_esp(&good, "::/rackboot.toml")
+        .expect("restore rackboot.toml");
+    let mut vm = boot();
+    wait_ready(&ns, &mut vm).unwrap_or_else(|e| panic!("boot after the failed trial: {e:#}"));
+    assert!(
+        vm.console_text().contains("rackboot.slot=a"),
+        "slot a did not come back"
+    );
+    let until = Instant::now() + Duration::from_secs(300);
+    let st = loop {
+        let (code, st) = api(&ns, &token, "GET", "/rackboot/v1/appliance");
+        assert_eq!(code, 200, "{st}");
+        if st["pending"].is_null() {
+            break st;
+        }
+        assert!(
+            Instant::now() < until,
+            "the failed trial was never reported: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(st["booted_slot"], "a", "{st}");
+    assert_eq!(st["slots"]["b"]["state"], "failed", "{st}");
+    let reason = st["last_failure"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("health check failed on slot b") && reason.contains("120 s"),
+        "{st}"
+    );
+    // A power cut: slot a is still the default.
+    drop(vm);
+    let mut vm = boot();
+    wait_ready(&ns, &mut vm).unwrap_or_else(|e| panic!("boot after a power cut: {e:#}"));
+    assert!(
+        vm.console_text().contains("rackboot.slot=a"),
+        "slot a is not the default after the failed trial"
+    );
+}

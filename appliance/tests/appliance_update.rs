@@ -278,9 +278,16 @@ fn an_update_writes_the_other_slot_boots_it_once_and_keeps_it_only_when_healthy(
     assert_eq!(st["slots"]["b"]["state"], "installed");
     assert!(st["keys"].as_str().unwrap().starts_with("not sealed"));
 
-    // The trial boot comes up healthy: slot b goes first in BootOrder.
+    // The trial boot comes up healthy: slot b goes first in BootOrder, and the firmware's
+    // removable-media path boots it too (it booted slot a as flashed).
+    let fallback = rig.p("esp/EFI/BOOT/BOOTX64.EFI");
+    std::fs::write(&fallback, b"slot a as flashed").unwrap();
     let (ok, _, err) = rig.rackboot("b", &["appliance", "boot-check"]);
     assert!(ok, "{err}");
+    assert_eq!(
+        std::fs::read(&fallback).unwrap(),
+        std::fs::read(rig.p("payload-v2/rackboot-b.efi")).unwrap()
+    );
     assert_eq!(
         rig.var("BootOrder").unwrap(),
         vec![7, 0, 0, 0, 0x0B, 0x0B, 1, 0, 2, 0]
@@ -303,6 +310,8 @@ fn a_failed_trial_is_reported_and_the_old_slot_stays_the_default() {
     let rig = Rig::new();
     let bundle = rig.bundle("v3", &rig.p("release.key"), "x86_64-uefi", "0.3.0");
     assert!(rig.update(&bundle).0);
+    let fallback = rig.p("esp/EFI/BOOT/BOOTX64.EFI");
+    std::fs::write(&fallback, b"slot a as flashed").unwrap();
     // On the trial boot rackboot never became healthy: the failure is recorded before the
     // reset (suppressed here), and BootOrder still starts with the firmware's old entry.
     let (ok, _, err) = rig.rackboot(
@@ -326,6 +335,7 @@ fn a_failed_trial_is_reported_and_the_old_slot_stays_the_default() {
     assert_eq!(st["slots"]["b"]["state"], "failed");
     let reason = st["last_failure"]["reason"].as_str().unwrap();
     assert!(reason.contains("no answer within 120 s"), "{reason}");
+    assert_eq!(std::fs::read(&fallback).unwrap(), b"slot a as flashed");
 
     // A trial that never reached its check (kernel, verity, firmware) is reported as such.
     assert!(rig.update(&bundle).0);

@@ -523,5 +523,15 @@ fn boot_check(args: BootCheckArgs) -> anyhow::Result<()> {
         booted.name(),
         p.version
     );
+    // The removable-media path follows the good slot (its old target may be the slot just
+    // rewritten). Not fatal: the NVRAM entries boot the slot either way.
+    if let Err(e) = system::with_esp_writable(&sys.esp, || {
+        install::set_fallback(&sys.esp, booted).map_err(anyhow::Error::from)
+    }) {
+        eprintln!(
+            "warning: \\{} still boots what it booted before: {e:#}",
+            install::FALLBACK.replace('/', "\\")
+        );
+    }
     Ok(())
 }

@@ -162,6 +162,33 @@ pub fn install(
     Ok(())
 }
 
+/// The firmware's removable-media path, booted when the NVRAM's entries are gone (a cleared
+/// CMOS, a replaced board).
+pub const FALLBACK: &str = "EFI/BOOT/BOOTX64.EFI";
+
+/// Makes the removable-media path boot `slot`: a copy of its UKI, written beside, synced and
+/// renamed over the old one. Called once a slot is good, so a firmware that lost its boot
+/// entries still boots a slot that works, never one whose root was rewritten since.
+pub fn set_fallback(esp: &Path, slot: Slot) -> std::io::Result<()> {
+    let src = esp.join("EFI/rackboot").join(slot.uki());
+    let dst = esp.join(FALLBACK);
+    let dir = dst.parent().unwrap_or(esp);
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(".BOOTX64.EFI.new");
+    let copied = std::fs::copy(&src, &tmp)
+        .and_then(|_| File::open(&tmp))
+        .and_then(|f| f.sync_all());
+    if let Err(e) = copied {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(std::io::Error::new(
+            e.kind(),
+            format!("{} -> {}: {e}", src.display(), tmp.display()),
+        ));
+    }
+    std::fs::rename(&tmp, &dst)?;
+    File::open(dir)?.sync_all()
+}
+
 fn copy(
     src: &mut impl Read,
     dst: &mut impl Write,

@@ -7,9 +7,11 @@
 //! `/etc/rackboot/update-keys/*.pub`; a bundle verifies only against those keys, and only for
 //! the board named in `/etc/rackboot/board`.
 //!
+//! The store is called only to confirm a trial's migration (`store::trial`).
+//!
 //! Owns: the update bundle format, the A/B slot installer and its state (`<data-dir>/update/`),
 //! `rackboot appliance`, `/rackboot/v1/appliance`, the root updater (`daemon.rs`). May call: `client`,
-//! `http`, `output`, `store` (to confirm a trial's migration), `version`.
+//! `http`, `output`, `store`, `version`.
 
 pub mod api;
 pub mod bundle;

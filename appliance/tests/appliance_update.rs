@@ -362,11 +362,14 @@ fn refused_bundles_write_nothing() {
     let bytes = std::fs::read(&good).unwrap();
     let truncated = rig.p("truncated.rbu");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    // Signed, for this board, but older than the running release (0.1.0): the rollback floor.
+    let older = rig.bundle("older", &rig.p("release.key"), "x86_64-uefi", "0.0.9");
 
     for (bundle, why) in [
         (&other_key, "does not verify"),
         (&other_board, "for board \"aarch64-uefi\""),
         (&truncated, "truncated"),
+        (&older, "older than the running 0.1.0"),
     ] {
         let (ok, _, err) = rig.update(bundle);
         assert!(!ok, "{} was accepted", bundle.display());
@@ -405,6 +408,22 @@ fn refused_bundles_write_nothing() {
         out.contains("signature ok (key release.pub)") && out.contains("0.2.0"),
         "{out}"
     );
+    // The sysadmin may go back on purpose.
+    let (ok, _, err) = rig.rackboot(
+        "a",
+        &[
+            "appliance",
+            "update",
+            older.to_str().unwrap(),
+            "--keys",
+            keys.to_str().unwrap(),
+            "--board",
+            "x86_64-uefi",
+            "--allow-downgrade",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(rig.status("a")["pending"]["version"], "0.0.9");
 }
 
 /// The root updater behind `PUT /rackboot/v1/appliance/update`: it installs only the bundle at

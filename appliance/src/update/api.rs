@@ -56,6 +56,9 @@ async fn status(State(ctx): State<Ctx>) -> Result<Json<Value>, Problem> {
 struct UpdateQuery {
     #[serde(default)]
     reboot: Option<String>,
+    /// Install a bundle older than the running version.
+    #[serde(default)]
+    allow_downgrade: bool,
 }
 
 async fn update(
@@ -109,7 +112,9 @@ async fn update(
             ctx.socket.display()
         ))
     })?;
-    let req = json!({ "reboot": reboot.to_string() }).to_string() + "\n";
+    let req = json!({ "reboot": reboot.to_string(), "allow_downgrade": q.allow_downgrade })
+        .to_string()
+        + "\n";
     conn.write_all(req.as_bytes())
         .await
         .map_err(Problem::internal)?;

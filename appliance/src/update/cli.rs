@@ -88,6 +88,11 @@ pub struct UpdateArgs {
     /// appliance's updater reboots it (the time is kept with the pending update).
     #[arg(long, default_value = "never", value_name = "now|never|at TIME")]
     pub reboot: Reboot,
+    /// Install a bundle older than the running version. Refused without it: an older signed
+    /// bundle may carry what a later release fixed, and anyone holding one could otherwise
+    /// roll the appliance back to it.
+    #[arg(long)]
+    pub allow_downgrade: bool,
     #[command(flatten)]
     pub system: SystemArgs,
 }
@@ -197,6 +202,7 @@ fn update(args: UpdateArgs) -> anyhow::Result<()> {
         args.trust,
         &args.system,
         args.reboot,
+        args.allow_downgrade,
         &mut |line: &str| eprintln!("{line}"),
     )?;
     match args.reboot {
@@ -228,6 +234,7 @@ pub fn apply(
     trust: TrustArgs,
     sys: &SystemArgs,
     reboot: Reboot,
+    allow_downgrade: bool,
     say: &mut dyn FnMut(&str),
 ) -> anyhow::Result<Applied> {
     let booted = system::booted_slot(&sys.cmdline)?;
@@ -235,6 +242,11 @@ pub fn apply(
     // Verified in full before anything is written or any state changes.
     let b = open_verified(bundle_path, trust)?;
     let version = b.manifest.version.clone();
+    if !allow_downgrade {
+        refuse_downgrade(&version, crate::version::VERSION).map_err(|e| {
+            anyhow::anyhow!("{}: refused, nothing written: {e}", bundle_path.display())
+        })?;
+    }
     say(&format!(
         "bundle verified: {version} (key {}); writing slot {} (running: slot {})",
         b.signed_by,
@@ -351,6 +363,32 @@ pub fn apply(
         version,
         signed_by: b.signed_by.clone(),
     })
+}
+
+/// `major.minor.patch` at the start of a version string (`0.2.0 (commit …)`, `0.2.0-rc1`).
+fn release_of(version: &str) -> Option<(u64, u64, u64)> {
+    let first = version.split_whitespace().next()?;
+    let core = first.split(['-', '+']).next()?;
+    let mut parts = core.split('.').map(|p| p.parse::<u64>().ok());
+    let r = (parts.next()??, parts.next()??, parts.next()??);
+    parts.next().is_none().then_some(r)
+}
+
+/// The rollback floor: a bundle older than the running release is refused (the same release is
+/// not: reinstalling, or a rebuild of it, is allowed).
+pub fn refuse_downgrade(bundle: &str, running: &str) -> anyhow::Result<()> {
+    let (Some(new), Some(old)) = (release_of(bundle), release_of(running)) else {
+        anyhow::bail!(
+            "cannot compare the bundle's version {bundle:?} with the running {running:?}; \
+             --allow-downgrade (API: allow_downgrade=true) installs it anyway"
+        );
+    };
+    anyhow::ensure!(
+        new >= old,
+        "the bundle holds {bundle}, older than the running {running}: an older release may carry \
+         what a later one fixed; --allow-downgrade (API: allow_downgrade=true) installs it anyway"
+    );
+    Ok(())
 }
 
 /// `rackboot appliance status -o json` and `GET /rackboot/v1/appliance`.

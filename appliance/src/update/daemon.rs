@@ -9,7 +9,8 @@
 //! only then writes, exactly as `rackboot appliance update` does. A compromised `serve` can ask
 //! for an install, never for an unsigned one.
 //!
-//! Protocol: one JSON line in (`{"reboot":"now"|"never"|"at <RFC 3339>"}`), JSON lines out:
+//! Protocol: one JSON line in (`{"reboot":"now"|"never"|"at <RFC 3339>","allow_downgrade":false}`),
+//! JSON lines out:
 //! `{"say":"..."}` per step, then `{"ok":true,"slot":..,"version":..}` or
 //! `{"ok":false,"error":".."}`.
 
@@ -35,6 +36,9 @@ pub fn incoming(data_dir: &Path) -> PathBuf {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Request {
     pub reboot: String,
+    /// Install a bundle older than the running version.
+    #[serde(default)]
+    pub allow_downgrade: bool,
 }
 
 /// Serves requests one at a time, forever.
@@ -142,7 +146,14 @@ fn serve_one(conn: UnixStream, trust: &TrustArgs, sys: &SystemArgs) -> anyhow::R
     let mut say = |s: &str| {
         let _ = writeln!(progress, "{}", json!({ "say": s }));
     };
-    let result = super::cli::apply(&path, trust.clone(), sys, reboot, &mut say);
+    let result = super::cli::apply(
+        &path,
+        trust.clone(),
+        sys,
+        reboot,
+        req.allow_downgrade,
+        &mut say,
+    );
     let _ = std::fs::remove_file(&path);
     match result {
         Ok(done) => {

@@ -414,3 +414,32 @@ fn the_store_migration_is_guarded_on_a_trial_boot_and_after_a_failed_one() {
     std::fs::write(State::path(&data), b"{").unwrap();
     assert_eq!(migration_mode(&data, &cmdline), Migration::Plain);
 }
+
+#[test]
+fn the_rollback_floor_compares_releases_not_strings() {
+    use super::cli::refuse_downgrade;
+    let running = "0.10.0 (commit 0123abc, tree clean)";
+    for newer_or_same in [
+        "0.10.0",
+        "0.10.1",
+        "0.11.0 (commit fff, tree dirty)",
+        "1.0.0",
+        "0.10.0-rc1",
+    ] {
+        assert!(
+            refuse_downgrade(newer_or_same, running).is_ok(),
+            "{newer_or_same}"
+        );
+    }
+    for older in ["0.9.9", "0.2.0", "0.9.10 (commit 1, tree clean)"] {
+        let e = refuse_downgrade(older, running).unwrap_err().to_string();
+        assert!(
+            e.contains("older than the running") && e.contains("--allow-downgrade"),
+            "{e}"
+        );
+    }
+    for odd in ["", "latest", "1.2", "1.2.3.4", "v1.2.3"] {
+        let e = refuse_downgrade(odd, running).unwrap_err().to_string();
+        assert!(e.contains("cannot compare"), "{odd}: {e}");
+    }
+}

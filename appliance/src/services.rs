@@ -161,7 +161,7 @@ pub async fn start(
         .map(|(a, b)| i64::from(u32::from(b)) - i64::from(u32::from(a)) + 1)
         .sum();
     if settings.config.listen.dhcp_port != 0 {
-        crate::dhcp::service::spawn(
+        let probe = crate::dhcp::service::spawn(
             &mut tasks,
             &settings.iface.name,
             settings.config.listen.dhcp_port,
@@ -178,6 +178,13 @@ pub async fn start(
             shutdown.clone(),
         )
         .await?;
+        // Ready only with an engine that answers: an appliance update whose DHCP cannot serve
+        // fails its health check here, and the previous slot comes back.
+        let answered = probe
+            .run(std::time::Duration::from_secs(10))
+            .await
+            .map_err(|e| anyhow::anyhow!("DHCP self-test failed: {e}"))?;
+        tracing::info!(result = %answered, "DHCP self-test passed");
     }
 
     if settings.config.dns.enabled && settings.config.dns.port != 0 {

@@ -38,7 +38,74 @@ const MAX_DATAGRAM: usize = 4096;
 pub const LEASE_RETENTION: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
-/// Starts the DHCP service on `iface`:`port`.
+/// The running engine's self-test (part of `rackboot serve`'s start, so of an appliance
+/// update's health check): a probe goes through the same queue and the same engine as a
+/// client's datagram, and must come back answered. An INFORM (a DISCOVER with the PXE vendor
+/// class for a proxyDHCP) changes no lease and takes no pool address; the answer is not sent,
+/// counted or put on the timeline.
+#[derive(Clone)]
+pub struct Probe {
+    queue: Arc<DropOldestQueue<Datagram>>,
+    subnet: Option<std::net::Ipv4Addr>,
+    proxy: bool,
+}
+
+/// The probe's client: a locally administered MAC no NIC ships with.
+const PROBE_MAC: [u8; 6] = [0x02, 0x72, 0x62, 0x73, 0x74, 0x00];
+
+impl Probe {
+    /// Sends the probe and waits for the engine's answer.
+    pub async fn run(&self, within: std::time::Duration) -> Result<String, String> {
+        let Some(subnet) = self.subnet else {
+            return Err("no subnet is configured: the engine has nobody to answer".into());
+        };
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let bytes = probe_packet(subnet, self.proxy);
+        let d = Datagram {
+            src: SocketAddrV4::new(subnet, 67),
+            bytes,
+            looked_up: true,
+            probe: Some(done),
+        };
+        if self.queue.push(d).is_some() {
+            return Err("the engine's queue is full".into());
+        }
+        match tokio::time::timeout(within, answer).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err("the engine dropped the probe unanswered".into()),
+            Err(_) => Err(format!("the engine did not answer within {within:?}")),
+        }
+    }
+}
+
+/// A relayed (giaddr = the subnet's network address) INFORM, or a PXE DISCOVER for a proxy.
+fn probe_packet(subnet: std::net::Ipv4Addr, proxy: bool) -> Vec<u8> {
+    let mut p = vec![0u8; 236];
+    let mut put = |at: usize, bytes: &[u8]| {
+        if let Some(dst) = p.get_mut(at..at + bytes.len()) {
+            dst.copy_from_slice(bytes);
+        }
+    };
+    put(0, &[1, 1, 6, 1]); // BOOTREQUEST, Ethernet, 6-byte MAC, one hop (relayed)
+    put(4, &0x7262_7374u32.to_be_bytes()); // xid
+    if !proxy {
+        put(12, &subnet.octets()); // ciaddr
+    }
+    put(24, &subnet.octets()); // giaddr
+    put(28, &PROBE_MAC);
+    p.extend_from_slice(&[99, 130, 83, 99]);
+    if proxy {
+        p.extend_from_slice(&[53, 1, 1]);
+        p.extend_from_slice(&[60, 9]);
+        p.extend_from_slice(b"PXEClient");
+    } else {
+        p.extend_from_slice(&[53, 1, 8]);
+    }
+    p.push(255);
+    p
+}
+
+/// Starts the DHCP service on `iface`:`port`; the [`Probe`] tests the running engine.
 pub async fn spawn(
     tasks: &mut JoinSet<()>,
     iface: &str,
@@ -47,7 +114,7 @@ pub async fn spawn(
     store: Store,
     obs: Observers,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Probe> {
     let Observers {
         metrics,
         timeline,
@@ -58,6 +125,11 @@ pub async fn spawn(
     let local_ip = crate::netif::ipv4_of(iface)?.addr;
     let queue = Arc::new(DropOldestQueue::<Datagram>::new(QUEUE_DEPTH));
 
+    let probe = Probe {
+        queue: queue.clone(),
+        subnet: config.subnets.first().map(|s| s.network),
+        proxy: config.mode == pxe_core::dhcp::server::Mode::Proxy,
+    };
     let mut server = DhcpServer::new(config);
     let now = Instant::from_millis(u64::try_from(now_ms()).unwrap_or(0));
     let mut restored = 0;
@@ -128,6 +200,7 @@ pub async fn spawn(
                             src: meta.src,
                             bytes,
                             looked_up: false,
+                            probe: None,
                         };
                         if queue.push(d).is_some() {
                             metrics.dhcp_drop("overload");
@@ -251,11 +324,31 @@ pub async fn spawn(
             let mut out = vec![0u8; 1500];
             let mut seen_generation = 0;
             loop {
-                let Datagram { src, bytes, looked_up } = tokio::select! {
+                let Datagram { src, bytes, looked_up, probe } = tokio::select! {
                     () = stop.cancelled() => break,
                     item = queue.pop() => item,
                 };
                 let current = view.read().unwrap_or_else(|p| p.into_inner()).clone();
+                if let Some(done) = probe {
+                    let now = Instant::from_millis(u64::try_from(now_ms()).unwrap_or(0));
+                    let rx = RxInfo { src, local_ip };
+                    let answer = match server.handle(now, &rx, &bytes, &ViewRef(&current), &mut out) {
+                        Ok(h) if h.lease_change.is_none() && h.reply.is_some() => Ok(format!(
+                            "the engine answered a probe {} with {} ({} reservations)",
+                            h.event.received.as_str().to_uppercase(),
+                            h.event.sent.map_or("nothing", MessageType::as_str).to_uppercase(),
+                            current.len()
+                        )),
+                        Ok(h) => Err(format!(
+                            "the engine answered a probe {} with {} and a lease change",
+                            h.event.received.as_str().to_uppercase(),
+                            h.event.sent.map_or("nothing", MessageType::as_str).to_uppercase()
+                        )),
+                        Err(drop) => Err(format!("the engine dropped the probe: {}", drop.as_str())),
+                    };
+                    let _ = done.send(answer);
+                    continue;
+                }
                 // Federated: a DISCOVER from a client the inventory does not know waits (off
                 // this loop) for an upstream lookup, then goes round again, so a node the
                 // upstream knows gets its static lease on its very first DISCOVER. The lookup
@@ -280,7 +373,7 @@ pub async fn spawn(
                             )
                             .await;
                         }
-                        let _ = queue.push(Datagram { src, bytes, looked_up: true });
+                        let _ = queue.push(Datagram { src, bytes, looked_up: true, probe: None });
                     });
                     continue;
                 }
@@ -350,7 +443,7 @@ pub async fn spawn(
             }
         });
     }
-    Ok(())
+    Ok(probe)
 }
 
 /// Counts a handled message and puts what was sent on the boot timeline.
@@ -379,6 +472,8 @@ struct Datagram {
     bytes: Vec<u8>,
     /// Back from an upstream lookup: answered now, whatever the inventory says.
     looked_up: bool,
+    /// A [`Probe`]'s: answered here, never on the wire.
+    probe: Option<tokio::sync::oneshot::Sender<Result<String, String>>>,
 }
 
 struct Pending {
@@ -462,3 +557,7 @@ impl Inventory for ViewRef<'_> {
         self.0.is_reserved(ip)
     }
 }
+
+#[cfg(test)]
+#[path = "service_tests.rs"]
+mod tests;

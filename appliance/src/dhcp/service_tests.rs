@@ -1,0 +1,103 @@
+#![allow(clippy::unwrap_used)]
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use pxe_core::boot::BootPolicy;
+use pxe_core::dhcp::server::{Mode, ServerConfig, SubnetConfig};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::{Probe, spawn};
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::timeline::{Observers, Timeline};
+
+fn config(mode: Mode) -> ServerConfig {
+    let mut subnets = heapless::Vec::new();
+    subnets
+        .push(SubnetConfig {
+            network: Ipv4Addr::new(127, 0, 0, 0),
+            prefix: 8,
+            server_ip: Ipv4Addr::LOCALHOST,
+            router: None,
+            dns: heapless::Vec::new(),
+            domain: heapless::String::new(),
+            lease_time: pxe_core::Duration::from_secs(3600),
+            pool: Some((Ipv4Addr::new(127, 0, 1, 10), Ipv4Addr::new(127, 0, 1, 20))),
+        })
+        .unwrap();
+    ServerConfig {
+        subnets,
+        mode,
+        boot: BootPolicy::new("http://127.0.0.1").unwrap(),
+        offer_hold: pxe_core::Duration::from_secs(30),
+        decline_quarantine: pxe_core::Duration::from_secs(600),
+    }
+}
+
+/// A DHCP service on `lo` (an unused port: nothing goes on the wire) and its probe.
+async fn service(
+    mode: Mode,
+    tasks: &mut JoinSet<()>,
+    stop: &CancellationToken,
+) -> (Probe, Store, std::sync::Arc<Metrics>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let metrics = std::sync::Arc::new(Metrics::new());
+    let timeline = Timeline::spawn(tasks, store.clone(), metrics.clone(), 8, stop.clone());
+    let probe = spawn(
+        tasks,
+        "lo",
+        0,
+        config(mode),
+        store.clone(),
+        Observers {
+            metrics: metrics.clone(),
+            timeline,
+            on_lease: None,
+            on_unknown: None,
+        },
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    (probe, store, metrics, dir)
+}
+
+#[tokio::test]
+async fn the_running_engine_answers_the_probe_and_nothing_else_changes() {
+    let (mut tasks, stop) = (JoinSet::new(), CancellationToken::new());
+    let (probe, store, metrics, _dir) = service(Mode::Authoritative, &mut tasks, &stop).await;
+    let before = metrics.encode();
+    for _ in 0..3 {
+        let said = probe.run(Duration::from_secs(10)).await.unwrap();
+        assert!(said.contains("INFORM") && said.contains("ACK"), "{said}");
+    }
+    // No lease, no pool address, no counted packet, no timeline event.
+    assert!(store.list_leases().await.unwrap().is_empty());
+    assert_eq!(metrics.encode(), before);
+    assert!(store.boot_status().await.unwrap().is_empty());
+
+    // A stopped engine does not answer: the probe says so instead of waiting for ever.
+    stop.cancel();
+    while tasks.join_next().await.is_some() {}
+    let err = probe.run(Duration::from_millis(200)).await.unwrap_err();
+    assert!(
+        err.contains("did not answer") || err.contains("unanswered"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_proxy_dhcp_engine_answers_the_probe_too() {
+    let (mut tasks, stop) = (JoinSet::new(), CancellationToken::new());
+    let (probe, store, _metrics, _dir) = service(Mode::Proxy, &mut tasks, &stop).await;
+    let said = probe.run(Duration::from_secs(10)).await.unwrap();
+    assert!(
+        said.contains("DISCOVER") && said.contains("OFFER"),
+        "{said}"
+    );
+    assert!(store.list_leases().await.unwrap().is_empty());
+    stop.cancel();
+}

@@ -22,7 +22,7 @@ pub use node_image::{agent_initrd, ssh_initrd};
 pub use peers::{
     FakeBmc, LibvirtBmc, PerfdhcpStats, StaticBmc, preflight_libvirt, preflight_sushy,
 };
-pub use qemu::{Firmware, Qemu, field};
+pub use qemu::{Firmware, Qemu, field, whole_lines};
 pub use rackboot::Rackboot;
 pub use swtpm::{Manufacturer, Swtpm, VmTpm, sh as sh_ok};
 pub use tiny::{TINY_BRIDGE, Tiny, TinyStats};

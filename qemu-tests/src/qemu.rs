@@ -48,6 +48,11 @@ impl Qemu {
         c.args([
             "-accel",
             "tcg",
+            // `max` gives the guest RDRAND, which its kernel trusts to seed the CRNG at boot:
+            // without it, on a loaded host, the node agent's first getrandom() can block for
+            // minutes waiting for entropy.
+            "-cpu",
+            "max",
             "-m",
             "512",
             "-display",
@@ -113,13 +118,14 @@ impl Qemu {
         String::from_utf8_lossy(&fs::read(&self.console).unwrap_or_default()).into_owned()
     }
 
-    /// Waits until the console shows a line containing `pattern`; returns that line.
+    /// Waits until the console shows a whole line (one the guest has finished writing)
+    /// containing `pattern`; returns that line.
     pub fn wait_for(&mut self, pattern: &str, timeout: Duration) -> anyhow::Result<String> {
         let deadline = Instant::now() + timeout;
         loop {
             let text =
                 String::from_utf8_lossy(&fs::read(&self.console).unwrap_or_default()).into_owned();
-            if let Some(line) = text.lines().find(|l| l.contains(pattern)) {
+            if let Some(line) = whole_lines(&text).find(|l| l.contains(pattern)) {
                 return Ok(line.to_owned());
             }
             if Instant::now() > deadline || self.child.try_wait()?.is_some() {
@@ -155,6 +161,13 @@ impl Drop for Qemu {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The lines of `text` that end in a newline: a line still being written is not one yet.
+pub fn whole_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.split_inclusive('\n')
+        .filter_map(|l| l.strip_suffix('\n'))
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
 }
 
 /// Reads `key=value` from the node's report line.

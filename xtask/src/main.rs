@@ -33,6 +33,7 @@ fn main() {
             )),
         },
         Some("test") => test::run_all(),
+        Some("test-long") => test::run_long(),
         Some("demo") => match args.get(1).map(String::as_str) {
             None => demo::run_demo(),
             Some("appliance") => appliance::demo(),
@@ -63,6 +64,7 @@ fn main() {
                  demo        install what is needed, then PXE-boot a QEMU node from rackboot and show it\n  \
                  demo appliance  boot the appliance image under Secure Boot and PXE-boot a node from it\n  \
                  test        install test dependencies, build, run the whole suite (QEMU end-to-end included)\n  \
+                 test-long   the appliance's power-cut loop: 20 SIGKILLs of the appliance VM under load, each checked (about 20 boots)\n  \
                  bench       run the benchmarks and write docs/benchmarks.md\n  \
                  bench dhcp  only DHCP, sustained DORA/s over 6 s steps (perfdhcp relay mode), rackboot vs Kea; updates its section of docs/benchmarks.md\n  \
                  bench http  only the wrk comparison with nginx (prints, writes nothing)\n  \

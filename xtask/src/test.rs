@@ -88,6 +88,28 @@ pub fn run_all() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `cargo xtask test-long`: the appliance's power-cut loop (issue 15: 20 cuts, about 20
+/// appliance boots under TCG), kept out of the main suite for its length.
+pub fn run_long() -> anyhow::Result<()> {
+    crate::deps::install()?;
+    crate::appliance::appliance()?;
+    let root = crate::root();
+    crate::stage("power cuts of the appliance VM (qemu-tests/tests/power_cut.rs)");
+    run(Command::new(env!("CARGO")).current_dir(&root).args([
+        "nextest",
+        "run",
+        "-p",
+        "qemu-tests",
+        "--test",
+        "power_cut",
+        "--run-ignored",
+        "only",
+        "--no-capture",
+    ]))?;
+    eprintln!("\nall stages passed");
+    Ok(())
+}
+
 /// Runs every cargo-fuzz target for `secs` seconds.
 pub fn fuzz_smoke(secs: u32) -> anyhow::Result<()> {
     let root = crate::root();

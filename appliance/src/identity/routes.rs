@@ -375,13 +375,12 @@ async fn issue_join_token(
             ))
         })?;
     // A busy or full store is the store's problem (503 with Retry-After, 507), not a 500.
-    let token = id
-        .mint_join_token(&b.node, ip)
-        .await
-        .map_err(|e| match e.downcast::<crate::store::StoreError>() {
-            Ok(store) => Problem::from(store),
-            Err(other) => Problem::internal(other),
-        })?;
+    let token = id.mint_join_token(&b.node, ip).await.map_err(|e| match e
+        .downcast::<crate::store::StoreError>()
+    {
+        Ok(store) => Problem::from(store),
+        Err(other) => Problem::internal(other),
+    })?;
     tracing::info!(xname = %b.node, %ip, "join token issued through the admin API");
     Ok(Json(serde_json::json!({
         "node": b.node,

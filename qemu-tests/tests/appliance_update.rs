@@ -84,37 +84,72 @@ fn wait_exit(vm: &mut Appliance, deadline: Duration) {
     }
 }
 
+/// One appliance for an update test: its network, a private disk grown by `grow_mib` (room
+/// for uploads), and an enrolled firmware variable store kept across its boots.
+struct Rig {
+    ns: qemu_tests::Netns,
+    disk: Disk,
+    vars: std::path::PathBuf,
+    _nvram: tempfile::TempDir,
+    bundle: std::path::PathBuf,
+}
+
+impl Rig {
+    fn new(tag: &str, grow_mib: u64) -> Rig {
+        let bundle = image_dir().join("rackboot-update.rbu");
+        assert!(
+            bundle.exists(),
+            "no {} (cargo xtask image appliance)",
+            bundle.display()
+        );
+        let ns = network(tag).expect("test network");
+        let disk = Disk::new().expect("disk copy");
+        disk.grow(grow_mib).expect("grow the disk");
+        let nvram = tempfile::tempdir().expect("tempdir");
+        let vars = enrolled_vars(nvram.path()).expect("OVMF vars");
+        Rig {
+            ns,
+            disk,
+            vars,
+            _nvram: nvram,
+            bundle,
+        }
+    }
+
+    fn boot(&self) -> Appliance {
+        Appliance::boot_with_vars(
+            &self.ns,
+            &self.disk,
+            &self.vars,
+            tempfile::tempdir().expect("tempdir"),
+        )
+        .expect("start the appliance VM")
+    }
+
+    /// The first boot, until ready; with the admin token it printed.
+    fn first_boot(&self) -> (Appliance, String) {
+        let mut vm = self.boot();
+        wait_ready(&self.ns, &mut vm).unwrap_or_else(|e| panic!("first boot: {e:#}"));
+        let token = admin_token(&vm.console_text());
+        (vm, token)
+    }
+}
+
 #[test]
 fn update_a_to_b_through_the_api_keeps_the_data_and_boots_nodes() {
     if !preflight() {
         return;
     }
-    let bundle = image_dir().join("rackboot-update.rbu");
-    assert!(
-        bundle.exists(),
-        "no {} (cargo xtask image appliance)",
-        bundle.display()
-    );
-    let mut ns = network("aupd").expect("test network");
-    let disk = Disk::new().expect("disk copy");
     // Room on the data partition for the uploaded bundle and the node images.
-    disk.grow(384).expect("grow the disk");
-    let nvram = tempfile::tempdir().expect("tempdir");
-    let vars = enrolled_vars(nvram.path()).expect("OVMF vars");
-    let boot = || {
-        Appliance::boot_with_vars(&ns, &disk, &vars, tempfile::tempdir().expect("tempdir"))
-            .expect("start the appliance VM")
-    };
-
-    let mut vm = boot();
-    wait_ready(&ns, &mut vm).unwrap_or_else(|e| panic!("first boot: {e:#}"));
-    let token = admin_token(&vm.console_text());
-    let (code, st) = api(&ns, &token, "GET", "/rackboot/v1/appliance");
+    let mut rig = Rig::new("aupd", 384);
+    let (ns, bundle, boot) = (&rig.ns, rig.bundle.clone(), || rig.boot());
+    let (mut vm, token) = rig.first_boot();
+    let (code, st) = api(ns, &token, "GET", "/rackboot/v1/appliance");
     assert_eq!(code, 200, "{st}");
     assert_eq!(st["booted_slot"], "a");
     // Something to keep: a node in the inventory.
     let (code, _) = http(
-        &ns,
+        ns,
         "POST",
         &format!("http://{MGMT_ADDR}/hsm/v2/State/Components"),
         Some(&token),
@@ -125,7 +160,7 @@ fn update_a_to_b_through_the_api_keeps_the_data_and_boots_nodes() {
 
     // Without the scope, or signed by a stranger: refused, nothing changes.
     let (code, _) = http(
-        &ns,
+        ns,
         "PUT",
         &format!("http://{MGMT_ADDR}/rackboot/v1/appliance/update"),
         None,
@@ -134,7 +169,7 @@ fn update_a_to_b_through_the_api_keeps_the_data_and_boots_nodes() {
     .expect("curl");
     assert_eq!(code, 401);
     let work = tempfile::tempdir().expect("tempdir");
-    let (code, body) = upload(&ns, &token, &forged_bundle(work.path()), "now");
+    let (code, body) = upload(ns, &token, &forged_bundle(work.path()), "now");
     assert_eq!(code, 422, "{body}");
     assert!(
         body["detail"]
@@ -143,7 +178,7 @@ fn update_a_to_b_through_the_api_keeps_the_data_and_boots_nodes() {
             .contains("does not verify"),
         "{body}"
     );
-    let (_, st) = api(&ns, &token, "GET", "/rackboot/v1/appliance");
+    let (_, st) = api(ns, &token, "GET", "/rackboot/v1/appliance");
     assert!(st["pending"].is_null(), "{st}");
     assert_eq!(st["slots"]["b"]["state"], "empty", "{st}");
 
@@ -151,12 +186,12 @@ fn update_a_to_b_through_the_api_keeps_the_data_and_boots_nodes() {
     // time asked for (a little ahead: the install itself takes a while under TCG).
     let at = std::time::SystemTime::now() + Duration::from_secs(45);
     let at_text = humantime::format_rfc3339_seconds(at).to_string();
-    let (code, body) = upload(&ns, &token, &bundle, &format!("at%20{at_text}"));
+    let (code, body) = upload(ns, &token, &bundle, &format!("at%20{at_text}"));
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["slot"], "b", "{body}");
     assert_eq!(body["rebooting"], false, "{body}");
     assert_eq!(body["reboot"], format!("at {at_text}"), "{body}");
-    let (code, st) = api(&ns, &token, "GET", "/rackboot/v1/appliance");
+    let (code, st) = api(ns, &token, "GET", "/rackboot/v1/appliance");
     if code == 200 {
         // Still up (the install took less than the lead): the schedule is on record.
         assert_eq!(st["pending"]["stage"], "trial", "{st}");
@@ -172,14 +207,14 @@ fn update_a_to_b_through_the_api_keeps_the_data_and_boots_nodes() {
 
     // Second boot: the firmware's BootNext picks slot b once; healthy, it becomes the default.
     let mut vm = boot();
-    wait_ready(&ns, &mut vm).unwrap_or_else(|e| panic!("boot into slot b: {e:#}"));
+    wait_ready(ns, &mut vm).unwrap_or_else(|e| panic!("boot into slot b: {e:#}"));
     assert!(
         vm.console_text().contains("rackboot.slot=b"),
         "the kernel command line is not slot b's"
     );
     let until = Instant::now() + Duration::from_secs(300);
     let st = loop {
-        let (code, st) = api(&ns, &token, "GET", "/rackboot/v1/appliance");
+        let (code, st) = api(ns, &token, "GET", "/rackboot/v1/appliance");
         assert_eq!(
             code, 200,
             "the admin token from before the update no longer works: {st}"
@@ -193,18 +228,18 @@ fn update_a_to_b_through_the_api_keeps_the_data_and_boots_nodes() {
     assert_eq!(st["booted_slot"], "b", "{st}");
     assert!(st["pending"].is_null(), "{st}");
     // The data partition came along.
-    let (code, c) = api(&ns, &token, "GET", "/hsm/v2/State/Components/x1000c0s9b0n0");
+    let (code, c) = api(ns, &token, "GET", "/hsm/v2/State/Components/x1000c0s9b0n0");
     assert_eq!(code, 200, "the inventory was lost: {c}");
 
     // A power cut now: the firmware's BootOrder starts with slot b.
     drop(vm);
     let mut vm = boot();
-    wait_ready(&ns, &mut vm).unwrap_or_else(|e| panic!("third boot: {e:#}"));
-    let (_, st) = api(&ns, &token, "GET", "/rackboot/v1/appliance");
+    wait_ready(ns, &mut vm).unwrap_or_else(|e| panic!("third boot: {e:#}"));
+    let (_, st) = api(ns, &token, "GET", "/rackboot/v1/appliance");
     assert_eq!(st["booted_slot"], "b", "slot b is not the default: {st}");
 
     // Nodes boot from the updated appliance.
-    pxe_boot_nodes(&mut ns, &token);
+    pxe_boot_nodes(&mut rig.ns, &token);
 }
 
 /// An update whose trial boot fails its health check: the failure is recorded on the trial
@@ -217,26 +252,10 @@ fn an_unhealthy_trial_boots_slot_a_again_and_is_reported() {
     if !preflight() {
         return;
     }
-    let bundle = image_dir().join("rackboot-update.rbu");
-    assert!(
-        bundle.exists(),
-        "no {} (cargo xtask image appliance)",
-        bundle.display()
-    );
-    let ns = network("aufl").expect("test network");
-    let disk = Disk::new().expect("disk copy");
-    disk.grow(256).expect("grow the disk");
-    let nvram = tempfile::tempdir().expect("tempdir");
-    let vars = enrolled_vars(nvram.path()).expect("OVMF vars");
-    let boot = || {
-        Appliance::boot_with_vars(&ns, &disk, &vars, tempfile::tempdir().expect("tempdir"))
-            .expect("start the appliance VM")
-    };
-
-    let mut vm = boot();
-    wait_ready(&ns, &mut vm).unwrap_or_else(|e| panic!("first boot: {e:#}"));
-    let token = admin_token(&vm.console_text());
-    let (code, body) = upload(&ns, &token, &bundle, "now");
+    let rig = Rig::new("aufl", 256);
+    let (ns, bundle, disk, boot) = (&rig.ns, &rig.bundle, &rig.disk, || rig.boot());
+    let (mut vm, token) = rig.first_boot();
+    let (code, body) = upload(ns, &token, bundle, "now");
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["slot"], "b", "{body}");
     assert_eq!(body["rebooting"], true, "{body}");
@@ -269,14 +288,14 @@ fn an_unhealthy_trial_boots_slot_a_again_and_is_reported() {
     disk.put_on_esp(&good, "::/rackboot.toml")
         .expect("restore rackboot.toml");
     let mut vm = boot();
-    wait_ready(&ns, &mut vm).unwrap_or_else(|e| panic!("boot after the failed trial: {e:#}"));
+    wait_ready(ns, &mut vm).unwrap_or_else(|e| panic!("boot after the failed trial: {e:#}"));
     assert!(
         vm.console_text().contains("rackboot.slot=a"),
         "slot a did not come back"
     );
     let until = Instant::now() + Duration::from_secs(300);
     let st = loop {
-        let (code, st) = api(&ns, &token, "GET", "/rackboot/v1/appliance");
+        let (code, st) = api(ns, &token, "GET", "/rackboot/v1/appliance");
         assert_eq!(code, 200, "{st}");
         if st["pending"].is_null() {
             break st;
@@ -297,7 +316,7 @@ fn an_unhealthy_trial_boots_slot_a_again_and_is_reported() {
     // A power cut: slot a is still the default.
     drop(vm);
     let mut vm = boot();
-    wait_ready(&ns, &mut vm).unwrap_or_else(|e| panic!("boot after a power cut: {e:#}"));
+    wait_ready(ns, &mut vm).unwrap_or_else(|e| panic!("boot after a power cut: {e:#}"));
     assert!(
         vm.console_text().contains("rackboot.slot=a"),
         "slot a is not the default after the failed trial"

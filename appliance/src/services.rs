@@ -58,6 +58,11 @@ pub async fn start(
     let data_dir = &settings.data_dir;
     let boot = &settings.config.boot;
     let ipxe = IpxeDir::open(&settings.ipxe_dir, &[&boot.bios, &boot.uefi_x64])?;
+    // Before any key is read or made: with RACKBOOT_TPM=auto on a machine with a TPM, plain key
+    // files (from before, or a restored backup) are sealed to it.
+    let keys = crate::seal::keyfile::seal_existing(data_dir)
+        .context("cannot seal the data dir's private keys to the TPM (RACKBOOT_TPM)")?;
+    tracing::info!(keys = %keys.summary(), "private keys at rest");
     let authn = Authenticator::from_config(data_dir, &settings.config.auth).with_context(|| {
         format!(
             "cannot load the token issuer key from {} (--data-dir)",

@@ -25,6 +25,9 @@ pub struct Rackboot {
     ns: String,
     addr: String,
     token: String,
+    /// The server's `RACKBOOT_TPM*` settings: the CLI minting tokens from its data dir needs
+    /// the same TPM (inside the namespace, for a swtpm there).
+    tpm_env: Vec<(String, String)>,
 }
 
 impl Rackboot {
@@ -200,6 +203,11 @@ impl Rackboot {
             ns: ns.name.clone(),
             addr,
             token: String::new(),
+            tpm_env: env
+                .iter()
+                .filter(|(k, _)| k.starts_with("RACKBOOT_TPM"))
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -219,7 +227,10 @@ impl Rackboot {
     /// A fresh admin token for this server, valid for `ttl` ("30m"), minted with `bin`'s
     /// `rackboot token create` from the data dir (as an operator on the appliance would).
     pub fn mint_token(&self, bin: &Path, ttl: &str) -> anyhow::Result<String> {
-        let out = Command::new(bin)
+        let bin = bin.to_str().context("binary path")?;
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns, bin])
+            .envs(self.tpm_env.iter().map(|(k, v)| (k, v)))
             .args([
                 "token",
                 "create",

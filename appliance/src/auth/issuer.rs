@@ -3,7 +3,6 @@
 //! The key is PKCS#8 PEM, created on first use with the directory at 0700 and the file at 0600:
 //! whoever can read it can mint any token, so reading it is equivalent to `admin`.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -75,7 +74,7 @@ impl LocalIssuer {
     /// Loads the key, creating it (and `<data-dir>/auth`, 0700) if it does not exist yet.
     pub fn load_or_create(data_dir: &Path) -> Result<Self, AuthError> {
         let path = Self::key_path(data_dir);
-        match std::fs::read(&path) {
+        match crate::seal::keyfile::read(&path) {
             Ok(pem) => Self::from_pem(&pem, &path),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::create(&path),
             Err(e) => Err(AuthError::KeyIo(path, e)),
@@ -86,7 +85,7 @@ impl LocalIssuer {
     /// (the CLI then falls back to `--token`).
     pub fn open_existing(data_dir: &Path) -> Result<Option<Self>, AuthError> {
         let path = Self::key_path(data_dir);
-        match std::fs::read(&path) {
+        match crate::seal::keyfile::read(&path) {
             Ok(pem) => Self::from_pem(&pem, &path).map(Some),
             Err(e)
                 if matches!(
@@ -161,14 +160,14 @@ impl LocalIssuer {
             .map_err(|_| AuthError::Crypto("P-256 key generation"))?;
         let pem = to_pem(pkcs8.as_ref());
         // create_new: if another process raced us, keep its key (read it back below).
-        match write_private_file(path, pem.as_bytes()) {
+        match crate::seal::keyfile::create_new(path, pem.as_bytes()) {
             Ok(()) => {
                 tracing::info!(path = %path.display(), "created the local token issuer key");
                 Self::from_pem(pem.as_bytes(), path)
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let pem =
-                    std::fs::read(path).map_err(|e| AuthError::KeyIo(path.to_path_buf(), e))?;
+                let pem = crate::seal::keyfile::read(path)
+                    .map_err(|e| AuthError::KeyIo(path.to_path_buf(), e))?;
                 Self::from_pem(&pem, path)
             }
             Err(e) => Err(AuthError::KeyIo(path.to_path_buf(), e)),
@@ -245,21 +244,6 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         .create(dir)?;
     // An existing directory keeps its mode from `recursive`; tighten it.
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-}
-
-fn write_private_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

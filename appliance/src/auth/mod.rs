@@ -4,7 +4,7 @@
 //! Reads (GET/HEAD) need `<area>:read` or `<area>:write`, everything else `<area>:write`;
 //! `admin` grants everything. Areas: `boot`, `inventory`, `images`, `dhcp`, `rackboot`.
 //!
-//! Owns: JWT issuer/verifier, scopes, `rackboot token`. May call: `config`, `http`, `output`.
+//! Owns: JWT issuer/verifier, scopes, `rackboot token`. May call: `config`, `http`, `output`, `seal`.
 
 pub mod cli;
 pub mod issuer;

@@ -134,6 +134,23 @@ pub fn create(opts: &CreateOptions) -> anyhow::Result<Created> {
         let rel = rel
             .to_str()
             .with_context(|| format!("{} is not a UTF-8 name", path.display()))?;
+        if crate::seal::keyfile::KEY_FILES
+            .iter()
+            .any(|(k, _)| *k == rel)
+        {
+            // A key sealed to this appliance's TPM goes into the (encrypted) archive unsealed:
+            // the restore may be on another appliance, which seals it to its own TPM.
+            let key = crate::seal::keyfile::read(&path)
+                .with_context(|| format!("cannot read the key file {}", path.display()))?;
+            let len = u64::try_from(key.len())?;
+            w.add(
+                &format!("data/{rel}"),
+                meta.mode(),
+                len,
+                std::io::Cursor::new(key),
+            )?;
+            continue;
+        }
         w.add(&format!("data/{rel}"), meta.mode(), meta.len(), f)?;
     }
     let config_file = match &opts.config {

@@ -25,7 +25,7 @@
 //! appliance's disk can still be backed up).
 //!
 //! Owns: `rackboot backup`, the `[backup]` schedule task. May call: `auth`, `client`, `config`,
-//! `metrics`, `output`, `store`.
+//! `metrics`, `output`, `seal`, `store`.
 
 mod archive;
 pub mod cli;
@@ -130,19 +130,16 @@ pub fn describe_keys(root: &Path) -> Vec<KeyInfo> {
             fingerprint: fp,
         });
     }
-    for (path, what) in [
-        ("identity/ca.key", "rack CA key"),
-        (
-            "identity/ca-pending.key",
-            "pending CA key (from `rackboot ca csr`)",
-        ),
-        ("identity/secrets.key", "node secrets sealing key"),
-        ("bmc-credentials.key", "BMC credentials sealing key"),
-    ] {
-        if let Ok(bytes) = std::fs::read(root.join(path)) {
+    // The issuer key is described by its key id below.
+    for (path, what) in crate::seal::keyfile::KEY_FILES
+        .iter()
+        .filter(|(p, _)| *p != "auth/issuer.pem")
+    {
+        // Unsealed when sealed: the hash is of the key, the same in a backup and on a TPM.
+        if let Ok(bytes) = crate::seal::keyfile::read(&root.join(path)) {
             out.push(KeyInfo {
-                path: path.into(),
-                what: what.into(),
+                path: (*path).into(),
+                what: (*what).into(),
                 // A hash of a key file reveals nothing of the key, and tells two keys apart.
                 fingerprint: sha(&bytes),
             });

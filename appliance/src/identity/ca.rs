@@ -83,6 +83,18 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A CA key file: plain or sealed to the TPM (`seal::keyfile`), replaced atomically.
+fn write_key(path: &Path, pem: &[u8]) -> anyhow::Result<()> {
+    crate::seal::keyfile::replace(path, pem)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn read_key(path: &Path) -> anyhow::Result<String> {
+    let bytes = crate::seal::keyfile::read(path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    String::from_utf8(bytes).with_context(|| format!("{} is not PEM", path.display()))
+}
+
 fn ensure_dir(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
@@ -204,15 +216,14 @@ impl RackCa {
             params.serial_number = Some(random_serial()?.0);
             let cert = params.self_signed(&key)?;
             write_private(&pem_path, cert.pem().as_bytes())?;
-            write_private(&key_path, key.serialize_pem().as_bytes())?;
+            write_key(&key_path, key.serialize_pem().as_bytes())?;
             tracing::info!(path = %key_path.display(), "created the rack CA (self-signed root)");
         }
         Self::load(&d)
     }
 
     fn load(d: &Path) -> anyhow::Result<RackCa> {
-        let key_pem = std::fs::read_to_string(d.join("ca.key"))
-            .with_context(|| format!("cannot read {}", d.join("ca.key").display()))?;
+        let key_pem = read_key(&d.join("ca.key"))?;
         let chain_pem = std::fs::read_to_string(d.join("ca.pem"))
             .with_context(|| format!("cannot read {}", d.join("ca.pem").display()))?;
         let key = KeyPair::from_pem(&key_pem).context("ca.key is not a usable private key")?;
@@ -239,7 +250,7 @@ impl RackCa {
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let csr = params.serialize_request(&key)?;
-        write_private(&d.join("ca-pending.key"), key.serialize_pem().as_bytes())?;
+        write_key(&d.join("ca-pending.key"), key.serialize_pem().as_bytes())?;
         Ok(csr.pem()?)
     }
 
@@ -248,12 +259,13 @@ impl RackCa {
     pub fn import(data_dir: &Path, chain_pem: &str) -> anyhow::Result<CaInfo> {
         let d = dir(data_dir);
         let pending = d.join("ca-pending.key");
-        let key_pem = std::fs::read_to_string(&pending).with_context(|| {
-            format!(
+        if !pending.exists() {
+            bail!(
                 "no pending CA key ({}): run `rackboot ca csr` first",
                 pending.display()
-            )
-        })?;
+            );
+        }
+        let key_pem = read_key(&pending)?;
         let key = KeyPair::from_pem(&key_pem)?;
         let chain = pem_certs(chain_pem)?;
         let first = chain.first().context("empty chain")?;
@@ -268,7 +280,7 @@ impl RackCa {
         Issuer::from_ca_cert_der(first, KeyPair::from_pem(&key_pem)?)
             .context("the signed certificate")?;
         write_private(&d.join("ca.pem"), to_pem(&chain).as_bytes())?;
-        write_private(&d.join("ca.key"), key_pem.as_bytes())?;
+        write_key(&d.join("ca.key"), key_pem.as_bytes())?;
         let _ = std::fs::remove_file(&pending);
         Self::load(&d)?.info()
     }

@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-/// The stages a simulated node walks, in order. Their names are the report's (and the JSON's).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+/// The stages a simulated node walks, in order. Their names are the report's (and the JSON's,
+/// and `--until`'s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum Stage {
     /// Firmware DHCP (DISCOVER/OFFER/REQUEST/ACK with PXE options).
     Dhcp,
@@ -89,15 +91,14 @@ pub struct NodeRecord {
     /// Images whose sha256 matched / could not be checked (no published hash, `--no-verify`).
     pub sha256_verified: u32,
     pub sha256_unchecked: u32,
+    /// The node walked every stage asked for (through phone-home, or `--until`'s stage).
+    pub completed: bool,
 }
 
 impl NodeRecord {
+    /// Completed every stage asked for without failing (the report's "booted").
     pub fn booted(&self) -> bool {
-        self.failure.is_none()
-            && self
-                .stages
-                .iter()
-                .any(|(s, _, e)| *s == Stage::PhoneHome && e.is_some())
+        self.failure.is_none() && self.completed
     }
 }
 
@@ -266,7 +267,7 @@ fn state_at(r: &NodeRecord, at: f64) -> State {
         Some(e) if e <= at => match r.stages.get(pos + 1) {
             // Between stages (e.g. the kernel "booting"): count it in the one it enters next.
             Some(next) => State::In(index_of(next.0)),
-            None if stage == Stage::PhoneHome => State::Booted,
+            None if r.completed => State::Booted,
             None => State::In(index_of(stage)),
         },
         Some(_) => State::In(index_of(stage)),
@@ -312,6 +313,7 @@ mod tests {
                 reason: "timeout".into(),
                 at: 1.2,
             }),
+            completed: !fail,
             ..Default::default()
         }
     }

@@ -411,7 +411,7 @@ pub fn status_view(data_dir: &Path, cmdline: &Path) -> anyhow::Result<serde_json
         "slots": { "a": describe(Slot::A), "b": describe(Slot::B) },
         "pending": st.pending,
         "last_failure": st.last_failure,
-        "keys": "not sealed: the CA, token issuer and sealing keys are plain files on the data partition (TPM sealing is not built yet)",
+        "keys": crate::seal::keyfile::status(data_dir).summary(),
     }))
 }
 

@@ -11,7 +11,7 @@
 //!
 //! Owns: the update bundle format, the A/B slot installer and its state (`<data-dir>/update/`),
 //! `rackboot appliance`, `/rackboot/v1/appliance`, the root updater (`daemon.rs`). May call: `client`,
-//! `http`, `output`, `store`, `version`.
+//! `http`, `output`, `seal`, `store`, `version`.
 
 pub mod api;
 pub mod bundle;

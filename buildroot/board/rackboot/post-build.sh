@@ -50,6 +50,29 @@ for bin in ${RACKBOOT_HOST_TOOLS:-}; do
 		[ -e "$target/lib/$name" ] || [ -e "$target/usr/lib/$name" ] || install -m 0755 "$lib" "$target/usr/lib/$name"
 	done
 done
+# Shared libraries rackboot links that no Buildroot package installed (the offline variant's
+# libtss2 and libcrypto come with the external toolchain's sysroot), and the TPM transport
+# libtss2 loads at run time (dlopen, so not in rackboot's NEEDED list).
+staging=${STAGING_DIR:-$(dirname "$target")/staging}
+have_lib() { [ -n "$(find "$target/lib" "$target/usr/lib" -name "$1" -print -quit 2>/dev/null)" ]; }
+need_libs() { readelf -d "$1" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'; }
+copy_lib() {
+	have_lib "$1" && return 0
+	src=$(find "$staging/lib" "$staging/usr/lib" -name "$1" -print -quit 2>/dev/null)
+	[ -n "$src" ] || return 0
+	install -m 0755 "$(readlink -f "$src")" "$target/usr/lib/$1"
+	for dep in $(need_libs "$target/usr/lib/$1"); do copy_lib "$dep"; done
+}
+if [ -e "$target/usr/bin/rackboot" ]; then
+	for lib in $(need_libs "$target/usr/bin/rackboot"); do copy_lib "$lib"; done
+	if readelf -d "$target/usr/bin/rackboot" | grep -q 'libtss2-tctildr'; then
+		copy_lib libtss2-tcti-device.so.0
+	fi
+	for lib in $(need_libs "$target/usr/bin/rackboot"); do
+		have_lib "$lib" || { echo "post-build: rackboot needs $lib, which the root does not have" >&2; exit 1; }
+	done
+fi
+
 if [ -e "$target/usr/sbin/mke2fs" ] && [ ! -e "$target/usr/sbin/mkfs.ext4" ]; then
 	ln -s mke2fs "$target/usr/sbin/mkfs.ext4"
 fi

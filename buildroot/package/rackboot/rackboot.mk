@@ -34,7 +34,25 @@ RACKBOOT_RUST_TARGET = aarch64-unknown-linux-gnu
 RACKBOOT_RUST_TARGET_ENV = AARCH64_UNKNOWN_LINUX_GNU
 endif
 
+# Keys sealed to the TPM (the `tpm` feature): tss-esapi finds libtss2 with pkg-config in the
+# staging directory, where tpm2-tss installs it, or where the external toolchain's sysroot
+# (the offline variant's, Debian's multiarch layout) has it.
+ifeq ($(BR2_PACKAGE_RACKBOOT_TPM),y)
+RACKBOOT_FEATURES = --features tpm
+ifeq ($(BR2_PACKAGE_TPM2_TSS),y)
+RACKBOOT_DEPENDENCIES += host-pkgconf tpm2-tss
+RACKBOOT_PKG_CONFIG = $(PKG_CONFIG_HOST_BINARY)
+else
+RACKBOOT_PKG_CONFIG = pkg-config
+endif
+endif
+RACKBOOT_MULTIARCH = $(if $(BR2_x86_64),x86_64,aarch64)-linux-gnu
+
 RACKBOOT_CARGO_ENV = \
+	PKG_CONFIG="$(RACKBOOT_PKG_CONFIG)" \
+	PKG_CONFIG_ALLOW_CROSS=1 \
+	PKG_CONFIG_SYSROOT_DIR="$(STAGING_DIR)" \
+	PKG_CONFIG_LIBDIR="$(STAGING_DIR)/usr/lib/pkgconfig:$(STAGING_DIR)/usr/share/pkgconfig:$(STAGING_DIR)/usr/lib/$(RACKBOOT_MULTIARCH)/pkgconfig" \
 	CARGO_TARGET_DIR="$(RACKBOOT_CARGO_TARGET_DIR)" \
 	CARGO_TARGET_$(RACKBOOT_RUST_TARGET_ENV)_LINKER="$(TARGET_CC)" \
 	CC_$(subst -,_,$(RACKBOOT_RUST_TARGET))="$(TARGET_CC)" \
@@ -46,7 +64,7 @@ RACKBOOT_CARGO_ENV = \
 # load generator (run from another host; docs/appliance.md).
 define RACKBOOT_BUILD_CMDS
 	cd $(@D) && $(TARGET_MAKE_ENV) $(RACKBOOT_CARGO_ENV) \
-		$(RACKBOOT_CARGO) build --profile appliance --no-default-features \
+		$(RACKBOOT_CARGO) build --profile appliance --no-default-features $(RACKBOOT_FEATURES) \
 		-p appliance --bin rackboot --target $(RACKBOOT_RUST_TARGET)
 endef
 

@@ -39,8 +39,14 @@ done
 ln -s "/usr/bin/$triple-as" "lib/gcc/$triple/$gccver/as"
 ln -s "/usr/bin/$triple-ld" "lib/gcc/$triple/$gccver/ld"
 
-(cd debs && apt-get download libc6 libc6-dev linux-libc-dev libgcc-s1 libcrypt1 libcrypt-dev >/dev/null \
-	|| { apt-get update -q >/dev/null && apt-get download libc6 libc6-dev linux-libc-dev libgcc-s1 libcrypt1 libcrypt-dev; })
+# libc, and libtss2 with the libcrypto it links: rackboot's `tpm` feature (keys sealed to the
+# TPM) links them; post-build.sh copies the shared libraries into the root (Buildroot's
+# tpm2-tss package builds them instead in the production variant).
+pkgs="libc6 libc6-dev linux-libc-dev libgcc-s1 libcrypt1 libcrypt-dev
+	libtss2-dev libtss2-esys-3.0.2-0 libtss2-mu0 libtss2-sys1 libtss2-tctildr0 libtss2-tcti-device0
+	libtss2-rc0 libssl3"
+# shellcheck disable=SC2086
+(cd debs && apt-get download $pkgs >/dev/null || { apt-get update -q >/dev/null && apt-get download $pkgs; })
 for deb in debs/*.deb; do dpkg-deb -x "$deb" sysroot; done
 # Buildroot copies the libraries matching ld*.so.* from the sysroot: etc/ld.so.conf.d would match
 # and end the copy with a bare `exit -1`. Neither is part of a toolchain sysroot.

@@ -3,6 +3,9 @@
 # boot.env, written by the initramfs: BOOT_DISK, BOOT_SLOT, ESP_DEV, DATA_DEV.
 [ -r /run/rackboot/boot.env ] && . /run/rackboot/boot.env
 
+# rackboot seals its private keys to the TPM when the machine has one (docs/appliance.md).
+export RACKBOOT_TPM=auto
+
 CONFIG=/boot/rackboot.toml
 RUNCONF=/run/rackboot/rackboot.toml
 

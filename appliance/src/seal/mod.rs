@@ -1,15 +1,19 @@
 //! Secrets sealed at rest: AES-256-GCM with a key file in the data dir (created 0600 on first
 //! use). The secret's name is the associated data, so a sealed value cannot be moved to another
 //! row. Discovery seals BMC passwords (`<data-dir>/bmc-credentials.key`), identity seals node
-//! secrets (`<data-dir>/identity/secrets.key`). Depends on nothing of ours.
+//! secrets (`<data-dir>/identity/secrets.key`). The key files themselves, and every other
+//! private key file of the data dir, are kept by `keyfile`: plain, or sealed to the TPM.
 //!
-//! Owns: AES-256-GCM sealing keys in the data dir. May call: nothing of ours.
+//! Owns: AES-256-GCM sealing keys in the data dir, private key files at rest (plain or sealed to
+//! the TPM under a PCR 7 policy). May call: nothing of ours.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+
+pub mod keyfile;
+#[cfg(feature = "tpm")]
+mod tpm;
 
 /// The sealing key.
 pub struct Sealer(LessSafeKey);
@@ -28,20 +32,18 @@ impl Sealer {
 
     /// Loads the key at `path` (for sealing `what`), creating it (0600) if there is none.
     pub fn open_file(path: &Path, what: &str) -> anyhow::Result<Sealer> {
-        let bytes = match std::fs::read(path) {
+        let bytes = match keyfile::read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut key = [0u8; 32];
                 aws_lc_rs::rand::fill(&mut key)
                     .map_err(|_| anyhow::anyhow!("no randomness for the {what} key"))?;
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(path)?;
-                f.write_all(&key)?;
-                f.sync_all()?;
-                key.to_vec()
+                match keyfile::create_new(path, &key) {
+                    Ok(()) => key.to_vec(),
+                    // Another process made it first: use its key.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => keyfile::read(path)?,
+                    Err(e) => return Err(e.into()),
+                }
             }
             Err(e) => return Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
         };

@@ -160,6 +160,13 @@ fn appliance_boots_under_secure_boot_hardened_and_serves_its_ports() {
     }
     // No console login without a maintenance password in rackboot.toml.
     assert_eq!(vm.report("getty").as_deref(), Some("none"));
+    // No TPM in this VM: the keys are plain files on the data partition, and status says so
+    // (appliance_tpm.rs boots one with a TPM).
+    let keys = vm.report("keys").unwrap_or_default();
+    assert!(
+        keys.starts_with("not sealed (this machine has no TPM)"),
+        "keys: {keys}"
+    );
 
     // The admin token, printed once on first boot, works on the management NIC; no token, no API.
     let token = admin_token(&console);

@@ -98,6 +98,8 @@ pub fn appliance() -> anyhow::Result<PathBuf> {
                 "/sbin/mke2fs /sbin/e2fsck /sbin/resize2fs /sbin/sgdisk /usr/bin/resizepart",
             )
             .env("RACKBOOT_CARGO_TARGET_DIR", cache.join("cargo-target"))
+            // Also a bundle whose rackboot cannot run, for the update tests' failed trial.
+            .env("RACKBOOT_TEST_BUNDLES", "1")
             .env("RACKBOOT_GIT_COMMIT", &src.commit)
             .env("RACKBOOT_GIT_DIRTY", src.dirty.to_string())
             // Set by `cargo xtask`; they would point the inner cargo at this workspace's paths.
@@ -123,6 +125,7 @@ pub fn appliance() -> anyhow::Result<PathBuf> {
         "rackboot-b.efi",
         "rackboot-a.unsigned.efi",
         "rackboot-update.rbu",
+        "rackboot-update-broken.rbu",
         "update-key.pub",
         "root.img",
         "initramfs.cpio.gz",

@@ -474,16 +474,19 @@ fn status(args: StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn boot_check(args: BootCheckArgs) -> anyhow::Result<()> {
+pub(super) fn boot_check(args: BootCheckArgs) -> anyhow::Result<()> {
     let sys = &args.system;
     let booted = system::booted_slot(&sys.cmdline)?;
     let mut st = State::load(&sys.data_dir)?;
+    // Consumed by every boot check, so the boot scripts' one reset (bootstrap) is re-armed.
+    let shell_note = State::take_shell_note(&sys.data_dir);
     let Some(p) = st.pending.clone().filter(|p| p.stage == "trial") else {
         return Ok(());
     };
     if p.slot != booted {
         // The trial slot was not the one that came up: its boot failed before this check
-        // could run (firmware, kernel, verity, or a reset during the trial).
+        // could run (firmware, kernel, verity, a rackboot that cannot run, or a reset during
+        // the trial).
         st.pending = None;
         st.set_slot(
             p.slot,
@@ -496,7 +499,7 @@ fn boot_check(args: BootCheckArgs) -> anyhow::Result<()> {
         st.last_failure = Some(Failure {
             slot: p.slot,
             version: p.version,
-            reason: p.failed.clone().unwrap_or_else(|| {
+            reason: p.failed.clone().or(shell_note).unwrap_or_else(|| {
                     format!(
                         "the trial boot of slot {} never reached its health check; slot {} booted again",
                         p.slot.name(),

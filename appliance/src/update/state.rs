@@ -87,6 +87,16 @@ impl State {
         Ok(())
     }
 
+    /// What the boot scripts wrote when a trial slot's rackboot could not run at all (not even
+    /// `boot-check --failed`), before they reset the machine: read, and removed, by the next
+    /// slot's boot check.
+    pub fn take_shell_note(data_dir: &Path) -> Option<String> {
+        let path = data_dir.join("update").join("unhealthy-boot");
+        let note = std::fs::read_to_string(&path).ok()?;
+        let _ = std::fs::remove_file(&path);
+        Some(note.trim().to_owned()).filter(|n| !n.is_empty())
+    }
+
     pub fn slot(&self, s: Slot) -> Option<&SlotInfo> {
         match s {
             Slot::A => self.slot_a.as_ref(),

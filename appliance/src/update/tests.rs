@@ -443,3 +443,49 @@ fn the_rollback_floor_compares_releases_not_strings() {
         assert!(e.contains("cannot compare"), "{odd}: {e}");
     }
 }
+
+#[test]
+fn a_trial_whose_rackboot_could_not_run_is_reported_with_the_boot_scripts_reason() {
+    use super::cli::{BootCheckArgs, SystemArgs, boot_check};
+    use super::install::Slot;
+    use super::state::{Pending, State};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cmdline = dir.path().join("cmdline");
+    let args = || BootCheckArgs {
+        failed: None,
+        no_reboot: true,
+        system: SystemArgs {
+            data_dir: data.clone(),
+            cmdline: cmdline.clone(),
+            disk: None,
+            slot_device: None,
+            esp: dir.path().join("esp"),
+            efivars: dir.path().join("efivars"),
+        },
+    };
+    let st = State {
+        pending: Some(Pending {
+            slot: Slot::B,
+            version: "0.2.0 broken-test-build".into(),
+            stage: "trial".into(),
+            at: "2026-12-03T00:00:00Z".into(),
+            failed: None,
+            reboot_at: None,
+        }),
+        ..State::default()
+    };
+    st.save(&data).unwrap();
+    // Slot b's boot scripts left their note and reset; the firmware booted slot a.
+    let note = "slot b: rackboot did not answer within 120 s, and rackboot could not run its boot check (exit 70)";
+    std::fs::write(data.join("update/unhealthy-boot"), format!("{note}\n")).unwrap();
+    std::fs::write(&cmdline, "quiet rackboot.slot=a\n").unwrap();
+    boot_check(args()).unwrap();
+    let st = State::load(&data).unwrap();
+    assert!(st.pending.is_none());
+    assert_eq!(st.slot(Slot::B).unwrap().state, "failed");
+    let failure = st.last_failure.unwrap();
+    assert_eq!((failure.slot, failure.reason.as_str()), (Slot::B, note));
+    // Consumed: the scripts may reset once more after a later failure.
+    assert!(!data.join("update/unhealthy-boot").exists());
+}

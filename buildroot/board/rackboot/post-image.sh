@@ -105,19 +105,25 @@ if [ ! -e "$update_key" ]; then
 fi
 mkdir -p "$rootfs/etc/rackboot/update-keys"
 openssl pkey -in "$update_key" -pubout -out "$rootfs/etc/rackboot/update-keys/release.pub"
-mksquashfs "$rootfs" "$work/root.squashfs" -comp xz -all-root -noappend -no-progress -quiet \
-	-mkfs-time 0 -all-time 0 >/dev/null
-squash_size=$(stat -c %s "$work/root.squashfs")
-hashoffset=$(( (squash_size + 4095) / 4096 * 4096 ))
-cp "$work/root.squashfs" "$work/root.img"
-truncate -s "$hashoffset" "$work/root.img"
-salt=$(sha256sum "$work/root.squashfs" | cut -c1-64)
-roothash=$(veritysetup format "$work/root.img" "$work/root.img" --hash-offset="$hashoffset" \
-	--salt="$salt" --uuid=00000000-0000-4000-8000-000000000000 |
-	awk '/^Root hash:/ { print $3 }')
-[ -n "$roothash" ] || { echo "post-image: veritysetup gave no root hash" >&2; exit 1; }
-[ "$(stat -c %s "$work/root.img")" -le $((ROOT_MB * 1048576)) ] ||
-	{ echo "post-image: root.img is larger than the ${ROOT_MB} MiB slot" >&2; exit 1; }
+# root_image ROOTFS DIR: DIR/root.img, the squashfs of ROOTFS followed by its dm-verity hash tree;
+# sets roothash and hashoffset.
+root_image() {
+	local tree=$1 dir=$2 squash_size salt
+	mksquashfs "$tree" "$dir/root.squashfs" -comp xz -all-root -noappend -no-progress -quiet \
+		-mkfs-time 0 -all-time 0 >/dev/null
+	squash_size=$(stat -c %s "$dir/root.squashfs")
+	hashoffset=$(( (squash_size + 4095) / 4096 * 4096 ))
+	cp "$dir/root.squashfs" "$dir/root.img"
+	truncate -s "$hashoffset" "$dir/root.img"
+	salt=$(sha256sum "$dir/root.squashfs" | cut -c1-64)
+	roothash=$(veritysetup format "$dir/root.img" "$dir/root.img" --hash-offset="$hashoffset" \
+		--salt="$salt" --uuid=00000000-0000-4000-8000-000000000000 |
+		awk '/^Root hash:/ { print $3 }')
+	[ -n "$roothash" ] || { echo "post-image: veritysetup gave no root hash" >&2; exit 1; }
+	[ "$(stat -c %s "$dir/root.img")" -le $((ROOT_MB * 1048576)) ] ||
+		{ echo "post-image: root.img is larger than the ${ROOT_MB} MiB slot" >&2; exit 1; }
+}
+root_image "$rootfs" "$work"
 
 # --- initramfs ----------------------------------------------------------------------------------
 ird=$work/initramfs
@@ -154,27 +160,7 @@ copy_modules "$work/irdmods" virtio_pci virtio_blk virtio_scsi sd_mod ahci nvme 
 	done >"$ird/lib/modules/load.order"
 (cd "$ird" && find . | LC_ALL=C sort | cpio -o -H newc --quiet --reproducible | gzip -9n) >"$work/initramfs.cpio.gz"
 
-# --- UKI ----------------------------------------------------------------------------------------
-cmdline="console=ttyS0,115200 lockdown=integrity module.sig_enforce=1 panic=0 rackboot.slot=a rackboot.roothash=$roothash rackboot.hashoffset=$hashoffset ${RACKBOOT_CMDLINE_EXTRA:-}"
-echo -n "$cmdline" >"$work/cmdline"
-osrel=$TARGET_DIR/usr/lib/os-release
-[ -e "$osrel" ] || osrel=$TARGET_DIR/etc/os-release
-objcopy \
-	--add-section .osrel="$osrel" --change-section-vma .osrel=0x20000 \
-	--add-section .cmdline="$work/cmdline" --change-section-vma .cmdline=0x30000 \
-	--add-section .linux="$vmlinuz" --change-section-vma .linux=0x2000000 \
-	--add-section .initrd="$work/initramfs.cpio.gz" --change-section-vma .initrd=0x3000000 \
-	"$stub" "$work/rackboot-a.unsigned.efi"
-# Slot b's UKI: the same kernel and initramfs, its own signed command line.
-echo -n "${cmdline/rackboot.slot=a/rackboot.slot=b}" >"$work/cmdline-b"
-objcopy \
-	--add-section .osrel="$osrel" --change-section-vma .osrel=0x20000 \
-	--add-section .cmdline="$work/cmdline-b" --change-section-vma .cmdline=0x30000 \
-	--add-section .linux="$vmlinuz" --change-section-vma .linux=0x2000000 \
-	--add-section .initrd="$work/initramfs.cpio.gz" --change-section-vma .initrd=0x3000000 \
-	"$stub" "$work/rackboot-b.unsigned.efi"
-
-# --- Secure Boot keys and signature ---------------------------------------------------------------
+# --- Secure Boot keys ------------------------------------------------------------------------------
 if [ ! -e "$sb/db.key" ]; then
 	echo "post-image: making TEST Secure Boot keys in $sb (a site uses its own: docs/appliance.md)"
 	mkdir -p "$sb"
@@ -185,14 +171,55 @@ if [ ! -e "$sb/db.key" ]; then
 	done
 	uuidgen 2>/dev/null >"$sb/owner.guid" || cat /proc/sys/kernel/random/uuid >"$sb/owner.guid"
 fi
-for slot in a b; do
-	sbsign --key "$sb/db.key" --cert "$sb/db.crt" --output "$work/rackboot-$slot.efi" "$work/rackboot-$slot.unsigned.efi" 2>/dev/null
-done
+
+# --- UKIs ---------------------------------------------------------------------------------------
+osrel=$TARGET_DIR/usr/lib/os-release
+[ -e "$osrel" ] || osrel=$TARGET_DIR/etc/os-release
+# ukis DIR: DIR/rackboot-{a,b}.efi, UKIs (systemd-boot's EFI stub + kernel + initramfs + command
+# line) for the root image of $roothash, signed with the db key, and their unsigned forms. The
+# slots' UKIs differ only in their signed command line's rackboot.slot.
+ukis() {
+	local dir=$1 slot
+	cmdline="console=ttyS0,115200 lockdown=integrity module.sig_enforce=1 panic=0 rackboot.slot=a rackboot.roothash=$roothash rackboot.hashoffset=$hashoffset ${RACKBOOT_CMDLINE_EXTRA:-}"
+	echo -n "$cmdline" >"$dir/cmdline"
+	for slot in a b; do
+		echo -n "${cmdline/rackboot.slot=a/rackboot.slot=$slot}" >"$dir/cmdline-$slot"
+		objcopy \
+			--add-section .osrel="$osrel" --change-section-vma .osrel=0x20000 \
+			--add-section .cmdline="$dir/cmdline-$slot" --change-section-vma .cmdline=0x30000 \
+			--add-section .linux="$vmlinuz" --change-section-vma .linux=0x2000000 \
+			--add-section .initrd="$work/initramfs.cpio.gz" --change-section-vma .initrd=0x3000000 \
+			"$stub" "$dir/rackboot-$slot.unsigned.efi"
+		sbsign --key "$sb/db.key" --cert "$sb/db.crt" --output "$dir/rackboot-$slot.efi" \
+			"$dir/rackboot-$slot.unsigned.efi" 2>/dev/null
+	done
+}
+ukis "$work"
 
 # --- update bundle --------------------------------------------------------------------------------
 board_name=$(cat "$TARGET_DIR/etc/rackboot/board")
 version=$("$TARGET_DIR/usr/bin/rackboot" --version | head -n1 | sed 's/^rackboot //; s/["\\]//g')
 "$board/make-bundle.sh" "$work/rackboot-update.rbu" "$update_key" "$board_name" "$version" "$roothash" "$work"
+
+# A bundle whose rackboot cannot run at all (RACKBOOT_TEST_BUNDLES=1, for the update tests):
+# properly signed, its root's /usr/bin/rackboot a stand-in that fails, like a build for the
+# wrong libc. Its trial boot must end in the previous slot, with the failure reported.
+if [ "${RACKBOOT_TEST_BUNDLES:-}" = 1 ]; then
+	(
+		bad=$work/broken
+		mkdir -p "$bad"
+		cp -a "$rootfs" "$bad/rootfs"
+		rm "$bad/rootfs/usr/bin/rackboot"
+		printf '#!/bin/sh\necho "rackboot: this build is broken on purpose (test bundle)" >&2\nsleep 2\nexit 70\n' \
+			>"$bad/rootfs/usr/bin/rackboot"
+		chmod 0755 "$bad/rootfs/usr/bin/rackboot"
+		root_image "$bad/rootfs" "$bad"
+		ukis "$bad"
+		"$board/make-bundle.sh" "$work/rackboot-update-broken.rbu" "$update_key" "$board_name" \
+			"$version broken-test-build" "$roothash" "$bad"
+		rm -rf "$bad"
+	)
+fi
 
 # --- ESP and disk -------------------------------------------------------------------------------
 uki_bytes=$(stat -c %s "$work/rackboot-a.efi")
@@ -222,6 +249,8 @@ dd if="$work/root.img" of="$disk" bs=512 seek="$(start 2)" conv=notrunc,sparse s
 for f in rackboot-appliance.img rackboot-a.efi rackboot-b.efi rackboot-a.unsigned.efi root.img initramfs.cpio.gz cmdline rackboot-update.rbu; do
 	cp "$work/$f" "$BINARIES_DIR/$f"
 done
+rm -f "$BINARIES_DIR/rackboot-update-broken.rbu"
+[ ! -e "$work/rackboot-update-broken.rbu" ] || cp "$work/rackboot-update-broken.rbu" "$BINARIES_DIR/"
 mkdir -p "$BINARIES_DIR/secureboot"
 cp "$sb"/{PK,KEK,db}.crt "$sb/owner.guid" "$BINARIES_DIR/secureboot/"
 cp "$rootfs/etc/rackboot/update-keys/release.pub" "$BINARIES_DIR/update-key.pub"

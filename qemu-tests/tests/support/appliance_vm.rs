@@ -223,6 +223,17 @@ impl Appliance {
         vars: &Path,
         dir: tempfile::TempDir,
     ) -> anyhow::Result<Appliance> {
+        Self::boot_with_devices(ns, disk, vars, dir, &[])
+    }
+
+    /// [`Appliance::boot_with_vars`] with more QEMU arguments (e.g. a TPM: `VmTpm::qemu_args`).
+    pub fn boot_with_devices(
+        ns: &Netns,
+        disk: &Disk,
+        vars: &Path,
+        dir: tempfile::TempDir,
+        extra: &[String],
+    ) -> anyhow::Result<Appliance> {
         let console = dir.path().join("console.log");
         let mut c = ns.cmd("qemu-system-x86_64");
         c.args([
@@ -262,6 +273,7 @@ impl Appliance {
             "-device",
             "virtio-net-pci,netdev=mgmt,mac=52:54:00:ab:00:02,addr=0x11,romfile=",
         ]);
+        c.args(extra);
         let child = c
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -64,11 +64,15 @@ pub fn run_all() -> anyhow::Result<()> {
 
     crate::stage("tests (unit, property, differential, store, API, QEMU end-to-end)");
     if have("cargo-nextest") {
+        // `--run-ignored all`: the power-cut loop too (ignored by plain `cargo test` for its
+        // length; .config/nextest.toml starts it first).
         run(cargo().args([
             "nextest",
             "run",
             "--workspace",
             "--no-fail-fast",
+            "--run-ignored",
+            "all",
             "--test-threads",
             "8",
         ]))?;
@@ -78,6 +82,7 @@ pub fn run_all() -> anyhow::Result<()> {
             "--workspace",
             "--no-fail-fast",
             "--",
+            "--include-ignored",
             "--test-threads=8",
         ]))?;
     }
@@ -88,8 +93,8 @@ pub fn run_all() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `cargo xtask test-long`: the appliance's power-cut loop (issue 15: 20 cuts, about 20
-/// appliance boots under TCG), kept out of the main suite for its length.
+/// `cargo xtask test-long`: the appliance's power-cut loop alone (issue 15: 20 cuts, about 20
+/// appliance boots under TCG). `cargo xtask test` runs it too, first, beside the rest.
 pub fn run_long() -> anyhow::Result<()> {
     crate::deps::install()?;
     crate::appliance::appliance()?;

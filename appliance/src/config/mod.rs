@@ -10,7 +10,7 @@
 //! otherwise as strings.
 //!
 //! One file per group of sections (`backup.rs`, `upstream.rs`, `identity.rs`, `discovery.rs`, `dns.rs`, `network.rs`,
-//! `services/`; value types in `units.rs`). They stay in this module, at the bottom of the
+//! `services.rs`; value types in `units.rs`). They stay in this module, at the bottom of the
 //! module graph, rather than beside the capabilities they configure: every capability reads its
 //! section, and `config` depends on none of them.
 //!

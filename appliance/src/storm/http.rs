@@ -183,11 +183,6 @@ pub async fn image(resp: reqwest::Response, verify: &Verify) -> Result<Image, St
                 .strip_prefix("sha256:")
         })
         .map(str::to_ascii_lowercase);
-    let want = verify
-        .expect
-        .get(&name)
-        .map(|h| h.to_ascii_lowercase())
-        .or(published);
     let mut ctx = digest::Context::new(&digest::SHA256);
     let mut bytes = 0u64;
     let mut resp = resp;
@@ -196,17 +191,29 @@ pub async fn image(resp: reqwest::Response, verify: &Verify) -> Result<Image, St
         ctx.update(&chunk);
     }
     let got = hex::encode(ctx.finish().as_ref());
+    let verified = check(verify, &name, &got, published)?;
+    Ok(Image { bytes, verified })
+}
+
+/// Checks a download's sha256 (`got`, hex) against `--expect-sha256 NAME=HEX`, else against
+/// the hash the server `published`: whether it was checked (`false`: `--no-verify`), or why
+/// it fails.
+pub fn check(
+    verify: &Verify,
+    name: &str,
+    got: &str,
+    published: Option<String>,
+) -> Result<bool, String> {
     if verify.skip {
-        return Ok(Image {
-            bytes,
-            verified: false,
-        });
+        return Ok(false);
     }
+    let want = verify
+        .expect
+        .get(name)
+        .map(|h| h.to_ascii_lowercase())
+        .or(published);
     match want {
-        Some(w) if w == got => Ok(Image {
-            bytes,
-            verified: true,
-        }),
+        Some(w) if w == got => Ok(true),
         Some(w) => Err(format!("sha256 mismatch: got {got}, published {w}")),
         None => Err(format!(
             "no published sha256 for {name} (give --expect-sha256 {name}=HEX, or --no-verify)"
@@ -241,6 +248,28 @@ mod tests {
             "http://192.0.2.1/cloud-init/x1000c0s0b0n0/"
         );
         assert!(s.chain.is_some());
+    }
+
+    #[test]
+    fn a_download_is_checked_against_the_expected_then_the_published_hash() {
+        let v = Verify {
+            expect: HashMap::from([("ipxe.efi".to_owned(), "AB12".to_owned())]),
+            skip: false,
+        };
+        assert_eq!(check(&v, "ipxe.efi", "ab12", Some("ff".into())), Ok(true));
+        assert!(
+            check(&v, "ipxe.efi", "ab13", None)
+                .unwrap_err()
+                .contains("mismatch")
+        );
+        assert_eq!(check(&v, "vmlinuz", "ff", Some("ff".into())), Ok(true));
+        assert!(
+            check(&v, "vmlinuz", "ff", None)
+                .unwrap_err()
+                .contains("no published")
+        );
+        let skip = Verify { skip: true, ..v };
+        assert_eq!(check(&skip, "ipxe.efi", "00", None), Ok(false));
     }
 
     #[test]

@@ -26,6 +26,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 
 pub use dhcp::Firmware;
+pub use stats::Stage;
 use stats::Summary;
 
 /// `rackboot storm`: load-test a PXE server (rackboot or any other) with simulated nodes.
@@ -38,8 +39,8 @@ use stats::Summary;
 from its leased address):\n  rackboot storm --server 192.0.2.1 --relay 192.0.2.10 --interface vc \
 --bind-leases --nodes 200 --window 10 --chart storm.svg --json storm.json\n\nStages: dhcp (firmware \
 DHCP), tftp (boot file), ipxe_dhcp (iPXE's DHCP), bootscript, kernel, initrd, os_dhcp, cloud_init \
-(meta-data, user-data, vendor-data), phone_home. Exit status 1 if any node failed. See \
-docs/runbook-storm.md."
+(meta-data, user-data, vendor-data), phone_home; --until STAGE stops there. Exit status 1 if any \
+node failed. See docs/runbook-storm.md."
 )]
 pub struct StormArgs {
     /// The PXE server's address. In relay mode DHCP is sent to its port 67; TFTP and HTTP go
@@ -129,6 +130,21 @@ pub struct StormArgs {
     /// firmware does not hurry.
     #[arg(long, env = "RACKBOOT_STORM_TIME_SCALE", default_value_t = 1.0)]
     pub time_scale: f64,
+    /// Each node stops after this stage (e.g. `initrd`, to compare with a stack that serves
+    /// no cloud-init) and counts as booted when it got there. A stage the node's firmware
+    /// skips (`tftp` for `seabios-ipxe`) stops it after the next one it walks.
+    #[arg(
+        long,
+        env = "RACKBOOT_STORM_UNTIL",
+        value_enum,
+        default_value = "phone_home"
+    )]
+    pub until: Stage,
+    /// TFTP only: every node downloads FILE from --server's port 69 at its power-on, with
+    /// the --tftp-* options, and nothing else (no DHCP, no HTTP; --relay and --interface are
+    /// not needed). Its sha256 is checked against --expect-sha256 FILE=HEX (or --no-verify).
+    #[arg(long, env = "RACKBOOT_STORM_TFTP_ONLY", value_name = "FILE")]
+    pub tftp_only: Option<String>,
     /// Write the full report (summary, per-second timeline, every node) as JSON here.
     #[arg(long, env = "RACKBOOT_STORM_JSON", value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -149,13 +165,6 @@ pub async fn run(args: StormArgs) -> anyhow::Result<()> {
     if args.bind_leases && args.interface.is_none() {
         bail!("--bind-leases needs --interface (where the leased addresses go)");
     }
-    let transport = match (args.relay, &args.interface) {
-        (Some(relay), _) => dhcp::Transport::relay(relay, args.server)
-            .with_context(|| format!("cannot bind {relay}:67 as a relay"))?,
-        (None, Some(iface)) => dhcp::Transport::direct(iface)
-            .with_context(|| format!("cannot bind port 68 on {iface}"))?,
-        (None, None) => bail!("give --relay ADDR (one of this host's addresses) or --interface"),
-    };
     let mut expect = std::collections::HashMap::new();
     for e in &args.expect_sha256 {
         let (name, hex) = e
@@ -163,6 +172,26 @@ pub async fn run(args: StormArgs) -> anyhow::Result<()> {
             .with_context(|| format!("--expect-sha256 {e}: want NAME=HEX"))?;
         expect.insert(name.to_owned(), hex.to_owned());
     }
+    let transport = match (&args.tftp_only, args.relay, &args.interface) {
+        (Some(file), ..) => {
+            let name = file.rsplit('/').next().unwrap_or(file);
+            if !args.no_verify && !expect.contains_key(name) {
+                bail!("--tftp-only {file} needs --expect-sha256 {name}=HEX (or --no-verify)");
+            }
+            None
+        }
+        (None, Some(relay), _) => Some(
+            dhcp::Transport::relay(relay, args.server)
+                .with_context(|| format!("cannot bind {relay}:67 as a relay"))?,
+        ),
+        (None, None, Some(iface)) => Some(
+            dhcp::Transport::direct(iface)
+                .with_context(|| format!("cannot bind port 68 on {iface}"))?,
+        ),
+        (None, None, None) => {
+            bail!("give --relay ADDR (one of this host's addresses) or --interface")
+        }
+    };
     let start = Instant::now() + Duration::from_millis(50);
     let plan = Arc::new(node::Plan {
         transport,
@@ -183,6 +212,12 @@ pub async fn run(args: StormArgs) -> anyhow::Result<()> {
             skip: args.no_verify,
         },
         phone_home: args.phone_home_url.clone(),
+        until: if args.tftp_only.is_some() {
+            Stage::Tftp
+        } else {
+            args.until
+        },
+        tftp_only: args.tftp_only.clone().map(|f| (args.server, f)),
     });
     let firmware = if args.firmware.is_empty() {
         vec![Firmware::Ovmf]

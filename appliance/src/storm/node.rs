@@ -14,7 +14,8 @@ use super::tftp::{self, TftpParams};
 
 /// What every node shares.
 pub struct Plan {
-    pub transport: Arc<Transport>,
+    /// DHCP (`None` with `--tftp-only`, which sends no DHCP).
+    pub transport: Option<Arc<Transport>>,
     pub start: Instant,
     pub time_scale: f64,
     /// DHCP transmissions of each message before the stage fails.
@@ -27,6 +28,10 @@ pub struct Plan {
     pub verify: Verify,
     /// `--phone-home-url`, with `{xname}`, `{mac}`, `{ip}`.
     pub phone_home: Option<String>,
+    /// The last stage a node walks (`--until`; `phone_home` is the whole sequence).
+    pub until: Stage,
+    /// `--tftp-only FILE`: each node only downloads FILE from the server, over TFTP.
+    pub tftp_only: Option<(Ipv4Addr, String)>,
 }
 
 impl Plan {
@@ -75,6 +80,8 @@ struct Walk {
 type StageResult<T> = Result<T, String>;
 
 impl Walk {
+    /// Runs one stage and records it. `Err(())` ends the walk: the stage failed (its failure
+    /// is recorded), or it was the last one asked for (`--until`: the node is complete).
     async fn stage<T, F>(&mut self, stage: Stage, f: F) -> Result<T, ()>
     where
         F: AsyncFnOnce(&mut Self) -> StageResult<T>,
@@ -87,6 +94,10 @@ impl Walk {
                 let end = self.plan.now();
                 if let Some(s) = self.rec.stages.last_mut() {
                     s.2 = Some(end);
+                }
+                if stage >= self.plan.until {
+                    self.rec.completed = true;
+                    return Err(());
                 }
                 Ok(v)
             }
@@ -104,7 +115,11 @@ impl Walk {
 
     /// DISCOVER → OFFER → REQUEST → ACK with RFC 2131 retransmissions; a NAK starts over.
     async fn dora(&mut self, client: Client) -> StageResult<Reply> {
-        let t = self.plan.transport.clone();
+        let t = self
+            .plan
+            .transport
+            .clone()
+            .ok_or("no DHCP transport (--tftp-only)")?;
         let xid = self.rng.next() as u32;
         let mut rx = t.listen(xid);
         let began = Instant::now();
@@ -224,6 +239,13 @@ pub async fn run(plan: Arc<Plan>, mac: [u8; 6], fw: Firmware, power_on: Duration
 }
 
 async fn walk(w: &mut Walk, fw: Firmware) -> Result<(), ()> {
+    if let Some((server, file)) = w.plan.tftp_only.clone() {
+        return w
+            .stage(Stage::Tftp, async |w| {
+                boot_file(w, server, &file, None).await
+            })
+            .await;
+    }
     let (first, local) = w
         .stage(Stage::Dhcp, async |w| {
             let ack = w.dora(Client::Firmware(fw)).await?;
@@ -238,24 +260,7 @@ async fn walk(w: &mut Walk, fw: Firmware) -> Result<(), ()> {
             w.stage(Stage::Tftp, async |w| {
                 let file = first.boot_file.clone().ok_or("no boot file offered")?;
                 let server = tftp_server(&first).ok_or("no TFTP server offered")?;
-                let tp = TftpParams {
-                    timeout: w.plan.scaled(w.plan.tftp.timeout),
-                    ..w.plan.tftp
-                };
-                let local = local.unwrap_or(Ipv4Addr::UNSPECIFIED);
-                match tftp::fetch(local, server, &file, &tp).await {
-                    Ok(f) => {
-                        w.rec.tftp_bytes += f.bytes;
-                        w.rec.tftp_retransmits += f.retransmits;
-                        Ok(())
-                    }
-                    Err(e) => {
-                        if let tftp::TftpError::Timeout(n) = e {
-                            w.rec.tftp_retransmits += n;
-                        }
-                        Err(format!("{file}: {e}"))
-                    }
-                }
+                boot_file(w, server, &file, local).await
             })
             .await?;
             w.stage(Stage::IpxeDhcp, async |w| w.dora(Client::Ipxe(fw)).await)
@@ -356,6 +361,43 @@ async fn walk(w: &mut Walk, fw: Firmware) -> Result<(), ()> {
     .await
 }
 
+/// Downloads the boot file over TFTP, checking its sha256 when `--expect-sha256` names it.
+async fn boot_file(
+    w: &mut Walk,
+    server: Ipv4Addr,
+    file: &str,
+    local: Option<Ipv4Addr>,
+) -> StageResult<()> {
+    let tp = TftpParams {
+        timeout: w.plan.scaled(w.plan.tftp.timeout),
+        ..w.plan.tftp
+    };
+    let local = local.unwrap_or(Ipv4Addr::UNSPECIFIED);
+    match tftp::fetch(local, server, file, &tp).await {
+        Ok(f) => {
+            w.rec.tftp_bytes += f.bytes;
+            w.rec.tftp_retransmits += f.retransmits;
+            let name = file.rsplit('/').next().unwrap_or(file);
+            if w.plan.verify.expect.contains_key(name) {
+                let verified = http::check(&w.plan.verify, name, &f.sha256, None)
+                    .map_err(|e| format!("{file}: {e}"))?;
+                if verified {
+                    w.rec.sha256_verified += 1;
+                } else {
+                    w.rec.sha256_unchecked += 1;
+                }
+            }
+            Ok(())
+        }
+        Err(e) => {
+            if let tftp::TftpError::Timeout(n) = e {
+                w.rec.tftp_retransmits += n;
+            }
+            Err(format!("{file}: {e}"))
+        }
+    }
+}
+
 fn pause(w: &Walk) -> Duration {
     w.plan.scaled(Duration::from_secs(1))
 }
@@ -384,4 +426,59 @@ fn tftp_server(r: &Reply) -> Option<Ipv4Addr> {
         .as_deref()
         .and_then(|s| s.parse().ok())
         .or(r.server_id)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn walk_until(until: Stage) -> Walk {
+        let plan = Plan {
+            transport: None,
+            start: Instant::now(),
+            time_scale: 1.0,
+            dhcp_tries: 1,
+            tftp: TftpParams {
+                blksize: 1468,
+                windowsize: None,
+                timeout: Duration::from_secs(1),
+                retries: 1,
+            },
+            http_timeout: Duration::from_secs(1),
+            http_retries: 0,
+            bind_interface: None,
+            verify: Verify::default(),
+            phone_home: None,
+            until,
+            tftp_only: None,
+        };
+        Walk {
+            plan: Arc::new(plan),
+            rec: NodeRecord::default(),
+            rng: Rng::new(1),
+            mac: [0; 6],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_walk_stops_complete_after_the_until_stage() {
+        let mut w = walk_until(Stage::Initrd);
+        assert_eq!(w.stage(Stage::Kernel, async |_| Ok(7)).await, Ok(7));
+        assert!(!w.rec.completed);
+        assert_eq!(w.stage(Stage::Initrd, async |_| Ok(())).await, Err(()));
+        assert!(w.rec.completed && w.rec.booted());
+        assert_eq!(w.rec.stages.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failed_stage_is_not_complete_and_dhcp_needs_a_transport() {
+        let mut w = walk_until(Stage::PhoneHome);
+        let r = w
+            .stage(Stage::Dhcp, async |w| w.dora(Client::Os).await)
+            .await;
+        assert_eq!(r.map(|_| ()), Err(()));
+        assert!(!w.rec.booted());
+        assert!(w.rec.failure.unwrap().reason.contains("--tftp-only"));
+    }
 }

@@ -274,6 +274,7 @@ mod tests {
                 (Stage::Dhcp, 0.0, Some(0.5)),
                 (Stage::PhoneHome, 0.5, Some(0.9)),
             ],
+            completed: true,
             ..Default::default()
         };
         let bad = NodeRecord {

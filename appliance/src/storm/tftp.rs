@@ -6,6 +6,7 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
+use aws_lc_rs::digest;
 use tokio::net::UdpSocket;
 
 /// What the client asks for and how patiently it waits.
@@ -20,10 +21,12 @@ pub struct TftpParams {
 }
 
 /// A finished download.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Fetched {
     pub bytes: u64,
     pub retransmits: u32,
+    /// The file's sha256, hex.
+    pub sha256: String,
 }
 
 /// Why a download failed (the report's reason).
@@ -100,6 +103,7 @@ pub async fn fetch(
     let mut to: SocketAddr = SocketAddrV4::new(server, 69).into();
     send(&sock, &last, to).await;
     let mut out = Fetched::default();
+    let mut hash = digest::Context::new(&digest::SHA256);
     let mut blksize = 512usize;
     let mut window = 1u16;
     let mut tid: Option<SocketAddr> = None;
@@ -154,6 +158,7 @@ pub async fn fetch(
                 if block == have.wrapping_add(1) {
                     have = block;
                     out.bytes += data.len() as u64;
+                    hash.update(data);
                     since_ack += 1;
                     timeouts = 0;
                     let end = data.len() < blksize;
@@ -163,6 +168,7 @@ pub async fn fetch(
                         since_ack = 0;
                     }
                     if end {
+                        out.sha256 = hex::encode(hash.finish().as_ref());
                         return Ok(out);
                     }
                 } else {

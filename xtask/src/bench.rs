@@ -8,6 +8,8 @@ mod federation;
 mod flood;
 mod identity;
 mod redfish;
+mod storm;
+mod tftp;
 mod tiny;
 
 use std::fmt::Write as _;
@@ -91,46 +93,57 @@ pub fn run_bench() -> anyhow::Result<()> {
         peer_boot,
         rb_boot / peer_boot.max(0.001)
     );
-    crate::stage("Redfish discovery: a silent /20, crawls of 64/128/256 fixture BMCs");
-    let section = redfish::section(&root, &bin).unwrap_or_else(|e| {
-        eprintln!("redfish bench failed: {e:#}");
-        format!("{}\n\n**failed**: {e:#}\n", redfish::HEADING)
-    });
-    let _ = write!(report, "\n{section}");
-    crate::stage(
-        "Identity: 4,000 node enrollments (200 in flight) against openssl's ECDSA P-256 rate",
-    );
-    let section = identity::section(&root, &bin).unwrap_or_else(|e| {
-        eprintln!("identity bench failed: {e:#}");
-        format!("{}\n\n**failed**: {e:#}\n", identity::HEADING)
-    });
-    let _ = write!(report, "\n{section}");
-    crate::stage(
-        "Federation: first sync of a 10,000-node upstream scoped to 64 nodes, steady state, outbox drain",
-    );
-    let section = federation::section(&root, &bin).unwrap_or_else(|e| {
-        eprintln!("federation bench failed: {e:#}");
-        format!("{}\n\n**failed**: {e:#}\n", federation::HEADING)
-    });
-    let _ = write!(report, "\n{section}");
-    crate::stage("DHCP flood: 300,000 DISCOVERs from random MACs on a federated rack");
-    let section = flood::section(&root, &bin).unwrap_or_else(|e| {
-        eprintln!("flood bench failed: {e:#}");
-        format!("{}\n\n**failed**: {e:#}\n", flood::HEADING)
-    });
-    let _ = write!(report, "\n{section}");
-    crate::stage("Embedded profile: static RAM, stack, boot time next to rackboot serve");
-    let section = tiny::section(&root, &bin).unwrap_or_else(|e| {
-        eprintln!("tiny bench failed: {e:#}");
-        format!("{}\n\n**failed**: {e:#}\n", tiny::HEADING)
-    });
-    let _ = write!(report, "\n{section}");
-    crate::stage("DNS: dnsperf against rackboot and dnsmasq, 10,000 names");
-    let section = dns::section(&root, &bin).unwrap_or_else(|e| {
-        eprintln!("dns bench failed: {e:#}");
-        format!("{}\n\n**failed**: {e:#}\n", dns::HEADING)
-    });
-    let _ = write!(report, "\n{section}");
+    type Section = fn(&Path, &Path) -> anyhow::Result<String>;
+    let sections: [(&str, &str, Section); 8] = [
+        (
+            "Redfish discovery: a silent /20, crawls of 64/128/256 fixture BMCs",
+            redfish::HEADING,
+            redfish::section,
+        ),
+        (
+            "Identity: 4,000 node enrollments (200 in flight) against openssl's ECDSA P-256 rate",
+            identity::HEADING,
+            identity::section,
+        ),
+        (
+            "Federation: first sync of a 10,000-node upstream scoped to 64 nodes, steady state, outbox drain",
+            federation::HEADING,
+            federation::section,
+        ),
+        (
+            "DHCP flood: 300,000 DISCOVERs from random MACs on a federated rack",
+            flood::HEADING,
+            flood::section,
+        ),
+        (
+            "Embedded profile: static RAM, stack, boot time next to rackboot serve",
+            tiny::HEADING,
+            tiny::section,
+        ),
+        (
+            "DNS: dnsperf against rackboot and dnsmasq, 10,000 names",
+            dns::HEADING,
+            dns::section,
+        ),
+        (
+            "TFTP: 200 concurrent downloads, rackboot vs tftpd-hpa",
+            tftp::HEADING,
+            tftp::section,
+        ),
+        (
+            "Storm: 100/500/1,000 nodes against rackboot, dnsmasq + nginx, Kea + tftpd-hpa + nginx",
+            storm::HEADING,
+            storm::section,
+        ),
+    ];
+    for (banner, heading, section) in sections {
+        crate::stage(banner);
+        let text = section(&root, &bin).unwrap_or_else(|e| {
+            eprintln!("{heading} failed: {e:#}");
+            format!("{heading}\n\n**failed**: {e:#}\n")
+        });
+        let _ = write!(report, "\n{text}");
+    }
     let path = root.join("docs/benchmarks.md");
     // The fuzzing section is written by hand after long fuzz runs (not measured here): keep it.
     let old = std::fs::read_to_string(&path).unwrap_or_default();
@@ -220,6 +233,98 @@ pub fn run_flood_only() -> anyhow::Result<()> {
 /// `cargo xtask bench dns`: only the DNS comparison with dnsmasq.
 pub fn run_dns_only() -> anyhow::Result<()> {
     run_section_only(dns::HEADING, dns::section)
+}
+
+/// `cargo xtask bench storm`: only the boot storm against rackboot, dnsmasq and Kea.
+pub fn run_storm_only() -> anyhow::Result<()> {
+    run_section_only(storm::HEADING, storm::section)
+}
+
+/// `cargo xtask bench tftp`: only the TFTP comparison with tftpd-hpa.
+pub fn run_tftp_only() -> anyhow::Result<()> {
+    run_section_only(tftp::HEADING, tftp::section)
+}
+
+/// The median of `v` (the mean of the middle two for an even count).
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => v.get(n / 2).copied(),
+        _ => Some((v.get(n / 2 - 1)? + v.get(n / 2)?) / 2.0),
+    }
+}
+
+/// The 1-minute load average (`/proc/loadavg`), or "?".
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned())
+}
+
+/// A peer process started for a benchmark, killed and reaped when dropped.
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// nginx serving directory `d` on `listen` (`addr:port`), logs and temp files in `d`.
+fn nginx(ns: &Netns, d: &Path, listen: &str, workers: u32) -> anyhow::Result<Daemon> {
+    let conf = d.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off; worker_processes {workers}; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{ access_log off; sendfile on; tcp_nopush on; keepalive_requests 100000;\n\
+               client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+               server {{ listen {listen}; root {d}; }} }}\n",
+            d = d.display()
+        ),
+    )?;
+    let child = ns
+        .cmd("nginx")
+        .arg("-c")
+        .arg(&conf)
+        .spawn()
+        .context("nginx")?;
+    Ok(Daemon(child))
+}
+
+/// dnsmasq on br0 as a PXE stack: DHCP whose firmware clients get `boot_file` over its TFTP
+/// server and whose iPXE clients (user class `iPXE`) get `script` (a URL); leases in `d`;
+/// `extra` adds the range, hosts, TFTP root.
+fn dnsmasq_pxe(
+    ns: &Netns,
+    d: &Path,
+    script: &str,
+    boot_file: &str,
+    extra: &[String],
+) -> anyhow::Result<Daemon> {
+    let child = ns
+        .cmd("dnsmasq")
+        .args([
+            "--no-daemon",
+            "--port=0",
+            "--interface=br0",
+            "--bind-interfaces",
+            "--dhcp-userclass=set:ipxe,iPXE",
+            &format!("--dhcp-boot=tag:ipxe,{script}"),
+            &format!("--dhcp-boot=tag:!ipxe,{boot_file}"),
+            "--enable-tftp",
+        ])
+        .args(extra)
+        .arg(format!("--dhcp-leasefile={}", d.join("leases").display()))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("dnsmasq")?;
+    Ok(Daemon(child))
 }
 
 /// `cargo xtask bench federation`: only the federation benchmark.
@@ -421,19 +526,20 @@ fn dhcp_section(
     )
 }
 
+/// kea-dhcp4 and its directory (config, leases, log), removed after the process is gone.
 struct Kea {
-    child: std::process::Child,
+    _child: Daemon,
     _dir: tempfile::TempDir,
 }
 
-impl Drop for Kea {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start_kea(ns: &Netns) -> anyhow::Result<Box<dyn std::any::Any>> {
+    start_kea_with(ns, "", "")
 }
 
-fn start_kea(ns: &Netns) -> anyhow::Result<Box<dyn std::any::Any>> {
+/// kea-dhcp4 on br0 for 198.18.0.0/16 with a pool in its upper half; `subnet` is added to the
+/// subnet's JSON object (e.g. `, "reservations": [...]`), `dhcp4` to Dhcp4's (e.g.
+/// `"client-classes": [...],`).
+fn start_kea_with(ns: &Netns, subnet: &str, dhcp4: &str) -> anyhow::Result<Box<dyn std::any::Any>> {
     let dir = tempfile::tempdir()?;
     let conf = dir.path().join("kea.json");
     let leases = dir.path().join("leases4.csv");
@@ -443,8 +549,8 @@ fn start_kea(ns: &Netns) -> anyhow::Result<Box<dyn std::any::Any>> {
             r#"{{ "Dhcp4": {{
   "interfaces-config": {{ "interfaces": [ "br0" ], "dhcp-socket-type": "udp" }},
   "lease-database": {{ "type": "memfile", "persist": true, "name": "{}", "lfc-interval": 0 }},
-  "valid-lifetime": 3600,
-  "subnet4": [ {{ "id": 1, "subnet": "198.18.0.0/16", "pools": [ {{ "pool": "198.18.128.0 - 198.18.255.254" }} ] }} ],
+  "valid-lifetime": 3600, {dhcp4}
+  "subnet4": [ {{ "id": 1, "subnet": "198.18.0.0/16", "pools": [ {{ "pool": "198.18.128.0 - 198.18.255.254" }} ] {subnet} }} ],
   "loggers": [ {{ "name": "kea-dhcp4", "output_options": [ {{ "output": "{}" }} ], "severity": "WARN" }} ]
 }} }}"#,
             leases.display(),
@@ -460,7 +566,10 @@ fn start_kea(ns: &Netns) -> anyhow::Result<Box<dyn std::any::Any>> {
         .spawn()
         .context("kea-dhcp4")?;
     std::thread::sleep(Duration::from_secs(2));
-    Ok(Box::new(Kea { child, _dir: dir }))
+    Ok(Box::new(Kea {
+        _child: Daemon(child),
+        _dir: dir,
+    }))
 }
 
 /// (rackboot MiB/s, nginx MiB/s) for a 64 MiB file.
@@ -504,23 +613,10 @@ fn http_compare(bin: &Path) -> anyhow::Result<(f64, f64)> {
     let rb_rate = wrk(&ns, "http://192.0.2.1/images/big")?;
     drop(rb);
 
-    let conf = dir.path().join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "daemon off; worker_processes 2; pid {d}/nginx.pid; error_log {d}/error.log;\n\
-             events {{ worker_connections 1024; }}\n\
-             http {{ access_log off; sendfile on; tcp_nopush on; keepalive_requests 100000;\n\
-               client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
-               server {{ listen 192.0.2.1:8080; root {d}; }} }}\n",
-            d = dir.path().display()
-        ),
-    )?;
-    let mut nginx = ns.cmd("nginx").arg("-c").arg(&conf).spawn()?;
+    let server = nginx(&ns, dir.path(), "192.0.2.1:8080", 2)?;
     std::thread::sleep(Duration::from_secs(1));
     let nginx_rate = wrk(&ns, "http://192.0.2.1:8080/initrd-64m.img");
-    let _ = nginx.kill();
-    let _ = nginx.wait();
+    drop(server);
     Ok((rb_rate, nginx_rate?))
 }
 
@@ -582,44 +678,22 @@ fn boot_compare(bin: &Path) -> anyhow::Result<(f64, f64)> {
         "#!ipxe\nkernel --name kernel http://192.0.2.1:8080/vmlinuz initrd=initrd console=ttyS0 quiet\n\
          initrd --name initrd http://192.0.2.1:8080/initrd.img\nboot\n",
     )?;
-    std::fs::write(
-        d.join("nginx.conf"),
-        format!(
-            "daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;\n\
-             events {{ worker_connections 256; }}\n\
-             http {{ access_log off; sendfile on; client_body_temp_path {d}; proxy_temp_path {d};\n\
-               fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
-               server {{ listen 192.0.2.1:8080; root {d}; }} }}\n",
-            d = d.display()
-        ),
+    let server = nginx(&ns, d, "192.0.2.1:8080", 1)?;
+    let dnsmasq = dnsmasq_pxe(
+        &ns,
+        d,
+        "http://192.0.2.1:8080/boot.ipxe",
+        "undionly.kpxe",
+        &[
+            "--dhcp-range=192.0.2.128,192.0.2.254,1h".into(),
+            format!("--dhcp-host={mac},192.0.2.50"),
+            "--tftp-root=/usr/lib/ipxe".into(),
+        ],
     )?;
-    let mut nginx = ns
-        .cmd("nginx")
-        .arg("-c")
-        .arg(d.join("nginx.conf"))
-        .spawn()?;
-    let mut dnsmasq = ns
-        .cmd("dnsmasq")
-        .args([
-            "--no-daemon",
-            "--port=0",
-            "--interface=br0",
-            "--bind-interfaces",
-            "--dhcp-range=192.0.2.128,192.0.2.254,1h",
-            &format!("--dhcp-host={mac},192.0.2.50"),
-            "--dhcp-userclass=set:ipxe,iPXE",
-            "--dhcp-boot=tag:ipxe,http://192.0.2.1:8080/boot.ipxe",
-            "--dhcp-boot=tag:!ipxe,undionly.kpxe",
-            "--enable-tftp",
-            "--tftp-root=/usr/lib/ipxe",
-        ])
-        .arg(format!("--dhcp-leasefile={}", d.join("leases").display()))
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .context("dnsmasq")?;
     std::thread::sleep(Duration::from_secs(1));
     let peer = median_boot(&mut ns, mac);
-    let _ = (nginx.kill(), dnsmasq.kill(), nginx.wait(), dnsmasq.wait());
+    drop(dnsmasq);
+    drop(server);
     let peer_secs = peer?;
     eprintln!("boot to userspace: rackboot {rb_secs:.1} s, dnsmasq + nginx {peer_secs:.1} s");
     Ok((rb_secs, peer_secs))

@@ -51,6 +51,14 @@ pub const PACKAGES: &[(&str, &str)] = &[
         "independent TPM client: tpm2_activatecredential and tpm2_quote against rackboot's MakeCredential",
     ),
     ("nginx", "HTTP peer for the benchmark"),
+    (
+        "tftpd-hpa",
+        "in.tftpd: TFTP peer of the storm and TFTP benchmarks (run in a netns, not the service)",
+    ),
+    (
+        "linux-perf",
+        "perf: profiles rackboot when a benchmark falls short (cargo xtask bench tftp)",
+    ),
     ("wrk", "HTTP load for the benchmark"),
     (
         "dnsmasq-base",

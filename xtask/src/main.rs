@@ -3,7 +3,7 @@
 //! - `demo`  — install what it needs, boot one QEMU node from rackboot in a netns, show what happened
 //! - `test`  — install the test dependencies, build, run the whole suite (QEMU e2e included)
 //! - `bench` — benchmarks (criterion + peer comparisons, Redfish discovery, identity
-//!   enrollment), written to docs/benchmarks.md; `bench http|boot|redfish|identity|federation|flood|tiny|dns`
+//!   enrollment), written to docs/benchmarks.md; `bench http|boot|redfish|identity|federation|flood|tiny|dns|storm|tftp`
 //!   run one part
 //! - `release` — dist/: static binary, .deb, .rpm, OCI image, SBOMs, signed sums and provenance
 //! - `deps`, `image node`, `image appliance` — the individual steps
@@ -50,9 +50,11 @@ fn main() {
             Some("flood") => bench::run_flood_only(),
             Some("tiny") => bench::run_tiny_only(),
             Some("dns") => bench::run_dns_only(),
+            Some("storm") => bench::run_storm_only(),
+            Some("tftp") => bench::run_tftp_only(),
             Some("appliance") => appliance::bench(),
             Some(other) => Err(anyhow::anyhow!(
-                "unknown bench {other:?}; known: dhcp, http, boot, redfish, identity, federation, flood, tiny, dns, appliance"
+                "unknown bench {other:?}; known: dhcp, http, boot, redfish, identity, federation, flood, tiny, dns, storm, tftp, appliance"
             )),
         },
         Some("capture-vectors") => vectors::capture(),
@@ -74,6 +76,8 @@ fn main() {
                  bench federation  only federation (first sync of 10,000 nodes scoped to 64, steady state, 10,000-event outbox drain); updates its section of docs/benchmarks.md\n  \
                  bench flood  only the DHCP flood (300,000 random MACs) on a federated rack: upstream lookups, RSS, tasks; updates its section of docs/benchmarks.md\n  \
                  bench dns  only DNS (dnsperf, 10,000 names, rackboot vs dnsmasq); updates its section of docs/benchmarks.md\n  \
+                 bench storm  only the boot storm (100/500/1,000 nodes in 10 s) against rackboot, dnsmasq + nginx, Kea + tftpd-hpa + nginx; updates its section of docs/benchmarks.md\n  \
+                 bench tftp  only TFTP (200 concurrent downloads of ipxe.efi and undionly.kpxe), rackboot vs tftpd-hpa; updates its section of docs/benchmarks.md\n  \
                  bench appliance  only the appliance image's boot to ready (median of 3); updates its section of docs/benchmarks.md\n  \
                  deps        install the Debian packages and tools the tests need\n  \
                  image node  build the QEMU node kernel + initramfs into build/node/\n  \

@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use qemu_tests::{Netns, Rackboot};
 
+use super::{loadavg, median};
+
 /// The section's heading in docs/benchmarks.md.
 pub const HEADING: &str = "## DNS";
 
@@ -71,17 +73,6 @@ impl Round {
             Some(p) if self.max.loss_pct() > 0.1 => p,
             _ => self.max,
         }
-    }
-}
-
-/// The median of `v` (the mean of the middle two for an even count).
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => v.get(n / 2).copied(),
-        _ => Some((v.get(n / 2 - 1)? + v.get(n / 2)?) / 2.0),
     }
 }
 
@@ -403,12 +394,4 @@ fn dnsperf(
             String::from_utf8_lossy(&out.stderr)
         ),
     }
-}
-
-/// The 1-minute load average (`/proc/loadavg`), or "?".
-fn loadavg() -> String {
-    fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".to_owned())
 }

@@ -479,7 +479,7 @@ fn render(runs: &[Run], load_before: &str, load_after: &str) -> String {
          all hashed by the client on the same 2 shared cores, and had to fit this session; \
          rackboot's images are mmap'd (its peak RSS is below), nginx sends files.\n\n\
          Machine: {}; 1-minute load average {load_before} before the runs, {load_after} after \
-         (another engineer's builds and QEMU tests ran at the same time).\n\n\
+         (the machine is shared with another engineer's builds and QEMU tests).\n\n\
          | stack | N | completed | last initrd at (s) | dhcp | tftp | ipxe_dhcp | bootscript | kernel | initrd | failures |\n\
          |---|---|---|---|---|---|---|---|---|---|---|\n",
         super::machine()

@@ -1,7 +1,8 @@
 //! The DHCP service: socket → drop-oldest queue → engine → (durable lease) → reply.
 //!
 //! Three tasks:
-//! - the reader drains the socket into the [`DropOldestQueue`] as fast as it can;
+//! - the reader drains the socket into the [`DropOldestQueue`] as fast as it can, putting the
+//!   datagrams of clients the inventory knows in the lane the engine empties first;
 //! - the engine task answers datagrams in order with `pxe_core`'s [`DhcpServer`]. Replies that
 //!   change no lease (OFFER, NAK, INFORM) go out at once; the others go to
 //! - the committer, which writes every pending lease change in one store transaction (group
@@ -21,7 +22,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::inventory::{InventoryView, StaticLease};
-use super::queue::DropOldestQueue;
+use super::queue::{DropOldestQueue, Lane};
 use super::socket::DhcpSocket;
 use crate::metrics::Metrics;
 use crate::store::{LeaseRecord, LeaseRecordKind, Store, now_ms};
@@ -67,7 +68,8 @@ impl Probe {
             looked_up: true,
             probe: Some(done),
         };
-        if self.queue.push(d).is_some() {
+        // The known lane: the health check must pass during a storm of unknown clients.
+        if self.queue.push(d, Lane::Known).is_some() {
             return Err("the engine's queue is full".into());
         }
         match tokio::time::timeout(within, answer).await {
@@ -180,10 +182,11 @@ pub async fn spawn(
 
     // Reader.
     {
-        let (sock, queue, metrics, stop) = (
+        let (sock, queue, metrics, view, stop) = (
             sock.clone(),
             queue.clone(),
             metrics.clone(),
+            view.clone(),
             shutdown.clone(),
         );
         tasks.spawn(async move {
@@ -196,13 +199,20 @@ pub async fn spawn(
                 match got {
                     Ok(meta) => {
                         let bytes = buf.get(..meta.len).unwrap_or(&[]).to_vec();
+                        let known = client_mac(&bytes).is_some_and(|mac| {
+                            view.read()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .get(&mac)
+                                .is_some()
+                        });
+                        let lane = if known { Lane::Known } else { Lane::Other };
                         let d = Datagram {
                             src: meta.src,
                             bytes,
                             looked_up: false,
                             probe: None,
                         };
-                        if queue.push(d).is_some() {
+                        if queue.push(d, lane).is_some() {
                             metrics.dhcp_drop("overload");
                         }
                     }
@@ -323,6 +333,7 @@ pub async fn spawn(
         tasks.spawn(async move {
             let mut out = vec![0u8; 1500];
             let mut seen_generation = 0;
+            let mut pool_warning = Occasional::default();
             loop {
                 let Datagram { src, bytes, looked_up, probe } = tokio::select! {
                     () = stop.cancelled() => break,
@@ -365,15 +376,18 @@ pub async fn spawn(
                 {
                     let (queue, mut changes) = (queue.clone(), generation.subscribe());
                     tokio::spawn(async move {
-                        if found.await {
+                        let lane = if found.await {
                             // Let the inventory refresher publish the new reservation.
                             let _ = tokio::time::timeout(
                                 std::time::Duration::from_secs(1),
                                 changes.changed(),
                             )
                             .await;
-                        }
-                        let _ = queue.push(Datagram { src, bytes, looked_up: true, probe: None });
+                            Lane::Known
+                        } else {
+                            Lane::Other
+                        };
+                        let _ = queue.push(Datagram { src, bytes, looked_up: true, probe: None }, lane);
                     });
                     continue;
                 }
@@ -435,7 +449,11 @@ pub async fn spawn(
                         metrics.dhcp_drop(drop.as_str());
                         match drop {
                             Drop::Malformed(err) => tracing::debug!(peer = %src, error = %err, "DHCP: malformed datagram dropped"),
-                            Drop::PoolExhausted => tracing::warn!(peer = %src, "DHCP: dynamic pool exhausted; request dropped"),
+                            // Once a minute at most: a flood of new MACs must not become a
+                            // flood of log lines (each drop is counted in the metrics).
+                            Drop::PoolExhausted => if let Some(since) = pool_warning.due() {
+                                tracing::warn!(peer = %src, dropped_since_last_warning = since, "DHCP: dynamic pool exhausted; requests from new clients dropped (counted in rackboot_dhcp_drops_total)");
+                            },
                             other => tracing::debug!(peer = %src, reason = ?other, "DHCP: no reply"),
                         }
                     }
@@ -464,6 +482,38 @@ fn sent(metrics: &Metrics, timeline: &Timeline, e: &Event) {
     };
     let detail = serde_json::json!({ "ip": ip, "xid": e.xid, "static": e.is_static });
     timeline.record(Subject::Mac(e.mac), stage, ok, detail);
+}
+
+/// The client hardware address of a BOOTREQUEST on Ethernet (`op` 1, `htype` 1, `hlen` 6),
+/// read without parsing the rest: the reader only needs it to pick a lane.
+fn client_mac(bytes: &[u8]) -> Option<MacAddr> {
+    match bytes.get(..3)? {
+        [1, 1, 6] => Some(MacAddr(bytes.get(28..34)?.try_into().ok()?)),
+        _ => None,
+    }
+}
+
+/// A warning given at most once a minute, counting what it held back.
+#[derive(Default)]
+struct Occasional {
+    last: Option<std::time::Instant>,
+    held_back: u64,
+}
+
+impl Occasional {
+    /// `Some(held back since the last warning)` when a warning is due.
+    fn due(&mut self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < std::time::Duration::from_secs(60))
+        {
+            self.held_back += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.held_back))
+    }
 }
 
 /// A received datagram on its way to the engine.

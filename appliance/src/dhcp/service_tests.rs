@@ -101,3 +101,22 @@ async fn a_proxy_dhcp_engine_answers_the_probe_too() {
     assert!(store.list_leases().await.unwrap().is_empty());
     stop.cancel();
 }
+
+#[test]
+fn the_lane_is_picked_from_an_ethernet_bootrequests_chaddr_only() {
+    let mut p = vec![0u8; 300];
+    p[..3].copy_from_slice(&[1, 1, 6]);
+    p[28..34].copy_from_slice(&[0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+    assert_eq!(
+        super::client_mac(&p),
+        Some(pxe_core::MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x56]))
+    );
+    // A reply (op 2), another hardware type, a short datagram: no MAC, the other lane.
+    for (at, v) in [(0, 2u8), (1, 6), (2, 16)] {
+        let mut q = p.clone();
+        q[at] = v;
+        assert_eq!(super::client_mac(&q), None);
+    }
+    assert_eq!(super::client_mac(&p[..30]), None);
+    assert_eq!(super::client_mac(&[]), None);
+}

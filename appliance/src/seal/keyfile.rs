@@ -238,7 +238,7 @@ impl Status {
             (_, Some(t)) => format!("a TPM is present ({t}) but rackboot has not sealed them yet"),
         };
         format!(
-            "not sealed ({why}): {} are plain files on the data partition",
+            "not sealed ({why}); plain files on the data partition: {}",
             self.plain.join(", ")
         )
     }

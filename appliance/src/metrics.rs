@@ -166,7 +166,7 @@ impl Metrics {
         );
         registry.register(
             "tftp_transfers",
-            "TFTP read requests by how they ended: complete, failed, abandoned (the client asked for another file), refused, duplicate (a retransmitted RRQ of a running transfer)",
+            "TFTP read requests by how they ended: complete, failed, abandoned (the client asked for another file), refused, duplicate (a retransmitted RRQ of a running transfer), busy (left unanswered at listen.tftp_max_transfers; the client retries)",
             m.tftp_transfers.clone(),
         );
         registry.register("tftp_bytes", "TFTP file bytes sent", m.tftp_bytes.clone());

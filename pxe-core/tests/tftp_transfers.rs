@@ -92,6 +92,35 @@ fn full_table_is_busy_and_a_finished_slot_is_reused() {
     assert_eq!(t.capacity(), 2);
 }
 
+#[test]
+fn a_lower_limit_is_busy_sooner_and_duplicates_and_replacements_still_pass() {
+    let mut t: Transfers<u32, 8> = Transfers::new();
+    t.set_limit(2);
+    let a = started(t.admit(client(1, 1000), b"f", 1));
+    let _b = started(t.admit(client(2, 1000), b"f", 2));
+    assert_eq!(t.admit(client(3, 1000), b"f", 3), Admit::Busy);
+    assert!(matches!(
+        t.admit(client(1, 1000), b"f", 9),
+        Admit::Duplicate(_)
+    ));
+    // A client that moves on to another file keeps its place: no new slot is taken.
+    assert!(matches!(
+        t.admit(client(2, 1000), b"g", 4),
+        Admit::Replaced { old: 2, .. }
+    ));
+    t.finish(a);
+    started(t.admit(client(3, 1000), b"f", 3));
+    // Lowering the limit below the running count stops new transfers, not running ones.
+    t.set_limit(1);
+    assert_eq!(t.len(), 2);
+    assert_eq!(t.admit(client(4, 1000), b"f", 5), Admit::Busy);
+    // Out of range: clamped to 1..=N.
+    t.set_limit(0);
+    assert_eq!(t.admit(client(4, 1000), b"f", 5), Admit::Busy);
+    t.set_limit(100);
+    started(t.admit(client(4, 1000), b"f", 5));
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Admit { client: u8, port: u8, file: u8 },

@@ -1,7 +1,9 @@
 //! TFTP against the real `rackboot serve` (issue 20): a retransmitted RRQ gets no second
 //! transfer; an ERROR 5 from the client ends its transfer (also the new transfer a late
-//! duplicate starts); another file from the same client port abandons the running transfer; and
-//! storms of curl downloads all come through byte-exact.
+//! duplicate starts); another file from the same client port abandons the running transfer; a
+//! read request past `listen.tftp_max_transfers` is left unanswered (no ERROR) and served when
+//! the client retries after a slot frees; and storms of curl downloads all come through
+//! byte-exact.
 //!
 //! rackboot serves a directory the test fills (`RACKBOOT_IPXE_DIR`); clients run in a second
 //! namespace (192.0.2.10 on a veth into rackboot's bridge). The raw-socket clients are small
@@ -30,9 +32,14 @@ fn ready() -> bool {
 
 /// rackboot serving `dir`, and a client namespace on its bridge.
 fn setup(tag: &str, dir: &Path) -> (Netns, Rackboot, Netns) {
+    setup_with(tag, dir, &[])
+}
+
+fn setup_with(tag: &str, dir: &Path, env: &[(&str, &str)]) -> (Netns, Rackboot, Netns) {
     let ns = Netns::new(tag).unwrap();
-    let rb =
-        Rackboot::start_with_env(&ns, &[("RACKBOOT_IPXE_DIR", dir.to_str().unwrap())]).unwrap();
+    let mut env = env.to_vec();
+    env.push(("RACKBOOT_IPXE_DIR", dir.to_str().unwrap()));
+    let rb = Rackboot::start_with_env(&ns, &env).unwrap();
     let client = ns.add_client_ns().unwrap();
     client
         .ip(&["addr", "add", CLIENT_CIDR, "dev", "vc"])
@@ -408,6 +415,102 @@ fn another_file_from_the_same_port_abandons_the_running_transfer() {
     wait_for_transfers(&rb, "complete", 1);
     wait_for_transfers(&rb, "abandoned", 1);
     assert_eq!(transfers(&rb, "failed"), 0, "{}", rb.log_text());
+}
+
+/// Two clients against a server allowing one transfer. A sends its RRQ, reads the OACK and holds
+/// the slot without acknowledging. B sends its RRQ and listens for `quiet` seconds: it must hear
+/// nothing (no ERROR, no DATA). A then cancels (ERROR 0). B, retransmitting its RRQ every second
+/// as firmware does, gets the file. Reports what B heard while A held the slot, its attempts,
+/// every ERROR it received, and the file's sha256.
+const BUSY_CLIENT: &str = r#"
+import hashlib, json, socket, sys, time
+server, name, quiet = sys.argv[1], sys.argv[2], float(sys.argv[3])
+blksize = 1468
+rrq = b"\0\x01" + name.encode() + b"\0octet\0blksize\x001468\0"
+a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+a.bind(("0.0.0.0", 0))
+a.settimeout(30)
+a.sendto(rrq, (server, 69))
+pkt, a_tid = a.recvfrom(65536)
+assert pkt[1] == 6, pkt[:4]
+b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+b.bind(("0.0.0.0", 0))
+b.sendto(rrq, (server, 69))
+heard_while_held, end = [], time.monotonic() + quiet
+while True:
+    left = end - time.monotonic()
+    if left <= 0:
+        break
+    b.settimeout(left)
+    try:
+        pkt, peer = b.recvfrom(65536)
+    except socket.timeout:
+        break
+    heard_while_held.append({"port": peer[1], "op": pkt[1]})
+a.sendto(b"\0\x05\0\0cancelled\0", a_tid)
+attempts, errors, data, expect, tid = 1, [], bytearray(), 1, None
+b.settimeout(1)
+while tid is None and attempts < 30:
+    b.sendto(rrq, (server, 69))
+    attempts += 1
+    try:
+        pkt, peer = b.recvfrom(65536)
+    except socket.timeout:
+        continue
+    if pkt[1] == 5:
+        errors.append(pkt[2:].decode("latin-1"))
+        continue
+    tid = peer
+b.settimeout(10)
+while tid is not None:
+    if pkt[1] == 6:
+        b.sendto(b"\0\x04\0\0", tid)
+    elif pkt[1] == 3:
+        block = int.from_bytes(pkt[2:4], "big")
+        if block == expect & 0xFFFF:
+            data += pkt[4:]
+            expect += 1
+        b.sendto(b"\0\x04" + block.to_bytes(2, "big"), tid)
+        if block == (expect - 1) & 0xFFFF and len(pkt) - 4 < blksize:
+            break
+    elif pkt[1] == 5:
+        errors.append(pkt[2:].decode("latin-1"))
+        break
+    pkt, peer = b.recvfrom(65536)
+print(json.dumps({"heard_while_held": heard_while_held, "attempts": attempts, "errors": errors,
+                  "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}))
+"#;
+
+#[test]
+fn past_the_transfer_limit_a_request_is_left_for_the_client_to_retry() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let blob = random_file(&dir.path().join("blob.bin"), 256 * 1024);
+    let (_ns, rb, client) = setup_with(
+        "tftpbusy",
+        dir.path(),
+        &[("RACKBOOT_LISTEN__TFTP_MAX_TRANSFERS", "1")],
+    );
+    // 2× the session timeout: long enough for an ERROR "busy" to have arrived.
+    let quiet = (2 * SESSION_TIMEOUT_S).to_string();
+    let report = python(&client, BUSY_CLIENT, &[SERVER, "blob.bin", &quiet]);
+    assert!(
+        report["heard_while_held"].as_array().unwrap().is_empty(),
+        "a request past the limit must get no answer: {report}\n{}",
+        rb.log_text()
+    );
+    assert!(report["errors"].as_array().unwrap().is_empty(), "{report}");
+    assert_eq!(report["bytes"], blob.len(), "{report}\n{}", rb.log_text());
+    assert_eq!(report["sha256"], sha256_hex(&blob, &client).as_str());
+    assert!(transfers(&rb, "busy") >= 1, "{}", rb.log_text());
+    wait_for_transfers(&rb, "complete", 1);
+    assert!(
+        rb.log_text().contains("at listen.tftp_max_transfers"),
+        "{}",
+        rb.log_text()
+    );
 }
 
 /// 20 storms of 50 parallel `curl --tftp-blksize 1468` downloads of a 1 MiB random file; every

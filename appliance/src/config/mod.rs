@@ -36,7 +36,9 @@ pub use backup::Backup;
 pub use discovery::{BmcTls, Discovery, XnameRule};
 pub use dns::{Dns, TsigKey};
 pub use identity::{EnrollPolicy, Identity, Tpm};
-pub use network::{Boot, Dhcp, DhcpMode, Listen, Subnet, default_pool, parse_pool};
+pub use network::{
+    Boot, Dhcp, DhcpMode, Listen, Subnet, TFTP_MAX_TRANSFERS, default_pool, parse_pool,
+};
 pub use services::{Auth, CloudInit, Issuer, StoreConfig, Timeline};
 pub use units::ByteSize;
 pub use upstream::{OAuth2, Upstream};
@@ -120,6 +122,13 @@ impl Config {
         }
         self.backup.validate()?;
         self.dns.validate()?;
+        if !(1..=network::TFTP_MAX_TRANSFERS).contains(&self.listen.tftp_max_transfers) {
+            bail!(
+                "listen.tftp_max_transfers = {}: use 1 to {}",
+                self.listen.tftp_max_transfers,
+                network::TFTP_MAX_TRANSFERS
+            );
+        }
         if self.boot.max_retries == 0 {
             bail!("boot.max_retries must be at least 1");
         }
@@ -323,6 +332,20 @@ router = "198.51.100.1"
         .unwrap();
         let err = format!("{:#}", Config::load(Some(&p), env(&[])).unwrap_err());
         assert!(err.contains("outside the subnet"), "{err}");
+        for bad in ["0", "4097"] {
+            let err = format!(
+                "{:#}",
+                Config::load(None, env(&[("RACKBOOT_LISTEN__TFTP_MAX_TRANSFERS", bad)]))
+                    .unwrap_err()
+            );
+            assert!(err.contains("listen.tftp_max_transfers"), "{err}");
+        }
+        let c = Config::load(
+            None,
+            env(&[("RACKBOOT_LISTEN__TFTP_MAX_TRANSFERS", "4096")]),
+        )
+        .unwrap();
+        assert_eq!(c.listen.tftp_max_transfers, 4096);
     }
 
     #[test]

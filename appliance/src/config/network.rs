@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// The largest `listen.tftp_max_transfers` (the TFTP service's table has this many slots).
+pub const TFTP_MAX_TRANSFERS: usize = 4096;
+
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Listen {
@@ -14,6 +17,10 @@ pub struct Listen {
     pub dhcp_port: u16,
     /// UDP port for TFTP (69). 0 disables the TFTP service.
     pub tftp_port: u16,
+    /// TFTP transfers served at once (1 to 4096). A read request past the limit gets no answer,
+    /// so the firmware sends it again a few seconds later, rather than an ERROR, which ends
+    /// EDK2's and iPXE's download and with it the boot.
+    pub tftp_max_transfers: usize,
     /// HTTP listen address. Defaults to the interface address on port 80.
     pub http: Option<SocketAddr>,
     /// Interfaces the admin API is served on (e.g. `["eth1", "lo"]`: the management network and
@@ -32,6 +39,7 @@ impl Default for Listen {
         Self {
             dhcp_port: 67,
             tftp_port: 69,
+            tftp_max_transfers: 1024,
             http: None,
             admin_interfaces: Vec::new(),
             admin_port: None,

@@ -205,12 +205,19 @@ pub async fn start(
         .await?;
     }
 
+    const _: () = assert!(
+        crate::config::TFTP_MAX_TRANSFERS == crate::tftp::MAX_TRANSFERS,
+        "the configurable TFTP limit must fit the TFTP table"
+    );
     if settings.config.listen.tftp_port != 0 {
         crate::tftp::spawn(
             &mut tasks,
             &settings.iface.name,
             settings.iface.addr,
-            settings.config.listen.tftp_port,
+            crate::tftp::Listen {
+                port: settings.config.listen.tftp_port,
+                max_transfers: settings.config.listen.tftp_max_transfers,
+            },
             ipxe.clone(),
             Observers {
                 metrics: metrics.clone(),

@@ -9,7 +9,10 @@
 //! starts a transfer (the rules, and why a retransmitted RRQ is ignored rather than answered,
 //! are documented there). The listener keeps
 //! one table of the active transfers, keyed by the client's address and port and bounded by
-//! [`MAX_SESSIONS`]. Each transfer task owns a [`Registered`] guard that takes its entry out of
+//! `listen.tftp_max_transfers` (at most [`MAX_TRANSFERS`]). A read request past the limit is
+//! left unanswered and counted (`rackboot_tftp_transfers_total{outcome="busy"}`): the firmware
+//! sends it again after its timeout (EDK2 and iPXE retry an unanswered RRQ several times), where
+//! an ERROR "server busy" would end its download and the boot. Each transfer task owns a [`Registered`] guard that takes its entry out of
 //! the table however the task ends. An ERROR from the client on a transfer's socket (ERROR 5 from
 //! a client that does not know that TID, or a cancel) ends the transfer at once.
 //!
@@ -31,11 +34,12 @@ use crate::ipxe::IpxeDir;
 use crate::netif;
 use crate::timeline::{Observers, Subject, stage};
 
-/// Concurrent transfers; more get "server busy" so firmware retries instead of timing out.
-const MAX_SESSIONS: usize = 512;
+/// The most concurrent transfers `listen.tftp_max_transfers` may allow.
+pub const MAX_TRANSFERS: usize = 4096;
 
 /// The active transfers; each holds the token that stops it when its client moves on.
-type Table = Transfers<CancellationToken, MAX_SESSIONS>;
+/// Boxed: at [`MAX_TRANSFERS`] slots the table is a few hundred KiB.
+type Table = Box<Transfers<CancellationToken, MAX_TRANSFERS>>;
 
 /// A transfer's place in the table, released when the transfer task ends, whichever way.
 struct Registered {
@@ -55,12 +59,23 @@ fn lock(table: &Mutex<Table>) -> MutexGuard<'_, Table> {
     table.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Starts TFTP on `iface`:`port`, serving `root`.
+/// Where TFTP listens and how many transfers it serves at once.
+pub struct Listen {
+    /// UDP port (69).
+    pub port: u16,
+    /// `listen.tftp_max_transfers` (1 to [`MAX_TRANSFERS`]).
+    pub max_transfers: usize,
+}
+
+/// Starts TFTP on `iface`:`listen.port`, serving `root`.
 pub fn spawn(
     tasks: &mut JoinSet<()>,
     iface: &str,
     local_ip: Ipv4Addr,
-    port: u16,
+    Listen {
+        port,
+        max_transfers,
+    }: Listen,
     root: IpxeDir,
     obs: Observers,
     shutdown: CancellationToken,
@@ -78,7 +93,11 @@ pub fn spawn(
     let iface = iface.to_owned();
     let clock = StdInstant::now();
     tasks.spawn(async move {
-        let table: Arc<Mutex<Table>> = Arc::new(Mutex::new(Transfers::new()));
+        let mut table = Box::new(Transfers::new());
+        table.set_limit(max_transfers);
+        let table: Arc<Mutex<Table>> = Arc::new(Mutex::new(table));
+        let mut busy_warning = None::<StdInstant>;
+        let mut busy_since_warning = 0u64;
         let mut buf = vec![0u8; 2048];
         let mut out = [0u8; 600];
         loop {
@@ -135,7 +154,15 @@ pub fn spawn(
                             tracing::warn!(%peer, reason = ?e, "TFTP: refused file name");
                         }
                         Refusal::Busy => {
-                            tracing::warn!(%peer, "TFTP: too many transfers; asking the client to retry");
+                            // No answer: the client sends the RRQ again. Warned once a minute.
+                            obs.metrics.tftp_done("busy", 0, 0);
+                            busy_since_warning += 1;
+                            if busy_warning.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60)) {
+                                tracing::warn!(%peer, max_transfers, unanswered = busy_since_warning, "TFTP: at listen.tftp_max_transfers; read requests left unanswered for the firmware to retry");
+                                busy_warning = Some(StdInstant::now());
+                                busy_since_warning = 0;
+                            }
+                            continue;
                         }
                         _ => tracing::debug!(%peer, file, reason = ?why, "TFTP: file not served"),
                     }

@@ -20,8 +20,10 @@
 //!   client keeps one port for successive `get`s); the old session's DATA would only be noise the
 //!   client answers with ERROR 5. Refusing instead would stall a client that did nothing wrong
 //!   until the old session timed out.
-//! - **The table is full: [`Admit::Busy`]**; the driver answers "server busy" so the client
-//!   retries later. The capacity is the driver's session cap, so the table is the only bound.
+//! - **The table is full: [`Admit::Busy`]**: `N` slots, or the lower limit the driver set
+//!   ([`Transfers::set_limit`]), are taken. The driver either answers "server busy" or, better
+//!   for firmware whose download ends on any ERROR, sends nothing, so the client's own RRQ
+//!   retransmission asks again later. The table is the only bound on concurrent transfers.
 //!
 //! A transfer leaves the table through [`Transfers::finish`] with the [`TransferId`] it was
 //! admitted with, however it ends (done, failed, timed out, abandoned). Ids carry a generation, so
@@ -58,7 +60,7 @@ pub enum Admit<T> {
     },
     /// A retransmission of the RRQ of this active transfer: send nothing.
     Duplicate(TransferId),
-    /// Every slot is taken: refuse with "server busy".
+    /// The table is full (see [`Transfers::set_limit`]): no transfer starts.
     Busy,
 }
 
@@ -69,6 +71,7 @@ pub struct Transfers<T, const N: usize> {
     slots: [Option<Entry<T>>; N],
     generation: u32,
     len: usize,
+    limit: usize,
 }
 
 #[derive(Debug)]
@@ -92,7 +95,14 @@ impl<T, const N: usize> Transfers<T, N> {
             slots: [const { None }; N],
             generation: 0,
             len: 0,
+            limit: N,
         }
+    }
+
+    /// Admits at most `limit` concurrent transfers (at least 1, at most `N`); transfers already
+    /// running above a lowered limit run to their end.
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit.clamp(1, N);
     }
 
     /// Decides what an RRQ from `client` for the normalised name `file` does, and records the
@@ -124,6 +134,9 @@ impl<T, const N: usize> Transfers<T, N> {
                 id: TransferId { slot, generation },
                 old,
             };
+        }
+        if self.len >= self.limit {
+            return Admit::Busy;
         }
         let Some((slot, s)) = free.and_then(|i| Some((i, self.slots.get_mut(i)?))) else {
             return Admit::Busy;

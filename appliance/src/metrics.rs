@@ -105,6 +105,8 @@ pub struct Metrics {
     upstream_lookups: Family<Outcome, Counter>,
     upstream_lookups_in_flight: Gauge,
     tasks: Gauge,
+    /// Runtimes besides the scraping one whose tasks `tasks` counts (the packet runtime).
+    other_runtimes: std::sync::Mutex<Vec<tokio::runtime::Handle>>,
     dns_responses: Family<DnsLabels, Counter>,
 }
 
@@ -141,6 +143,7 @@ impl Metrics {
             upstream_lookups: Family::default(),
             upstream_lookups_in_flight: Gauge::default(),
             tasks: Gauge::default(),
+            other_runtimes: std::sync::Mutex::default(),
             dns_responses: Family::default(),
             registry: Registry::default(),
         };
@@ -252,7 +255,7 @@ impl Metrics {
         );
         registry.register(
             "tasks",
-            "Tasks alive in rackboot's async runtime (at scrape time)",
+            "Tasks alive in rackboot's async runtimes, the main one and DHCP/TFTP's (at scrape time)",
             m.tasks.clone(),
         );
         registry.register(
@@ -369,9 +372,26 @@ impl Metrics {
         }
     }
 
-    /// Sets the runtime's task gauge (called at scrape time).
+    /// Counts the tasks of `runtime` in `rackboot_tasks` too.
+    pub fn count_tasks_of(&self, runtime: tokio::runtime::Handle) {
+        self.other_runtimes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(runtime);
+    }
+
+    /// Sets the task gauge (called at scrape time): `alive` in the scraping runtime, plus the
+    /// tasks of the runtimes given to [`Metrics::count_tasks_of`].
     pub fn set_tasks(&self, alive: usize) {
-        self.tasks.set(i64::try_from(alive).unwrap_or(i64::MAX));
+        let others: usize = self
+            .other_runtimes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|h| h.metrics().num_alive_tasks())
+            .sum();
+        self.tasks
+            .set(i64::try_from(alive + others).unwrap_or(i64::MAX));
     }
 
     pub fn dhcp_static_unrecorded(&self) {

@@ -108,8 +108,15 @@ fn probe_packet(subnet: std::net::Ipv4Addr, proxy: bool) -> Vec<u8> {
 }
 
 /// Starts the DHCP service on `iface`:`port`; the [`Probe`] tests the running engine.
+///
+/// The socket and the tasks that touch it (reader, engine, committer) run on `packets`, the
+/// runtime of the boot path's UDP services, so that HTTP traffic (a storm's images) on the
+/// main runtime cannot delay a DHCP answer; the pruner and the inventory refresher, which only
+/// talk to the store, stay on the caller's runtime.
+#[allow(clippy::too_many_arguments)]
 pub async fn spawn(
     tasks: &mut JoinSet<()>,
+    packets: &tokio::runtime::Handle,
     iface: &str,
     port: u16,
     config: ServerConfig,
@@ -123,7 +130,11 @@ pub async fn spawn(
         on_lease,
         on_unknown,
     } = obs;
-    let sock = Arc::new(DhcpSocket::bind(iface, port)?);
+    let sock = {
+        // Registered with the packet runtime's reactor, which the tasks using it run on.
+        let _packets = packets.enter();
+        Arc::new(DhcpSocket::bind(iface, port)?)
+    };
     let local_ip = crate::netif::ipv4_of(iface)?.addr;
     let queue = Arc::new(DropOldestQueue::<Datagram>::new(QUEUE_DEPTH));
 
@@ -189,40 +200,43 @@ pub async fn spawn(
             view.clone(),
             shutdown.clone(),
         );
-        tasks.spawn(async move {
-            let mut buf = vec![0u8; MAX_DATAGRAM];
-            loop {
-                let got = tokio::select! {
-                    () = stop.cancelled() => break,
-                    r = sock.recv(&mut buf) => r,
-                };
-                match got {
-                    Ok(meta) => {
-                        let bytes = buf.get(..meta.len).unwrap_or(&[]).to_vec();
-                        let known = client_mac(&bytes).is_some_and(|mac| {
-                            view.read()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .get(&mac)
-                                .is_some()
-                        });
-                        let lane = if known { Lane::Known } else { Lane::Other };
-                        let d = Datagram {
-                            src: meta.src,
-                            bytes,
-                            looked_up: false,
-                            probe: None,
-                        };
-                        if queue.push(d, lane).is_some() {
-                            metrics.dhcp_drop("overload");
+        tasks.spawn_on(
+            async move {
+                let mut buf = vec![0u8; MAX_DATAGRAM];
+                loop {
+                    let got = tokio::select! {
+                        () = stop.cancelled() => break,
+                        r = sock.recv(&mut buf) => r,
+                    };
+                    match got {
+                        Ok(meta) => {
+                            let bytes = buf.get(..meta.len).unwrap_or(&[]).to_vec();
+                            let known = client_mac(&bytes).is_some_and(|mac| {
+                                view.read()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .get(&mac)
+                                    .is_some()
+                            });
+                            let lane = if known { Lane::Known } else { Lane::Other };
+                            let d = Datagram {
+                                src: meta.src,
+                                bytes,
+                                looked_up: false,
+                                probe: None,
+                            };
+                            if queue.push(d, lane).is_some() {
+                                metrics.dhcp_drop("overload");
+                            }
+                        }
+                        Err(err) => {
+                            tracing::warn!(error = %err, "DHCP: receive failed");
+                            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                         }
                     }
-                    Err(err) => {
-                        tracing::warn!(error = %err, "DHCP: receive failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                    }
                 }
-            }
-        });
+            },
+            packets,
+        );
     }
 
     // Inventory refresher.
@@ -262,75 +276,78 @@ pub async fn spawn(
             timeline.clone(),
             on_lease.clone(),
         );
-        tasks.spawn(async move {
-            while let Some(first) = commit_rx.recv().await {
-                let mut batch = vec![first];
-                while let Ok(p) = commit_rx.try_recv() {
-                    batch.push(p);
-                }
-                let durable = persist(&store, &batch).await;
-                if let Err(err) = &durable {
-                    // Not durable → a dynamic lease is not acknowledged: the client retries and
-                    // we try again (one address must never go to two clients). A static lease
-                    // is decided by the inventory, which no other client can be given, so it is
-                    // acknowledged anyway and its record is skipped (the next renewal writes
-                    // it): a full data partition must not stop the rack's own nodes booting.
-                    let withheld = batch.iter().filter(|p| !p.is_static()).count();
-                    match err {
-                        // The store logs once when the partition fills; not once per batch.
-                        // Busy: counted (store_busy), the clients retransmit.
-                        crate::store::StoreError::Full { .. }
-                        | crate::store::StoreError::Busy { .. } => tracing::debug!(
-                            error = %err, withheld, acked_static = batch.len() - withheld,
-                            "DHCP: leases not stored; dynamic ACKs withheld"
-                        ),
-                        _ => tracing::error!(
-                            error = %err, withheld, acked_static = batch.len() - withheld,
-                            "DHCP: cannot store leases; dynamic ACKs withheld"
-                        ),
+        tasks.spawn_on(
+            async move {
+                while let Some(first) = commit_rx.recv().await {
+                    let mut batch = vec![first];
+                    while let Ok(p) = commit_rx.try_recv() {
+                        batch.push(p);
                     }
-                }
-                for p in batch {
-                    if durable.is_err() && !p.is_static() {
-                        metrics.dhcp_packet(p.event.received.as_str(), "dropped");
-                        metrics.dhcp_drop(match durable {
-                            Err(crate::store::StoreError::Full { .. }) => "store_full",
-                            Err(crate::store::StoreError::Busy { .. }) => "store_busy",
-                            _ => "store_error",
-                        });
-                        continue;
-                    }
-                    if durable.is_err() {
-                        metrics.dhcp_static_unrecorded();
-                    }
-                    if let Some((dst, bytes)) = p.reply {
-                        // A boot starts here: the node's next boot script may carry a join
-                        // token (noted before the ACK leaves, so the script request finds it).
-                        if let (Some(MessageType::Ack), Some(ip), true) =
-                            (p.event.sent, p.event.ip, p.event.ipxe || p.event.firmware)
-                        {
-                            timeline.boot_acked(p.event.mac, ip);
+                    let durable = persist(&store, &batch).await;
+                    if let Err(err) = &durable {
+                        // Not durable → a dynamic lease is not acknowledged: the client retries and
+                        // we try again (one address must never go to two clients). A static lease
+                        // is decided by the inventory, which no other client can be given, so it is
+                        // acknowledged anyway and its record is skipped (the next renewal writes
+                        // it): a full data partition must not stop the rack's own nodes booting.
+                        let withheld = batch.iter().filter(|p| !p.is_static()).count();
+                        match err {
+                            // The store logs once when the partition fills; not once per batch.
+                            // Busy: counted (store_busy), the clients retransmit.
+                            crate::store::StoreError::Full { .. }
+                            | crate::store::StoreError::Busy { .. } => tracing::debug!(
+                                error = %err, withheld, acked_static = batch.len() - withheld,
+                                "DHCP: leases not stored; dynamic ACKs withheld"
+                            ),
+                            _ => tracing::error!(
+                                error = %err, withheld, acked_static = batch.len() - withheld,
+                                "DHCP: cannot store leases; dynamic ACKs withheld"
+                            ),
                         }
-                        send(&sock, &bytes, dst).await;
-                        sent(&metrics, &timeline, &p.event);
-                        if let (Some(hook), Some(ip), Some(MessageType::Ack)) =
-                            (&on_lease, p.event.ip, p.event.sent)
-                        {
-                            hook.leased(Leased {
-                                ip,
-                                port: p.relay_port.clone(),
+                    }
+                    for p in batch {
+                        if durable.is_err() && !p.is_static() {
+                            metrics.dhcp_packet(p.event.received.as_str(), "dropped");
+                            metrics.dhcp_drop(match durable {
+                                Err(crate::store::StoreError::Full { .. }) => "store_full",
+                                Err(crate::store::StoreError::Busy { .. }) => "store_busy",
+                                _ => "store_error",
                             });
+                            continue;
+                        }
+                        if durable.is_err() {
+                            metrics.dhcp_static_unrecorded();
+                        }
+                        if let Some((dst, bytes)) = p.reply {
+                            // A boot starts here: the node's next boot script may carry a join
+                            // token (noted before the ACK leaves, so the script request finds it).
+                            if let (Some(MessageType::Ack), Some(ip), true) =
+                                (p.event.sent, p.event.ip, p.event.ipxe || p.event.firmware)
+                            {
+                                timeline.boot_acked(p.event.mac, ip);
+                            }
+                            send(&sock, &bytes, dst).await;
+                            sent(&metrics, &timeline, &p.event);
+                            if let (Some(hook), Some(ip), Some(MessageType::Ack)) =
+                                (&on_lease, p.event.ip, p.event.sent)
+                            {
+                                hook.leased(Leased {
+                                    ip,
+                                    port: p.relay_port.clone(),
+                                });
+                            }
                         }
                     }
                 }
-            }
-        });
+            },
+            packets,
+        );
     }
 
     // Engine.
     {
         let (sock, queue, stop) = (sock.clone(), queue.clone(), shutdown.clone());
-        tasks.spawn(async move {
+        tasks.spawn_on(async move {
             let mut out = vec![0u8; 1500];
             let mut seen_generation = 0;
             let mut pool_warning = Occasional::default();
@@ -459,7 +476,7 @@ pub async fn spawn(
                     }
                 }
             }
-        });
+        }, packets);
     }
     Ok(probe)
 }

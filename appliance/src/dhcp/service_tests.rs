@@ -48,6 +48,7 @@ async fn service(
     let timeline = Timeline::spawn(tasks, store.clone(), metrics.clone(), 8, stop.clone());
     let probe = spawn(
         tasks,
+        &tokio::runtime::Handle::current(),
         "lo",
         0,
         config(mode),

@@ -36,6 +36,7 @@ use web::{Observe, http_surface, https_url, spawn_http, spawn_https};
 pub struct Services {
     tasks: JoinSet<()>,
     store: Store,
+    _packets: PacketRuntime,
 }
 
 impl Services {
@@ -45,6 +46,42 @@ impl Services {
         if tokio::time::timeout(grace, all).await.is_err() {
             tracing::warn!(?grace, "services did not stop in time; aborting them");
             self.tasks.abort_all();
+        }
+    }
+}
+
+/// The runtime of the boot path's packet services, DHCP and TFTP: one worker thread of their
+/// own (`rackboot-packets`). On the main runtime they shared its workers with HTTP, and in a
+/// boot storm the image downloads (copied into sockets by those workers) delayed boot-file
+/// packets and DHCP answers behind them (docs/benchmarks.md, Storm). Their own thread is
+/// scheduled by the kernel beside the HTTP workers instead of queued behind them.
+struct PacketRuntime(Option<tokio::runtime::Runtime>);
+
+impl PacketRuntime {
+    fn new() -> anyhow::Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("rackboot-packets")
+            .enable_all()
+            .build()
+            .context("cannot start the DHCP/TFTP runtime")?;
+        Ok(Self(Some(rt)))
+    }
+
+    fn handle(&self) -> anyhow::Result<&tokio::runtime::Handle> {
+        self.0
+            .as_ref()
+            .map(tokio::runtime::Runtime::handle)
+            .context("the DHCP/TFTP runtime is gone")
+    }
+}
+
+impl Drop for PacketRuntime {
+    /// Dropping a runtime blocks, which an async context forbids: its tasks have been joined
+    /// or aborted by then ([`Services::join`]), so it is let go in the background.
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
         }
     }
 }
@@ -89,7 +126,9 @@ pub async fn start(
             )
         })?;
     let mut tasks = JoinSet::new();
+    let packets = PacketRuntime::new()?;
     let metrics = Arc::new(Metrics::new());
+    metrics.count_tasks_of(packets.handle()?.clone());
     let timeline = Timeline::spawn(
         &mut tasks,
         store.clone(),
@@ -168,6 +207,7 @@ pub async fn start(
     if settings.config.listen.dhcp_port != 0 {
         let probe = crate::dhcp::service::spawn(
             &mut tasks,
+            packets.handle()?,
             &settings.iface.name,
             settings.config.listen.dhcp_port,
             dhcp,
@@ -212,6 +252,7 @@ pub async fn start(
     if settings.config.listen.tftp_port != 0 {
         crate::tftp::spawn(
             &mut tasks,
+            packets.handle()?,
             &settings.iface.name,
             settings.iface.addr,
             crate::tftp::Listen {
@@ -291,7 +332,11 @@ pub async fn start(
     if let Some(id) = identity {
         spawn_https(&mut tasks, settings, id, shutdown).await?;
     }
-    Ok(Services { tasks, store })
+    Ok(Services {
+        tasks,
+        store,
+        _packets: packets,
+    })
 }
 
 /// The DHCP engine configuration: the interface's own subnet (pool = upper half unless configured)

@@ -67,9 +67,13 @@ pub struct Listen {
     pub max_transfers: usize,
 }
 
-/// Starts TFTP on `iface`:`listen.port`, serving `root`.
+/// Starts TFTP on `iface`:`listen.port`, serving `root`. The listener and every transfer run
+/// on `packets`, the boot path's UDP runtime (see `services`), so HTTP traffic cannot hold up a
+/// boot file's packets.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
     tasks: &mut JoinSet<()>,
+    packets: &tokio::runtime::Handle,
     iface: &str,
     local_ip: Ipv4Addr,
     Listen {
@@ -80,6 +84,7 @@ pub fn spawn(
     obs: Observers,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let _packets = packets.enter();
     let sock = netif::udp_socket(
         Some(iface),
         SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port),
@@ -92,7 +97,7 @@ pub fn spawn(
     })?;
     let iface = iface.to_owned();
     let clock = StdInstant::now();
-    tasks.spawn(async move {
+    tasks.spawn_on(async move {
         let mut table = Box::new(Transfers::new());
         table.set_limit(max_transfers);
         let table: Arc<Mutex<Table>> = Arc::new(Mutex::new(table));
@@ -200,7 +205,7 @@ pub fn spawn(
                 }
             });
         }
-    });
+    }, packets);
     Ok(())
 }
 

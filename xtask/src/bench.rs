@@ -240,6 +240,21 @@ pub fn run_storm_only() -> anyhow::Result<()> {
     run_section_only(storm::HEADING, storm::section)
 }
 
+/// `cargo xtask bench storm rackboot [N…]`: storms against rackboot alone, printed only.
+pub fn run_storm_rackboot(sizes: &[String]) -> anyhow::Result<()> {
+    let sizes = if sizes.is_empty() {
+        vec![1000]
+    } else {
+        sizes
+            .iter()
+            .map(|s| s.parse().with_context(|| format!("{s:?}: a node count")))
+            .collect::<anyhow::Result<Vec<usize>>>()?
+    };
+    let bin = release_binary(&crate::root())?;
+    println!("{}", storm::rackboot_only(&bin, &sizes)?);
+    Ok(())
+}
+
 /// `cargo xtask bench tftp`: only the TFTP comparison with tftpd-hpa.
 pub fn run_tftp_only() -> anyhow::Result<()> {
     run_section_only(tftp::HEADING, tftp::section)

@@ -50,7 +50,13 @@ fn main() {
             Some("flood") => bench::run_flood_only(),
             Some("tiny") => bench::run_tiny_only(),
             Some("dns") => bench::run_dns_only(),
-            Some("storm") => bench::run_storm_only(),
+            Some("storm") => match args.get(2).map(String::as_str) {
+                None => bench::run_storm_only(),
+                Some("rackboot") => bench::run_storm_rackboot(args.get(3..).unwrap_or_default()),
+                Some(other) => Err(anyhow::anyhow!(
+                    "unknown storm target {other:?}; known: rackboot (then node counts)"
+                )),
+            },
             Some("tftp") => bench::run_tftp_only(),
             Some("appliance") => appliance::bench(),
             Some(other) => Err(anyhow::anyhow!(
@@ -77,6 +83,7 @@ fn main() {
                  bench flood  only the DHCP flood (300,000 random MACs) on a federated rack: upstream lookups, RSS, tasks; updates its section of docs/benchmarks.md\n  \
                  bench dns  only DNS (dnsperf, 10,000 names, rackboot vs dnsmasq); updates its section of docs/benchmarks.md\n  \
                  bench storm  only the boot storm (100/500/1,000 nodes in 10 s) against rackboot, dnsmasq + nginx, Kea + tftpd-hpa + nginx; updates its section of docs/benchmarks.md\n  \
+                 bench storm rackboot [N…]  storms against rackboot alone (default 1,000 nodes), printed only: a before/after check of a change (RACKBOOT_BENCH_BIN picks the binary)\n  \
                  bench tftp  only TFTP (200 concurrent downloads of ipxe.efi and undionly.kpxe), rackboot vs tftpd-hpa; updates its section of docs/benchmarks.md\n  \
                  bench appliance  only the appliance image's boot to ready (median of 3); updates its section of docs/benchmarks.md\n  \
                  deps        install the Debian packages and tools the tests need\n  \

@@ -292,6 +292,10 @@ pub(super) fn run_storm(client: &Netns, bin: &Path, args: &[String]) -> anyhow::
 /// (events, distinct MACs).
 struct Kept {
     hwm_kib: u64,
+    /// RssAnon and RssFile right after the storm: what the peak is made of (file pages are the
+    /// mapped images and binaries, anonymous ones the heap and stacks).
+    anon_kib: u64,
+    file_kib: u64,
     leases: u64,
     events: Vec<(String, u64, u64)>,
 }
@@ -299,11 +303,14 @@ struct Kept {
 /// rackboot's VmHWM, then (after a clean stop) its leases and events from the store.
 fn kept(mut rb: Rackboot) -> anyhow::Result<Kept> {
     let status = std::fs::read_to_string(format!("/proc/{}/status", rb.pid()))?;
-    let hwm_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("no VmHWM")?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .with_context(|| format!("no {name} in /proc/PID/status"))
+    };
+    let (hwm_kib, anon_kib, file_kib) = (field("VmHWM:")?, field("RssAnon:")?, field("RssFile:")?);
     rb.terminate()?;
     let db = rb.data_dir.path().join("rackboot.db");
     let sql = |q: &str| output(Command::new("sqlite3").arg("-readonly").arg(&db).arg(q));
@@ -323,6 +330,8 @@ fn kept(mut rb: Rackboot) -> anyhow::Result<Kept> {
     .collect();
     Ok(Kept {
         hwm_kib,
+        anon_kib,
+        file_kib,
         leases,
         events,
     })
@@ -412,7 +421,14 @@ fn storm_args(files: &Files, nodes: usize, chart: &Path) -> Vec<String> {
     args
 }
 
-fn storm_once(stack: Stack, nodes: usize, files: &Files, bin: &Path) -> anyhow::Result<Run> {
+/// One storm; with `chart`, the 1,000-node chart goes to docs/storm-<stack>-1000.svg.
+fn storm_once(
+    stack: Stack,
+    nodes: usize,
+    files: &Files,
+    bin: &Path,
+    chart_to_docs: bool,
+) -> anyhow::Result<Run> {
     crate::stage(&format!("storm: {nodes} nodes against {}", stack.label()));
     let ns = Netns::with_address(&format!("storm-{}", stack.tag()), &format!("{SERVER}/16"))?;
     let (guards, rb) = stack.start(&ns, files, bin)?;
@@ -421,7 +437,7 @@ fn storm_once(stack: Stack, nodes: usize, files: &Files, bin: &Path) -> anyhow::
     std::thread::sleep(Duration::from_secs(2));
     let chart = files.path().join("chart.svg");
     let report = run_storm(&client, bin, &storm_args(files, nodes, &chart))?;
-    if nodes == INVENTORY {
+    if chart_to_docs && nodes == INVENTORY {
         let to = crate::root().join(format!("docs/storm-{}-{nodes}.svg", stack.tag()));
         std::fs::copy(&chart, &to).with_context(|| format!("{}", to.display()))?;
     }
@@ -441,8 +457,25 @@ pub fn section(_root: &Path, bin: &Path) -> anyhow::Result<String> {
     let mut runs = Vec::new();
     for nodes in SIZES {
         for stack in Stack::ALL {
-            runs.push(storm_once(stack, nodes, &files, bin)?);
+            runs.push(storm_once(stack, nodes, &files, bin, true)?);
         }
+    }
+    Ok(render(&runs, &load_before, &loadavg()))
+}
+
+/// `cargo xtask bench storm rackboot N…`: storms against rackboot alone, at the sizes given
+/// (default 1,000), printed and not written to docs/benchmarks.md: for a before/after
+/// comparison of a change to rackboot (`RACKBOOT_BENCH_BIN` picks the binary).
+pub fn rackboot_only(bin: &Path, sizes: &[usize]) -> anyhow::Result<String> {
+    let files = Files::new()?;
+    let load_before = loadavg();
+    let mut runs = Vec::new();
+    for &nodes in sizes {
+        anyhow::ensure!(
+            (1..=INVENTORY).contains(&nodes),
+            "{nodes} nodes: the inventory has 1 to {INVENTORY}"
+        );
+        runs.push(storm_once(Stack::Rackboot, nodes, &files, bin, false)?);
     }
     Ok(render(&runs, &load_before, &loadavg()))
 }
@@ -503,9 +536,11 @@ fn render(runs: &[Run], load_before: &str, load_after: &str) -> String {
         s,
         "\nStage columns: p50 / p99 seconds.\n\n\
          rackboot after each storm: its peak RSS (`VmHWM` in /proc/PID/status, read after the \
-         storm), then, after a clean stop, the leases and the timeline events (`ok` ones, by \
-         stage: events / distinct MACs) in its store, against the N nodes.\n\n\
-         | N | peak RSS | leases | {} |\n|---|---|---|{}",
+         storm) and what its RSS is made of then (`RssAnon`: heap and stacks; `RssFile`: the \
+         mapped binary and images), then, after a clean stop, the leases and the timeline \
+         events (`ok` ones, by stage: events / distinct MACs) in its store, against the N \
+         nodes.\n\n\
+         | N | peak RSS | RSS after: anon / file | leases | {} |\n|---|---|---|---|{}",
         EVENTS.join(" | "),
         "---|".repeat(EVENTS.len())
     );
@@ -513,9 +548,11 @@ fn render(runs: &[Run], load_before: &str, load_after: &str) -> String {
         let Some(k) = &r.kept else { continue };
         let _ = write!(
             s,
-            "| {} | {:.1} MiB | {} |",
+            "| {} | {:.1} MiB | {:.1} / {:.1} MiB | {} |",
             r.nodes,
             k.hwm_kib as f64 / 1024.0,
+            k.anon_kib as f64 / 1024.0,
+            k.file_kib as f64 / 1024.0,
             k.leases
         );
         for stage in EVENTS {

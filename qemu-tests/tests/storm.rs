@@ -201,24 +201,46 @@ fn a_fifty_node_storm_boots_every_node_and_fills_the_timelines() {
         assert_eq!(s["latency"][stage]["count"], nodes, "{stage}: {out}");
     }
     assert!(out.contains("timeline (nodes in each stage"), "{out}");
+    // The timeline writer stores events in batches after the fact: a node's last events can
+    // still be on their way when the storm ends, so each node's timeline is read until it has
+    // every stage (or the deadline passes), and none may have been dropped.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     for i in 0..nodes {
         let x = xname(i);
-        let got = timeline_stages(&rb, &x);
-        for want in [
-            "dhcp_ack",
-            "tftp_end",
-            "ipxe_dhcp",
-            "bootscript",
-            "kernel",
-            "initrd",
-            "os_dhcp",
-            "cloud_init_meta_data",
-            "cloud_init_user_data",
-            "phone_home",
-        ] {
-            assert!(got.iter().any(|g| g == want), "{x}: no {want} in {got:?}");
+        loop {
+            let got = timeline_stages(&rb, &x);
+            let missing: Vec<&str> = [
+                "dhcp_ack",
+                "tftp_end",
+                "ipxe_dhcp",
+                "bootscript",
+                "kernel",
+                "initrd",
+                "os_dhcp",
+                "cloud_init_meta_data",
+                "cloud_init_user_data",
+                "phone_home",
+            ]
+            .into_iter()
+            .filter(|want| !got.iter().any(|g| g == want))
+            .collect();
+            if missing.is_empty() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{x}: no {missing:?} in {got:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
         }
     }
+    let (_, metrics) = rb.http("GET", "/metrics", None).unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "rackboot_timeline_dropped_events_total 0"),
+        "timeline events were dropped:\n{metrics}"
+    );
 }
 
 /// Packets the rule counted (`counter packets N bytes M`).

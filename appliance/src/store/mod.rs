@@ -141,7 +141,10 @@ struct Inner {
     jobs: mpsc::SyncSender<Job>,
     /// The writer queue's capacity.
     queue: usize,
+    /// Idle read connections; at most [`READERS`] exist.
     readers: Mutex<Vec<Connection>>,
+    /// One permit per read connection: a read waits for one before it takes a blocking thread.
+    read_permits: Arc<tokio::sync::Semaphore>,
     inventory: watch::Sender<u64>,
     /// Set when an upstream is configured: RedfishEndpoint writes also queue a push in the
     /// outbox, in the same transaction.
@@ -152,6 +155,10 @@ struct Inner {
 const MAX_BATCH: usize = 1024;
 /// Writes waiting for the writer, at most (past it: [`StoreError::Busy`]).
 pub const WRITE_QUEUE: usize = 4 * MAX_BATCH;
+/// Reads running at once, and so read connections open, at most. Without a bound a boot storm's
+/// concurrent HTTP requests each took a blocking thread and opened a connection of their own
+/// (each with its own page cache), kept for the process's life: hundreds of both.
+pub const READERS: usize = 4;
 
 impl Store {
     /// Opens (creating if needed) `<data_dir>/rackboot.db` and migrates it.
@@ -205,6 +212,7 @@ impl Store {
                 jobs: tx,
                 queue,
                 readers: Mutex::new(Vec::new()),
+                read_permits: Arc::new(tokio::sync::Semaphore::new(READERS)),
                 inventory,
                 push_upstream: std::sync::atomic::AtomicBool::new(false),
             }),
@@ -261,14 +269,22 @@ impl Store {
         Ok(out)
     }
 
-    /// Runs `f` on a read connection (off the async runtime).
+    /// Runs `f` on a read connection (off the async runtime), waiting while [`READERS`] reads
+    /// run.
     pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let inner = self.inner.clone();
+        let permit = inner
+            .read_permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let conn = inner
                 .readers
                 .lock()

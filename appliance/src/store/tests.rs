@@ -469,3 +469,59 @@ async fn a_trial_that_left_an_openable_store_loses_nothing() {
     assert!(!other.path().join(trial::PRE_UPDATE_COPY).exists());
     trial::confirm(other.path()).unwrap();
 }
+
+/// A storm's concurrent reads share [`READERS`] connections: a read past them waits for one to
+/// finish instead of opening another connection on another blocking thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_past_the_reader_limit_wait_and_share_the_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel::<usize>();
+    let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+    /// Opens the gate when dropped, so a failed assertion does not leave the blocked reads (and
+    /// the runtime's shutdown) waiting for ever.
+    struct Open(Arc<(Mutex<bool>, std::sync::Condvar)>);
+    impl Drop for Open {
+        fn drop(&mut self) {
+            let (open, cv) = &*self.0;
+            *open.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            cv.notify_all();
+        }
+    }
+    let opener = Open(gate.clone());
+    let mut reads = Vec::new();
+    for i in 0..READERS + 3 {
+        let (s, entered_tx, gate) = (s.clone(), entered_tx.clone(), gate.clone());
+        reads.push(tokio::spawn(async move {
+            s.read(move |c| {
+                let one: i64 = c.query_row("SELECT 1", [], |r| r.get(0))?;
+                entered_tx.send(i).unwrap();
+                let (open, cv) = &*gate;
+                let mut open = open.lock().unwrap();
+                while !*open {
+                    open = cv.wait(open).unwrap();
+                }
+                Ok(one)
+            })
+            .await
+        }));
+    }
+    // READERS reads get in and block on the gate ...
+    for _ in 0..READERS {
+        entered.recv().await.unwrap();
+    }
+    assert_eq!(s.inner.read_permits.available_permits(), 0);
+    // ... and the others stay out while they hold the connections.
+    let more = tokio::time::timeout(Duration::from_millis(300), entered.recv()).await;
+    assert!(more.is_err(), "a read past the limit ran: {more:?}");
+    drop(opener);
+    for r in reads {
+        assert_eq!(r.await.unwrap().unwrap(), 1);
+    }
+    let idle = s.inner.readers.lock().unwrap().len();
+    assert!(
+        (1..=READERS).contains(&idle),
+        "{idle} read connections for {} reads",
+        READERS + 3
+    );
+}

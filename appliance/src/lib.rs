@@ -32,6 +32,7 @@ pub mod store;
 #[cfg(feature = "storm")]
 pub(crate) mod storm;
 pub(crate) mod sys;
+pub use sys::limit_malloc_arenas;
 pub(crate) mod tftp;
 pub mod timeline;
 pub(crate) mod update;

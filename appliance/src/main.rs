@@ -3,6 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    rackboot::limit_malloc_arenas();
     let cli = rackboot::cli::Cli::parse_from(rackboot::cli::args());
     rackboot::cli::init_logging(&cli.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -14,6 +14,7 @@ use axum::response::IntoResponse;
 use rackboot::config::Upstream;
 use rackboot::federation::Federation;
 use rackboot::store::{RedfishEndpoint, Store};
+use rackboot::timeline::Admission;
 use serde_json::{Value, json};
 
 #[derive(Default)]
@@ -536,7 +537,8 @@ async fn mtls_to_the_upstream_presents_the_client_certificate() {
 
 /// A MAC flood cannot become an upstream flood: at most `lookup_concurrency` lookups are
 /// admitted at once, at most `lookup_burst` + `lookup_rate` × elapsed reach the upstream, an
-/// unknown MAC is not asked about again, and every refusal is counted.
+/// unknown MAC is not asked about again, a refused MAC asking again goes first, and every
+/// refusal is counted.
 #[tokio::test]
 async fn on_demand_lookups_are_bounded_and_counted() {
     let seen = Arc::new(Mutex::new(Seen::default()));
@@ -548,7 +550,7 @@ async fn on_demand_lookups_are_bounded_and_counted() {
     let mut cfg = upstream(&url, token);
     cfg.lookup_concurrency = 4;
     cfg.lookup_rate = 5.0;
-    cfg.lookup_burst = 6;
+    cfg.lookup_burst = 8;
     let metrics = Arc::new(rackboot::metrics::Metrics::new());
     let fed = Federation::with_metrics(cfg, store.clone(), metrics.clone()).unwrap();
     let lookup = fed.unknown_lookup();
@@ -557,38 +559,55 @@ async fn on_demand_lookups_are_bounded_and_counted() {
         pxe_core::MacAddr([0x02, 0x42, b[0], b[1], b[2], b[3]])
     };
     let started = std::time::Instant::now();
-    // A known MAC is found (and stored); it takes one of the six tokens.
+    // A known MAC is found (and stored); it takes one of the eight tokens.
     assert!(fed.lookup_mac("a4:bf:01:38:ee:60").await);
     assert_eq!(store.list_components().await.unwrap().len(), 1);
 
     // 500 new MACs at once: four are admitted, the rest refused at once (no task, no wait).
     let mut admitted = Vec::new();
     for i in 0..500 {
-        if let Some(f) = lookup(mac(i)) {
-            admitted.push((i, f));
+        match lookup(mac(i)) {
+            Admission::Asking(f) => admitted.push((i, f)),
+            Admission::Deferred => {}
+            Admission::Unknown => panic!("{i} is not known to be unknown"),
         }
     }
     assert_eq!(admitted.len(), 4, "lookup_concurrency");
     assert_eq!(fed.lookups_in_flight(), 4);
     // The same MAC while its lookup runs is not asked twice.
-    assert!(lookup(mac(admitted[0].0)).is_none());
+    assert!(matches!(lookup(mac(admitted[0].0)), Admission::Deferred));
     let asked: Vec<u32> = admitted.iter().map(|(i, _)| *i).collect();
     for (_, f) in admitted {
         assert!(!f.await, "random MACs are unknown upstream");
     }
     assert_eq!(fed.lookups_in_flight(), 0);
-    // Unknown: not asked again within the negative TTL.
+    // Unknown: not asked again within the negative TTL (answered as unknown).
     for i in &asked {
-        assert!(lookup(mac(*i)).is_none());
+        assert!(matches!(lookup(mac(*i)), Admission::Unknown));
     }
+    // New MACs take tokens down to the reserve (a quarter of 8) and are refused there; the
+    // MAC just refused, asking again, takes a reserved token.
+    let refused = (600..700)
+        .find(|i| match lookup(mac(*i)) {
+            Admission::Asking(f) => {
+                drop(f);
+                false
+            }
+            _ => true,
+        })
+        .expect("the bucket runs down to its reserve");
+    let retry = lookup(mac(refused))
+        .asking()
+        .expect("a retransmission goes first");
+    assert!(!retry.await);
 
-    // Keep asking about new MACs for a while: the bucket (burst 6, 5/s) admits the rest.
+    // Keep asking about new MACs for a while: the bucket (burst 8, 5/s) admits the rest.
     let mut i = 1000;
     while started.elapsed() < Duration::from_millis(1500) {
         let mut batch = Vec::new();
         for _ in 0..50 {
             i += 1;
-            if let Some(f) = lookup(mac(i)) {
+            if let Some(f) = lookup(mac(i)).asking() {
                 batch.push(f);
             }
         }
@@ -605,7 +624,7 @@ async fn on_demand_lookups_are_bounded_and_counted() {
         .iter()
         .filter(|r| r.1.contains("MACAddress="))
         .count();
-    let bound = 6.0 + 5.0 * elapsed;
+    let bound = 8.0 + 5.0 * elapsed;
     assert!(
         (to_upstream as f64) <= bound,
         "{to_upstream} lookups reached the upstream in {elapsed:.2}s; the limit allows {bound:.1}"

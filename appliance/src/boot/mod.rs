@@ -275,7 +275,7 @@ async fn bootscript(
     if bp.is_none()
         && let (Some(up), Some(m)) = (&ctx.upstream, &mac)
         && let Ok(parsed) = m.parse::<pxe_core::MacAddr>()
-        && let Some(lookup) = up(parsed)
+        && let crate::timeline::Admission::Asking(lookup) = up(parsed)
         && lookup.await
     {
         if let Some((x, n)) = ctx.store.node_for_mac(parsed).await? {

@@ -53,14 +53,16 @@ pub struct Upstream {
     )]
     pub lookup_deadline: Duration,
     /// On-demand lookups (unknown MACs from DHCP and bootscript) running at once; a lookup
-    /// past this is not made (counted as `dropped_busy`) and the client is answered as unknown.
+    /// past this is not made (counted as `dropped_busy`): a DISCOVER is dropped for the client to
+    /// retransmit (asked about first then), a bootscript request gets the unknown-node script.
     #[serde(default = "default_lookup_concurrency")]
     pub lookup_concurrency: usize,
     /// On-demand lookups started per second at most (a token bucket), so a flood of new MACs
     /// cannot become a flood of upstream requests; past it: `dropped_rate`.
     #[serde(default = "default_lookup_rate")]
     pub lookup_rate: f64,
-    /// Lookups the bucket allows at once after a quiet spell (its size).
+    /// Lookups the bucket allows at once after a quiet spell (its size); the last quarter is kept
+    /// for MACs asking again after a refusal (retransmissions go first).
     #[serde(default = "default_lookup_burst")]
     pub lookup_burst: u32,
     /// A MAC the upstream did not know (or whose lookup failed) is not asked about again

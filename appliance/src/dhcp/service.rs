@@ -26,7 +26,7 @@ use super::queue::{DropOldestQueue, Lane};
 use super::socket::DhcpSocket;
 use crate::metrics::Metrics;
 use crate::store::{LeaseRecord, LeaseRecordKind, Store, now_ms};
-use crate::timeline::{Leased, Observers, Subject, Timeline, stage};
+use crate::timeline::{Admission, Leased, Observers, Subject, Timeline, stage};
 
 /// Datagrams waiting for the engine before the oldest are dropped.
 const QUEUE_DEPTH: usize = 8192;
@@ -38,6 +38,10 @@ const MAX_DATAGRAM: usize = 4096;
 /// pruner deletes it.
 pub const LEASE_RETENTION: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+/// How long a DISCOVER whose lookup found the node waits for the inventory reload that has
+/// it; past this it is dropped (counted `inventory_pending`) and the client's retransmission
+/// is answered.
+const VIEW_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The running engine's self-test (part of `rackboot serve`'s start, so of an appliance
 /// update's health check): a probe goes through the same queue and the same engine as a
@@ -187,9 +191,14 @@ pub async fn spawn(
         });
     }
 
+    // Subscribed before the first load, so a change made while it loads is reloaded.
+    let mut inventory_changes = store.subscribe_inventory();
+    let loaded = *inventory_changes.borrow_and_update();
     let view = Arc::new(RwLock::new(Arc::new(load_view(&store).await?)));
-    // Bumped after each inventory reload the engine must see.
-    let generation = Arc::new(tokio::sync::watch::Sender::new(0u64));
+    // The store's inventory version the published view was loaded at (it only grows): the
+    // engine reindexes when it changes, and a DISCOVER held for a lookup waits for the version
+    // the lookup stored.
+    let generation = Arc::new(tokio::sync::watch::Sender::new(loaded));
 
     // Reader.
     {
@@ -247,18 +256,19 @@ pub async fn spawn(
             generation.clone(),
             shutdown.clone(),
         );
-        let mut changes = store.subscribe_inventory();
+        let mut changes = inventory_changes;
         tasks.spawn(async move {
             loop {
                 tokio::select! {
                     () = stop.cancelled() => break,
                     r = changes.changed() => if r.is_err() { break },
                 }
+                let version = *changes.borrow_and_update();
                 match load_view(&store).await {
                     Ok(v) => {
-                        tracing::debug!(reservations = v.len(), "DHCP: inventory reloaded");
+                        tracing::debug!(reservations = v.len(), version, "DHCP: inventory reloaded");
                         *view.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(v);
-                        generation.send_modify(|g| *g = g.wrapping_add(1));
+                        generation.send_replace(version);
                     }
                     Err(err) => tracing::error!(error = %err, "DHCP: cannot reload reservations; keeping the old ones"),
                 }
@@ -381,25 +391,43 @@ pub async fn spawn(
                 // this loop) for an upstream lookup, then goes round again, so a node the
                 // upstream knows gets its static lease on its very first DISCOVER. The lookup
                 // is admitted or refused at once (federation's limits: concurrency, rate,
-                // negative cache); a refused one is answered now as any unknown client is
-                // (a pool address when there is a pool), so a flood of new MACs spawns at most
-                // `lookup_concurrency` tasks and never holds a DISCOVER without bound.
-                if !looked_up
+                // negative cache), so a flood of new MACs spawns at most `lookup_concurrency`
+                // tasks and never holds a DISCOVER without bound. A client known to be unknown
+                // is answered as any unknown client is (a pool address when there is a pool).
+                // One refused by a limit is dropped (counted `lookup_deferred`), not given a
+                // pool address: it may be a node the upstream knows, and its retransmission is
+                // asked about first.
+                let admission = if !looked_up
                     && let Some(lookup) = &on_unknown
                     && let Ok(req) = pxe_core::dhcp::wire::Request::parse(&bytes)
                     && req.message_type == MessageType::Discover
                     && current.get(&req.mac).is_none()
-                    && let Some(found) = lookup(req.mac)
                 {
-                    let (queue, mut changes) = (queue.clone(), generation.subscribe());
+                    lookup(req.mac)
+                } else {
+                    Admission::Unknown
+                };
+                if matches!(admission, Admission::Deferred) {
+                    metrics.dhcp_packet(MessageType::Discover.as_str(), "dropped");
+                    metrics.dhcp_drop("lookup_deferred");
+                    continue;
+                }
+                if let Admission::Asking(found) = admission {
+                    let (queue, mut published, store, metrics) =
+                        (queue.clone(), generation.subscribe(), store.clone(), metrics.clone());
                     tokio::spawn(async move {
                         let lane = if found.await {
-                            // Let the inventory refresher publish the new reservation.
-                            let _ = tokio::time::timeout(
-                                std::time::Duration::from_secs(1),
-                                changes.changed(),
-                            )
-                            .await;
+                            // Answer from a view that has what the lookup stored: one loaded at
+                            // or after the store's version now. Answering from an older one
+                            // would offer a node the upstream knows a pool address (seen in CI
+                            // under a flood, when the reload took longer than a fixed wait).
+                            let stored = *store.subscribe_inventory().borrow();
+                            if !view_reaches(&mut published, stored, VIEW_WAIT).await {
+                                // The client retransmits; by then the view has the node.
+                                metrics.dhcp_packet(MessageType::Discover.as_str(), "dropped");
+                                metrics.dhcp_drop("inventory_pending");
+                                return;
+                            }
                             Lane::Known
                         } else {
                             Lane::Other
@@ -596,6 +624,17 @@ async fn send(sock: &DhcpSocket, bytes: &[u8], dst: SocketAddrV4) {
     if let Err(err) = sock.send_to(bytes, dst).await {
         tracing::warn!(%dst, error = %err, "DHCP: send failed");
     }
+}
+
+/// Whether the view published on `published` reaches the store's inventory `version` within
+/// `within` (false also when the refresher has stopped).
+async fn view_reaches(
+    published: &mut tokio::sync::watch::Receiver<u64>,
+    version: u64,
+    within: std::time::Duration,
+) -> bool {
+    let reached = published.wait_for(|v| *v >= version);
+    matches!(tokio::time::timeout(within, reached).await, Ok(Ok(_)))
 }
 
 async fn load_view(store: &Store) -> Result<InventoryView, crate::store::StoreError> {

@@ -8,7 +8,7 @@ use pxe_core::dhcp::server::{Mode, ServerConfig, SubnetConfig};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::{Probe, spawn};
+use super::{Probe, spawn, view_reaches};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::timeline::{Observers, Timeline};
@@ -120,4 +120,29 @@ fn the_lane_is_picked_from_an_ethernet_bootrequests_chaddr_only() {
     }
     assert_eq!(super::client_mac(&p[..30]), None);
     assert_eq!(super::client_mac(&[]), None);
+}
+
+/// A DISCOVER whose lookup found the node is answered only from a view loaded at or after the
+/// store version the lookup wrote: an older view would offer the node a pool address (CI saw
+/// that when a reload under a flood took longer than the fixed second the engine used to wait).
+#[tokio::test]
+async fn a_found_node_waits_for_the_view_that_has_it() {
+    // The lookup stored version 5; the view published is at 3, then 4 (a reload that started
+    // before the lookup's write): not enough.
+    let (tx, _) = tokio::sync::watch::channel(3u64);
+    tx.send_replace(4);
+    let mut rx = tx.subscribe();
+    let short = Duration::from_millis(50);
+    assert!(!view_reaches(&mut rx, 5, short).await);
+    let waiter =
+        tokio::spawn(async move { view_reaches(&mut rx, 5, Duration::from_secs(60)).await });
+    tx.send_replace(5);
+    assert!(waiter.await.unwrap());
+    // Already there (or past it): at once.
+    assert!(view_reaches(&mut tx.subscribe(), 5, Duration::ZERO).await);
+    assert!(view_reaches(&mut tx.subscribe(), 2, Duration::ZERO).await);
+    // A refresher that stopped is not waited for.
+    let mut rx = tx.subscribe();
+    drop(tx);
+    assert!(!view_reaches(&mut rx, 6, Duration::from_secs(3600)).await);
 }

@@ -2,6 +2,15 @@
 //! on the rate, one lookup per MAC at a time, and a bounded negative cache. Everything here
 //! answers at once (no waiting), so a DHCP flood from random MACs costs a map probe per
 //! DISCOVER, never a task or an upstream request beyond the configured rate.
+//!
+//! Retransmissions go first: a MAC refused by a limit is remembered (bounded, for
+//! [`DEFERRED_TTL`]), and when it asks again it may take the last [`retry_reserve`] tokens of
+//! the bucket, which a MAC asking for the first time may not. A real client retransmits its
+//! DISCOVER within seconds; a flood of one-shot random MACs (a misbehaving device, perfdhcp)
+//! never does, so it cannot starve a new node the upstream knows. What this trusts: that a
+//! flood does not retransmit; an attacker who replays each forged MAC can still use up the
+//! lookups (a denial of new-node lookups only: the inventory's nodes are answered without one,
+//! and the periodic pull still brings a new node in).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -16,6 +25,15 @@ use crate::metrics::Metrics;
 /// MACs remembered as unknown upstream, at most (the oldest are forgotten first: forgetting
 /// one only means it may be asked about again, still under the rate limit).
 pub(crate) const NEGATIVE_CACHE_CAP: usize = 65_536;
+
+/// How long a MAC refused by a limit counts as retransmitting when it asks again.
+const DEFERRED_TTL: Duration = Duration::from_secs(60);
+
+/// Tokens of a `burst`-sized bucket kept for MACs asking again: a quarter, at least one when
+/// the bucket holds two or more.
+fn retry_reserve(burst: u32) -> f64 {
+    f64::from(burst.div_ceil(4).min(burst.saturating_sub(1)))
+}
 
 /// How one request for a lookup ended (the `outcome` label of
 /// `rackboot_upstream_lookups_total`).
@@ -61,8 +79,12 @@ pub(super) struct Limits {
 
 struct State {
     bucket: Bucket,
+    /// Tokens only a MAC in `deferred` may take.
+    reserve: f64,
     in_flight: HashSet<MacAddr>,
-    negative: NegativeCache,
+    negative: ExpiringMacs,
+    /// MACs refused by a limit lately: asking again, they may use the reserve.
+    deferred: ExpiringMacs,
 }
 
 /// Leave to ask the upstream about one MAC. Dropping it (done, failed or cancelled) frees the
@@ -81,15 +103,20 @@ impl Limits {
             negative_ttl: cfg.lookup_negative_ttl,
             state: Mutex::new(State {
                 bucket: Bucket::new(cfg.lookup_rate, cfg.lookup_burst, Instant::now()),
+                reserve: retry_reserve(cfg.lookup_burst.max(1)),
                 in_flight: HashSet::new(),
-                negative: NegativeCache::new(NEGATIVE_CACHE_CAP),
+                negative: ExpiringMacs::new(NEGATIVE_CACHE_CAP),
+                deferred: ExpiringMacs::new(NEGATIVE_CACHE_CAP),
             }),
         }
     }
 
     /// A ticket for `mac`, or why it is not asked about now.
     pub(super) fn admit(self: &Arc<Self>, mac: MacAddr) -> Result<Ticket, Outcome> {
-        let now = Instant::now();
+        self.admit_at(mac, Instant::now())
+    }
+
+    fn admit_at(self: &Arc<Self>, mac: MacAddr, now: Instant) -> Result<Ticket, Outcome> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if st.negative.contains(mac, now) {
             return Err(Outcome::CachedNegative);
@@ -97,13 +124,18 @@ impl Limits {
         if st.in_flight.contains(&mac) {
             return Err(Outcome::InFlight);
         }
-        let slot = self
-            .slots
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Outcome::DroppedBusy)?;
-        if !st.bucket.take(now) {
+        let retry = st.deferred.contains(mac, now);
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            st.deferred.insert(mac, now + DEFERRED_TTL);
+            return Err(Outcome::DroppedBusy);
+        };
+        let keep = if retry { 0.0 } else { st.reserve };
+        if !st.bucket.take(now, keep) {
+            st.deferred.insert(mac, now + DEFERRED_TTL);
             return Err(Outcome::DroppedRate);
+        }
+        if retry {
+            st.deferred.remove(mac);
         }
         st.in_flight.insert(mac);
         self.metrics.upstream_lookup_running(true);
@@ -167,11 +199,12 @@ impl Bucket {
         }
     }
 
-    fn take(&mut self, now: Instant) -> bool {
+    /// Takes a token if one is left over `keep`.
+    fn take(&mut self, now: Instant, keep: f64) -> bool {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         self.at = now;
-        if self.tokens >= 1.0 {
+        if self.tokens >= 1.0 + keep {
             self.tokens -= 1.0;
             true
         } else {
@@ -180,8 +213,9 @@ impl Bucket {
     }
 }
 
-/// MAC → until when it is known to be unknown; bounded, oldest entry evicted first.
-struct NegativeCache {
+/// MAC → until when (known to be unknown; refused lately); bounded, oldest entry evicted
+/// first.
+struct ExpiringMacs {
     until: HashMap<MacAddr, Instant>,
     /// Insertion order (= expiry order: one TTL for all). A MAC inserted again has a newer
     /// entry here; the older one is skipped when it reaches the front.
@@ -189,9 +223,9 @@ struct NegativeCache {
     cap: usize,
 }
 
-impl NegativeCache {
-    fn new(cap: usize) -> NegativeCache {
-        NegativeCache {
+impl ExpiringMacs {
+    fn new(cap: usize) -> ExpiringMacs {
+        ExpiringMacs {
             until: HashMap::new(),
             order: VecDeque::new(),
             cap: cap.max(1),
@@ -214,6 +248,11 @@ impl NegativeCache {
                 self.until.remove(&old);
             }
         }
+    }
+
+    fn remove(&mut self, mac: MacAddr) {
+        // Its entry in `order` is skipped when it reaches the front.
+        self.until.remove(&mac);
     }
 
     fn expire(&mut self, now: Instant) {
@@ -264,12 +303,12 @@ mod tests {
     fn bucket_allows_burst_then_rate() {
         let t0 = Instant::now();
         let mut b = Bucket::new(10.0, 5, t0);
-        assert_eq!((0..100).filter(|_| b.take(t0)).count(), 5);
+        assert_eq!((0..100).filter(|_| b.take(t0, 0.0)).count(), 5);
         // One second later: ten more (the burst caps at five).
         let t1 = t0 + Duration::from_secs(1);
-        assert_eq!((0..100).filter(|_| b.take(t1)).count(), 5);
+        assert_eq!((0..100).filter(|_| b.take(t1, 0.0)).count(), 5);
         let t2 = t1 + Duration::from_millis(300);
-        assert_eq!((0..100).filter(|_| b.take(t2)).count(), 3);
+        assert_eq!((0..100).filter(|_| b.take(t2, 0.0)).count(), 3);
     }
 
     #[test]
@@ -279,7 +318,7 @@ mod tests {
         let mut granted = 0;
         for ms in 0..10_000u64 {
             let now = t0 + Duration::from_millis(ms);
-            granted += (0..7).filter(|_| b.take(now)).count();
+            granted += (0..7).filter(|_| b.take(now, 0.0)).count();
         }
         assert!(granted <= 20 * 10 + 20, "{granted}");
         assert!(granted >= 20 * 10, "{granted}");
@@ -310,18 +349,65 @@ mod tests {
         for i in 0..10 {
             out.push(limits.admit(mac(i)).map(|t| t.finish(Outcome::Unknown)));
         }
-        assert_eq!(out.iter().filter(|r| r.is_ok()).count(), 3);
+        // A bucket of three keeps one token for a MAC asking again.
+        assert_eq!(out.iter().filter(|r| r.is_ok()).count(), 2);
         assert!(
-            out[3..]
+            out[2..]
                 .iter()
                 .all(|r| r.as_ref().err() == Some(&Outcome::DroppedRate))
         );
+        // MAC 5 asks again (a retransmission): it gets the reserved token; then nothing is
+        // left for anyone.
+        assert!(limits.admit(mac(5)).is_ok());
+        assert_eq!(limits.admit(mac(6)).err(), Some(Outcome::DroppedRate));
+        assert_eq!(limits.admit(mac(11)).err(), Some(Outcome::DroppedRate));
+    }
+
+    #[test]
+    fn the_reserve_is_a_quarter_and_never_the_whole_bucket() {
+        assert_eq!(retry_reserve(1), 0.0);
+        assert_eq!(retry_reserve(2), 1.0);
+        assert_eq!(retry_reserve(3), 1.0);
+        assert_eq!(retry_reserve(20), 5.0);
+        assert_eq!(retry_reserve(21), 6.0);
+    }
+
+    /// The CI failure behind this: a known node's DISCOVERs lost every token to a flood of
+    /// one-shot random MACs. 4,000 new MACs a second for 30 s against 20 lookups a second: the
+    /// node, retransmitting every 3 s, is admitted on its second DISCOVER; the flood still gets
+    /// no more than rate × time + burst in all.
+    #[tokio::test]
+    async fn a_retransmitting_node_is_admitted_through_a_flood_of_one_shot_macs() {
+        let limits = Arc::new(Limits::new_for_test(&cfg(64, 20.0, 20)));
+        let t0 = Instant::now();
+        let node = MacAddr([0x52, 0x54, 0, 0xfd, 0, 1]);
+        let (mut granted, mut node_tries, mut node_admitted_at) = (0u32, 0u32, None);
+        for tick in 0..120_000u32 {
+            // A flood packet every 250 µs; the node's DISCOVER every 3 s from 2 s on.
+            let now = t0 + Duration::from_micros(u64::from(tick) * 250);
+            if let Ok(t) = limits.admit_at(mac(tick), now) {
+                granted += 1;
+                t.finish(Outcome::Unknown);
+            }
+            if node_admitted_at.is_none() && tick >= 8_000 && (tick - 8_000) % 12_000 == 0 {
+                node_tries += 1;
+                if let Ok(t) = limits.admit_at(node, now) {
+                    node_admitted_at = Some(node_tries);
+                    t.finish(Outcome::Found);
+                }
+            }
+        }
+        assert!(
+            node_admitted_at.is_some_and(|n| n <= 2),
+            "{node_admitted_at:?}"
+        );
+        assert!(granted <= 20 * 30 + 20, "{granted}");
     }
 
     #[test]
     fn negative_cache_is_bounded_and_expires() {
         let t0 = Instant::now();
-        let mut c = NegativeCache::new(100);
+        let mut c = ExpiringMacs::new(100);
         for i in 0..10_000 {
             c.insert(mac(i), t0 + Duration::from_secs(60));
             assert!(c.len() <= 100);

@@ -196,15 +196,15 @@ impl Federation {
         });
     }
 
-    /// For the DHCP service and the bootscript: admits a lookup of an unknown client (at once;
-    /// `None` when a limit refuses it, counted), whose future asks the upstream within the
-    /// lookup deadline.
+    /// For the DHCP service and the bootscript: admits a lookup of an unknown client at once
+    /// (refusals counted), whose future asks the upstream within the lookup deadline.
     pub fn unknown_lookup(&self) -> crate::timeline::UnknownLookup {
+        use crate::timeline::Admission;
         let me = self.clone();
-        Arc::new(move |mac: pxe_core::MacAddr| {
-            let lookup = me.admit(mac)?;
-            let fut: crate::timeline::LookupFuture = Box::pin(lookup);
-            Some(fut)
+        Arc::new(move |mac: pxe_core::MacAddr| match me.admit(mac) {
+            Ok(lookup) => Admission::Asking(Box::pin(lookup)),
+            Err(lookup::Outcome::CachedNegative) => Admission::Unknown,
+            Err(_) => Admission::Deferred,
         })
     }
 

@@ -207,29 +207,29 @@ impl Federation {
     pub async fn lookup_mac(&self, mac: &str) -> bool {
         match mac.parse::<pxe_core::MacAddr>() {
             Ok(m) => match self.admit(m) {
-                Some(lookup) => lookup.await,
-                None => false,
+                Ok(lookup) => lookup.await,
+                Err(_) => false,
             },
             Err(_) => false,
         }
     }
 
-    /// Admits a lookup of `mac` now, or counts why not (`None`). The future holds one of the
+    /// Admits a lookup of `mac` now, or counts why not. The future holds one of the
     /// `lookup_concurrency` slots until it ends or is dropped.
     pub(super) fn admit(
         &self,
         mac: pxe_core::MacAddr,
-    ) -> Option<impl std::future::Future<Output = bool> + Send + 'static> {
+    ) -> Result<impl std::future::Future<Output = bool> + Send + 'static, Outcome> {
         let ticket = match self.inner.lookups.admit(mac) {
             Ok(t) => t,
             Err(outcome) => {
                 tracing::debug!(%mac, outcome = outcome.as_str(), "upstream lookup not made");
                 self.inner.metrics.upstream_lookup(outcome.as_str());
-                return None;
+                return Err(outcome);
             }
         };
         let me = self.clone();
-        Some(async move {
+        Ok(async move {
             let outcome = me.ask(mac).await;
             me.inner.metrics.upstream_lookup(outcome.as_str());
             ticket.finish(outcome);

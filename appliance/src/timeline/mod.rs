@@ -55,8 +55,7 @@ pub struct Observers {
     /// Told about every address DHCP hands out (BMC auto-discovery listens here).
     pub on_lease: Option<LeaseHook>,
     /// Asked about DHCP clients the inventory does not know (federation looks them up
-    /// upstream): `None` at once when the lookup is not made now (a limit, or a MAC known to
-    /// be unknown); else a future that is true if the inventory now has the client.
+    /// upstream); answers at once (see [`Admission`]).
     pub on_unknown: Option<UnknownLookup>,
 }
 
@@ -70,7 +69,28 @@ impl std::fmt::Debug for Observers {
 }
 
 /// See [`Observers::on_unknown`].
-pub type UnknownLookup = Arc<dyn Fn(pxe_core::MacAddr) -> Option<LookupFuture> + Send + Sync>;
+pub type UnknownLookup = Arc<dyn Fn(pxe_core::MacAddr) -> Admission + Send + Sync>;
+
+/// Whether a client the inventory does not know is looked up upstream now.
+pub enum Admission {
+    /// Being asked: the future is true if the inventory now has the client.
+    Asking(LookupFuture),
+    /// Known to be unknown (asked lately, or the upstream failed): answer it as unknown.
+    Unknown,
+    /// Not asked now (a limit, or its lookup is already running): it may be known upstream,
+    /// so DHCP leaves it to retransmit (and a retransmission is asked about first).
+    Deferred,
+}
+
+impl Admission {
+    /// The lookup, when one is being made.
+    pub fn asking(self) -> Option<LookupFuture> {
+        match self {
+            Admission::Asking(f) => Some(f),
+            Admission::Unknown | Admission::Deferred => None,
+        }
+    }
+}
 
 /// An admitted lookup: true if the inventory now has the client.
 pub type LookupFuture = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;

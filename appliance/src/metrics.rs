@@ -96,6 +96,7 @@ pub struct Metrics {
     stage_duration: HistFamily<StageLabel>,
     nodes_by_stage: Family<StageLabel, Gauge>,
     timeline_dropped: Counter,
+    timeline_unattributed: Counter,
     dhcp_static_unrecorded: Counter,
     store_state: Family<PoolLabel, Gauge>,
     store_free_bytes: Gauge,
@@ -134,6 +135,7 @@ impl Metrics {
             stage_duration: Family::new_with_constructor(stage_seconds),
             nodes_by_stage: Family::default(),
             timeline_dropped: Counter::default(),
+            timeline_unattributed: Counter::default(),
             dhcp_static_unrecorded: Counter::default(),
             store_state: Family::default(),
             store_free_bytes: Gauge::default(),
@@ -210,8 +212,13 @@ impl Metrics {
         );
         registry.register(
             "timeline_dropped_events",
-            "Boot events dropped because the timeline writer fell behind",
+            "Boot events dropped because the timeline writer fell behind or could not store them",
             m.timeline_dropped.clone(),
+        );
+        registry.register(
+            "timeline_unattributed_events",
+            "Boot events not stored because no node matches their subject (a request from an address with no lease, an xname with no interface)",
+            m.timeline_unattributed.clone(),
         );
         registry.register(
             "dhcp_static_acks_unrecorded",
@@ -345,6 +352,10 @@ impl Metrics {
 
     pub fn timeline_dropped(&self) {
         self.timeline_dropped.inc();
+    }
+
+    pub fn timeline_unattributed(&self) {
+        self.timeline_unattributed.inc();
     }
 
     pub fn identity_token_refusal(&self, reason: &str) {

@@ -215,8 +215,8 @@ impl Timeline {
                 }
                 let mut events = Vec::with_capacity(batch.len());
                 for p in batch {
-                    if let Some((mac, xname)) = resolve(&store, &p.subject).await {
-                        events.push(BootEvent {
+                    match resolve(&store, &p.subject).await {
+                        Ok(Some((mac, xname))) => events.push(BootEvent {
                             mac,
                             xname,
                             boot: 0,
@@ -224,7 +224,16 @@ impl Timeline {
                             stage: p.stage.to_owned(),
                             ok: p.ok,
                             detail: p.detail,
-                        });
+                        }),
+                        Ok(None) => {
+                            metrics.timeline_unattributed();
+                            tracing::debug!(subject = ?p.subject, stage = p.stage, "timeline: no node for this event; not stored");
+                        }
+                        Err(err) => {
+                            dropped.fetch_add(1, Ordering::Relaxed);
+                            metrics.timeline_dropped();
+                            tracing::debug!(subject = ?p.subject, stage = p.stage, error = %err, "timeline: cannot look up the event's node; dropped");
+                        }
                     }
                 }
                 if events.is_empty() {
@@ -332,19 +341,67 @@ impl Timeline {
     }
 }
 
-async fn resolve(store: &Store, subject: &Subject) -> Option<(String, Option<String>)> {
-    match subject {
+/// The MAC (and xname) an event is about; `None` when no node matches (counted apart from
+/// the events a failing store drops).
+async fn resolve(
+    store: &Store,
+    subject: &Subject,
+) -> Result<Option<(String, Option<String>)>, crate::store::StoreError> {
+    Ok(match subject {
         Subject::Mac(m) => Some((m.to_string(), None)),
-        Subject::Ip(ip) => store
-            .mac_for_ip(*ip)
-            .await
-            .ok()
-            .flatten()
-            .map(|m| (m, None)),
-        Subject::Xname(x) => {
-            let node = store.node_info(x.clone()).await.ok().flatten()?;
-            let (mac, _) = node.interfaces.first()?;
-            Some((mac.clone(), Some(x.clone())))
-        }
+        Subject::Ip(ip) => store.mac_for_ip(*ip).await?.map(|m| (m, None)),
+        Subject::Xname(x) => store
+            .node_info(x.clone())
+            .await?
+            .and_then(|node| node.interfaces.into_iter().next())
+            .map(|(mac, _)| (mac, Some(x.clone()))),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// An event no node matches is not stored and is counted apart from the dropped ones (a
+    /// storm's "no event dropped" must not hide it, and must not be failed by it).
+    #[tokio::test]
+    async fn events_without_a_node_are_counted_not_dropped() {
+        let (mut tasks, stop) = (JoinSet::new(), CancellationToken::new());
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let timeline = Timeline::spawn(&mut tasks, store.clone(), metrics.clone(), 8, stop.clone());
+        let mut live = timeline.subscribe();
+        let detail = serde_json::Value::Null;
+        timeline.record(
+            Subject::Ip(Ipv4Addr::new(192, 0, 2, 99)),
+            stage::BOOTSCRIPT,
+            true,
+            detail.clone(),
+        );
+        timeline.record(
+            Subject::Xname("x9c0s0b0n0".into()),
+            stage::CLOUD_INIT_META_DATA,
+            true,
+            detail.clone(),
+        );
+        let mac = pxe_core::MacAddr([0x52, 0x54, 0, 0, 0, 1]);
+        timeline.record(Subject::Mac(mac), stage::DHCP_DISCOVER, true, detail);
+        // Events are handled in order: once the MAC's is stored, the two before it were seen.
+        let stored = live.recv().await.unwrap();
+        assert_eq!(stored.mac, mac.to_string());
+        let text = metrics.encode();
+        assert!(
+            text.contains("rackboot_timeline_unattributed_events_total 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rackboot_timeline_dropped_events_total 0"),
+            "{text}"
+        );
+        assert_eq!(timeline.dropped(), 0);
+        assert_eq!(store.boot_status().await.unwrap().len(), 1);
+        stop.cancel();
     }
 }

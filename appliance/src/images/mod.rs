@@ -10,6 +10,13 @@
 //! are moved to `<data-dir>/images/corrupt/<hex>`, so every process sees the image as corrupt
 //! (500) until it is imported again; a corrupt byte is never sent.
 //!
+//! The mapped pages are the kernel's page cache, shared and reclaimable, but while they are in
+//! this process's page tables they count in its RSS: a storm touching a 64 MB initrd would show
+//! it all. Every [`UNMAP_EVERY`] the mappings are dropped from the page tables (`MADV_DONTNEED`
+//! on a read-only shared file mapping: the cache keeps the pages, the next read faults them
+//! back in), so RSS shows rackboot's own memory and the pages being sent, as for a server that
+//! sends from the page cache with sendfile(2).
+//!
 //! Owns: blobs under `images/sha256`, `images` table, `/images/*`, `/rackboot/v1/images`,
 //! `rackboot image`. May call: `client`, `http`, `output`, `store`, `timeline`.
 
@@ -157,6 +164,48 @@ impl AsRef<[u8]> for Blob {
     }
 }
 
+/// How often the image mappings leave the page tables (see the module docs).
+const UNMAP_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+impl Blob {
+    /// Drops this process's page-table entries for the mapping; the bytes stay in the page
+    /// cache and come back on the next read.
+    #[allow(unsafe_code)]
+    fn release_pages(&self) {
+        if let Some(map) = self.0.as_ref() {
+            // SAFETY: `map` is a read-only shared mapping of an immutable file (see
+            // `map_readonly`). MADV_DONTNEED on it only removes page-table entries: any later
+            // access, including a send in progress on another thread, faults the same bytes
+            // back in from the page cache. (memmap2 marks the advice unsafe because on a
+            // private or anonymous mapping it discards data; this mapping has none to lose.)
+            if let Err(e) = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) } {
+                tracing::debug!(error = %e, "images: cannot release mapped pages");
+            }
+        }
+    }
+}
+
+/// Releases the mapped images' pages every [`UNMAP_EVERY`] while the store lives.
+async fn release_pages_periodically(inner: std::sync::Weak<Inner>) {
+    let mut tick = tokio::time::interval(UNMAP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { break };
+        let blobs: Vec<Blob> = inner
+            .maps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter_map(|cell| cell.get().cloned())
+            .collect();
+        drop(inner);
+        for blob in blobs {
+            blob.release_pages();
+        }
+    }
+}
+
 /// Maps `file` read-only.
 #[allow(unsafe_code)]
 fn map_readonly(file: &std::fs::File) -> std::io::Result<memmap2::Mmap> {
@@ -188,14 +237,14 @@ impl ImageStore {
             )))?;
         }
         import_legacy_index(&store, &root.join("names")).await?;
-        Ok(Self {
-            inner: Arc::new(Inner {
-                root,
-                index: store,
-                max_bytes,
-                maps: std::sync::Mutex::new(std::collections::HashMap::new()),
-            }),
-        })
+        let inner = Arc::new(Inner {
+            root,
+            index: store,
+            max_bytes,
+            maps: std::sync::Mutex::new(std::collections::HashMap::new()),
+        });
+        tokio::spawn(release_pages_periodically(Arc::downgrade(&inner)));
+        Ok(Self { inner })
     }
 
     /// The store that holds the image names.
@@ -520,6 +569,64 @@ mod tests {
             &"x".repeat(129),
         ] {
             assert!(!valid_name(bad), "{bad:?}");
+        }
+    }
+
+    /// Resident pages of the mapping that starts at `addr`, from /proc/self/smaps (the
+    /// process's page tables, not the page cache).
+    fn resident_kib(addr: usize) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let start = format!("{addr:x}-");
+        let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&start));
+        assert!(lines.next().is_some(), "no mapping at {addr:x}");
+        lines
+            .find_map(|l| l.strip_prefix("Rss:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap()
+    }
+
+    /// A mapped image leaves the process's page tables (its RSS) on release, and the bytes
+    /// read afterwards are still the image's.
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn released_pages_leave_the_rss_and_the_bytes_stay_right() {
+        let dir = tempfile::tempdir().unwrap();
+        let body: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+        let path = dir.path().join("blob");
+        std::fs::write(&path, &body).unwrap();
+        // A blob of its own: no store, so no periodic release races the measurements.
+        let blob = Blob(Arc::new(Some(
+            map_readonly(&std::fs::File::open(&path).unwrap()).unwrap(),
+        )));
+        let addr = blob.as_ref().as_ptr() as usize;
+        assert!(blob.as_ref() == body.as_slice());
+        assert!(resident_kib(addr) >= 4096, "{}", resident_kib(addr));
+        blob.release_pages();
+        assert_eq!(resident_kib(addr), 0);
+        assert!(
+            blob.as_ref() == body.as_slice(),
+            "the bytes after a release"
+        );
+        assert!(resident_kib(addr) >= 4096);
+    }
+
+    /// The store releases the pages of the images it serves on its own.
+    #[tokio::test]
+    #[allow(clippy::unwrap_used)]
+    async fn the_store_releases_served_pages_periodically() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let images = ImageStore::open(store, dir.path()).await.unwrap();
+        let src = dir.path().join("initrd");
+        std::fs::write(&src, vec![7u8; 1 << 20]).unwrap();
+        let rec = images.import_file("initrd", &src, None).await.unwrap();
+        let blob = images.mapped(&rec).await.unwrap();
+        let addr = blob.as_ref().as_ptr() as usize;
+        assert!(blob.as_ref().iter().all(|b| *b == 7));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while resident_kib(addr) > 0 {
+            assert!(std::time::Instant::now() < deadline, "never released");
+            tokio::time::sleep(UNMAP_EVERY / 5).await;
         }
     }
 }

@@ -160,6 +160,9 @@ pub const WRITE_QUEUE: usize = 4 * MAX_BATCH;
 /// (each with its own page cache), kept for the process's life: hundreds of both.
 pub const READERS: usize = 4;
 
+/// Each read connection's SQLite page cache, in KiB.
+const READER_CACHE_KIB: i64 = 512;
+
 impl Store {
     /// Opens (creating if needed) `<data_dir>/rackboot.db` and migrates it.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
@@ -298,6 +301,9 @@ impl Store {
                         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                     )?;
                     c.busy_timeout(Duration::from_secs(5))?;
+                    // A page cache of READER_CACHE_KIB, not SQLite's 2 MiB: reads are short
+                    // lookups and the OS caches the file anyway (4 readers, memory target).
+                    c.pragma_update(None, "cache_size", -READER_CACHE_KIB)?;
                     c
                 }
             };

@@ -470,6 +470,18 @@ async fn a_trial_that_left_an_openable_store_loses_nothing() {
     trial::confirm(other.path()).unwrap();
 }
 
+/// Read connections keep a small page cache (memory per connection), the writer SQLite's own.
+#[tokio::test]
+async fn read_connections_keep_a_small_page_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let kib = store
+        .read(|c| Ok(c.query_row("PRAGMA cache_size", [], |r| r.get::<_, i64>(0))?))
+        .await
+        .unwrap();
+    assert_eq!(kib, -super::READER_CACHE_KIB);
+}
+
 /// A storm's concurrent reads share [`READERS`] connections: a read past them waits for one to
 /// finish instead of opening another connection on another blocking thread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

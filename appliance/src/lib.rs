@@ -2,6 +2,10 @@
 //!
 //! Modules are cut by capability: each owns its routes, its store tables and its tests.
 
+// Command output goes through `outln!`/`out!` (crate::output), which end quietly when the
+// reader has gone away (`rackboot … | head`); `println!` would panic.
+#![deny(clippy::print_stdout)]
+
 pub(crate) mod ansible;
 pub mod auth;
 pub mod backup;

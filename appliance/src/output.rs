@@ -18,6 +18,32 @@ pub fn print_json(v: &impl Serialize) {
     }
 }
 
+/// `println!` for command output: see [`print_text`].
+#[macro_export]
+macro_rules! outln {
+    () => {
+        $crate::output::print_text("\n")
+    };
+    ($($arg:tt)*) => {
+        $crate::output::print_text(&(format!($($arg)*) + "\n"))
+    };
+}
+
+/// `print!` for command output: see [`print_text`].
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::print_text(&format!($($arg)*))
+    };
+}
+
+/// Prints `text` on stdout, as [`outln!`] and [`out!`] do. A reader that went away
+/// (`rackboot … | head`) ends the command quietly, as for any Unix tool, where `println!`
+/// would panic.
+pub fn print_text(text: &str) {
+    emit(text);
+}
+
 /// Writes `text` to stdout. A reader that went away (`rackboot … | head`) ends the command
 /// quietly, as it does for any Unix tool, instead of a panic.
 fn emit(text: &str) {

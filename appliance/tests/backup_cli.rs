@@ -218,3 +218,25 @@ fn help_says_what_target_and_archive_are() {
     assert!(out.contains("TARGET is a directory"), "{out}");
     assert!(out.contains("never from the command line"), "{out}");
 }
+
+/// Output to a reader that has gone away (`rackboot backup keygen | head -0`) ends the command
+/// quietly, as for any Unix tool: no "failed printing to stdout" panic, exit status 0.
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_rackboot"))
+        .args(["backup", "keygen"])
+        .env("RACKBOOT_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {err}", out.status);
+    assert!(
+        !err.contains("panicked") && !err.contains("failed printing"),
+        "{err}"
+    );
+}

@@ -37,6 +37,6 @@ pub async fn run(args: AnsibleInventoryArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| Value::Object(serde_json::Map::new())),
         None => inventory,
     };
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    crate::outln!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }

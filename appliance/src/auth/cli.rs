@@ -65,7 +65,7 @@ pub async fn run(cmd: TokenCommand) -> anyhow::Result<()> {
             let issuer = LocalIssuer::load_or_create(&data_dir)
                 .context("cannot load or create the local issuer key (--data-dir)")?;
             let token = issuer.mint(&subject, &scopes, ttl)?;
-            println!("{token}");
+            crate::outln!("{token}");
             Ok(())
         }
         TokenCommand::Jwks { data_dir } => {

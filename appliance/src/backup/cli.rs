@@ -135,7 +135,7 @@ fn run_blocking(cmd: BackupCommand) -> anyhow::Result<()> {
                     "store": created.summary,
                 })),
                 OutputFormat::Table => {
-                    println!("{}", created.archive.display());
+                    crate::outln!("{}", created.archive.display());
                     eprintln!(
                         "backup created: {} files, {} image blobs ({} new, {} bytes; {} already in the target)",
                         created.manifest.members.len(),
@@ -177,11 +177,13 @@ fn run_blocking(cmd: BackupCommand) -> anyhow::Result<()> {
             match a.output {
                 OutputFormat::Json => print_json(&r),
                 OutputFormat::Table => {
-                    println!(
+                    crate::outln!(
                         "restored the backup of {} ({}) into {}",
-                        r.manifest.created, r.manifest.source_data_dir, r.data_dir
+                        r.manifest.created,
+                        r.manifest.source_data_dir,
+                        r.data_dir
                     );
-                    println!(
+                    crate::outln!(
                         "store: schema {}, {} nodes, {} leases, {} certificates, {} images",
                         r.store.schema_version,
                         r.store.nodes,
@@ -190,13 +192,13 @@ fn run_blocking(cmd: BackupCommand) -> anyhow::Result<()> {
                         r.store.images.len()
                     );
                     if let Some(c) = &r.config {
-                        println!(
+                        crate::outln!(
                             "config file (was {}): {c}",
                             r.manifest.config_file.as_deref().unwrap_or("?")
                         );
                     }
                     if let Some(m) = &r.moved_aside {
-                        println!("the data dir's previous contents: {m}");
+                        crate::outln!("the data dir's previous contents: {m}");
                     }
                 }
             }
@@ -206,8 +208,8 @@ fn run_blocking(cmd: BackupCommand) -> anyhow::Result<()> {
             let recipient = id.to_public().to_string();
             use age::secrecy::ExposeSecret;
             eprintln!("recipient: {recipient}");
-            println!("# recipient: {recipient}");
-            println!("{}", id.to_string().expose_secret());
+            crate::outln!("# recipient: {recipient}");
+            crate::outln!("{}", id.to_string().expose_secret());
         }
     }
     Ok(())
@@ -237,22 +239,22 @@ fn blobs_dir(archive: &Path, given: Option<PathBuf>) -> PathBuf {
 
 fn print_inspected(v: &super::Inspected) {
     let m = &v.manifest;
-    println!("archive:          {}", v.archive);
-    println!(
+    crate::outln!("archive:          {}", v.archive);
+    crate::outln!(
         "integrity:        ok (decrypted, {} members and {} blobs match their SHA-256)",
         m.members.len(),
         v.blobs_checked
     );
-    println!("created:          {}", m.created);
-    println!("rackboot version: {}", m.rackboot_version);
-    println!("schema version:   {}", v.store.schema_version);
-    println!("source data dir:  {}", m.source_data_dir);
-    println!(
+    crate::outln!("created:          {}", m.created);
+    crate::outln!("rackboot version: {}", m.rackboot_version);
+    crate::outln!("schema version:   {}", v.store.schema_version);
+    crate::outln!("source data dir:  {}", m.source_data_dir);
+    crate::outln!(
         "config file:      {}",
         m.config_file.as_deref().unwrap_or("(none)")
     );
     let s = &v.store;
-    println!(
+    crate::outln!(
         "store:            {} nodes ({} components), {} interfaces, {} BMCs, {} boot parameters, {} leases, {} certificates ({} valid), {} secrets",
         s.nodes,
         s.components,
@@ -264,7 +266,7 @@ fn print_inspected(v: &super::Inspected) {
         s.certs_valid,
         s.secrets
     );
-    println!();
+    crate::outln!();
     print_table(
         &["KEY", "PATH", "FINGERPRINT"],
         &v.keys
@@ -272,7 +274,7 @@ fn print_inspected(v: &super::Inspected) {
             .map(|k| vec![k.what.clone(), k.path.clone(), k.fingerprint.clone()])
             .collect::<Vec<_>>(),
     );
-    println!();
+    crate::outln!();
     print_table(
         &["IMAGE", "SIZE", "SHA256"],
         &s.images

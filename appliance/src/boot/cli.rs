@@ -61,7 +61,7 @@ pub async fn run(cmd: BootCommand) -> anyhow::Result<()> {
                 "kernel": kernel, "initrd": initrd, "params": params,
             });
             api.put("/boot/v1/bootparameters", &body).await?;
-            println!("boot parameters set");
+            crate::outln!("boot parameters set");
             Ok(())
         }
         BootCommand::Show {

@@ -139,9 +139,9 @@ pub async fn run(cmd: CloudInitCommand) -> anyhow::Result<()> {
                 print_json(&v);
             } else {
                 for doc in ["meta-data", "user-data", "vendor-data"] {
-                    println!("--- {doc}");
-                    print!("{}", v.get(doc).and_then(Value::as_str).unwrap_or(""));
-                    println!();
+                    crate::outln!("--- {doc}");
+                    crate::out!("{}", v.get(doc).and_then(Value::as_str).unwrap_or(""));
+                    crate::outln!();
                 }
             }
             Ok(())

@@ -20,7 +20,9 @@ pub async fn run(args: UpstreamArgs) -> anyhow::Result<()> {
     }
     let field = |k: &str| v.get(k).cloned().unwrap_or(serde_json::Value::Null);
     if field("configured") != serde_json::Value::Bool(true) {
-        println!("no upstream configured ([upstream] in --config): this rackboot stands alone");
+        crate::outln!(
+            "no upstream configured ([upstream] in --config): this rackboot stands alone"
+        );
         return Ok(());
     }
     let text = |k: &str| match field(k) {
@@ -28,8 +30,8 @@ pub async fn run(args: UpstreamArgs) -> anyhow::Result<()> {
         serde_json::Value::Null => "-".into(),
         other => other.to_string(),
     };
-    println!("upstream:      {} ({})", text("smd"), text("scope"));
-    println!(
+    crate::outln!("upstream:      {} ({})", text("smd"), text("scope"));
+    crate::outln!(
         "reachable:     {}",
         if field("reachable") == serde_json::Value::Bool(true) {
             "yes"
@@ -37,20 +39,20 @@ pub async fn run(args: UpstreamArgs) -> anyhow::Result<()> {
             "NO (serving the local copy)"
         }
     );
-    println!(
+    crate::outln!(
         "last pull:     {} {}",
         text("last_pull"),
         text("last_pull_stats")
     );
-    println!(
+    crate::outln!(
         "outbox:        {} waiting, oldest {} s; {} pushed since start",
         text("outbox_depth"),
         text("outbox_oldest_age_s"),
         text("pushed")
     );
-    println!("owned here:    {}", text("upstream_owned"));
+    crate::outln!("owned here:    {}", text("upstream_owned"));
     if field("last_error") != serde_json::Value::Null {
-        println!(
+        crate::outln!(
             "last error:    {} ({})",
             text("last_error"),
             text("last_error_at")

@@ -335,7 +335,7 @@ pub async fn run(cmd: AgentCommand) -> anyhow::Result<()> {
             }
             let chain = e.chain.context("rackboot issued no certificate")?;
             store(&args.dir, &key, &chain, &ca)?;
-            println!(
+            crate::outln!(
                 "enrolled {xname}: certificate {} until {} in {}",
                 e.serial.unwrap_or_default(),
                 e.not_after.unwrap_or_default(),
@@ -408,7 +408,7 @@ pub async fn run(cmd: AgentCommand) -> anyhow::Result<()> {
                 .await?
                 .error_for_status()?;
             let text = text(resp).await?;
-            print!("{text}");
+            crate::out!("{text}");
             Ok(())
         }
     }

@@ -245,7 +245,7 @@ async fn enroll_inner(
         .clone()
         .context("rackboot issued no certificate")?;
     store(&args.dir, &key, &cert, &answer.ca)?;
-    println!(
+    crate::outln!(
         "enrolled {xname} with its TPM (EK {}): certificate {} until {} in {}; rack CA {}",
         tpm_ek_hash(&a.ek_cert),
         answer.enrolled.serial.unwrap_or_default(),

@@ -187,7 +187,7 @@ async fn ek(cmd: EkCommand) -> anyhow::Result<()> {
             let api = ApiClient::new(&client)?;
             api.delete(&format!("/identity/v1/tpm/eks/{xname}"), None::<&()>)
                 .await?;
-            println!("cleared the EK of {xname}");
+            crate::outln!("cleared the EK of {xname}");
             return Ok(());
         }
     };
@@ -256,20 +256,20 @@ pub async fn ca(cmd: CaCommand) -> anyhow::Result<()> {
             ca_files(&data_dir)?;
             let ca = RackCa::open_or_create(&data_dir, "rack")?;
             if pem {
-                print!("{}", ca.chain_pem());
+                crate::out!("{}", ca.chain_pem());
                 return Ok(());
             }
             let i = ca.info()?;
-            println!("subject:     {}", i.subject);
-            println!("issuer:      {}", i.issuer);
-            println!("kind:        {} (chain of {})", i.kind, i.chain_length);
-            println!("not before:  {}", i.not_before);
-            println!("not after:   {}", i.not_after);
-            println!("fingerprint: {}", i.fingerprint);
+            crate::outln!("subject:     {}", i.subject);
+            crate::outln!("issuer:      {}", i.issuer);
+            crate::outln!("kind:        {} (chain of {})", i.kind, i.chain_length);
+            crate::outln!("not before:  {}", i.not_before);
+            crate::outln!("not after:   {}", i.not_after);
+            crate::outln!("fingerprint: {}", i.fingerprint);
             Ok(())
         }
         CaCommand::Csr { data_dir, cluster } => {
-            print!("{}", RackCa::csr(&data_dir, &cluster)?);
+            crate::out!("{}", RackCa::csr(&data_dir, &cluster)?);
             eprintln!(
                 "sign this request with your CA (as a CA certificate, path length 0), then run \
                  `rackboot ca import SIGNED.pem` with the signed certificate followed by its issuers"
@@ -280,9 +280,11 @@ pub async fn ca(cmd: CaCommand) -> anyhow::Result<()> {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
             let i = RackCa::import(&data_dir, &text)?;
-            println!(
+            crate::outln!(
                 "imported intermediate {} (issued by {}); fingerprint {}",
-                i.subject, i.issuer, i.fingerprint
+                i.subject,
+                i.issuer,
+                i.fingerprint
             );
             eprintln!("restart `rackboot serve` to issue from it");
             Ok(())
@@ -357,7 +359,7 @@ pub async fn cert(cmd: CertCommand) -> anyhow::Result<()> {
                     .into_iter()
                     .flatten()
                 {
-                    println!("revoked {}", s.as_str().unwrap_or(""));
+                    crate::outln!("revoked {}", s.as_str().unwrap_or(""));
                 }
             }
             Ok(())
@@ -390,7 +392,7 @@ pub async fn cert(cmd: CertCommand) -> anyhow::Result<()> {
                 .post(&format!("/identity/v1/requests/{id}/approve"), &())
                 .await?
                 .context("rackboot sent no answer")?;
-            println!(
+            crate::outln!(
                 "approved {id}: certificate {}",
                 r.get("serial").and_then(|v| v.as_str()).unwrap_or("?")
             );

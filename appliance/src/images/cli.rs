@@ -64,7 +64,7 @@ pub async fn run(cmd: ImageCommand) -> anyhow::Result<()> {
             match output {
                 OutputFormat::Json => print_json(&rec),
                 OutputFormat::Table => {
-                    println!("{}  sha256:{}  {} bytes", rec.name, rec.sha256, rec.size);
+                    crate::outln!("{}  sha256:{}  {} bytes", rec.name, rec.sha256, rec.size);
                 }
             }
             Ok(())

@@ -69,7 +69,7 @@ pub async fn run(cmd: NodeCommand) -> anyhow::Result<()> {
             let ei = json!({"MACAddress": mac, "IPAddresses": [{"IPAddress": ip.to_string()}], "ComponentID": xname, "Type": "Node"});
             api.post("/hsm/v2/Inventory/EthernetInterfaces", &ei)
                 .await?;
-            println!("added {xname}: {mac} → {ip}");
+            crate::outln!("added {xname}: {mac} → {ip}");
             Ok(())
         }
         NodeCommand::List { client } => {
@@ -146,7 +146,7 @@ pub async fn run(cmd: NodeCommand) -> anyhow::Result<()> {
             }
             api.delete(&format!("/hsm/v2/State/Components/{xname}"), None::<&()>)
                 .await?;
-            println!("removed {xname}");
+            crate::outln!("removed {xname}");
             Ok(())
         }
     }

@@ -241,7 +241,7 @@ pub async fn run(args: StormArgs) -> anyhow::Result<()> {
         records.push(t.await.context("a node task panicked")?);
     }
     let summary = Summary::of(&records, plan.start.elapsed());
-    print!("{}", report::table(&summary));
+    crate::out!("{}", report::table(&summary));
     if let Some(path) = &args.json {
         let doc = serde_json::to_vec_pretty(&report::json(&summary, &records))?;
         std::fs::write(path, doc).with_context(|| format!("cannot write {}", path.display()))?;

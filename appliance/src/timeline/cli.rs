@@ -137,9 +137,9 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
         } else {
             if args.watch {
                 // Clear the screen and home the cursor, then redraw.
-                print!("\x1b[2J\x1b[H");
+                crate::out!("\x1b[2J\x1b[H");
             }
-            print!("{}", status_table(&s, args.stuck));
+            crate::out!("{}", status_table(&s, args.stuck));
         }
         if !args.watch {
             return Ok(());
@@ -158,7 +158,7 @@ pub async fn timeline(args: TimelineArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     for run in &t.boots {
-        println!("boot {} ({})", run.boot, run.mac);
+        crate::outln!("boot {} ({})", run.boot, run.mac);
         let rows: Vec<Vec<String>> = run
             .events
             .iter()
@@ -173,7 +173,7 @@ pub async fn timeline(args: TimelineArgs) -> anyhow::Result<()> {
             })
             .collect();
         print_table(&["AT", "T", "STAGE", "RESULT", "DETAIL"], &rows);
-        println!();
+        crate::outln!();
     }
     Ok(())
 }

@@ -177,14 +177,14 @@ fn verify(args: VerifyArgs) -> anyhow::Result<()> {
             "manifest": m,
         })),
         OutputFormat::Table => {
-            println!(
+            crate::outln!(
                 "bundle {}: signature ok (key {}), board {}, every payload matches",
                 args.bundle.display(),
                 b.signed_by,
                 m.board
             );
-            println!("version   {}", m.version);
-            println!("roothash  {}", m.roothash);
+            crate::outln!("version   {}", m.version);
+            crate::outln!("roothash  {}", m.roothash);
             let rows: Vec<Vec<String>> = m
                 .files
                 .iter()
@@ -429,11 +429,11 @@ fn status(args: StatusArgs) -> anyhow::Result<()> {
             .to_owned()
     };
     let booted = v.get("booted_slot").and_then(serde_json::Value::as_str);
-    println!(
+    crate::outln!(
         "booted slot: {}",
         booted.unwrap_or("unknown (not booted from a slot)")
     );
-    println!("running:     rackboot {}", at(&v, &["running_version"]));
+    crate::outln!("running:     rackboot {}", at(&v, &["running_version"]));
     let rows: Vec<Vec<String>> = ["a", "b"]
         .into_iter()
         .map(|s| {
@@ -447,9 +447,9 @@ fn status(args: StatusArgs) -> anyhow::Result<()> {
         .collect();
     print_table(&["SLOT", "STATE", "VERSION"], &rows);
     if v.get("pending").is_none_or(serde_json::Value::is_null) {
-        println!("pending:     none");
+        crate::outln!("pending:     none");
     } else {
-        println!(
+        crate::outln!(
             "pending:     slot {} {} ({}, since {})",
             at(&v, &["pending", "slot"]),
             at(&v, &["pending", "version"]),
@@ -458,11 +458,11 @@ fn status(args: StatusArgs) -> anyhow::Result<()> {
         );
         let when = at(&v, &["pending", "reboot_at"]);
         if !when.is_empty() {
-            println!("reboot:      scheduled at {when} (by the appliance's updater)");
+            crate::outln!("reboot:      scheduled at {when} (by the appliance's updater)");
         }
     }
     if v.get("last_failure").is_some_and(|f| !f.is_null()) {
-        println!(
+        crate::outln!(
             "last failure: slot {} {} at {}: {}",
             at(&v, &["last_failure", "slot"]),
             at(&v, &["last_failure", "version"]),
@@ -470,7 +470,7 @@ fn status(args: StatusArgs) -> anyhow::Result<()> {
             at(&v, &["last_failure", "reason"])
         );
     }
-    println!("keys:        {}", at(&v, &["keys"]));
+    crate::outln!("keys:        {}", at(&v, &["keys"]));
     Ok(())
 }
 

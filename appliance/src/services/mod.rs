@@ -458,9 +458,11 @@ pub async fn run(args: crate::serve::ServeArgs) -> anyhow::Result<()> {
         let store = store.clone();
         async move { store.read(|_| Ok(())).await.is_ok() }
     }));
+    let heap_trim = tokio::spawn(crate::sys::return_free_heap());
     wait_for_signal().await;
     crate::sys::notify_stopping();
     watchdog.abort();
+    heap_trim.abort();
     tracing::info!("shutting down: no new requests; waiting for in-flight ones");
     shutdown.cancel();
     services.join(Duration::from_secs(10)).await;

@@ -71,6 +71,15 @@ fn a_dhcp_flood_from_random_macs_is_bounded_and_the_known_node_still_boots() {
         "{summary}"
     );
     assert!(refused > 1000, "{summary}");
+    // A DISCOVER whose lookup was refused is dropped for the client to retransmit (it may be a
+    // node the upstream knows), not given a pool address: every refusal but the cached
+    // negatives is a counted DHCP drop.
+    let deferred = r.drops.get("lookup_deferred").copied().unwrap_or(0);
+    let not_asked: u64 = ["dropped_rate", "dropped_busy", "in_flight"]
+        .iter()
+        .filter_map(|o| r.outcomes.get(*o))
+        .sum();
+    assert_eq!(deferred, not_asked, "{summary}");
     // The known node got its static lease during the flood.
     assert_eq!(r.known_lease.as_deref(), Some(KNOWN.2), "{summary}");
 }

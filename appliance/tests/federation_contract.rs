@@ -21,12 +21,13 @@ use federation_support::*;
 
 #[tokio::test]
 async fn pull_lookup_and_push_follow_openchami_shapes() {
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let url = serve(openchami(seen.clone(), false)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, "upstream-token\n").unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let Fixture {
+        seen,
+        url,
+        dir: _dir,
+        token,
+        store,
+    } = fixture(false).await;
     let fed = Federation::new(upstream(&url, token.clone()), store.clone()).unwrap();
 
     // Pull: wrapped Components, bare EthernetInterfaces (an uppercase MAC), groups, BSS.
@@ -201,12 +202,13 @@ async fn pull_lookup_and_push_follow_openchami_shapes() {
 /// everything: the components still come through).
 #[tokio::test]
 async fn an_empty_bss_is_a_404_and_means_nothing_to_boot() {
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let url = serve(openchami(seen, true)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, "upstream-token").unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let Fixture {
+        url,
+        token,
+        store,
+        dir: _dir,
+        ..
+    } = fixture(true).await;
     let fed = Federation::new(upstream(&url, token), store.clone()).unwrap();
     fed.pull().await.unwrap();
     assert_eq!(store.list_components().await.unwrap().len(), 2);

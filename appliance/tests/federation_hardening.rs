@@ -120,12 +120,13 @@ async fn mtls_to_the_upstream_presents_the_client_certificate() {
 /// refusal is counted.
 #[tokio::test]
 async fn on_demand_lookups_are_bounded_and_counted() {
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let url = serve(openchami(seen.clone(), false)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, "upstream-token\n").unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let Fixture {
+        seen,
+        url,
+        dir: _dir,
+        token,
+        store,
+    } = fixture(false).await;
     let mut cfg = upstream(&url, token);
     cfg.lookup_concurrency = 4;
     cfg.lookup_rate = 5.0;

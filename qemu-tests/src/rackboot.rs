@@ -266,6 +266,18 @@ impl Rackboot {
         self.http_with(method, path, body, &[])
     }
 
+    /// The identity audit rows about `node` (`GET /identity/v1/audit?node=`), oldest first.
+    pub fn identity_audit(&self, node: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+        let (code, body) = self.http("GET", &format!("/identity/v1/audit?node={node}"), None)?;
+        if code != 200 {
+            bail!("GET /identity/v1/audit?node={node}: {code} {body}");
+        }
+        match serde_json::from_str(&body)? {
+            serde_json::Value::Array(rows) => Ok(rows),
+            other => bail!("the audit is not a list: {other}"),
+        }
+    }
+
     /// [`Rackboot::http`] with extra request headers (`"Accept: …"`).
     pub fn http_with(
         &self,

@@ -9,6 +9,7 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::IntoResponse;
 use rackboot::config::Upstream;
+use rackboot::store::Store;
 use serde_json::{Value, json};
 
 #[derive(Default)]
@@ -161,5 +162,31 @@ pub fn upstream(url: &str, token_file: std::path::PathBuf) -> Upstream {
         lookup_negative_ttl: Duration::from_secs(60),
         max_body: rackboot::config::ByteSize(32 << 20),
         allow_local: true,
+    }
+}
+
+/// What most federation tests start from: the fixture serving (`seen` records its requests),
+/// a store in a temporary directory and an upstream token file in it.
+pub struct Fixture {
+    pub seen: Arc<Mutex<Seen>>,
+    pub url: String,
+    pub dir: tempfile::TempDir,
+    pub token: std::path::PathBuf,
+    pub store: Store,
+}
+
+pub async fn fixture(empty_bss: bool) -> Fixture {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let url = serve(openchami(seen.clone(), empty_bss)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "upstream-token\n").unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    Fixture {
+        seen,
+        url,
+        dir,
+        token,
+        store,
     }
 }

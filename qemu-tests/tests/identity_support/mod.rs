@@ -124,14 +124,7 @@ pub fn openssl(dir: &Path, args: &[&str]) -> String {
 }
 
 pub fn audit(rb: &Rackboot, node: &str) -> Vec<Value> {
-    let (_, a) = rb
-        .http("GET", &format!("/identity/v1/audit?node={node}"), None)
-        .unwrap();
-    serde_json::from_str::<Value>(&a)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
+    rb.identity_audit(node).unwrap()
 }
 
 /// The MAC of `ns`'s `vc`.

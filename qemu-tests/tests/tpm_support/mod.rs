@@ -65,14 +65,7 @@ pub fn tpm_rackboot(ns: &Netns, maker: &Manufacturer) -> Rackboot {
 }
 
 pub fn audit(rb: &Rackboot, node: &str) -> Vec<Value> {
-    let (_, a) = rb
-        .http("GET", &format!("/identity/v1/audit?node={node}"), None)
-        .unwrap();
-    serde_json::from_str::<Value>(&a)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
+    rb.identity_audit(node).unwrap()
 }
 
 pub fn refusals(rb: &Rackboot, node: &str) -> Vec<String> {

@@ -149,12 +149,22 @@ pub async fn spawn(
                 () = shutdown.cancelled() => return,
                 r = changes.changed() => if r.is_err() { return },
             }
+            // A burst of inventory writes (an Ansible run, a thousand POSTs) rebuilds the
+            // zones once per settle period, not once per write: each build is the whole zone.
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(RELOAD_SETTLE) => {}
+            }
+            changes.borrow_and_update();
             reload(&store, &zcfg, &shared, &notify).await;
         }
     });
     tracing::info!(listen = %bind, domain = %cfg.domain, "DNS listening");
     Ok(())
 }
+
+/// How long the zones wait after an inventory change for the next one before rebuilding.
+const RELOAD_SETTLE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Rebuilds the zones from the store and swaps them in; NOTIFY when the serial moved.
 async fn reload(store: &Store, zcfg: &ZoneConfig, shared: &Shared, notify: &[SocketAddr]) {

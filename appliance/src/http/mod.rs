@@ -1,5 +1,6 @@
-//! HTTP plumbing shared by every route: problem errors, the JSON extractor, the server loop;
-//! and capped reading of what peers answer (`capped.rs`).
+//! HTTP plumbing shared by every route: problem errors, the JSON extractor, the server loop,
+//! file bodies sent with sendfile (`zerocopy.rs`); and capped reading of what peers answer
+//! (`capped.rs`).
 //!
 //! Owns: RFC 7807 problems, the JSON extractor, the HTTP(S) server loop with its limits, capped
 //! client bodies. May call: `store`.
@@ -7,6 +8,7 @@
 pub mod capped;
 pub mod problem;
 pub mod server;
+pub mod zerocopy;
 
 use axum::http::{HeaderMap, header};
 

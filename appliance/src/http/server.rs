@@ -33,6 +33,7 @@ use tokio::task::JoinSet;
 use tower::ServiceExt;
 
 use crate::http::Problem;
+use crate::http::zerocopy::{FileSender, ZeroCopyStream};
 
 /// Limits of one HTTP listener. `Default` is sized for a rack: a few hundred nodes booting at
 /// once, each holding a connection or two.
@@ -172,7 +173,14 @@ async fn serve_with(
         let tls_config = tls.as_ref().map(|t| t());
         conns.spawn(async move {
             match tls_config {
-                None => drive(&builder, stream, app, limits, peer, None, stop).await,
+                None => {
+                    let (stream, files) = ZeroCopyStream::new(stream);
+                    let ext = Extensions {
+                        cert: None,
+                        files: Some(files),
+                    };
+                    drive(&builder, stream, app, limits, peer, ext, stop).await;
+                }
                 Some(None) => {
                     tracing::warn!(%peer, "HTTPS: no server certificate yet; connection closed")
                 }
@@ -186,7 +194,8 @@ async fn serve_with(
                                 .peer_certificates()
                                 .and_then(|c| c.first())
                                 .map(|c| PeerCertificate(c.to_vec()));
-                            drive(&builder, tls, app, limits, peer, cert, stop).await;
+                            let ext = Extensions { cert, files: None };
+                            drive(&builder, tls, app, limits, peer, ext, stop).await;
                         }
                         Ok(Err(err)) => {
                             tracing::info!(%peer, error = %err, "TLS handshake refused");
@@ -217,6 +226,15 @@ async fn serve_with(
     Ok(())
 }
 
+/// What a connection adds to each of its requests' extensions.
+#[derive(Clone)]
+struct Extensions {
+    /// The TLS client's verified certificate.
+    cert: Option<PeerCertificate>,
+    /// Plain HTTP: file bodies may be sent with sendfile.
+    files: Option<FileSender>,
+}
+
 /// Serves HTTP/1.1 on one connection until it ends or shutdown; then finishes the request in
 /// flight.
 async fn drive<S>(
@@ -225,13 +243,13 @@ async fn drive<S>(
     app: Router,
     limits: Arc<HttpLimits>,
     peer: SocketAddr,
-    cert: Option<PeerCertificate>,
+    ext: Extensions,
     mut stop: watch::Receiver<bool>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |req| {
-        handle(app.clone(), limits.clone(), peer, cert.clone(), req)
+        handle(app.clone(), limits.clone(), peer, ext.clone(), req)
     });
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     let mut conn = std::pin::pin!(conn);
@@ -256,13 +274,16 @@ async fn handle(
     app: Router,
     limits: Arc<HttpLimits>,
     peer: SocketAddr,
-    cert: Option<PeerCertificate>,
+    ext: Extensions,
     req: Request<Incoming>,
 ) -> Result<Response, Infallible> {
     let (mut parts, body) = req.into_parts();
     parts.extensions.insert(ConnectInfo(peer));
-    if let Some(c) = cert {
+    if let Some(c) = ext.cert {
         parts.extensions.insert(c);
+    }
+    if let Some(f) = ext.files {
+        parts.extensions.insert(f);
     }
     if limits.is_streaming(parts.uri.path()) {
         let req = Request::from_parts(parts, Body::new(body));

@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, Path as UrlPath, Query, State};
+use axum::extract::{ConnectInfo, Extension, Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::range::{self, RangeReq};
 use super::{ImageError, ImageRecord, ImageStore};
+use crate::http::zerocopy::FileSender;
 use crate::http::{Json, Problem};
 use crate::timeline::{Observers, Subject, stage};
 
@@ -102,6 +103,7 @@ async fn serve_image(
     method: Method,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     name: Result<UrlPath<String>, PathRejection>,
+    files: Option<Extension<FileSender>>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let UrlPath(name) = name.map_err(|e| Problem::bad_request(e.body_text()))?;
@@ -109,7 +111,8 @@ async fn serve_image(
         std::net::IpAddr::V4(v4) => Some(v4),
         std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped(),
     };
-    let result = serve_named(&public.images, &method, &name, &headers).await;
+    let files = files.map(|Extension(f)| f);
+    let result = serve_named(&public.images, &method, &name, &headers, files.as_ref()).await;
     let Some(obs) = public.obs else {
         return result.map(|(resp, _)| resp);
     };
@@ -149,6 +152,7 @@ async fn serve_named(
     method: &Method,
     name: &str,
     headers: &HeaderMap,
+    files: Option<&FileSender>,
 ) -> Result<(Response, Option<u64>), Problem> {
     let rec = store
         .get(name)
@@ -211,8 +215,13 @@ async fn serve_named(
     let (Ok(from), Ok(to)) = (from, to) else {
         return Err(Problem::internal("range beyond the address space"));
     };
-    // No copy: the body is slices of the mapping, written straight to the socket. Slicing it
-    // into chunks lets the end of the body mean "sent", not "queued".
+    // Plain HTTP: the kernel sends the file from the page cache (http::zerocopy).
+    if let Some(files) = files {
+        let body = Body::new(files.body(blob.file().clone(), start, len));
+        return Ok((resp.body(body).map_err(Problem::internal)?, Some(len)));
+    }
+    // TLS: slices of the mapping, copied into the TLS stream. Slicing it into chunks lets the
+    // end of the body mean "sent", not "queued".
     let whole = Bytes::from_owner(blob).slice(from..to);
     let chunks = (0..whole.len())
         .step_by(BODY_CHUNK)

@@ -4,18 +4,18 @@
 //! directory, fsync, rename to the hash, fsync the directory) and never modified. A name maps
 //! to a blob through the `images` table of the store (name → sha256, size, created).
 //!
-//! Serving maps a blob read-only once per process ([`ImageStore::mapped`]), hashes the mapping
-//! and, if it matches, hands slices of it to the HTTP stack with no copy in userspace: a boot
-//! storm pulling one initrd costs the kernel's socket copy only. Blobs that fail verification
-//! are moved to `<data-dir>/images/corrupt/<hex>`, so every process sees the image as corrupt
-//! (500) until it is imported again; a corrupt byte is never sent.
+//! Serving opens and maps a blob read-only once per process ([`ImageStore::mapped`]) and
+//! hashes the mapping; if it matches, plain-HTTP bodies are sent from the open file with
+//! sendfile(2) (`http::zerocopy`: the kernel moves page-cache pages to the socket, no copy in
+//! userspace and nothing in rackboot's RSS), and TLS bodies are slices of the mapping. Blobs
+//! that fail verification are moved to `<data-dir>/images/corrupt/<hex>`, so every process sees
+//! the image as corrupt (500) until it is imported again; a corrupt byte is never sent.
 //!
 //! The mapped pages are the kernel's page cache, shared and reclaimable, but while they are in
-//! this process's page tables they count in its RSS: a storm touching a 64 MB initrd would show
-//! it all. Every [`UNMAP_EVERY`] the mappings are dropped from the page tables (`MADV_DONTNEED`
-//! on a read-only shared file mapping: the cache keeps the pages, the next read faults them
-//! back in), so RSS shows rackboot's own memory and the pages being sent, as for a server that
-//! sends from the page cache with sendfile(2).
+//! this process's page tables they count in its RSS. Every [`UNMAP_EVERY`] the mappings are
+//! dropped from the page tables (`MADV_DONTNEED` on a read-only shared file mapping: the cache
+//! keeps the pages, the next read faults them back in), so the verification and TLS bodies do
+//! not leave an image's size in RSS.
 //!
 //! Owns: blobs under `images/sha256`, `images` table, `/images/*`, `/rackboot/v1/images`,
 //! `rackboot image`. May call: `client`, `http`, `output`, `store`, `timeline`.
@@ -154,13 +154,17 @@ struct Inner {
     maps: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::OnceCell<Blob>>>>,
 }
 
-/// A verified, read-only mapping of a blob; cheap to clone, sliced into response bodies.
+/// A verified blob: its open file (sent with sendfile) and a read-only mapping of it (sliced
+/// into bodies where sendfile cannot be used); cheap to clone.
 #[derive(Debug, Clone)]
-pub struct Blob(Arc<Option<memmap2::Mmap>>);
+pub struct Blob {
+    map: Arc<Option<memmap2::Mmap>>,
+    file: Arc<std::fs::File>,
+}
 
 impl AsRef<[u8]> for Blob {
     fn as_ref(&self) -> &[u8] {
-        self.0.as_deref().unwrap_or_default()
+        self.map.as_deref().unwrap_or_default()
     }
 }
 
@@ -168,11 +172,16 @@ impl AsRef<[u8]> for Blob {
 const UNMAP_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl Blob {
+    /// The blob's file, open for reading.
+    pub fn file(&self) -> &Arc<std::fs::File> {
+        &self.file
+    }
+
     /// Drops this process's page-table entries for the mapping; the bytes stay in the page
     /// cache and come back on the next read.
     #[allow(unsafe_code)]
     fn release_pages(&self) {
-        if let Some(map) = self.0.as_ref() {
+        if let Some(map) = self.map.as_ref() {
             // SAFETY: `map` is a read-only shared mapping of an immutable file (see
             // `map_readonly`). MADV_DONTNEED on it only removes page-table entries: any later
             // access, including a send in progress on another thread, faults the same bytes
@@ -204,6 +213,26 @@ async fn release_pages_periodically(inner: std::sync::Weak<Inner>) {
             blob.release_pages();
         }
     }
+}
+
+/// The sha256 (hex) of `file`'s contents, read from the start through a 64 KiB buffer.
+fn hash_file(file: &std::fs::File) -> std::io::Result<String> {
+    use std::os::unix::fs::FileExt;
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut at = 0u64;
+    loop {
+        let n = match file.read_at(&mut buf, at) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => r?,
+        };
+        let Some(read) = buf.get(..n).filter(|r| !r.is_empty()) else {
+            break;
+        };
+        ctx.update(read);
+        at += n as u64;
+    }
+    Ok(hex::encode(ctx.finish()))
 }
 
 /// Maps `file` read-only.
@@ -414,16 +443,19 @@ impl ImageStore {
             )
         };
         let started = std::time::Instant::now();
-        let actual = hex::encode(digest::digest(
-            &digest::SHA256,
-            map.as_deref().unwrap_or_default(),
-        ));
+        // Hashed through a small buffer, not the mapping: touching every mapped page would put
+        // the whole image in RSS until the next release.
+        let actual =
+            hash_file(&file).map_err(ImageError::io(format!("cannot read {}", path.display())))?;
         if actual != rec.sha256 {
             self.quarantine(&rec.name, &rec.sha256, &actual);
             return Err(corrupt());
         }
         tracing::debug!(image = %rec.name, bytes = rec.size, ms = started.elapsed().as_millis() as u64, "image verified and mapped");
-        Ok(Blob(Arc::new(map)))
+        Ok(Blob {
+            map: Arc::new(map),
+            file: Arc::new(file),
+        })
     }
 
     fn forget(&self, sha256: &str) {
@@ -595,9 +627,11 @@ mod tests {
         let path = dir.path().join("blob");
         std::fs::write(&path, &body).unwrap();
         // A blob of its own: no store, so no periodic release races the measurements.
-        let blob = Blob(Arc::new(Some(
-            map_readonly(&std::fs::File::open(&path).unwrap()).unwrap(),
-        )));
+        let file = std::fs::File::open(&path).unwrap();
+        let blob = Blob {
+            map: Arc::new(Some(map_readonly(&file).unwrap())),
+            file: Arc::new(file),
+        };
         let addr = blob.as_ref().as_ptr() as usize;
         assert!(blob.as_ref() == body.as_slice());
         assert!(resident_kib(addr) >= 4096, "{}", resident_kib(addr));

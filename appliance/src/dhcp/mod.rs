@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod cli;
+mod commit;
 pub mod inventory;
 pub mod queue;
 pub mod service;

@@ -12,8 +12,7 @@ use std::net::SocketAddrV4;
 use std::sync::{Arc, RwLock};
 
 use pxe_core::dhcp::server::{
-    DhcpServer, Drop, Event, Inventory, Lease, LeaseChange, LeaseKind, Reservation, RxInfo,
-    ServerConfig,
+    DhcpServer, Drop, Event, Inventory, Lease, LeaseKind, Reservation, RxInfo, ServerConfig,
 };
 use pxe_core::dhcp::wire::MessageType;
 use pxe_core::{Instant, MacAddr};
@@ -21,12 +20,13 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::commit::{Committer, Pending};
 use super::inventory::{InventoryView, StaticLease};
 use super::queue::{DropOldestQueue, Lane};
 use super::socket::DhcpSocket;
 use crate::metrics::Metrics;
-use crate::store::{LeaseRecord, LeaseRecordKind, Store, now_ms};
-use crate::timeline::{Admission, Leased, Observers, Subject, Timeline, stage};
+use crate::store::{LeaseRecordKind, Store, now_ms};
+use crate::timeline::{Admission, Observers, Subject, Timeline, stage};
 
 /// Datagrams waiting for the engine before the oldest are dropped.
 const QUEUE_DEPTH: usize = 8192;
@@ -277,82 +277,18 @@ pub async fn spawn(
     }
 
     // Committer.
-    let (commit_tx, mut commit_rx) = mpsc::channel::<Pending>(QUEUE_DEPTH);
-    {
-        let (sock, store, metrics, timeline, on_lease) = (
-            sock.clone(),
-            store.clone(),
-            metrics.clone(),
-            timeline.clone(),
-            on_lease.clone(),
-        );
-        tasks.spawn_on(
-            async move {
-                while let Some(first) = commit_rx.recv().await {
-                    let mut batch = vec![first];
-                    while let Ok(p) = commit_rx.try_recv() {
-                        batch.push(p);
-                    }
-                    let durable = persist(&store, &batch).await;
-                    if let Err(err) = &durable {
-                        // Not durable → a dynamic lease is not acknowledged: the client retries and
-                        // we try again (one address must never go to two clients). A static lease
-                        // is decided by the inventory, which no other client can be given, so it is
-                        // acknowledged anyway and its record is skipped (the next renewal writes
-                        // it): a full data partition must not stop the rack's own nodes booting.
-                        let withheld = batch.iter().filter(|p| !p.is_static()).count();
-                        match err {
-                            // The store logs once when the partition fills; not once per batch.
-                            // Busy: counted (store_busy), the clients retransmit.
-                            crate::store::StoreError::Full { .. }
-                            | crate::store::StoreError::Busy { .. } => tracing::debug!(
-                                error = %err, withheld, acked_static = batch.len() - withheld,
-                                "DHCP: leases not stored; dynamic ACKs withheld"
-                            ),
-                            _ => tracing::error!(
-                                error = %err, withheld, acked_static = batch.len() - withheld,
-                                "DHCP: cannot store leases; dynamic ACKs withheld"
-                            ),
-                        }
-                    }
-                    for p in batch {
-                        if durable.is_err() && !p.is_static() {
-                            metrics.dhcp_packet(p.event.received.as_str(), "dropped");
-                            metrics.dhcp_drop(match durable {
-                                Err(crate::store::StoreError::Full { .. }) => "store_full",
-                                Err(crate::store::StoreError::Busy { .. }) => "store_busy",
-                                _ => "store_error",
-                            });
-                            continue;
-                        }
-                        if durable.is_err() {
-                            metrics.dhcp_static_unrecorded();
-                        }
-                        if let Some((dst, bytes)) = p.reply {
-                            // A boot starts here: the node's next boot script may carry a join
-                            // token (noted before the ACK leaves, so the script request finds it).
-                            if let (Some(MessageType::Ack), Some(ip), true) =
-                                (p.event.sent, p.event.ip, p.event.ipxe || p.event.firmware)
-                            {
-                                timeline.boot_acked(p.event.mac, ip);
-                            }
-                            send(&sock, &bytes, dst).await;
-                            sent(&metrics, &timeline, &p.event);
-                            if let (Some(hook), Some(ip), Some(MessageType::Ack)) =
-                                (&on_lease, p.event.ip, p.event.sent)
-                            {
-                                hook.leased(Leased {
-                                    ip,
-                                    port: p.relay_port.clone(),
-                                });
-                            }
-                        }
-                    }
-                }
-            },
-            packets,
-        );
-    }
+    let (commit_tx, commit_rx) = mpsc::channel::<Pending>(QUEUE_DEPTH);
+    tasks.spawn_on(
+        Committer {
+            sock: sock.clone(),
+            store: store.clone(),
+            metrics: metrics.clone(),
+            timeline: timeline.clone(),
+            on_lease: on_lease.clone(),
+        }
+        .run(commit_rx),
+        packets,
+    );
 
     // Engine.
     {
@@ -510,7 +446,7 @@ pub async fn spawn(
 }
 
 /// Counts a handled message and puts what was sent on the boot timeline.
-fn sent(metrics: &Metrics, timeline: &Timeline, e: &Event) {
+pub(super) fn sent(metrics: &Metrics, timeline: &Timeline, e: &Event) {
     metrics.dhcp_packet(
         e.received.as_str(),
         e.sent.map_or("silent", MessageType::as_str),
@@ -571,56 +507,7 @@ struct Datagram {
     probe: Option<tokio::sync::oneshot::Sender<Result<String, String>>>,
 }
 
-struct Pending {
-    change: LeaseChange,
-    hostname: Option<String>,
-    reply: Option<(SocketAddrV4, Vec<u8>)>,
-    event: Event,
-    relay_port: Option<(String, String)>,
-}
-
-impl Pending {
-    /// A lease whose address comes from an inventory reservation (safe to acknowledge even
-    /// when its record cannot be stored).
-    fn is_static(&self) -> bool {
-        match self.change {
-            LeaseChange::Bound(l) => l.kind == LeaseKind::Static,
-            _ => self.event.is_static,
-        }
-    }
-}
-
-async fn persist(store: &Store, batch: &[Pending]) -> Result<(), crate::store::StoreError> {
-    let mut puts = Vec::new();
-    let mut deletes: Vec<MacAddr> = Vec::new();
-    for p in batch {
-        match p.change {
-            LeaseChange::Bound(l) => puts.push(LeaseRecord {
-                mac: l.mac,
-                ip: l.ip,
-                expires_ms: i64::try_from(l.expires.millis()).unwrap_or(i64::MAX),
-                kind: match l.kind {
-                    LeaseKind::Static => LeaseRecordKind::Static,
-                    LeaseKind::Dynamic => LeaseRecordKind::Dynamic,
-                },
-                hostname: p.hostname.clone(),
-            }),
-            LeaseChange::Released { mac, .. } | LeaseChange::Declined { mac, .. } => {
-                deletes.push(mac)
-            }
-            _ => {}
-        }
-    }
-    if !puts.is_empty() {
-        store.put_leases(puts).await?;
-    }
-    for mac in deletes {
-        store.delete_lease(mac).await?;
-    }
-    Ok(())
-}
-
-async fn send(sock: &DhcpSocket, bytes: &[u8], dst: SocketAddrV4) {
+pub(super) async fn send(sock: &DhcpSocket, bytes: &[u8], dst: SocketAddrV4) {
     if let Err(err) = sock.send_to(bytes, dst).await {
         tracing::warn!(%dst, error = %err, "DHCP: send failed");
     }

@@ -44,6 +44,40 @@ pub struct LeaseAck {
     pub acked_ms: i64,
 }
 
+/// One change to the leases table, for [`Store::apply_leases`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseWrite {
+    Put(LeaseRecord),
+    Delete(MacAddr),
+}
+
+fn put_one(tx: &rusqlite::Transaction<'_>, l: &LeaseRecord, now: i64) -> Result<(), StoreError> {
+    // A dynamic address belongs to one client at a time: drop stale rows holding it.
+    tx.prepare_cached("DELETE FROM leases WHERE ip = ?1 AND mac != ?2")?
+        .execute(params![l.ip.to_string(), l.mac.to_string()])?;
+    tx.prepare_cached(
+        "INSERT INTO leases (mac, ip, expires_ms, kind, hostname, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT(mac) DO UPDATE SET ip = excluded.ip, expires_ms = excluded.expires_ms,
+           kind = excluded.kind, hostname = excluded.hostname, updated_ms = excluded.updated_ms",
+    )?
+    .execute(params![
+        l.mac.to_string(),
+        l.ip.to_string(),
+        l.expires_ms,
+        l.kind.as_str(),
+        l.hostname,
+        now
+    ])?;
+    Ok(())
+}
+
+fn delete_one(tx: &rusqlite::Transaction<'_>, mac: MacAddr) -> Result<bool, StoreError> {
+    Ok(tx
+        .prepare_cached("DELETE FROM leases WHERE mac = ?1")?
+        .execute([mac.to_string()])?
+        > 0)
+}
+
 impl Store {
     /// The lease of `mac`, with the time of its latest ACK.
     pub async fn lease_ack(&self, mac: MacAddr) -> Result<Option<LeaseAck>, StoreError> {
@@ -68,37 +102,35 @@ impl Store {
 
     /// Upserts leases in one durable write.
     pub async fn put_leases(&self, leases: Vec<LeaseRecord>) -> Result<(), StoreError> {
+        self.apply_leases(leases.into_iter().map(LeaseWrite::Put).collect())
+            .await
+    }
+
+    /// Deletes the lease of `mac`; whether there was one.
+    pub async fn delete_lease(&self, mac: MacAddr) -> Result<bool, StoreError> {
+        self.write(move |tx| delete_one(tx, mac)).await
+    }
+
+    /// Applies `writes` in their order in one durable write. The write is queued when this is
+    /// called, not when the future is first polled: batches submitted one after another are
+    /// applied in that order even while an earlier one is still being committed (the DHCP
+    /// committer keeps more than one batch in flight).
+    pub fn apply_leases(
+        &self,
+        writes: Vec<LeaseWrite>,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
         self.write(move |tx| {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO leases (mac, ip, expires_ms, kind, hostname, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT(mac) DO UPDATE SET ip = excluded.ip, expires_ms = excluded.expires_ms,
-                   kind = excluded.kind, hostname = excluded.hostname, updated_ms = excluded.updated_ms",
-            )?;
             let now = now_ms();
-            for l in &leases {
-                // A dynamic address belongs to one client at a time: drop stale rows holding it.
-                tx.prepare_cached("DELETE FROM leases WHERE ip = ?1 AND mac != ?2")?
-                    .execute(params![l.ip.to_string(), l.mac.to_string()])?;
-                stmt.execute(params![
-                    l.mac.to_string(),
-                    l.ip.to_string(),
-                    l.expires_ms,
-                    l.kind.as_str(),
-                    l.hostname,
-                    now
-                ])?;
+            for w in &writes {
+                match w {
+                    LeaseWrite::Put(l) => put_one(tx, l, now)?,
+                    LeaseWrite::Delete(mac) => {
+                        delete_one(tx, *mac)?;
+                    }
+                }
             }
             Ok(())
         })
-        .await
-    }
-
-    /// Ends a lease (RELEASE / DECLINE).
-    pub async fn delete_lease(&self, mac: MacAddr) -> Result<bool, StoreError> {
-        self.write(move |tx| {
-            Ok(tx.execute("DELETE FROM leases WHERE mac = ?1", [mac.to_string()])? > 0)
-        })
-        .await
     }
 
     /// Deletes dynamic leases that expired before `cutoff_ms` (Unix ms); returns how many.

@@ -49,7 +49,7 @@ pub use health::{StoreHealth, StoreState};
 pub use hosts::{Host, HostKind, bmc_of};
 pub use identity::{Audit, AuditRow, CertRow, EnrollRequest, Issued, JoinToken, SecretScope};
 pub use images::ImageRecord;
-pub use leases::{LeaseAck, LeaseRecord, LeaseRecordKind};
+pub use leases::{LeaseAck, LeaseRecord, LeaseRecordKind, LeaseWrite};
 pub use outbox::OutboxItem;
 pub use smd::{
     Component, EthernetInterface, Group, GroupMembers, IpAddressEntry, RedfishEndpoint, Reservation,

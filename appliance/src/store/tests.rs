@@ -148,6 +148,52 @@ async fn leases_group_commit_and_refuse_future_schema() {
     assert!(err.contains("newer"), "{err}");
 }
 
+/// Lease writes are applied in the order given within a batch, and batches in the order they
+/// were submitted, even when the second is submitted before the first is durable (the DHCP
+/// committer keeps two in flight).
+#[tokio::test]
+async fn lease_writes_apply_in_submission_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let lease = |i: u8, last: u8| LeaseRecord {
+        mac: pxe_core::MacAddr([2, 0, 0, 0, 0, i]),
+        ip: Ipv4Addr::new(192, 0, 2, last),
+        expires_ms: 1,
+        kind: LeaseRecordKind::Dynamic,
+        hostname: None,
+    };
+    let mac = |i: u8| pxe_core::MacAddr([2, 0, 0, 0, 0, i]);
+    // One batch: client 1 releases, then takes a lease again; client 2 the other way round.
+    s.apply_leases(vec![
+        LeaseWrite::Put(lease(2, 20)),
+        LeaseWrite::Delete(mac(1)),
+        LeaseWrite::Put(lease(1, 10)),
+        LeaseWrite::Delete(mac(2)),
+    ])
+    .await
+    .unwrap();
+    // Two batches, the second submitted before the first is awaited.
+    let first = s.apply_leases(vec![LeaseWrite::Put(lease(3, 30))]);
+    let second = s.apply_leases(vec![
+        LeaseWrite::Delete(mac(3)),
+        LeaseWrite::Put(lease(4, 40)),
+    ]);
+    let third = s.apply_leases(vec![LeaseWrite::Put(lease(3, 31))]);
+    let (a, b, c) = tokio::join!(third, second, first);
+    for r in [a, b, c] {
+        r.unwrap();
+    }
+    let mut left: Vec<(u8, u8)> = s
+        .list_leases()
+        .await
+        .unwrap()
+        .iter()
+        .map(|l| (l.mac.0[5], l.ip.octets()[3]))
+        .collect();
+    left.sort_unstable();
+    assert_eq!(left, vec![(1, 10), (3, 31), (4, 40)]);
+}
+
 #[tokio::test]
 async fn prune_removes_only_long_expired_dynamic_leases() {
     let dir = tempfile::tempdir().unwrap();

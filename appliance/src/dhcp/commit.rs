@@ -4,11 +4,13 @@
 //! The engine hands each lease change, with the reply it decided, to the committer without
 //! waiting. The committer takes everything queued as one batch, submits it to the store as one
 //! ordered write ([`Store::apply_leases`]) and sends the batch's replies when that write is
-//! durable. Up to [`IN_FLIGHT`] batches are submitted at once: while the store's writer commits
-//! (and fsyncs) one, the next is already queued behind it, so the writer does not sit idle while
-//! the committer sends a batch's replies and gathers the next. Batches are submitted and answered
-//! in order, and the store applies them in the order they were submitted, so a release followed
-//! by a new lease for the same client is stored in that order.
+//! durable; whatever arrived meanwhile is the next batch. Within a batch and across batches the
+//! store applies the writes in the order the engine made them, so a release followed by a new
+//! lease for the same client is stored in that order.
+//!
+//! [`IN_FLIGHT`] batches may be submitted before the oldest is durable. It is 1: with 2 the
+//! second batch is cut while the first commits, smaller than it would have grown, and the
+//! DHCP ladder (docs/benchmarks.md) showed no gain within its run-to-run noise.
 
 use std::net::SocketAddrV4;
 use std::sync::Arc;
@@ -25,8 +27,8 @@ use crate::metrics::Metrics;
 use crate::store::{LeaseRecord, LeaseRecordKind, LeaseWrite, Store, StoreError};
 use crate::timeline::{Leased, Timeline};
 
-/// Batches submitted to the store and not yet answered.
-const IN_FLIGHT: usize = 2;
+/// Batches submitted to the store and not yet answered (see the module docs).
+const IN_FLIGHT: usize = 1;
 
 /// A lease change the engine decided, with the reply that waits for it to be durable.
 pub(super) struct Pending {

@@ -452,6 +452,14 @@ fn storm_once(
     let setup_hwm_kib = rb.as_ref().map(reset_peak_rss).transpose()?;
     let client = ns.add_client_ns()?;
     client.ip(&["addr", "add", &format!("{RELAY}/16"), "dev", "vc"])?;
+    // A node's receive window is its firmware's: iPXE's is 256 KiB (TCP_MAX_WINDOW_SIZE), not
+    // Linux's autotuned 6 MiB, and a thousand 6 MiB windows on one host put its TCP memory
+    // under pressure (receive queues pruned, segments dropped: downloads stalled on backed-off
+    // retransmission timers). A 512 KiB buffer gives about a 256 KiB window.
+    run(client.cmd("sysctl").args([
+        "-qw",
+        &format!("net.ipv4.tcp_rmem=4096 131072 {}", 512 * 1024),
+    ]))?;
     std::thread::sleep(Duration::from_secs(2));
     let chart = files.path().join("chart.svg");
     let report = run_storm(&client, bin, &storm_args(files, nodes, &chart))?;
@@ -528,7 +536,10 @@ fn render(runs: &[Run], load_before: &str, load_after: &str) -> String {
          loaded; p50 / p99 seconds per stage (from the storm's JSON: first packet or request to \
          last reply or byte, retries included); failures by stage. The 9 storms move \
          1,600 × ({KERNEL_MIB} + {INITRD_MIB}) MiB per stack, all hashed by the client on the \
-         same 2 cores; rackboot and nginx send the images with sendfile.\n\n\
+         same 2 cores; rackboot and nginx send the images with sendfile. The storm's namespace has \
+         firmware-sized TCP receive windows (`tcp_rmem` max 512 KiB: about iPXE's 256 KiB \
+         window), as a thousand Linux-autotuned windows on one host exhaust its TCP memory and \
+         stall downloads that real nodes would not.\n\n\
          Machine: {}; 1-minute load average {load_before} before the runs, {load_after} after \
          (the machine is shared with another engineer's builds and QEMU tests).\n\n\
          | stack | N | completed | last initrd at (s) | dhcp | tftp | ipxe_dhcp | bootscript | kernel | initrd | failures |\n\

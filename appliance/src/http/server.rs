@@ -171,41 +171,32 @@ async fn serve_with(
         let (app, limits, builder) = (app.clone(), limits.clone(), builder.clone());
         let stop = stop_rx.clone();
         let tls_config = tls.as_ref().map(|t| t());
-        conns.spawn(async move {
-            match tls_config {
-                None => {
+        // Plain and TLS connections are tasks of their own kinds: a task is as large as its
+        // future, and a plain connection (a thousand of them in a boot storm) must not carry
+        // room for a TLS handshake and stream.
+        match tls_config {
+            None => {
+                conns.spawn(async move {
                     let (stream, files) = ZeroCopyStream::new(stream);
                     let ext = Extensions {
                         cert: None,
                         files: Some(files),
                     };
                     drive(&builder, stream, app, limits, peer, ext, stop).await;
-                }
-                Some(None) => {
-                    tracing::warn!(%peer, "HTTPS: no server certificate yet; connection closed")
-                }
-                Some(Some(cfg)) => {
-                    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let cert = tls
-                                .get_ref()
-                                .1
-                                .peer_certificates()
-                                .and_then(|c| c.first())
-                                .map(|c| PeerCertificate(c.to_vec()));
-                            let ext = Extensions { cert, files: None };
-                            drive(&builder, tls, app, limits, peer, ext, stop).await;
-                        }
-                        Ok(Err(err)) => {
-                            tracing::info!(%peer, error = %err, "TLS handshake refused");
-                        }
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                }
+                    drop(permit);
+                });
             }
-            drop(permit);
-        });
+            Some(None) => {
+                tracing::warn!(%peer, "HTTPS: no server certificate yet; connection closed");
+                drop(permit);
+            }
+            Some(Some(cfg)) => {
+                conns.spawn(Box::pin(async move {
+                    serve_tls_connection(&builder, stream, cfg, app, limits, peer, stop).await;
+                    drop(permit);
+                }));
+            }
+        }
     }
 
     drop(listener);
@@ -224,6 +215,33 @@ async fn serve_with(
         while conns.join_next().await.is_some() {}
     }
     Ok(())
+}
+
+/// Completes the TLS handshake (bounded by [`HANDSHAKE_TIMEOUT`]) and serves the connection.
+async fn serve_tls_connection(
+    builder: &hyper::server::conn::http1::Builder,
+    stream: tokio::net::TcpStream,
+    cfg: Arc<rustls::ServerConfig>,
+    app: Router,
+    limits: Arc<HttpLimits>,
+    peer: SocketAddr,
+    stop: watch::Receiver<bool>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => {
+            let cert = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| PeerCertificate(c.to_vec()));
+            let ext = Extensions { cert, files: None };
+            drive(builder, tls, app, limits, peer, ext, stop).await;
+        }
+        Ok(Err(err)) => tracing::info!(%peer, error = %err, "TLS handshake refused"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+    }
 }
 
 /// What a connection adds to each of its requests' extensions.

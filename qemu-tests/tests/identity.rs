@@ -97,24 +97,8 @@ fn nodes_enroll_fetch_secrets_over_mtls_and_every_abuse_is_refused() {
     assert!(ok, "{out}\n{}", rb.log_text());
     // openssl accepts the certificate against the rack CA, with the profile we promise.
     std::fs::copy(id_dir.join("ca.pem"), w.join("ca.pem")).unwrap();
-    let leaf = std::fs::read_to_string(id_dir.join("cert.pem")).unwrap();
-    let leaf = leaf
-        .split_inclusive("-----END CERTIFICATE-----\n")
-        .next()
-        .unwrap();
-    std::fs::write(w.join("leaf.pem"), leaf).unwrap();
-    let v = openssl(
-        w,
-        &[
-            "verify",
-            "-purpose",
-            "sslclient",
-            "-CAfile",
-            "ca.pem",
-            "leaf.pem",
-        ],
-    );
-    assert!(v.contains("leaf.pem: OK"), "{v}");
+    let chain = std::fs::read_to_string(id_dir.join("cert.pem")).unwrap();
+    verify_client_leaf(w, &chain);
     let text = openssl(w, &["x509", "-in", "leaf.pem", "-noout", "-text"]);
     assert!(
         text.contains("URI:spiffe://rack/node/x1000c0s0b0n0"),

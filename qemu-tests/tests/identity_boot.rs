@@ -84,26 +84,10 @@ fn a_booting_node_enrolls_and_fetches_its_secret_over_mtls() {
         .take_while(|l| !l.contains("RACKBOOT-CERT-END"))
         .map(|l| format!("{l}\n"))
         .collect();
-    let leaf = pem
-        .split_inclusive("-----END CERTIFICATE-----\n")
-        .next()
-        .unwrap();
-    std::fs::write(w.join("leaf.pem"), leaf).unwrap();
     let (ok, ca) = rb_cli(&ns, &rb, &["ca", "show", "--pem"], None);
     assert!(ok, "{ca}");
     std::fs::write(w.join("ca.pem"), ca).unwrap();
-    let v = openssl(
-        w,
-        &[
-            "verify",
-            "-purpose",
-            "sslclient",
-            "-CAfile",
-            "ca.pem",
-            "leaf.pem",
-        ],
-    );
-    assert!(v.contains("leaf.pem: OK"), "{v}");
+    verify_client_leaf(w, &pem);
     let subject = openssl(
         w,
         &[

@@ -370,7 +370,7 @@ const LOADS: [Load; 4] = [
 ];
 
 #[test]
-#[ignore = "long (about 20 appliance boots): cargo xtask test-long"]
+#[ignore = "long (about 20 appliance boots): left out of plain `cargo test`; `cargo xtask test` (CI) runs it with --run-ignored all"]
 fn power_cuts_lose_nothing_acknowledged_and_the_appliance_always_boots() {
     if !preflight() || !qemu_tests::preflight_with(false, &["e2fsck", "debugfs", "sgdisk"]) {
         return;

@@ -109,6 +109,28 @@ pub fn curl_enroll(node: &Netns, dir: &Path, src: &str, token: &str, csr: &str) 
     (code.trim().parse().unwrap_or(0), body.to_owned())
 }
 
+/// Writes the first certificate of `chain` (PEM) to `dir/leaf.pem` and checks with openssl that
+/// it verifies as a TLS client certificate against `dir/ca.pem`.
+pub fn verify_client_leaf(dir: &Path, chain: &str) {
+    let leaf = chain
+        .split_inclusive("-----END CERTIFICATE-----\n")
+        .next()
+        .unwrap();
+    std::fs::write(dir.join("leaf.pem"), leaf).unwrap();
+    let v = openssl(
+        dir,
+        &[
+            "verify",
+            "-purpose",
+            "sslclient",
+            "-CAfile",
+            "ca.pem",
+            "leaf.pem",
+        ],
+    );
+    assert!(v.contains("leaf.pem: OK"), "{v}");
+}
+
 pub fn openssl(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("openssl")
         .current_dir(dir)

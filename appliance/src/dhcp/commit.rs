@@ -8,15 +8,13 @@
 //! store applies the writes in the order the engine made them, so a release followed by a new
 //! lease for the same client is stored in that order.
 //!
-//! [`IN_FLIGHT`] batches may be submitted before the oldest is durable. It is 1: with 2 the
-//! second batch is cut while the first commits, smaller than it would have grown, and the
-//! DHCP ladder (docs/benchmarks.md) showed no gain within its run-to-run noise.
+//! One batch is in flight at a time. A second submitted while the first commits was tried: it
+//! is cut early, smaller than it would have grown, and the DHCP ladder (docs/benchmarks.md)
+//! showed no gain within its run-to-run noise.
 
 use std::net::SocketAddrV4;
 use std::sync::Arc;
 
-use futures_util::StreamExt;
-use futures_util::stream::FuturesOrdered;
 use pxe_core::dhcp::server::{Event, LeaseChange, LeaseKind};
 use pxe_core::dhcp::wire::MessageType;
 use tokio::sync::mpsc;
@@ -26,9 +24,6 @@ use super::socket::DhcpSocket;
 use crate::metrics::Metrics;
 use crate::store::{LeaseRecord, LeaseRecordKind, LeaseWrite, Store, StoreError};
 use crate::timeline::{Leased, Timeline};
-
-/// Batches submitted to the store and not yet answered (see the module docs).
-const IN_FLIGHT: usize = 1;
 
 /// A lease change the engine decided, with the reply that waits for it to be durable.
 pub(super) struct Pending {
@@ -82,41 +77,20 @@ pub(super) struct Committer {
 }
 
 impl Committer {
-    /// Commits and answers batches from `rx` until every sender is gone and the last batch is
-    /// answered.
+    /// Commits and answers batches from `rx` until every sender is gone.
     pub(super) async fn run(self, mut rx: mpsc::Receiver<Pending>) {
-        let mut in_flight = FuturesOrdered::new();
-        let mut open = true;
-        loop {
-            tokio::select! {
-                // Answered first: the oldest batch's clients have waited longest.
-                biased;
-                Some((batch, durable)) = in_flight.next(), if !in_flight.is_empty() => {
-                    self.acknowledge(batch, durable).await;
-                }
-                first = rx.recv(), if open && in_flight.len() < IN_FLIGHT => {
-                    let Some(first) = first else {
-                        open = false;
-                        continue;
-                    };
-                    let mut batch = vec![first];
-                    while let Ok(p) = rx.try_recv() {
-                        batch.push(p);
-                    }
-                    // Queued in the store now (not when first polled): submission order is
-                    // the order the store applies them in.
-                    let writes = lease_writes(&batch);
-                    let durable = (!writes.is_empty()).then(|| self.store.apply_leases(writes));
-                    in_flight.push_back(async move {
-                        let result = match durable {
-                            Some(write) => write.await,
-                            None => Ok(()),
-                        };
-                        (batch, result)
-                    });
-                }
-                else => break,
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while let Ok(p) = rx.try_recv() {
+                batch.push(p);
             }
+            let writes = lease_writes(&batch);
+            let durable = if writes.is_empty() {
+                Ok(())
+            } else {
+                self.store.apply_leases(writes).await
+            };
+            self.acknowledge(batch, durable).await;
         }
     }
 

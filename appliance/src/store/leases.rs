@@ -113,8 +113,7 @@ impl Store {
 
     /// Applies `writes` in their order in one durable write. The write is queued when this is
     /// called, not when the future is first polled: batches submitted one after another are
-    /// applied in that order even while an earlier one is still being committed (the DHCP
-    /// committer keeps more than one batch in flight).
+    /// applied in that order even while an earlier one is still being committed.
     pub fn apply_leases(
         &self,
         writes: Vec<LeaseWrite>,

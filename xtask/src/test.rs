@@ -10,9 +10,15 @@ pub fn run_all() -> anyhow::Result<()> {
     crate::appliance::check_production_recipe()?;
     crate::appliance::appliance()?;
     let root = crate::root();
+    // A CI run builds once from a clean clone: incremental state (a third of target/debug) only
+    // costs disk there.
+    let ci = std::env::var_os("CI").is_some_and(|v| v == "true");
     let cargo = || {
         let mut c = Command::new(env!("CARGO"));
         c.current_dir(&root);
+        if ci {
+            c.env("CARGO_INCREMENTAL", "0");
+        }
         c
     };
 

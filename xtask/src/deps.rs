@@ -192,7 +192,7 @@ pub const PYPI: &[(&str, &str)] = &[
     ),
     (
         "jsonschema",
-        "validates rackboot's SMD/BSS answers against the contract schemas (appliance/tests/openchami_contract.rs)",
+        "validates rackboot's SMD/BSS answers against the contract schemas (appliance/tests/openchami_contract/)",
     ),
     (
         "ansible-core",

@@ -1,7 +1,7 @@
 """Validates recorded responses against rackboot's contract schemas (schemas/*.json).
 
 Input (argv[1]): a JSON array of {"label", "schema": "smd#Component", "instance"}.
-Prints one line per failure and exits 1 if any; run by appliance/tests/openchami_contract.rs
+Prints one line per failure and exits 1 if any; run by appliance/tests/openchami_contract/
 with build/venv's python (`cargo xtask deps` installs jsonschema there).
 """
 import json

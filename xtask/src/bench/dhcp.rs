@@ -51,6 +51,7 @@ pub(super) fn dhcp_sustained(
             ])
             .output()?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let why = step_drops(&ns, &client, server.as_ref());
         drop(server);
         let Some((st, achieved)) = PerfdhcpStats::parse(&text).and_then(|s| Some((s, s.rate?)))
         else {
@@ -66,7 +67,7 @@ pub(super) fn dhcp_sustained(
             drops: st.drop_ratio(),
         };
         eprintln!(
-            "{who} offered {offered}/s: achieved {achieved:.0} DORA/s, drops {:.2}%",
+            "{who} offered {offered}/s: achieved {achieved:.0} DORA/s, drops {:.2}% ({why})",
             step.drops * 100.0
         );
         steps.push(step);
@@ -80,6 +81,46 @@ pub(super) fn dhcp_sustained(
         .max_by(|a, b| a.achieved.total_cmp(&b.achieved))
         .copied();
     Ok((best, steps))
+}
+
+/// Where a step's lost exchanges went: datagrams dropped for a full socket receive buffer
+/// (`Udp: RcvbufErrors`) in the server's namespace and in perfdhcp's, and, for rackboot, its
+/// own counted drops by reason (`rackboot_dhcp_drops_total`).
+fn step_drops(ns: &Netns, client: &Netns, server: &dyn std::any::Any) -> String {
+    let rcvbuf = |ns: &Netns| {
+        let snmp = ns
+            .cmd("cat")
+            .arg("/proc/net/snmp")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
+        match (udp.next(), udp.next()) {
+            (Some(names), Some(values)) => names
+                .split_whitespace()
+                .zip(values.split_whitespace())
+                .find(|(n, _)| *n == "RcvbufErrors")
+                .map_or("?".to_owned(), |(_, v)| v.to_owned()),
+            _ => "?".to_owned(),
+        }
+    };
+    let mut why = format!(
+        "receive-buffer drops: server {}, perfdhcp {}",
+        rcvbuf(ns),
+        rcvbuf(client)
+    );
+    if let Some(rb) = server.downcast_ref::<Rackboot>() {
+        let counted = rb
+            .http("GET", "/metrics", None)
+            .map(|(_, text)| {
+                qemu_tests::flood::metric_values(&text, "rackboot_dhcp_drops_total", &[], "reason")
+            })
+            .unwrap_or_default();
+        for (reason, n) in counted.iter().filter(|(_, n)| **n > 0) {
+            why.push_str(&format!(", {reason} {n}"));
+        }
+    }
+    why
 }
 
 const DHCP_HEADING: &str =

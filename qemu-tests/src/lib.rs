@@ -20,7 +20,8 @@ use anyhow::{Context, bail};
 pub use netns::{Netns, run_in};
 pub use node_image::{agent_initrd, ssh_initrd};
 pub use peers::{
-    FakeBmc, LibvirtBmc, PerfdhcpStats, StaticBmc, preflight_libvirt, preflight_sushy,
+    FakeBmc, LibvirtBmc, P256, PerfdhcpStats, StaticBmc, openssl_p256, preflight_libvirt,
+    preflight_sushy,
 };
 pub use qemu::{Firmware, Qemu, field, whole_lines};
 pub use rackboot::Rackboot;

@@ -9,7 +9,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use qemu_tests::{Netns, Rackboot, preflight_with, rackboot_bin};
+use qemu_tests::{Netns, P256, Rackboot, openssl_p256, preflight_with, rackboot_bin};
 use serde_json::Value;
 
 mod identity_support;
@@ -161,24 +161,7 @@ fn nodes_enroll_fetch_secrets_over_mtls_and_every_abuse_is_refused() {
 
     // A replayed token.
     let token_a = param(&line_a, "rackboot.join");
-    openssl(
-        w,
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "k.pem",
-            "-out",
-            "a.csr",
-            "-subj",
-            "/CN=x1000c0s0b0n0",
-        ],
-    );
+    openssl_p256(w, P256::Csr, "k.pem", "a.csr", "/CN=x1000c0s0b0n0", &[]).unwrap();
     let csr_a = std::fs::read_to_string(w.join("a.csr")).unwrap();
     let (code, body) = curl_enroll(&node, w, A.2, token_a, &csr_a);
     assert_eq!(code, 409, "replay: {body}");
@@ -285,26 +268,15 @@ fn nodes_enroll_fetch_secrets_over_mtls_and_every_abuse_is_refused() {
     }
 
     // A client certificate from a foreign CA: the handshake is refused.
-    openssl(
+    openssl_p256(
         w,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "evil-ca.key",
-            "-out",
-            "evil-ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=evil",
-        ],
-    );
+        P256::SelfSigned { days: 2 },
+        "evil-ca.key",
+        "evil-ca.pem",
+        "/CN=evil",
+        &[],
+    )
+    .unwrap();
     std::fs::write(
         w.join("ext"),
         "extendedKeyUsage=clientAuth\nsubjectAltName=URI:spiffe://rack/node/x1000c0s0b0n0\n",

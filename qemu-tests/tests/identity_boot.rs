@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use qemu_tests::{Firmware, Netns, Qemu, Rackboot, agent_initrd, preflight_with};
+use qemu_tests::{
+    Firmware, Netns, P256, Qemu, Rackboot, agent_initrd, openssl_p256, preflight_with,
+};
 use serde_json::Value;
 
 mod identity_support;
@@ -135,24 +137,15 @@ fn a_booting_node_enrolls_and_fetches_its_secret_over_mtls() {
     // (c) By name from the node's own address.
     no_token(NODE.2, &format!("name={}", NODE.0));
     // (b) The node's token, read from its console, replayed from its address: used up.
-    openssl(
+    openssl_p256(
         w,
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "evil.key",
-            "-out",
-            "evil.csr",
-            "-subj",
-            &format!("/CN={}", NODE.0),
-        ],
-    );
+        P256::Csr,
+        "evil.key",
+        "evil.csr",
+        &format!("/CN={}", NODE.0),
+        &[],
+    )
+    .unwrap();
     let csr = std::fs::read_to_string(w.join("evil.csr")).unwrap();
     let (code, body) = curl_enroll(&evil, w, NODE.2, &token, &csr);
     assert_eq!(code, 409, "replay: {body}");

@@ -2,7 +2,7 @@
 //! Helpers: `identity_support`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use qemu_tests::{Netns, Rackboot, preflight_with, rackboot_bin};
+use qemu_tests::{Netns, P256, Rackboot, openssl_p256, preflight_with, rackboot_bin};
 
 mod identity_support;
 
@@ -21,26 +21,15 @@ fn an_intermediate_signed_elsewhere_is_imported_and_issues() {
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
     // The site CA, and a CSR for the rack intermediate.
-    openssl(
+    openssl_p256(
         w,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "site.key",
-            "-out",
-            "site.pem",
-            "-days",
-            "30",
-            "-subj",
-            "/CN=site root",
-        ],
-    );
+        P256::SelfSigned { days: 30 },
+        "site.key",
+        "site.pem",
+        "/CN=site root",
+        &[],
+    )
+    .unwrap();
     let (ok, csr) = rb_cli(&ns, &rb, &["ca", "csr", "--cluster", "rack"], None);
     assert!(ok, "{csr}");
     let csr_pem: String = csr

@@ -14,7 +14,7 @@
 
 use std::process::Command;
 
-use qemu_tests::{Manufacturer, Netns, Rackboot, Swtpm, sh_ok as sh};
+use qemu_tests::{Manufacturer, Netns, P256, Rackboot, Swtpm, openssl_p256, sh_ok as sh};
 use rackboot::identity::{tpm, tpm_wire};
 use serde_json::Value;
 
@@ -243,21 +243,15 @@ fn tpm_enrollment_with_a_self_made_ek_is_refused_and_audited() {
         .as_str()
         .unwrap()
         .to_owned();
-    sh(Command::new("openssl").current_dir(w).args([
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
+    openssl_p256(
+        w,
+        P256::Csr,
         "node.key",
-        "-out",
         "node.csr",
-        "-subj",
         &format!("/CN={}", A.0),
-    ]));
+        &[],
+    )
+    .unwrap();
     let body = serde_json::json!({
         "token": token,
         "csr": std::fs::read_to_string(w.join("node.csr")).unwrap(),

@@ -10,7 +10,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use qemu_tests::{Firmware, Manufacturer, Netns, Qemu, VmTpm, agent_initrd, sh_ok as sh};
+use qemu_tests::{
+    Firmware, Manufacturer, Netns, P256, Qemu, VmTpm, agent_initrd, openssl_p256, sh_ok as sh,
+};
 use serde_json::Value;
 
 mod tpm_support;
@@ -21,23 +23,15 @@ use tpm_support::*;
 /// and, in `mode`, swaps the CA in the enrollment answer for its own (`forge-ca`) or corrupts
 /// the credential (`bad-credential`).
 fn start_mitm(ns: &Netns, w: &Path, mode: &str) -> Child {
-    sh(Command::new("openssl").current_dir(w).args([
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
+    openssl_p256(
+        w,
+        P256::SelfSigned { days: 30 },
         "evil.key",
-        "-out",
         "evil.pem",
-        "-subj",
         "/CN=evil rackboot",
-        "-days",
-        "30",
-    ]));
+        &[],
+    )
+    .unwrap();
     std::fs::write(
         w.join("mitm.py"),
         r#"

@@ -8,7 +8,7 @@ mod sushy;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use anyhow::bail;
 
@@ -48,27 +48,55 @@ fn htpasswd(python: &Path, file: &Path, user: &str, password: &str) -> anyhow::R
     Ok(())
 }
 
+/// What [`openssl_p256`] makes with the key it generates.
+#[derive(Debug, Clone, Copy)]
+pub enum P256 {
+    /// A certificate signing request.
+    Csr,
+    /// A self-signed certificate valid for `days`.
+    SelfSigned { days: u32 },
+}
+
+/// A new P-256 key at `dir/key` and, signed with it, a CSR or a self-signed certificate at
+/// `dir/out` for `subject` (`/CN=…`); `extra` goes to `openssl req` as is (`-addext …`).
+pub fn openssl_p256(
+    dir: &Path,
+    what: P256,
+    key: &str,
+    out: &str,
+    subject: &str,
+    extra: &[&str],
+) -> anyhow::Result<()> {
+    let mut cmd = Command::new("openssl");
+    cmd.current_dir(dir).args(["req", "-new"]);
+    if let P256::SelfSigned { days } = what {
+        cmd.args(["-x509", "-days", &days.to_string()]);
+    }
+    cmd.args([
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        key,
+        "-out",
+        out,
+        "-subj",
+        subject,
+    ])
+    .args(extra);
+    sh(&mut cmd)
+}
+
 /// A fresh self-signed certificate for `ip`: `dir/cert.pem`, `dir/key.pem`.
 fn self_signed_cert(dir: &Path, ip: &str) -> anyhow::Result<()> {
-    sh(Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=bmc",
-        ])
-        .arg("-addext")
-        .arg(format!("subjectAltName=IP:{ip}"))
-        .arg("-keyout")
-        .arg(dir.join("key.pem"))
-        .arg("-out")
-        .arg(dir.join("cert.pem"))
-        .stderr(Stdio::null()))
+    openssl_p256(
+        dir,
+        P256::SelfSigned { days: 2 },
+        "key.pem",
+        "cert.pem",
+        "/CN=bmc",
+        &["-addext", &format!("subjectAltName=IP:{ip}")],
+    )
 }

@@ -45,6 +45,25 @@ impl DhcpSocket {
             )
         })?;
         socket::setsockopt(&sock, sockopt::Ipv4PacketInfo, &true)?;
+        let rcvbuf = grow_receive_buffer(&sock);
+        tracing::info!(
+            iface,
+            port,
+            receive_buffer_bytes = rcvbuf,
+            "DHCP socket bound; a burst of up to ~{} datagrams waits in its receive buffer",
+            rcvbuf / RCVBUF_PER_DATAGRAM
+        );
+        // The kernel reports double what was set (its bookkeeping overhead included).
+        if rcvbuf < 2 * RCVBUF_WANTED {
+            tracing::warn!(
+                receive_buffer_bytes = rcvbuf,
+                wanted = RCVBUF_WANTED,
+                "the DHCP receive buffer is smaller than wanted: in a boot storm, datagrams \
+                 beyond it are dropped by the kernel (counted as Udp RcvbufErrors in \
+                 /proc/net/snmp); raise net.core.rmem_max to {RCVBUF_WANTED} or give rackboot \
+                 CAP_NET_ADMIN"
+            );
+        }
         Ok(Self { sock })
     }
 
@@ -64,6 +83,25 @@ impl DhcpSocket {
     pub fn local_port(&self) -> io::Result<u16> {
         Ok(self.sock.local_addr()?.port())
     }
+}
+
+/// The receive buffer asked for: 4 MiB holds a few thousand DHCP datagrams, a second or more of
+/// a whole row's power-on, so a burst waits for the packet thread instead of being dropped by
+/// the kernel (the default, 208 KiB, holds about two hundred).
+const RCVBUF_WANTED: usize = 4 << 20;
+
+/// The kernel's accounting per queued datagram (payload plus `sk_buff` overhead, roughly), for
+/// the log.
+const RCVBUF_PER_DATAGRAM: usize = 2048;
+
+/// Asks for [`RCVBUF_WANTED`]: `SO_RCVBUFFORCE` where we hold CAP_NET_ADMIN, else `SO_RCVBUF`
+/// (capped by `net.core.rmem_max`). Returns the size the kernel granted (it reports double
+/// what was set, the `sk_buff` overhead included); a refusal leaves the default in place.
+fn grow_receive_buffer(sock: &UdpSocket) -> usize {
+    if socket::setsockopt(sock, sockopt::RcvBufForce, &RCVBUF_WANTED).is_err() {
+        let _ = socket::setsockopt(sock, sockopt::RcvBuf, &RCVBUF_WANTED);
+    }
+    socket::getsockopt(sock, sockopt::RcvBuf).unwrap_or(0)
 }
 
 fn recv_pktinfo(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<RxMeta> {
@@ -96,6 +134,28 @@ fn recv_pktinfo(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<RxMeta> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// The socket asks for a storm-sized receive buffer: as root (the test suite's user) it gets
+    /// it whatever `net.core.rmem_max` says.
+    #[tokio::test]
+    async fn receive_buffer_holds_a_burst() {
+        let server = DhcpSocket::bind("lo", 0).unwrap();
+        let granted = socket::getsockopt(&server.sock, sockopt::RcvBuf).unwrap();
+        let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let expected = if nix::unistd::geteuid().is_root() {
+            2 * RCVBUF_WANTED
+        } else {
+            2 * RCVBUF_WANTED.min(rmem_max)
+        };
+        assert!(
+            granted >= expected,
+            "granted {granted} bytes, expected {expected}"
+        );
+    }
 
     #[tokio::test]
     async fn receives_with_destination_and_interface() {

@@ -151,6 +151,8 @@ fn appliance_boots_under_secure_boot_hardened_and_serves_its_ports() {
         ("net.ipv4.conf.all.send_redirects", "0"),
         ("kernel.kptr_restrict", "2"),
         ("kernel.dmesg_restrict", "1"),
+        // rackboot's DHCP socket gets the 4 MiB receive buffer it asks for.
+        ("net.core.rmem_max", "4194304"),
     ] {
         assert_eq!(
             vm.report(&format!("sysctl.{k}")).as_deref(),
